@@ -1,0 +1,86 @@
+#ifndef FTM_DETAIL_FAULT_HPP
+#define FTM_DETAIL_FAULT_HPP
+
+/// \file
+/// Named fault-injection points, compiled in only when `FTM_FAULT_INJECTION` is 1
+/// (the crash tests). An armed point kills the calling process with SIGKILL on its
+/// k-th hit, which is how a processor failure looks to the pool.
+
+#include <array>
+#include <string_view>
+
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+#include <csignal>
+#include <cstdint>
+#include <unistd.h>
+#endif
+
+namespace ftm::detail {
+
+/// Every fault point the engines contain. The crash tests sweep this list, so a
+/// point that is added to the code must be added here too.
+inline constexpr std::array<std::string_view, 12> fault_point_names{
+    "lock.after_log_entry",      // write intent logged, lock not yet taken
+    "open.after_lock",           // lock taken, object not yet handed out
+    "alloc.after_bitmap",        // block marked used in the chunk bitmap
+    "alloc.after_header",        // object header written, value not yet built
+    "free.after_bitmap",         // destroy cleared the bitmap bit
+    "commit.before_state",       // writes done, decision not yet stable
+    "commit.after_state",        // descriptor is COMMITTING
+    "commit.mid_redo",           // first object copied to the second bank
+    "commit.before_release",     // second bank up to date, locks still held
+    "abort.mid_undo",            // first object restored from the second bank
+    "recover.mid_undo",          // recovery restored one object of an ACTIVE descriptor
+    "recover.mid_redo",          // recovery copied one object of a COMMITTING descriptor
+};
+
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+
+struct fault_state {
+  std::string_view armed;       // empty: nothing armed
+  std::uint64_t countdown = 0;  // hits left before the kill
+  std::array<std::uint64_t, fault_point_names.size()> hits{};
+};
+
+inline fault_state& faults() noexcept {
+  static fault_state state;
+  return state;
+}
+
+/// Arms `name`: the process kills itself on the `k`-th hit (k >= 1).
+inline void arm_fault(std::string_view name, std::uint64_t k) noexcept {
+  faults().armed = name;
+  faults().countdown = k;
+}
+
+inline void disarm_faults() noexcept { faults().armed = {}; }
+
+/// How often `name` was reached in this process.
+inline std::uint64_t fault_hits(std::string_view name) noexcept {
+  for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
+    if (fault_point_names[i] == name) return faults().hits[i];
+  }
+  return 0;
+}
+
+inline void fault_point(std::string_view name) noexcept {
+  auto& f = faults();
+  for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
+    if (fault_point_names[i] == name) ++f.hits[i];
+  }
+  if (!f.armed.empty() && f.armed == name && --f.countdown == 0) {
+    ::kill(::getpid(), SIGKILL);
+  }
+}
+
+#define FTM_FAULT_POINT(name) ::ftm::detail::fault_point(name)
+
+#else
+
+#define FTM_FAULT_POINT(name) static_cast<void>(0)
+
+#endif
+
+}  // namespace ftm::detail
+
+#endif  // FTM_DETAIL_FAULT_HPP

@@ -1,0 +1,141 @@
+#ifndef FTM_ENGINE_HPP
+#define FTM_ENGINE_HPP
+
+/// \file
+/// The `ftm::engine` concept: the contract between the transaction layer and a
+/// pluggable stable-memory backend (`ftm::engines::dual_bank`, ...). The layers above
+/// are written against this concept only and never include a concrete engine.
+
+#include <fmt/format.h>
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace ftm {
+
+/// Names one active transaction inside its engine (a descriptor slot).
+using tx_id = std::uint32_t;
+
+/// How a transaction begins. A retried transaction keeps the priority of its first
+/// attempt, so under wait-die it ages and eventually wins every conflict.
+struct begin_options {
+  std::uint64_t priority = 0;  ///< 0: take a fresh one
+  std::uint32_t attempt = 0;   ///< 0 for the first attempt; counted as a retry otherwise
+};
+
+/// What the transaction layer tells an engine about the type of an object.
+struct object_type {
+  std::size_t size;
+  std::size_t align;
+  std::string_view name;
+};
+
+/// What a named root records about its type, to refuse a different one later.
+struct root_type {
+  object_type object;
+  std::uint64_t fingerprint;
+};
+
+/// A freshly allocated object: where it is and its (still unconstructed) storage.
+struct allocation {
+  std::uint64_t offset;
+  void* storage;
+};
+
+/// Counters over the life of a pool, summed over every process that used it.
+struct engine_stats {
+  std::uint64_t commits = 0;
+  std::uint64_t aborts = 0;     ///< every abort, including those caused by conflicts
+  std::uint64_t conflicts = 0;  ///< transactions that lost a lock conflict
+  std::uint64_t retries = 0;    ///< attempts after the first, by atomically()
+};
+
+/// What one `recover()` found and did.
+struct recovery_report {
+  std::uint64_t undone = 0;          ///< ACTIVE transactions of dead owners rolled back
+  std::uint64_t redone = 0;          ///< COMMITTING transactions completed
+  std::uint64_t locks_released = 0;  ///< locks those transactions held
+};
+
+/// Begin, commit and abort transactions, each named by a `tx_id`.
+template <class E>
+concept transactional_engine = requires(E& e, tx_id t, begin_options o) {
+  { e.begin(o) } -> std::same_as<tx_id>;
+  { e.commit(t) } -> std::same_as<void>;
+  { e.abort(t) } noexcept;
+};
+
+/// Create and destroy stable objects inside a transaction.
+template <class E>
+concept allocating_engine = requires(E& e, tx_id t, const object_type& ty, std::uint64_t off) {
+  { e.allocate(t, ty) } -> std::same_as<allocation>;
+  { e.deallocate(t, off, ty) } -> std::same_as<void>;
+};
+
+/// Open objects for reading or writing, taking their locks, and close them.
+template <class E>
+concept object_engine = requires(E& e, tx_id t, const object_type& ty, std::uint64_t off) {
+  { e.open_write(t, off, ty) } -> std::same_as<void*>;
+  { e.open_read(t, off, ty) } -> std::same_as<const void*>;
+  { e.close(t, off) } noexcept;
+};
+
+/// Find objects again by name after a restart.
+template <class E>
+concept rooted_engine = requires(E& e, tx_id t, std::string_view name, const root_type& ty,
+                                 std::uint64_t off) {
+  { e.find_root(t, name, ty) } -> std::same_as<std::uint64_t>;
+  { e.bind_root(t, name, off, ty) } -> std::same_as<void>;
+};
+
+/// Survive the death of the processes using the pool.
+template <class E>
+concept recoverable_engine = requires(E& e, const E& ce) {
+  { e.recover() } -> std::same_as<recovery_report>;
+  { ce.stats() } -> std::same_as<engine_stats>;
+};
+
+/// A pluggable stable transactional memory.
+///
+/// Laws the compiler cannot check:
+/// - Atomicity: after a crash at any instruction and `recover()`, every transaction
+///   has either all of its effects or none.
+/// - Durability to the engine's failure model: once `commit()` returns, recovery
+///   keeps the transaction's effects.
+/// - Isolation: transactions are serializable (strict two-phase locking at open).
+///   A transaction that would wait on a younger one's lock throws `ftm::conflict`
+///   from `open_*` or `allocate`/`deallocate`, and must then be aborted.
+/// - `abort()` and `recover()` restore the committed state of every object written;
+///   `allocate` made in an aborted transaction are freed, `deallocate` undone.
+/// - `recover()` is idempotent and safe to crash in and rerun; it only touches the
+///   transactions of owners that are no longer alive.
+/// - Objects are named by offsets, never addresses; offset 0 is never an object.
+template <class E>
+concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
+                 rooted_engine<E> && recoverable_engine<E>;
+
+}  // namespace ftm
+
+template <>
+struct fmt::formatter<ftm::engine_stats> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+  template <class FormatContext>
+  auto format(const ftm::engine_stats& s, FormatContext& ctx) const {
+    return fmt::format_to(ctx.out(), "commits: {}, aborts: {}, conflicts: {}, retries: {}",
+                          s.commits, s.aborts, s.conflicts, s.retries);
+  }
+};
+
+template <>
+struct fmt::formatter<ftm::recovery_report> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+  template <class FormatContext>
+  auto format(const ftm::recovery_report& r, FormatContext& ctx) const {
+    return fmt::format_to(ctx.out(), "undone: {}, redone: {}, locks released: {}", r.undone,
+                          r.redone, r.locks_released);
+  }
+};
+
+#endif  // FTM_ENGINE_HPP

@@ -1,0 +1,14 @@
+#ifndef FTM_FTM_HPP
+#define FTM_FTM_HPP
+
+/// \file
+/// Umbrella header: the public API of ftm, without any engine. Include the engine
+/// you use as well, e.g. `<ftm/engines/dual_bank.hpp>`.
+
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/reflect.hpp>
+#include <ftm/stable.hpp>
+#include <ftm/transaction.hpp>
+
+#endif  // FTM_FTM_HPP

@@ -1,0 +1,166 @@
+#ifndef FTM_REFLECT_HPP
+#define FTM_REFLECT_HPP
+
+/// \file
+/// Reflection of stable types declared with `BOOST_HANA_DEFINE_STRUCT`: printing with
+/// fmt (`account{balance: 90}`), the raw-pointer rule, and layout fingerprints that a
+/// persistent pool stores to refuse reading bytes as the wrong type.
+
+#include <ftm/detail/type_name.hpp>
+
+#include <boost/hana/accessors.hpp>
+#include <boost/hana/concept/struct.hpp>
+#include <boost/hana/for_each.hpp>
+#include <boost/hana/keys.hpp>
+#include <boost/hana/second.hpp>
+#include <boost/hana/first.hpp>
+#include <boost/hana/string.hpp>
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace ftm {
+
+template <class T>
+class stable;
+
+/// A type whose members Hana can enumerate (declared with `BOOST_HANA_DEFINE_STRUCT`).
+template <class T>
+concept reflected = boost::hana::Struct<T>::value;
+
+namespace detail {
+
+/// Writes one field: char arrays as bounded text (they need not end in a NUL), other
+/// arrays as lists, everything else with its own formatter.
+template <class T, class Out>
+Out format_field(Out out, const T& v) {
+  if constexpr (std::is_array_v<T> && std::is_same_v<std::remove_cv_t<std::remove_extent_t<T>>, char>) {
+    std::size_t n = 0;
+    while (n < std::extent_v<T> && v[n] != '\0') ++n;
+    return fmt::format_to(out, "\"{}\"", std::string_view(v, n));
+  } else if constexpr (std::is_array_v<T>) {
+    out = fmt::format_to(out, "[");
+    for (std::size_t i = 0; i < std::extent_v<T>; ++i) {
+      if (i != 0) out = fmt::format_to(out, ", ");
+      out = format_field(out, v[i]);
+    }
+    return fmt::format_to(out, "]");
+  } else {
+    return fmt::format_to(out, "{}", v);
+  }
+}
+
+template <class T>
+struct is_stable_handle : std::false_type {};
+template <class T>
+struct is_stable_handle<stable<T>> : std::true_type {};
+
+/// True if `T` is, or holds at any depth a member that is, a raw pointer. Only
+/// reflected types can be looked into; others are taken as they are.
+template <class T>
+constexpr bool contains_raw_pointer() noexcept {
+  if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
+    return true;
+  } else if constexpr (std::is_array_v<T>) {
+    return contains_raw_pointer<std::remove_all_extents_t<T>>();
+  } else if constexpr (reflected<T>) {
+    bool found = false;
+    boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+      using member = std::remove_cvref_t<decltype(boost::hana::second(pair)(std::declval<T&>()))>;
+      found = found || contains_raw_pointer<member>();
+    });
+    return found;
+  } else {
+    return false;
+  }
+}
+
+template <class T>
+std::string describe_members();
+
+/// A spelling of a member type that does not depend on the compiler.
+template <class T>
+std::string layout_type_name() {
+  if constexpr (std::is_same_v<T, bool>) {
+    return "bool";
+  } else if constexpr (std::is_same_v<T, char>) {
+    return "char";
+  } else if constexpr (std::is_integral_v<T>) {
+    return fmt::format("{}{}", std::is_signed_v<T> ? 'i' : 'u', sizeof(T) * 8);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    return fmt::format("f{}", sizeof(T) * 8);
+  } else if constexpr (std::is_array_v<T>) {
+    return fmt::format("{}[{}]", layout_type_name<std::remove_extent_t<T>>(), std::extent_v<T>);
+  } else if constexpr (is_stable_handle<T>::value) {
+    return fmt::format("stable<{}>", short_type_name<typename T::element_type>());
+  } else if constexpr (reflected<T>) {
+    return fmt::format("{}{{{}}}", short_type_name<T>(), describe_members<T>());
+  } else {
+    return fmt::format("{}(size {}, align {})", short_type_name<T>(), sizeof(T), alignof(T));
+  }
+}
+
+/// "name: type @offset" for each member, separated by ", ".
+template <class T>
+std::string describe_members() {
+  std::string out;
+  // Offsets need an object; stable types are trivially copyable, so a zeroed one will do.
+  alignas(T) static const unsigned char storage[sizeof(T)]{};
+  const T& obj = *reinterpret_cast<const T*>(storage);
+  const auto* base = reinterpret_cast<const unsigned char*>(&obj);
+  boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+    const auto& member = boost::hana::second(pair)(obj);
+    using M = std::remove_cvref_t<decltype(member)>;
+    auto offset = reinterpret_cast<const unsigned char*>(&member) - base;
+    if (!out.empty()) out += ", ";
+    out += fmt::format("{}: {} @{}", boost::hana::to<const char*>(boost::hana::first(pair)),
+                       layout_type_name<M>(), offset);
+  });
+  return out;
+}
+
+}  // namespace detail
+
+/// A readable account of `T`'s layout: for reflected types each field's name, type
+/// and offset; otherwise its size and alignment. Two layouts are the same data only
+/// if their descriptions are equal.
+template <class T>
+std::string layout_description() {
+  return fmt::format("{} (size {}, align {})", detail::layout_type_name<T>(), sizeof(T),
+                     alignof(T));
+}
+
+/// A 64-bit hash of `layout_description<T>()`, stable across compilers and runs.
+template <class T>
+std::uint64_t layout_fingerprint() {
+  static const std::uint64_t fp = detail::fnv1a(layout_description<T>());
+  return fp;
+}
+
+}  // namespace ftm
+
+/// Reflected types print as `name{field: value, ...}`.
+template <class T>
+  requires ftm::reflected<T>
+struct fmt::formatter<T> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+
+  template <class FormatContext>
+  auto format(const T& value, FormatContext& ctx) const {
+    auto out = fmt::format_to(ctx.out(), "{}{{", ftm::detail::short_type_name<T>());
+    bool first = true;
+    boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+      out = fmt::format_to(out, "{}{}: ", first ? "" : ", ",
+                           boost::hana::to<const char*>(boost::hana::first(pair)));
+      out = ftm::detail::format_field(out, boost::hana::second(pair)(value));
+      first = false;
+    });
+    return fmt::format_to(out, "}}");
+  }
+};
+
+#endif  // FTM_REFLECT_HPP

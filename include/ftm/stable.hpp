@@ -1,0 +1,229 @@
+#ifndef FTM_STABLE_HPP
+#define FTM_STABLE_HPP
+
+/// \file
+/// Stable objects: `stable<T>`, the typed handle to an object in a pool (the paper's
+/// `Stable` class), and `opened<T>`, the access an open transaction grants to it.
+
+#include <ftm/detail/config.hpp>
+#include <ftm/detail/type_name.hpp>
+#include <ftm/error.hpp>
+#include <ftm/reflect.hpp>
+
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace ftm {
+
+/// Engines place every stable object at an address aligned to at least this.
+inline constexpr std::size_t max_stable_alignment = 16;
+
+/// The pool copies a stable object byte by byte, between banks and across processes.
+template <class T>
+concept trivially_copyable_object =
+    std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T> &&
+    std::is_trivially_copyable_v<T>;
+
+/// A raw pointer dangles once another process, or a restart, maps the pool.
+template <class T>
+concept free_of_raw_pointers = !detail::contains_raw_pointer<T>();
+
+/// The pool aligns objects to `max_stable_alignment` at most.
+template <class T>
+concept pool_alignable = alignof(T) <= max_stable_alignment;
+
+/// A type whose values may live in a pool.
+///
+/// Laws the compiler cannot check: a non-reflected type must not hold raw pointers
+/// either (declare it with `BOOST_HANA_DEFINE_STRUCT` to have that checked), nor
+/// handles to resources of one process (file descriptors, thread ids).
+template <class T>
+concept stable_type = trivially_copyable_object<T> && free_of_raw_pointers<T> && pool_alignable<T>;
+
+namespace detail {
+
+/// The one place that states the stable-type rule, so every entry point teaches alike.
+template <class T>
+constexpr bool check_stable_type() {
+  static_assert(trivially_copyable_object<T>,
+                "ftm requires T to be a stable type: T must be a trivially copyable object "
+                "type (no virtual functions, no user-defined copy or destructor, not const), "
+                "because the pool copies it byte by byte; use fixed-size arrays instead of "
+                "std::string or std::vector, and ftm::stable<U> for links between objects");
+  static_assert(free_of_raw_pointers<T>,
+                "ftm requires T to be a stable type: T has a raw pointer member, which "
+                "dangles after a restart or in another process; use ftm::stable<U> for "
+                "links between objects");
+  static_assert(pool_alignable<T>,
+                "ftm requires T to be a stable type: alignof(T) must not exceed "
+                "ftm::max_stable_alignment (16)");
+  return true;
+}
+
+struct from_offset_t {
+  explicit from_offset_t() = default;
+};
+/// Engines and the transaction layer make handles from offsets; users never do.
+inline constexpr from_offset_t from_offset{};
+
+}  // namespace detail
+
+/// A typed handle to a stable object: a pool offset, never a raw pointer, so it stays
+/// valid when the pool is mapped at another address or in another process. It can be
+/// stored inside other stable objects, including objects of type T. It grants no access to the object: open it in
+/// a transaction (`tx.open(ref)`, `tx.open_read(ref)`).
+template <class T>
+class stable {
+  // T may still be incomplete here (an object that links to its own type), so the
+  // stable-type rule is checked where objects are created and opened.
+ public:
+  using element_type = T;
+
+  /// The null handle.
+  constexpr stable() noexcept = default;
+  constexpr stable(detail::from_offset_t, std::uint64_t offset) noexcept : offset_(offset) {}
+
+  /// The object's offset in its pool (0 for the null handle).
+  [[nodiscard]] constexpr std::uint64_t offset() const noexcept { return offset_; }
+  constexpr explicit operator bool() const noexcept { return offset_ != 0; }
+  friend constexpr bool operator==(stable, stable) noexcept = default;
+
+  // Reading or writing T through a bare handle would bypass the transaction.
+  template <class U = T>
+  void operator->() const {
+    static_assert(detail::always_false<U>,
+                  "ftm::stable<T> gives no access to T: open it in a transaction first "
+                  "(tx.open(ref) to write, tx.open_read(ref) to read)");
+  }
+  template <class U = T>
+  void operator*() const {
+    static_assert(detail::always_false<U>,
+                  "ftm::stable<T> gives no access to T: open it in a transaction first "
+                  "(tx.open(ref) to write, tx.open_read(ref) to read)");
+  }
+
+ private:
+  std::uint64_t offset_ = 0;
+};
+
+template <class T>
+class opened;
+
+namespace detail {
+
+/// What an opened handle needs from its transaction: whether it is still the same
+/// transaction (the generation changes at each commit and abort), and how to close.
+class transaction_base {
+ public:
+  [[nodiscard]] std::uint64_t generation() const noexcept { return generation_; }
+  [[nodiscard]] bool active() const noexcept { return active_; }
+
+ protected:
+  transaction_base() = default;
+  ~transaction_base() = default;
+  void end_generation() noexcept {
+    active_ = false;
+    ++generation_;
+  }
+
+  std::uint64_t generation_ = 1;
+  bool active_ = false;
+  void (*close_object_)(transaction_base&, std::uint64_t offset) noexcept = nullptr;
+
+  template <class>
+  friend class ftm::opened;
+};
+
+}  // namespace detail
+
+/// The access a transaction grants to one stable object: `opened<T>` can write,
+/// `opened<const T>` only read. It is bound to its transaction: it cannot be copied
+/// or moved, and is closed by `close()` or at the end of its scope. In checked builds
+/// (`FTM_CHECKED`), using it after `close()` or after its transaction committed or
+/// aborted throws `ftm::usage_error`.
+template <class T>
+class opened {
+  using object = std::remove_const_t<T>;
+  static_assert(detail::check_stable_type<object>());
+
+ public:
+  opened(const opened&) = delete;
+  opened& operator=(const opened&) = delete;
+  ~opened() { close(); }
+
+  T* operator->() const { return get(); }
+  T& operator*() const { return *get(); }
+
+  /// The object, valid while this handle is open.
+  T* get() const {
+#if FTM_CHECKED
+    check();
+#endif
+    return ptr_;
+  }
+
+  /// The handle this access came from.
+  [[nodiscard]] stable<object> ref() const noexcept { return {detail::from_offset, offset_}; }
+
+  [[nodiscard]] bool is_open() const noexcept {
+    return ptr_ != nullptr && tx_->active() && tx_->generation() == generation_;
+  }
+
+  /// Ends this access (the paper's Close). Locks stay held until the transaction
+  /// ends (strict two-phase locking). Closing twice is harmless.
+  void close() noexcept {
+    if (ptr_ == nullptr) return;
+    if (tx_->active() && tx_->generation() == generation_ && tx_->close_object_ != nullptr) {
+      tx_->close_object_(*tx_, offset_);
+    }
+    ptr_ = nullptr;
+  }
+
+  // Made only by transactions.
+  opened(detail::from_offset_t, T* ptr, detail::transaction_base& tx, std::uint64_t offset) noexcept
+      : ptr_(ptr), tx_(&tx), generation_(tx.generation()), offset_(offset) {}
+
+ private:
+  void check() const {
+    if (ptr_ == nullptr) {
+      throw usage_error(fmt::format("ftm::opened<{}> used after close()",
+                                    detail::type_name<T>()));
+    }
+    if (!tx_->active() || tx_->generation() != generation_) {
+      throw usage_error(fmt::format(
+          "ftm::opened<{}> used after its transaction ended (commit or abort closes every "
+          "object it opened; open it again in the next transaction)",
+          detail::type_name<T>()));
+    }
+  }
+
+  T* ptr_;
+  detail::transaction_base* tx_;
+  std::uint64_t generation_;
+  std::uint64_t offset_;
+};
+
+namespace detail {
+template <class T>
+struct is_opened : std::false_type {};
+template <class T>
+struct is_opened<opened<T>> : std::true_type {};
+}  // namespace detail
+
+}  // namespace ftm
+
+/// Handles print as `stable<account>@4160`.
+template <class T>
+struct fmt::formatter<ftm::stable<T>> {
+  constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
+  template <class FormatContext>
+  auto format(ftm::stable<T> ref, FormatContext& ctx) const {
+    if (!ref) return fmt::format_to(ctx.out(), "stable<{}>(null)", ftm::detail::short_type_name<T>());
+    return fmt::format_to(ctx.out(), "stable<{}>@{}", ftm::detail::short_type_name<T>(), ref.offset());
+  }
+};
+
+#endif  // FTM_STABLE_HPP

@@ -1,0 +1,240 @@
+#ifndef FTM_TRANSACTION_HPP
+#define FTM_TRANSACTION_HPP
+
+/// \file
+/// Transactions (the paper's `Transaction` class, with explicit Begin, Commit and
+/// Abort) and `atomically()`, which commits, aborts on exception and retries conflicts.
+
+#include <ftm/detail/process.hpp>
+#include <ftm/detail/type_name.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/reflect.hpp>
+#include <ftm/stable.hpp>
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <new>
+#include <random>
+#include <string_view>
+#include <thread>
+#include <type_traits>
+#include <utility>
+
+namespace ftm {
+
+namespace detail {
+
+template <class T>
+inline constexpr object_type object_type_of{sizeof(T), alignof(T), type_name<T>()};
+
+template <class T>
+root_type root_type_of() {
+  return {object_type_of<T>, layout_fingerprint<T>()};
+}
+
+}  // namespace detail
+
+/// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
+/// `begin()` activates it, `commit()` or `abort()` ends it, and it can begin again.
+/// An active transaction that is destroyed aborts: a transaction never commits
+/// implicitly. All work on stable objects happens between `begin()` and its end.
+template <engine E>
+class transaction : private detail::transaction_base {
+ public:
+  using engine_type = E;
+
+  explicit transaction(E& engine) noexcept : engine_(&engine) { close_object_ = &close_thunk; }
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+  ~transaction() {
+    if (active_) abort();
+  }
+
+  /// Activates the transaction (the paper's Begin).
+  void begin(begin_options options = {}) {
+    if (active_) throw usage_error("transaction::begin: the transaction is already active");
+    id_ = engine_->begin(options);
+    active_ = true;
+  }
+
+  /// Makes every effect of the transaction stable at once (the paper's Commit) and
+  /// closes every object it opened.
+  void commit() {
+    require_active("commit");
+    end_generation();
+    engine_->commit(id_);
+  }
+
+  /// Undoes every effect of the transaction (the paper's Abort).
+  void abort() noexcept {
+    if (!active_) return;
+    end_generation();
+    engine_->abort(id_);
+  }
+
+  using detail::transaction_base::active;
+  [[nodiscard]] E& engine() const noexcept { return *engine_; }
+
+  /// Creates a stable object, `T(args...)` or `T{args...}`. An aborted transaction
+  /// frees it again.
+  template <class T, class... Args>
+  stable<T> create(Args&&... args) {
+    static_assert(detail::check_stable_type<T>());
+    require_active("create");
+    allocation a = engine_->allocate(id_, detail::object_type_of<T>);
+    if constexpr (std::is_constructible_v<T, Args...>) {
+      ::new (a.storage) T(std::forward<Args>(args)...);
+    } else {
+      ::new (a.storage) T{std::forward<Args>(args)...};
+    }
+    return {detail::from_offset, a.offset};
+  }
+
+  /// Creates a stable object holding a copy of `value`.
+  template <class T>
+  stable<std::remove_cvref_t<T>> create(T&& value) {
+    return create<std::remove_cvref_t<T>, T>(std::forward<T>(value));
+  }
+
+  /// Destroys a stable object. An aborted transaction keeps it.
+  template <class T>
+  void destroy(stable<T> ref) {
+    static_assert(detail::check_stable_type<T>());
+    require_active("destroy");
+    require_not_null(ref, "destroy");
+    engine_->deallocate(id_, ref.offset(), detail::object_type_of<T>);
+  }
+
+  /// Opens an object for writing (the paper's Open): takes its exclusive lock.
+  template <class T>
+  opened<T> open(stable<T> ref) {
+    require_active("open");
+    require_not_null(ref, "open");
+    void* p = engine_->open_write(id_, ref.offset(), detail::object_type_of<T>);
+    return {detail::from_offset, static_cast<T*>(p), *this, ref.offset()};
+  }
+
+  /// Opens an object for reading: takes its shared lock; the view is const.
+  template <class T>
+  opened<const T> open_read(stable<T> ref) {
+    require_active("open_read");
+    require_not_null(ref, "open_read");
+    const void* p = engine_->open_read(id_, ref.offset(), detail::object_type_of<T>);
+    return {detail::from_offset, static_cast<const T*>(p), *this, ref.offset()};
+  }
+
+  /// The object named `name` in this pool, created value-initialised if there is
+  /// none. Throws `ftm::type_mismatch` if the root holds another type.
+  template <class T>
+  stable<T> root(std::string_view name) {
+    static_assert(detail::check_stable_type<T>());
+    require_active("root");
+    const root_type type = detail::root_type_of<T>();
+    if (auto off = engine_->find_root(id_, name, type); off != 0) return {detail::from_offset, off};
+    stable<T> ref = create<T>();
+    engine_->bind_root(id_, name, ref.offset(), type);
+    return ref;
+  }
+
+  /// This transaction's descriptor in its engine (valid while active).
+  [[nodiscard]] tx_id id() const noexcept { return id_; }
+
+ private:
+  static void close_thunk(detail::transaction_base& base, std::uint64_t offset) noexcept {
+    auto& self = static_cast<transaction&>(base);
+    self.engine_->close(self.id_, offset);
+  }
+
+  void require_active(std::string_view what) const {
+    if (!active_) {
+      throw usage_error(fmt::format(
+          "transaction::{}: the transaction is not active (call begin() first)", what));
+    }
+  }
+
+  template <class T>
+  static void require_not_null(stable<T> ref, std::string_view what) {
+    if (!ref) {
+      throw usage_error(fmt::format("transaction::{}: the ftm::stable<{}> handle is null", what,
+                                    detail::type_name<T>()));
+    }
+  }
+
+  E* engine_;
+  tx_id id_ = 0;
+};
+
+/// How `atomically()` retries a transaction that lost a conflict.
+struct retry_policy {
+  std::uint32_t max_attempts = 100000;
+  std::chrono::microseconds max_backoff{500};
+};
+
+namespace detail {
+
+/// Randomised exponential backoff: spreads out transactions that keep colliding.
+inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  const auto limit = std::min<std::int64_t>(cap.count(), std::int64_t{1} << std::min(attempt, 20u));
+  const auto wait = std::uniform_int_distribution<std::int64_t>{0, limit}(rng);
+  if (wait < 2) {
+    std::this_thread::yield();
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(wait));
+  }
+}
+
+}  // namespace detail
+
+/// Runs `f(tx)` in a transaction on `engine` and returns what `f` returns.
+///
+/// Commits when `f` returns; aborts and rethrows when `f` throws; aborts and runs `f`
+/// again, after a randomised backoff, when it loses a lock conflict (`ftm::conflict`).
+/// `f` may therefore run more than once: its effects on stable objects happen once,
+/// its other side effects should be idempotent. Throws `ftm::retry_limit` after
+/// `policy.max_attempts` conflicts.
+template <engine E, class F>
+  requires std::invocable<F&, transaction<E>&>
+auto atomically(E& engine, F&& f, retry_policy policy = {})
+    -> std::invoke_result_t<F&, transaction<E>&> {
+  using result = std::invoke_result_t<F&, transaction<E>&>;
+  static_assert(!detail::is_opened<std::remove_cvref_t<result>>::value,
+                "ftm::atomically: f must not return an opened handle: it is closed when the "
+                "transaction ends; return the ftm::stable<T> handle, or copy the value out");
+  static_assert(!std::is_reference_v<result>,
+                "ftm::atomically: f must return a value, not a reference: a reference into "
+                "the pool dangles once the transaction ends");
+
+  // Every attempt carries the first one's age, so a retried transaction wins in the end.
+  begin_options options{.priority = detail::timestamp(), .attempt = 0};
+  for (;;) {
+    transaction<E> tx(engine);
+    tx.begin(options);
+    try {
+      if constexpr (std::is_void_v<result>) {
+        std::invoke(f, tx);
+        tx.commit();
+        return;
+      } else {
+        result r = std::invoke(f, tx);
+        tx.commit();
+        return r;
+      }
+    } catch (const conflict&) {
+      tx.abort();
+      if (++options.attempt >= policy.max_attempts) {
+        throw retry_limit(fmt::format("ftm::atomically gave up after {} conflicting attempts",
+                                      options.attempt));
+      }
+      detail::backoff(options.attempt, policy.max_backoff);
+    }
+  }
+}
+
+}  // namespace ftm
+
+#endif  // FTM_TRANSACTION_HPP
