@@ -1,0 +1,18 @@
+# Every external package ftm uses is looked up here, and nowhere else.
+#
+# The first block is what ftm::ftm itself needs; keep it in step with the
+# find_dependency() calls in cmake/ftmConfig.cmake.in, which repeat it for
+# projects that consume the installed package.
+
+set(THREADS_PREFER_PTHREAD_FLAG ON)
+find_package(Threads REQUIRED)
+find_package(Boost 1.74 REQUIRED CONFIG)  # Boost::headers (Hana)
+find_package(fmt REQUIRED CONFIG)         # fmt::fmt
+
+# Development-only packages: never required from a consumer.
+if(FTM_BUILD_TESTS)
+  find_package(doctest REQUIRED CONFIG)   # doctest::doctest
+endif()
+if(FTM_BUILD_BENCHMARKS)
+  find_package(benchmark REQUIRED CONFIG) # benchmark::benchmark, benchmark::benchmark_main
+endif()

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The ftm test command, for developers and CI alike.
+#
+#   scripts/test.sh [stage...]
+#
+# Stages (default: all four, in this order):
+#   gcc    g++ RelWithDebInfo: every test (compile-fail and consumer included), each
+#          public header compiled alone, examples and benchmarks built
+#   clang  clang++ RelWithDebInfo: every test, compile-fail included
+#   asan   g++ Debug with AddressSanitizer + UBSan: every test but compile_fail and consumer
+#   tsan   clang++ RelWithDebInfo with ThreadSanitizer: the concurrency tests
+#
+# Each stage builds in its own directory, $FTM_BUILD_ROOT/<stage> (default build/).
+# Every selected stage runs; the exit status is non-zero if any of them failed
+# (FTM_FAIL_FAST=1 stops at the first failure). Missing Debian packages are
+# installed first (scripts/install-deps.sh).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+build_root=${FTM_BUILD_ROOT:-build}
+jobs=${FTM_JOBS:-2}
+all_stages=(gcc clang asan tsan)
+
+usage() {
+  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+stages=()
+for arg in "$@"; do
+  case $arg in
+    gcc | clang | asan | tsan) stages+=("$arg") ;;
+    all) stages+=("${all_stages[@]}") ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "test.sh: unknown stage '$arg'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if [[ ${#stages[@]} -eq 0 ]]; then
+  stages=("${all_stages[@]}")
+fi
+
+bash "$root/scripts/install-deps.sh"
+
+# Sanitizer reports: symbolised, and fatal.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
+
+banner() {
+  printf '\n==============================================================================\n'
+  printf '== %s\n' "$*"
+  printf '==============================================================================\n'
+}
+
+# configure <dir> <cmake args...>
+configure() {
+  local dir=$1
+  shift
+  cmake -S "$root" -B "$dir" -G Ninja "${launcher[@]}" \
+    -DFTM_BUILD_TESTS=ON -DFTM_WERROR=ON "$@"
+}
+
+has_dir() { [[ -f "$root/$1/CMakeLists.txt" ]]; }
+on_if_present() { if has_dir "$1"; then echo ON; else echo OFF; fi; }
+
+stage_gcc() {
+  local dir=$build_root/gcc
+  configure "$dir" -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DFTM_INSTALL=ON \
+    -DFTM_BUILD_EXAMPLES="$(on_if_present examples)" \
+    -DFTM_BUILD_BENCHMARKS="$(on_if_present benchmarks)"
+  cmake --build "$dir" -j "$jobs"
+  echo "-- every public header, compiled alone"
+  cmake --build "$dir" -j "$jobs" --target all_verify_interface_header_sets
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+}
+
+stage_clang() {
+  local dir=$build_root/clang
+  configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DFTM_INSTALL=ON \
+    -DFTM_BUILD_EXAMPLES="$(on_if_present examples)" -DFTM_BUILD_BENCHMARKS=OFF
+  cmake --build "$dir" -j "$jobs"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs"
+}
+
+stage_asan() {
+  local dir=$build_root/asan
+  configure "$dir" -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Debug \
+    -DFTM_SANITIZE=address,undefined -DFTM_INSTALL=OFF \
+    -DFTM_BUILD_EXAMPLES="$(on_if_present examples)" -DFTM_BUILD_BENCHMARKS=OFF
+  cmake --build "$dir" -j "$jobs"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" -LE 'compile_fail|consumer'
+}
+
+stage_tsan() {
+  local dir=$build_root/tsan
+  configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DFTM_SANITIZE=thread -DFTM_INSTALL=OFF \
+    -DFTM_BUILD_EXAMPLES=OFF -DFTM_BUILD_BENCHMARKS=OFF
+  # Only what the concurrency label runs.
+  cmake --build "$dir" -j "$jobs" --target ftm_tests_concurrency
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" -L concurrency
+}
+
+describe() {
+  case $1 in
+    gcc) echo "g++ RelWithDebInfo: full suite, compile-fail, consumer, header check" ;;
+    clang) echo "clang++ RelWithDebInfo: full suite, compile-fail" ;;
+    asan) echo "g++ Debug, address+undefined sanitizers: suite minus compile_fail/consumer" ;;
+    tsan) echo "clang++, thread sanitizer: concurrency tests" ;;
+  esac
+}
+
+failed=()
+passed=()
+for stage in "${stages[@]}"; do
+  banner "stage $stage: $(describe "$stage")"
+  start=$SECONDS
+  # A subshell with errexit, so the first failing command ends the stage. (Not as an
+  # `if` condition: bash ignores errexit there, even inside the subshell.)
+  set +e
+  (set -e; "stage_$stage")
+  status=$?
+  set -e
+  if [[ $status -eq 0 ]]; then
+    passed+=("$stage ($((SECONDS - start))s)")
+    banner "stage $stage: PASSED in $((SECONDS - start))s"
+  else
+    failed+=("$stage")
+    banner "stage $stage: FAILED after $((SECONDS - start))s"
+    if [[ ${FTM_FAIL_FAST:-0} == 1 ]]; then
+      break
+    fi
+  fi
+done
+
+banner "summary"
+for s in "${passed[@]}"; do echo "  passed: $s"; done
+for s in "${failed[@]}"; do echo "  FAILED: $s"; done
+if [[ ${#failed[@]} -ne 0 ]]; then
+  exit 1
+fi
+echo "  all selected stages passed"

@@ -1,0 +1,48 @@
+// Control case: the allowed counterpart of every rule in this directory. It must
+// compile, so that a rule test cannot pass merely because the headers are broken.
+
+#include <ftm/engines/dual_bank.hpp>
+#include <ftm/ftm.hpp>
+
+#include <boost/hana/define_struct.hpp>
+
+struct account {
+  long balance;
+};
+
+// A link between objects is a stable<U>, not a pointer (raw_pointer_member).
+struct node {
+  BOOST_HANA_DEFINE_STRUCT(node, (long, value), (ftm::stable<node>, next));
+};
+
+// Reading and writing through opened handles (access_without_open,
+// write_through_open_read); a trivially copyable type (not_trivially_copyable).
+long transfer(ftm::transaction<ftm::engines::dual_bank>& tx, ftm::stable<account> from,
+              ftm::stable<account> to) {
+  auto src = tx.open(from);
+  src->balance -= 10;
+  auto view = tx.open_read(to);
+  long seen = view->balance;
+  view.close();
+  auto dst = tx.open(to);
+  dst->balance += 10;
+  return seen;
+}
+
+// Handles are passed by reference, and created in place (copy_opened, return_opened).
+void bump(ftm::opened<account>& acc) { acc->balance += 1; }
+
+ftm::stable<node> push(ftm::transaction<ftm::engines::dual_bank>& tx, ftm::stable<node> head) {
+  ftm::opened<account> acc = tx.open(tx.create(account{1}));
+  bump(acc);
+  return tx.create(node{2, head});
+}
+
+// atomically returns values and handles, never opened objects (atomically_returns_opened).
+long total(ftm::engines::dual_bank& pool, ftm::stable<account> a) {
+  auto b = ftm::atomically(pool, [](auto& tx) { return tx.create(account{5}); });
+  return ftm::atomically(pool, [&](auto& tx) {
+    long sum = tx.open_read(a)->balance + tx.open_read(b)->balance;
+    return sum;
+  });
+}
