@@ -4,15 +4,25 @@
 # as a user with sudo.
 set -euo pipefail
 
-packages=(g++ clang cmake ninja-build libboost-dev libfmt-dev doctest-dev libbenchmark-dev)
+# libclang-rt-dev holds clang's sanitizer runtimes (the TSan stage needs them); clang
+# only recommends it, and recommends are not installed here.
+packages=(g++ clang libclang-rt-dev cmake ninja-build
+  libboost-dev libfmt-dev doctest-dev libbenchmark-dev)
 
-if dpkg -s "${packages[@]}" >/dev/null 2>&1; then
+missing=()
+for package in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)
+  if [[ $status != "install ok installed" ]]; then
+    missing+=("$package")
+  fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "ftm: missing build dependencies, and no apt-get to install them." >&2
-  echo "ftm: install: ${packages[*]}" >&2
+  echo "ftm: install: ${missing[*]}" >&2
   exit 1
 fi
 
@@ -21,12 +31,12 @@ if [[ $(id -u) -ne 0 ]]; then
   if command -v sudo >/dev/null 2>&1; then
     as_root=(sudo)
   else
-    echo "ftm: missing packages; run as root or install: ${packages[*]}" >&2
+    echo "ftm: missing packages; run as root or install: ${missing[*]}" >&2
     exit 1
   fi
 fi
 
-echo "ftm: installing ${packages[*]}"
+echo "ftm: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update
 "${as_root[@]}" apt-get install -y --no-install-recommends "${packages[@]}"

@@ -95,7 +95,13 @@ stage_asan() {
     -DFTM_SANITIZE=address,undefined -DFTM_INSTALL=OFF \
     -DFTM_BUILD_EXAMPLES="$(on_if_present examples)" -DFTM_BUILD_BENCHMARKS=OFF
   cmake --build "$dir" -j "$jobs"
-  ctest --test-dir "$dir" --output-on-failure -j "$jobs" -LE 'compile_fail|consumer'
+  if ! compgen -G "tests/*_test.cpp" >/dev/null && [[ ! -f tests/crash/crash_test.cpp ]] &&
+    ! has_dir examples; then
+    echo "-- no test sources yet: nothing to run"
+    return 0
+  fi
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --no-tests=error \
+    -LE 'compile_fail|consumer'
 }
 
 stage_tsan() {
@@ -103,9 +109,13 @@ stage_tsan() {
   configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFTM_SANITIZE=thread -DFTM_INSTALL=OFF \
     -DFTM_BUILD_EXAMPLES=OFF -DFTM_BUILD_BENCHMARKS=OFF
+  if [[ ! -f tests/concurrency_test.cpp ]]; then
+    echo "-- tests/concurrency_test.cpp does not exist yet: nothing to run"
+    return 0
+  fi
   # Only what the concurrency label runs.
   cmake --build "$dir" -j "$jobs" --target ftm_tests_concurrency
-  ctest --test-dir "$dir" --output-on-failure -j "$jobs" -L concurrency
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --no-tests=error -L concurrency
 }
 
 describe() {
