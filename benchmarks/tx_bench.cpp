@@ -1,0 +1,252 @@
+/// \file
+/// The issue-2 benchmark: a tiny write transaction (open one 64-byte object, change
+/// two 8-byte fields, commit) and a read-only one (read two fields), each run
+///   single     1 thread,
+///   disjoint   2 threads, each on its own object (objects 256 bytes apart),
+///   shared     2 threads on one object,
+/// by three systems side by side:
+///   ftm        `ftm::atomically` on an `ftm::engines::dual_bank` pool,
+///   mutex      a `std::mutex` per object (alignas(64)) and an undo copy: the write
+///              saves the 64-byte object before changing it, as an undo log would,
+///              and discards the copy at "commit",
+///   itm        GCC's libitm, `__transaction_atomic` (g++ only; see itm_peer.cpp).
+///
+/// Benchmarks are named <workload>/<sharing>/<system>, so the systems of one case are
+/// adjacent rows. items_per_second is the throughput of all threads together. After
+/// the run, main() checks every object (each write adds 1 to one field and takes 1
+/// from the other, so their sum stays 0) and the pool's consistency.
+
+#include "workload.hpp"
+
+#include <ftm/engines/dual_bank.hpp>
+#include <ftm/ftm.hpp>
+
+#include <benchmark/benchmark.h>
+#include <fmt/format.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <string>
+
+namespace ftm_bench {
+namespace {
+
+constexpr int max_threads = 2;
+
+enum class sharing { single, disjoint, shared };
+
+/// The object a thread works on: its own in the disjoint case, object 0 otherwise.
+int object_index(const benchmark::State& state, sharing mode) {
+  return mode == sharing::disjoint ? state.thread_index() : 0;
+}
+
+/// Keeps the objects of different threads 256 bytes apart: no shared cache line, and
+/// no pair of lines that the adjacent-line prefetcher fetches together.
+template <class T>
+struct alignas(256) apart {
+  T value;
+};
+
+// ---- ftm ------------------------------------------------------------------------
+
+struct ftm_system {
+  static constexpr const char* name = "ftm";
+
+  ftm::engines::dual_bank pool{std::size_t{1} << 20};
+  std::array<ftm::stable<record>, max_threads> objects;
+
+  ftm_system() {
+    // A 64-byte record takes a 128-byte block; a spacer between two objects puts
+    // them 256 bytes apart, as the other systems' objects are.
+    for (auto& object : objects) {
+      object = ftm::atomically(pool, [](auto& tx) { return tx.create(record{}); });
+      ftm::atomically(pool, [](auto& tx) { tx.create(record{}); });
+    }
+  }
+
+  void tiny_write(int i) {
+    ftm::atomically(pool, [&](auto& tx) {
+      auto r = tx.open(objects[i]);
+      r->field[0] += 1;
+      r->field[1] -= 1;
+    });
+  }
+
+  std::int64_t read(int i) {
+    return ftm::atomically(pool, [&](auto& tx) {
+      auto r = tx.open_read(objects[i]);
+      return r->field[0] + r->field[1];
+    });
+  }
+
+  bool verify() {
+    bool ok = true;
+    for (int i = 0; i < max_threads; ++i) {
+      if (read(i) != 0) {
+        std::fprintf(stderr, "ftm: object %d lost an update\n", i);
+        ok = false;
+      }
+    }
+    const auto report = pool.check();
+    for (const auto& problem : report.problems) std::fprintf(stderr, "ftm: %s\n", problem.c_str());
+    fmt::print(stderr, "ftm pool: {}\n", pool.stats());
+    return ok && report.ok();
+  }
+};
+
+// ---- std::mutex + undo copy -------------------------------------------------------
+
+struct alignas(64) guarded {
+  std::mutex mutex;
+  record value;
+};
+
+/// The before-image of the object being written, as an undo log would keep it.
+struct undo_log {
+  record saved;
+  record* where = nullptr;
+};
+thread_local undo_log undo;
+
+struct mutex_system {
+  static constexpr const char* name = "mutex";
+
+  std::array<apart<guarded>, max_threads> objects{};
+
+  void tiny_write(int i) {
+    guarded& g = objects[i].value;
+    std::lock_guard lock(g.mutex);
+    undo.saved = g.value;
+    undo.where = &g.value;
+    benchmark::DoNotOptimize(undo);  // the copy is made, as a real undo log's would be
+    g.value.field[0] += 1;
+    g.value.field[1] -= 1;
+    undo.where = nullptr;  // commit: the before-image is discarded
+  }
+
+  std::int64_t read(int i) {
+    guarded& g = objects[i].value;
+    std::lock_guard lock(g.mutex);
+    return g.value.field[0] + g.value.field[1];
+  }
+
+  bool verify() {
+    bool ok = true;
+    for (int i = 0; i < max_threads; ++i) {
+      if (read(i) != 0) {
+        std::fprintf(stderr, "mutex: object %d lost an update\n", i);
+        ok = false;
+      }
+    }
+    return ok;
+  }
+};
+
+// ---- libitm -------------------------------------------------------------------------
+
+#ifndef FTM_BENCH_NO_ITM
+struct itm_system {
+  static constexpr const char* name = "itm";
+
+  std::array<apart<record>, max_threads> objects{};
+
+  void tiny_write(int i) { itm_tiny_write(objects[i].value); }
+  std::int64_t read(int i) { return itm_read(objects[i].value); }
+
+  bool verify() {
+    bool ok = true;
+    for (int i = 0; i < max_threads; ++i) {
+      if (read(i) != 0) {
+        std::fprintf(stderr, "itm: object %d lost an update\n", i);
+        ok = false;
+      }
+    }
+    return ok;
+  }
+};
+#endif
+
+// ---- the benchmarks -------------------------------------------------------------------
+
+/// One instance per system, made on first use by whichever thread comes first; the
+/// others wait for it (a function-local static), so every thread sees it initialised.
+template <class System>
+System& instance() {
+  static System system;
+  return system;
+}
+
+template <class System>
+void tiny_write(benchmark::State& state, sharing mode) {
+  System& system = instance<System>();
+  const int i = object_index(state, mode);
+  for (auto _ : state) system.tiny_write(i);
+  state.SetItemsProcessed(state.iterations());
+}
+
+template <class System>
+void read_only(benchmark::State& state, sharing mode) {
+  System& system = instance<System>();
+  const int i = object_index(state, mode);
+  for (auto _ : state) benchmark::DoNotOptimize(system.read(i));
+  state.SetItemsProcessed(state.iterations());
+}
+
+template <class System>
+void register_case(const char* workload, void (*run)(benchmark::State&, sharing),
+                   sharing mode) {
+  static constexpr const char* sharing_names[] = {"single", "disjoint", "shared"};
+  const std::string name =
+      fmt::format("{}/{}/{}", workload, sharing_names[static_cast<int>(mode)], System::name);
+  benchmark::RegisterBenchmark(name.c_str(), [run, mode](benchmark::State& state) {
+    run(state, mode);
+  })
+      ->Threads(mode == sharing::single ? 1 : 2)
+      ->UseRealTime();
+}
+
+template <class... Systems>
+void register_all() {
+  for (sharing mode : {sharing::single, sharing::disjoint, sharing::shared}) {
+    (register_case<Systems>("tiny_write", tiny_write<Systems>, mode), ...);
+  }
+  for (sharing mode : {sharing::single, sharing::disjoint, sharing::shared}) {
+    (register_case<Systems>("read_only", read_only<Systems>, mode), ...);
+  }
+}
+
+template <class... Systems>
+bool verify_all() {
+  bool ok = true;
+  ((ok = instance<Systems>().verify() && ok), ...);  // checks every system, even after a failure
+  return ok;
+}
+
+#ifdef FTM_BENCH_NO_ITM
+#define FTM_BENCH_SYSTEMS ftm_system, mutex_system
+#else
+#define FTM_BENCH_SYSTEMS ftm_system, mutex_system, itm_system
+#endif
+
+}  // namespace
+}  // namespace ftm_bench
+
+int main(int argc, char** argv) {
+  using namespace ftm_bench;
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+#ifdef FTM_BENCH_NO_ITM
+  benchmark::AddCustomContext("itm", "not built (libitm needs g++)");
+#endif
+  register_all<FTM_BENCH_SYSTEMS>();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  if (!verify_all<FTM_BENCH_SYSTEMS>()) {
+    std::fprintf(stderr, "ftm_bench: an object is inconsistent after the run\n");
+    return 1;
+  }
+  return 0;
+}
