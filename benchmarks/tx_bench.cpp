@@ -9,7 +9,8 @@
 ///   mutex      a `std::mutex` per object (alignas(64)) and an undo copy: the write
 ///              saves the 64-byte object before changing it, as an undo log would,
 ///              and discards the copy at "commit",
-///   itm        GCC's libitm, `__transaction_atomic` (g++ only; see itm_peer.cpp).
+///   itm        GCC's libitm, `__transaction_atomic` (g++ builds without sanitizers
+///              only; see itm_peer.cpp).
 ///
 /// Benchmarks are named <workload>/<sharing>/<system>, so the systems of one case are
 /// adjacent rows. items_per_second is the throughput of all threads together. After
@@ -239,7 +240,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 #ifdef FTM_BENCH_NO_ITM
-  benchmark::AddCustomContext("itm", "not built (libitm needs g++)");
+  benchmark::AddCustomContext("itm", "not built (needs g++ and a build without sanitizers)");
 #endif
   register_all<FTM_BENCH_SYSTEMS>();
   benchmark::RunSpecifiedBenchmarks();
