@@ -174,6 +174,16 @@ ENGINE_TEST("misuse is a clear run-time error") {
 #endif
 }
 
+ENGINE_TEST("atomically() inside atomically() on the same pool is refused") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto other = ftm_test::engine_factory<E>::make();
+  CHECK_THROWS_WITH_AS(ftm::atomically(*pool, [&](auto&) { ftm::atomically(*pool, [](auto&) {}); }),
+                       doctest::Contains("inside ftm::atomically on the same pool"), ftm::usage_error);
+  // Another pool is independent, and the refusal left no scope behind.
+  CHECK(ftm::atomically(*pool, [&](auto&) { return ftm::atomically(*other, [](auto&) { return 1; }); }) == 1);
+  CHECK(ftm::atomically(*pool, [](auto&) { return 2; }) == 2);
+}
+
 ENGINE_TEST("named roots are found again, and refuse another type") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto r1 = ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("bank"); });

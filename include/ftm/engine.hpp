@@ -18,10 +18,10 @@ namespace ftm {
 /// Names one active transaction inside its engine (a descriptor slot).
 using tx_id = std::uint32_t;
 
-/// How a transaction begins. A retried transaction keeps the priority of its first
-/// attempt, so under wait-die it ages and eventually wins every conflict.
+/// How a transaction begins. A retried transaction keeps an early priority, so under
+/// wait-die it ages and eventually wins every conflict.
 struct begin_options {
-  std::uint64_t priority = 0;  ///< 0: take a fresh one
+  std::uint64_t priority = 0;  ///< smaller is older; 0: the engine chooses
   std::uint32_t attempt = 0;   ///< 0 for the first attempt; counted as a retry otherwise
 };
 
@@ -105,8 +105,9 @@ concept recoverable_engine = requires(E& e, const E& ce) {
 /// - Durability to the engine's failure model: once `commit()` returns, recovery
 ///   keeps the transaction's effects.
 /// - Isolation: transactions are serializable (strict two-phase locking at open).
-///   A transaction that would wait on a younger one's lock throws `ftm::conflict`
-///   from `open_*` or `allocate`/`deallocate`, and must then be aborted.
+///   Deadlocks are broken by aborting: a transaction that must not wait for a lock
+///   (under wait-die, because the holder is older) throws `ftm::conflict` from
+///   `open_*` or `allocate`/`deallocate`, and may then only be aborted.
 /// - `abort()` and `recover()` restore the committed state of every object written;
 ///   `allocate` made in an aborted transaction are freed, `deallocate` undone.
 /// - `recover()` is idempotent and safe to crash in and rerun; it only touches the

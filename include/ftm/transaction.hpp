@@ -176,6 +176,32 @@ struct retry_policy {
 
 namespace detail {
 
+/// The pools this thread is inside `atomically()` on, innermost first.
+class atomic_scope {
+ public:
+  explicit atomic_scope(const void* engine) : engine_(engine), outer_(innermost()) {
+    for (const atomic_scope* s = outer_; s != nullptr; s = s->outer_) {
+      if (s->engine_ == engine) {
+        throw usage_error(
+            "ftm::atomically called inside ftm::atomically on the same pool: the inner "
+            "transaction would wait for the outer one forever; use the outer transaction");
+      }
+    }
+    innermost() = this;
+  }
+  atomic_scope(const atomic_scope&) = delete;
+  atomic_scope& operator=(const atomic_scope&) = delete;
+  ~atomic_scope() { innermost() = outer_; }
+
+ private:
+  static const atomic_scope*& innermost() noexcept {
+    thread_local const atomic_scope* head = nullptr;
+    return head;
+  }
+  const void* engine_;
+  const atomic_scope* outer_;
+};
+
 /// Randomised exponential backoff: spreads out transactions that keep colliding.
 inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
   thread_local std::minstd_rand rng{std::random_device{}()};
@@ -208,9 +234,13 @@ auto atomically(E& engine, F&& f, retry_policy policy = {})
   static_assert(!std::is_reference_v<result>,
                 "ftm::atomically: f must return a value, not a reference: a reference into "
                 "the pool dangles once the transaction ends");
+  // An inner transaction on the same pool would wait for the outer one forever.
+  const detail::atomic_scope scope(&engine);
 
-  // Every attempt carries the first one's age, so a retried transaction wins in the end.
-  begin_options options{.priority = detail::timestamp(), .attempt = 0};
+  // A retry carries the age of its first conflict, so it wins against newcomers in
+  // the end. The first attempt leaves the age to the engine, which takes it only if
+  // a conflict needs it: reading a clock on every transaction is not free.
+  begin_options options{};
   for (;;) {
     transaction<E> tx(engine);
     tx.begin(options);
@@ -224,11 +254,13 @@ auto atomically(E& engine, F&& f, retry_policy policy = {})
         tx.commit();
         return r;
       }
-    } catch (const conflict&) {
+    } catch (const conflict& lost) {
       tx.abort();
+      if (options.priority == 0) options.priority = detail::timestamp();
       if (++options.attempt >= policy.max_attempts) {
-        throw retry_limit(fmt::format("ftm::atomically gave up after {} conflicting attempts",
-                                      options.attempt));
+        throw retry_limit(fmt::format(
+            "ftm::atomically gave up after {} conflicting attempts; the last: {}",
+            options.attempt, lost.what()));
       }
       detail::backoff(options.attempt, policy.max_backoff);
     }

@@ -248,8 +248,8 @@ class dual_bank {
         if (s.owner.load(std::memory_order_relaxed) == 0 &&
             s.owner.compare_exchange_strong(expected, me, std::memory_order_acquire)) {
           hint = d;
-          s.priority.store(o.priority != 0 ? o.priority : detail::timestamp(),
-                           std::memory_order_relaxed);
+          // 0: the age is taken when a conflict first asks for it (see priority()).
+          s.priority.store(o.priority, std::memory_order_relaxed);
           s.doomed.store(0, std::memory_order_relaxed);
           if (o.attempt != 0) bump(s.retries);
           s.state.store(active, std::memory_order_release);
@@ -390,8 +390,8 @@ class dual_bank {
       if (r.used == 0 || name != std::string_view(r.name)) continue;
       if (r.fingerprint != t.fingerprint || r.size != t.object.size) {
         throw type_mismatch(fmt::format(
-            "root '{}' holds a {} ({} bytes, layout fingerprint {:#x}), not a {} ({} bytes, "
-            "layout fingerprint {:#x})",
+            "root '{}' holds an object of type {} ({} bytes, layout fingerprint {:#x}); the "
+            "program asked for type {} ({} bytes, layout fingerprint {:#x})",
             name, r.type, r.size, r.fingerprint, t.object.name, t.object.size, t.fingerprint));
       }
       return r.offset;
@@ -635,10 +635,22 @@ class dual_bank {
 
   static std::uint64_t bit(tx_id d) noexcept { return std::uint64_t{1} << d; }
 
+  /// A transaction's age for wait-die, taken from the clock the first time a conflict
+  /// needs it and fixed from then on, so every decision about it agrees.
+  std::uint64_t priority(tx_id d) const noexcept {
+    auto& p = slot_at(d).priority;
+    std::uint64_t v = p.load(std::memory_order_acquire);
+    if (v == 0) {
+      const std::uint64_t now = detail::timestamp() | 1;
+      if (p.compare_exchange_strong(v, now, std::memory_order_acq_rel)) v = now;
+    }
+    return v;
+  }
+
   /// Wait-die: `d` may wait for `holder` only if `d` is older.
   bool older(tx_id d, tx_id holder) const noexcept {
-    const auto pd = slot_at(d).priority.load(std::memory_order_relaxed);
-    const auto ph = slot_at(holder).priority.load(std::memory_order_relaxed);
+    const auto pd = priority(d);
+    const auto ph = priority(holder);
     return pd < ph || (pd == ph && d < holder);
   }
 
