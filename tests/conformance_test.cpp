@@ -189,7 +189,7 @@ ENGINE_TEST("named roots are found again, and refuse another type") {
   auto r1 = ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("bank"); });
   CHECK(balance_of(*pool, r1) == 0);  // value-initialised
   ftm::atomically(*pool, [&](auto& tx) { tx.open(r1)->balance = 42; });
-  auto r2 = ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("bank"); });
+  auto r2 = ftm::atomically(*pool, [](auto& tx) { return ftm::root<account>(tx, "bank"); });
   CHECK(r1 == r2);
   CHECK(balance_of(*pool, r2) == 42);
   try {
@@ -234,7 +234,7 @@ ENGINE_TEST("linked stable objects") {
 
 ENGINE_TEST("large objects span chunks") {
   auto pool = ftm_test::engine_factory<E>::make();
-  auto b = ftm::atomically(*pool, [](auto& tx) { return tx.template create<big>(); });
+  auto b = ftm::atomically(*pool, [](auto& tx) { return ftm::create<big>(tx); });
   ftm::atomically(*pool, [&](auto& tx) {
     auto v = tx.open(b);
     v->bytes.front() = 1;

@@ -168,6 +168,19 @@ class transaction : private detail::transaction_base {
   tx_id id_ = 0;
 };
 
+/// `tx.create<T>(args...)` for generic code, where `tx` has a dependent type and the
+/// member call would need the `template` keyword: `ftm::create<node>(tx, 1, next)`.
+template <class T, engine E, class... Args>
+stable<T> create(transaction<E>& tx, Args&&... args) {
+  return tx.template create<T>(std::forward<Args>(args)...);
+}
+
+/// `tx.root<T>(name)` for generic code: `ftm::root<bank>(tx, "bank")`.
+template <class T, engine E>
+stable<T> root(transaction<E>& tx, std::string_view name) {
+  return tx.template root<T>(name);
+}
+
 /// How `atomically()` retries a transaction that lost a conflict.
 struct retry_policy {
   std::uint32_t max_attempts = 100000;

@@ -1,0 +1,626 @@
+/// \file
+/// Crash tests of `ftm::engines::dual_bank`: a forked worker runs bank transfers on a
+/// shared pool and dies by SIGKILL, at random instants and at every named fault
+/// point (also inside recovery); the parent, the paper's backup processor, runs
+/// `recover()` and checks that every transaction is all-or-nothing: the pool is
+/// quiescent and both banks agree, the total balance is conserved, the per-account
+/// operation counters agree with the committed transfer count, exactly one receipt
+/// and one large blob are alive and match that count, and the transaction the worker
+/// died in is redone exactly when it had reached the COMMITTING state.
+///
+/// Built with FTM_FAULT_INJECTION=1. Environment knobs: FTM_CRASH_KILLS (random
+/// kills, default 1000), FTM_CRASH_SEED (seed of the random test).
+
+#include <ftm/detail/fault.hpp>
+#include <ftm/engines/dual_bank.hpp>
+#include <ftm/ftm.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#if !defined(FTM_FAULT_INJECTION) || !FTM_FAULT_INJECTION
+#error "the crash tests need the fault points: compile with FTM_FAULT_INJECTION=1"
+#endif
+
+namespace {
+
+// ---- the stable objects -----------------------------------------------------------
+
+constexpr std::size_t bank_bytes = std::size_t{4} << 20;
+constexpr std::size_t n_accounts = 256;
+constexpr std::int64_t initial_balance = 1000;
+
+struct account {
+  std::int64_t balance;
+  std::uint64_t ops;  // transfers that touched this account
+};
+
+/// One per committed transfer; each transfer creates the next and destroys the last.
+struct receipt {
+  std::uint64_t seq;  // the audit count of the transfer that made it
+  std::uint32_t from;
+  std::uint32_t to;
+  std::int64_t amount;
+};
+
+/// About 80 KiB: a large object over two chunks, so the large-object allocator and
+/// its tail metadata are created, freed, undone and redone too.
+struct blob {
+  static constexpr std::size_t n_words = 10000;
+  std::uint64_t seq;
+  std::uint64_t words[n_words];
+};
+
+struct audit {
+  std::uint64_t transfers;  // committed transfers
+  std::uint64_t blobs;      // blobs made by committed transfers
+  ftm::stable<receipt> last;
+  ftm::stable<blob> big;
+};
+
+/// The named root: everything the worker finds again after a restart.
+struct bank {
+  ftm::stable<audit> audit_ref;
+  ftm::stable<account> accounts[n_accounts];
+};
+
+constexpr std::string_view root_name = "crash.bank";
+/// Live objects: the root, the audit, one receipt, one blob and the accounts.
+constexpr std::uint64_t expected_objects = 4 + n_accounts;
+
+using pool_type = ftm::engines::dual_bank;
+
+void fill_blob(blob& b, std::uint64_t seq) {
+  b.seq = seq;
+  b.words[0] = seq;
+  b.words[blob::n_words / 2] = ~seq;
+  b.words[blob::n_words - 1] = seq * 3 + 1;
+}
+
+bool blob_ok(const blob& b) {
+  return b.words[0] == b.seq && b.words[blob::n_words / 2] == ~b.seq &&
+         b.words[blob::n_words - 1] == b.seq * 3 + 1;
+}
+
+/// Thrown inside a transaction that must abort (and so reach `abort.mid_undo`).
+struct intended_abort {};
+
+/// What a worker shares with the parent: a plain MAP_SHARED anonymous page, outside
+/// the pool, written by the worker after each transfer returns from `atomically`.
+struct progress {
+  std::atomic<std::uint64_t> committed;  // transfers returned from atomically
+  std::atomic<std::uint64_t> attempts;   // transfers started (committing or not)
+  std::atomic<std::uint64_t> completed;  // 1 once the worker ran its whole program
+  std::atomic<std::uint64_t> hits[ftm::detail::fault_point_names.size()];
+};
+
+bool is_recovery_point(std::string_view name) { return name.starts_with("recover."); }
+
+/// A worker killed at one of these had made its decision stable: recovery redoes it.
+bool is_after_decision(std::string_view name) {
+  return name == "commit.after_state" || name == "commit.mid_redo" ||
+         name == "commit.before_release";
+}
+
+// ---- the workload -----------------------------------------------------------------
+
+/// One transfer: moves `amount` between two accounts, counts it in both and in the
+/// audit, replaces the receipt (freeing the previous one, before or after creating the
+/// new one, so a freed block is also reused in the same transaction) and, if
+/// `with_blob`, replaces the large blob. Objects are modified as soon as they are
+/// opened, so a crash leaves a partly written transaction behind. Throws
+/// `intended_abort` at the end if `abort_it`.
+void transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it,
+              bool with_blob) {
+  const auto from = static_cast<std::uint32_t>(rng() % n_accounts);
+  auto to = static_cast<std::uint32_t>(rng() % (n_accounts - 1));
+  if (to >= from) ++to;
+  const auto amount = static_cast<std::int64_t>(rng() % 100 + 1);
+  ftm::atomically(pool, [&](auto& tx) {
+    {
+      auto a = tx.open(h.accounts[from]);
+      a->balance -= amount;
+      ++a->ops;
+    }
+    {
+      auto b = tx.open(h.accounts[to]);
+      b->balance += amount;
+      ++b->ops;
+    }
+    auto au = tx.open(h.audit_ref);
+    const std::uint64_t seq = ++au->transfers;
+    const ftm::stable<receipt> old = au->last;
+    if (seq % 2 == 0) {
+      tx.destroy(old);
+      au->last = tx.create(receipt{seq, from, to, amount});
+    } else {
+      au->last = tx.create(receipt{seq, from, to, amount});
+      tx.destroy(old);
+    }
+    if (with_blob) {
+      const std::uint64_t bseq = ++au->blobs;
+      const ftm::stable<blob> fresh = tx.template create<blob>();
+      {
+        auto nb = tx.open(fresh);
+        fill_blob(*nb, bseq);
+      }
+      tx.destroy(au->big);
+      au->big = fresh;
+    }
+    if (abort_it) throw intended_abort{};
+  });
+}
+
+/// Runs one transfer, counting it in `p` once it committed and returned.
+void counted_transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it,
+                      bool with_blob, progress& p) {
+  p.attempts.fetch_add(1, std::memory_order_relaxed);
+  try {
+    transfer(pool, h, rng, abort_it, with_blob);
+  } catch (const intended_abort&) {
+    return;
+  }
+  p.committed.fetch_add(1, std::memory_order_release);
+}
+
+/// The worker's program in the fault-point sweeps: a fixed mix of transfers, aborted
+/// transfers, and transfers that replace the blob (one of them aborted).
+constexpr int program_length = 10;
+void run_program(pool_type& pool, const bank& h, std::uint64_t seed, progress& p) {
+  std::mt19937_64 rng{seed};
+  for (int i = 0; i < program_length; ++i) {
+    counted_transfer(pool, h, rng, i % 4 == 3, i == 2 || i == 7, p);
+  }
+}
+
+bank load_bank(pool_type& pool) {
+  return ftm::atomically(pool, [](auto& tx) {
+    auto r = tx.template root<bank>(root_name);
+    auto v = tx.open_read(r);
+    return *v;
+  });
+}
+
+// ---- processes ----------------------------------------------------------------------
+
+/// Forks a child that runs `body` and exits: 0 if it returned, 3 if it threw. The
+/// child never returns into doctest, and `_exit` skips the parent's atexit work.
+template <class F>
+pid_t spawn(F&& body) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
+  if (pid == 0) {
+    int code = 0;
+    try {
+      body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "crash_test child %d: %s\n", static_cast<int>(::getpid()), e.what());
+      code = 3;
+    } catch (...) {
+      std::fprintf(stderr, "crash_test child %d: unknown exception\n", static_cast<int>(::getpid()));
+      code = 4;
+    }
+    std::fflush(stderr);
+    ::_exit(code);
+  }
+  return pid;
+}
+
+int reap(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "waitpid");
+  }
+  return status;
+}
+
+bool killed(int status) { return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL; }
+bool exited_ok(int status) { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited with code {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return fmt::format("killed by signal {}", WTERMSIG(status));
+  return fmt::format("status {:#x}", status);
+}
+
+std::uint64_t env_or(const char* name, std::uint64_t fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 0) : fallback;
+}
+
+// ---- the rig: a pool, its bank, and the page shared with the workers ---------------
+
+struct totals {
+  std::uint64_t kills = 0;
+  std::uint64_t recoveries = 0;  // recover() calls that found a dead transaction
+  std::uint64_t undone = 0;
+  std::uint64_t redone = 0;
+  std::uint64_t locks_released = 0;
+
+  void add(const ftm::recovery_report& r) {
+    undone += r.undone;
+    redone += r.redone;
+    locks_released += r.locks_released;
+    if (r.undone + r.redone > 0) ++recoveries;
+  }
+};
+
+/// What the parent reads back after a recovery.
+struct snapshot {
+  std::uint64_t transfers = 0;
+  std::uint64_t blobs = 0;
+};
+
+class rig {
+ public:
+  rig() : pool_{bank_bytes} {
+    void* p = ::mmap(nullptr, sizeof(progress), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                     -1, 0);
+    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
+    progress_ = ::new (p) progress{};
+    setup();
+  }
+  rig(const rig&) = delete;
+  rig& operator=(const rig&) = delete;
+  ~rig() { ::munmap(progress_, sizeof(progress)); }
+
+  pool_type& pool() { return pool_; }
+  const bank& handles() const { return bank_; }
+  progress& shared() { return *progress_; }
+
+  void reset_progress() {
+    progress_->committed.store(0);
+    progress_->attempts.store(0);
+    progress_->completed.store(0);
+    for (auto& h : progress_->hits) h.store(0);
+  }
+
+  /// Checks every invariant of a quiescent pool (after `recover()`) and returns the
+  /// committed counts. `what` names the situation in failure messages.
+  snapshot verify(const std::string& what) {
+    const auto report = pool_.check();
+    INFO("after ", what);
+    if (!report.ok()) {
+      std::string all;
+      for (const auto& problem : report.problems) all += "\n  " + problem;
+      FAIL("pool.check() found ", report.problems.size(), " problems:", all);
+    }
+    REQUIRE_MESSAGE(report.objects == expected_objects,
+                    fmt::format("{} live objects, expected {} (leak or lost object)",
+                                report.objects, expected_objects));
+    // recover() is idempotent: a second call finds nothing to do.
+    const auto again = pool_.recover();
+    REQUIRE_MESSAGE(again.undone + again.redone + again.locks_released == 0,
+                    fmt::format("a second recover() still did something: {}", again));
+
+    struct reading {
+      snapshot s;
+      std::int64_t total = 0;
+      std::uint64_t ops = 0;
+      receipt last{};
+      std::uint64_t blob_seq = 0;
+      bool blob_intact = false;
+    };
+    const bank& h = bank_;
+    const reading r = ftm::atomically(pool_, [&h](auto& tx) {
+      reading out;
+      auto au = tx.open_read(h.audit_ref);
+      out.s = {au->transfers, au->blobs};
+      for (const auto& ref : h.accounts) {
+        auto a = tx.open_read(ref);
+        out.total += a->balance;
+        out.ops += a->ops;
+      }
+      out.last = *tx.open_read(au->last);
+      auto b = tx.open_read(au->big);
+      out.blob_seq = b->seq;
+      out.blob_intact = blob_ok(*b);
+      return out;
+    });
+    REQUIRE_MESSAGE(r.total == static_cast<std::int64_t>(n_accounts) * initial_balance,
+                    fmt::format("total balance {} is not conserved ({} expected)", r.total,
+                                static_cast<std::int64_t>(n_accounts) * initial_balance));
+    REQUIRE_MESSAGE(r.ops == 2 * r.s.transfers,
+                    fmt::format("accounts count {} operations, the audit {} transfers (x2 = {})",
+                                r.ops, r.s.transfers, 2 * r.s.transfers));
+    REQUIRE_MESSAGE(r.last.seq == r.s.transfers,
+                    fmt::format("the live receipt is #{}, the audit counts {} transfers",
+                                r.last.seq, r.s.transfers));
+    REQUIRE_MESSAGE((r.blob_seq == r.s.blobs && r.blob_intact),
+                    fmt::format("the live blob is #{} (intact: {}), the audit counts {} blobs",
+                                r.blob_seq, r.blob_intact, r.s.blobs));
+    return r.s;
+  }
+
+ private:
+  void setup() {
+    ftm::atomically(pool_, [](auto& tx) {
+      auto root = tx.template root<bank>(root_name);
+      auto b = tx.open(root);
+      const auto big = tx.template create<blob>();
+      fill_blob(*tx.open(big), 0);
+      b->audit_ref = tx.create(audit{0, 0, tx.create(receipt{}), big});
+    });
+    // In batches: each created object takes a log entry of the creating transaction.
+    for (std::size_t first = 0; first < n_accounts; first += 64) {
+      ftm::atomically(pool_, [first](auto& tx) {
+        auto b = tx.open(tx.template root<bank>(root_name));
+        for (std::size_t i = first; i < std::min(first + 64, n_accounts); ++i) {
+          b->accounts[i] = tx.create(account{initial_balance, 0});
+        }
+      });
+    }
+    bank_ = load_bank(pool_);
+    verify("setup");
+  }
+
+  pool_type pool_;
+  bank bank_{};
+  progress* progress_ = nullptr;
+};
+
+/// Checks the outcome of the transaction a worker died in: `base` is the audit count
+/// before the worker started, `committed` the transfers it returned from.
+void check_outcome(const snapshot& after, std::uint64_t base, std::uint64_t committed,
+                   const ftm::recovery_report& rep, bool allow_unreported_commit) {
+  const std::uint64_t returned = base + committed;
+  INFO(fmt::format("audit before the worker: {}, transfers it returned from: {}, recovery: {}",
+                   base, committed, rep));
+  if (rep.redone > 0) {
+    // The decision was stable: the transfer counts although atomically never returned.
+    CHECK(after.transfers == returned + 1);
+  } else if (rep.undone > 0) {
+    CHECK(after.transfers == returned);
+  } else if (allow_unreported_commit) {
+    // Killed between transactions: the last one may have committed without the worker
+    // having counted it yet.
+    CHECK((after.transfers == returned || after.transfers == returned + 1));
+  } else {
+    CHECK(after.transfers == returned);
+  }
+}
+
+}  // namespace
+
+// ---- random kills ---------------------------------------------------------------------
+
+TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
+  rig r;
+  auto& pool = r.pool();
+  const std::uint64_t kills = std::max<std::uint64_t>(env_or("FTM_CRASH_KILLS", 1000), 1);
+  const std::uint64_t seed = env_or("FTM_CRASH_SEED", std::random_device{}());
+  std::mt19937_64 rng{seed};
+  INFO("FTM_CRASH_SEED=", seed);
+
+  totals t;
+  std::uint64_t mid_transaction = 0;  // kills that left a transaction for recovery
+  std::uint64_t total_committed = 0;
+  const auto start = std::chrono::steady_clock::now();
+  snapshot before = r.verify("setup");
+  for (std::uint64_t kill = 0; kill < kills; ++kill) {
+    r.reset_progress();
+    const std::uint64_t child_seed = rng();
+    const pid_t pid = spawn([&] {
+      const bank h = load_bank(pool);  // found again through the named root
+      std::mt19937_64 wrng{child_seed};
+      for (std::uint64_t i = 0;; ++i) {
+        counted_transfer(pool, h, wrng, wrng() % 6 == 0, wrng() % 16 == 0, r.shared());
+      }
+    });
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3001));
+    ::kill(pid, SIGKILL);
+    const int status = reap(pid);
+    REQUIRE_MESSAGE(killed(status),
+                    fmt::format("the worker {} before it was killed", describe(status)));
+    ++t.kills;
+
+    const auto rep = pool.recover();
+    t.add(rep);
+    if (rep.undone + rep.redone > 0) ++mid_transaction;
+    REQUIRE(rep.undone + rep.redone <= 1);  // one worker, one transaction at a time
+    const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
+    total_committed += committed;
+    const snapshot after = r.verify(fmt::format("random kill {} (seed {})", kill, seed));
+    check_outcome(after, before.transfers, committed, rep, true);
+    before = after;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print(
+      "crash/random: {} kills, {} recoveries of a transaction cut short ({} undone, {} redone, "
+      "{} locks released), {} transfers committed in total, {:.1f} s (FTM_CRASH_SEED={})\n",
+      t.kills, t.recoveries, t.undone, t.redone, t.locks_released, total_committed, secs, seed);
+  std::fflush(stdout);
+  CHECK(t.kills >= 200);
+  // Not vacuous: some kills must have landed inside a transaction.
+  CHECK(mid_transaction > 0);
+  CHECK(total_committed > 0);
+}
+
+// ---- named fault points -------------------------------------------------------------
+
+TEST_CASE("crash: a worker killed at every hit of every named fault point is recovered") {
+  rig r;
+  auto& pool = r.pool();
+  constexpr std::uint64_t max_k = 80;
+
+  totals t;
+  std::vector<std::string> summary;
+  std::map<std::string_view, bool> hit_at_first;
+  snapshot before = r.verify("setup");
+  for (std::size_t pi = 0; pi < ftm::detail::fault_point_names.size(); ++pi) {
+    const std::string_view name = ftm::detail::fault_point_names[pi];
+    if (is_recovery_point(name)) continue;  // fires inside recover(): see the next test
+    std::uint64_t point_kills = 0;
+    std::uint64_t hits_when_complete = 0;
+    bool completed = false;
+    for (std::uint64_t k = 1; k <= max_k && !completed; ++k) {
+      r.reset_progress();
+      const pid_t pid = spawn([&] {
+        // The hit counters are per process and a child starts with its parent's.
+        const auto& names = ftm::detail::fault_point_names;
+        std::array<std::uint64_t, names.size()> inherited{};
+        for (std::size_t i = 0; i < names.size(); ++i) inherited[i] = ftm::detail::fault_hits(names[i]);
+        const bank h = load_bank(pool);
+        ftm::detail::arm_fault(name, k);
+        run_program(pool, h, pi * 1000 + k, r.shared());
+        ftm::detail::disarm_faults();
+        for (std::size_t i = 0; i < names.size(); ++i) {
+          r.shared().hits[i].store(ftm::detail::fault_hits(names[i]) - inherited[i]);
+        }
+        r.shared().completed.store(1);
+      });
+      const int status = reap(pid);
+      const std::string what = fmt::format("a kill at {} (hit {})", name, k);
+      INFO(what);
+      const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
+      if (exited_ok(status)) {
+        // The program ended before the k-th hit: nothing to recover.
+        completed = true;
+        hits_when_complete = r.shared().hits[pi].load();
+        REQUIRE(r.shared().completed.load() == 1);
+        REQUIRE(committed == static_cast<std::uint64_t>(program_length - program_length / 4));
+        const auto rep = pool.recover();
+        CHECK(rep.undone + rep.redone == 0);
+        const snapshot after = r.verify(what + ", which was never reached");
+        CHECK(after.transfers == before.transfers + committed);
+        before = after;
+        break;
+      }
+      REQUIRE_MESSAGE(killed(status), fmt::format("the worker {}", describe(status)));
+      ++t.kills;
+      ++point_kills;
+      if (k == 1) hit_at_first[name] = true;
+      const auto rep = pool.recover();
+      t.add(rep);
+      // The worker died inside exactly one transaction, in the state the point names.
+      if (is_after_decision(name)) {
+        CHECK(rep.redone == 1);
+        CHECK(rep.undone == 0);
+      } else {
+        CHECK(rep.undone == 1);
+        CHECK(rep.redone == 0);
+      }
+      const snapshot after = r.verify(what);
+      check_outcome(after, before.transfers, committed, rep, false);
+      before = after;
+    }
+    summary.push_back(fmt::format("{} x{}{}", name, point_kills,
+                                  completed ? fmt::format(" (all {} hits)", hits_when_complete)
+                                            : std::string(" (capped)")));
+  }
+  for (const std::string_view name : ftm::detail::fault_point_names) {
+    if (is_recovery_point(name)) continue;
+    CHECK_MESSAGE(hit_at_first[name], fmt::format("fault point {} was never reached", name));
+  }
+  fmt::print("crash/fault points: {} kills, {} recoveries ({} undone, {} redone); {}\n", t.kills,
+             t.recoveries, t.undone, t.redone, fmt::join(summary, ", "));
+  std::fflush(stdout);
+}
+
+// ---- kills during recovery ----------------------------------------------------------
+
+TEST_CASE("crash: recovery killed at its own fault points is completed by the next one") {
+  rig r;
+  auto& pool = r.pool();
+
+  /// Where the worker dies first, and at which hit; recovery then redoes (after the
+  /// decision) or undoes (before it) the worker's transaction, and dies doing so.
+  struct scenario {
+    std::string_view worker_point;
+    std::uint64_t k;
+  };
+  constexpr std::array<scenario, 9> scenarios{{
+      {"commit.after_state", 1},
+      {"commit.mid_redo", 2},
+      {"commit.before_release", 3},
+      {"commit.before_state", 1},
+      {"open.after_lock", 3},
+      {"alloc.after_header", 2},
+      {"free.after_bitmap", 1},
+      {"abort.mid_undo", 1},
+      {"lock.after_log_entry", 4},
+  }};
+  constexpr int recoverers_killed = 2;  // recovery dies twice in a row before it succeeds
+
+  totals t;
+  std::uint64_t recovery_kills = 0;
+  std::map<std::string_view, std::uint64_t> point_kills;
+  snapshot before = r.verify("setup");
+  for (std::size_t si = 0; si < scenarios.size(); ++si) {
+    const scenario& s = scenarios[si];
+    const bool redo = is_after_decision(s.worker_point);
+    const std::string_view recovery_point = redo ? "recover.mid_redo" : "recover.mid_undo";
+    const std::string what = fmt::format("a worker killed at {} (hit {}), then recovery killed at {}",
+                                         s.worker_point, s.k, recovery_point);
+    INFO(what);
+    r.reset_progress();
+    const pid_t worker = spawn([&] {
+      const bank h = load_bank(pool);
+      ftm::detail::arm_fault(s.worker_point, s.k);
+      run_program(pool, h, 7000 + si, r.shared());
+    });
+    const int wstatus = reap(worker);
+    REQUIRE_MESSAGE(killed(wstatus), fmt::format("the worker {}", describe(wstatus)));
+    ++t.kills;
+    const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
+
+    for (int attempt = 0; attempt < recoverers_killed; ++attempt) {
+      const pid_t recoverer = spawn([&] {
+        ftm::detail::arm_fault(recovery_point, 1);
+        static_cast<void>(pool.recover());
+      });
+      const int rstatus = reap(recoverer);
+      REQUIRE_MESSAGE(killed(rstatus),
+                      fmt::format("recoverer {} was not killed at {}: it {}", attempt + 1,
+                                  recovery_point, describe(rstatus)));
+      ++t.kills;
+      ++recovery_kills;
+      ++point_kills[recovery_point];
+      // Nothing may look finished yet: the dead recoverer still owns the descriptor.
+      REQUIRE_FALSE(pool.check().ok());
+    }
+
+    const auto rep = pool.recover();
+    t.add(rep);
+    CHECK(rep.redone == (redo ? 1u : 0u));
+    CHECK(rep.undone == (redo ? 0u : 1u));
+    const snapshot after = r.verify(what);
+    check_outcome(after, before.transfers, committed, rep, false);
+    before = after;
+  }
+  CHECK(point_kills["recover.mid_redo"] > 0);
+  CHECK(point_kills["recover.mid_undo"] > 0);
+  fmt::print(
+      "crash/recovery: {} kills ({} of them inside recover(): recover.mid_redo x{}, "
+      "recover.mid_undo x{}), {} recoveries ({} undone, {} redone)\n",
+      t.kills, recovery_kills, point_kills["recover.mid_redo"], point_kills["recover.mid_undo"],
+      t.recoveries, t.undone, t.redone);
+  std::fflush(stdout);
+}
