@@ -55,7 +55,8 @@ inline void arm_fault(std::string_view name, std::uint64_t k) noexcept {
 
 inline void disarm_faults() noexcept { faults().armed = {}; }
 
-/// How often `name` was reached in this process.
+/// How often `name` was reached in this process. A fork() child starts with its
+/// parent's counts.
 inline std::uint64_t fault_hits(std::string_view name) noexcept {
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
     if (fault_point_names[i] == name) return faults().hits[i];

@@ -702,6 +702,7 @@ class dual_bank {
       wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins);
     }
     e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
+    store_barrier();  // the undo length is in the log before the caller's first write
     FTM_FAULT_POINT("open.after_lock");
   }
 
@@ -748,6 +749,7 @@ class dual_bank {
       return false;
     }
     e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
+    store_barrier();
     return true;
   }
 
@@ -784,6 +786,7 @@ class dual_bank {
     h.readers.store(0, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
     h.size = static_cast<std::uint32_t>(t.size);
+    store_barrier();
     FTM_FAULT_POINT("alloc.after_header");
     return {off, a_ + off + header_size};
   }
