@@ -189,13 +189,17 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
   auto pool = ftm_test::engine_factory<E>::make();
   auto x = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{1, 0}); });
 
+  // Ages are explicit here: an engine may take a transaction's age as late as its
+  // first conflict, so the order of begin() calls alone does not fix it.
+  const ftm::begin_options old_age{.priority = 1}, young_age{.priority = 2};
+
   SUBCASE("a younger transaction that meets an older one's lock dies at once") {
     ftm::transaction older{*pool};
-    older.begin();
+    older.begin(old_age);
     older.open(x)->balance = 2;
     std::thread([&] {
       ftm::transaction younger{*pool};
-      younger.begin();
+      younger.begin(young_age);
       CHECK_THROWS_AS(younger.open_read(x), ftm::conflict);
       // Having lost, it may only abort: a commit is refused.
       CHECK_THROWS_AS(younger.commit(), ftm::conflict);
@@ -206,12 +210,12 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
 
   SUBCASE("an older transaction waits for a younger one's lock") {
     ftm::transaction older{*pool};
-    older.begin();
+    older.begin(old_age);
     std::atomic<int> stage{0};
     std::atomic<bool> committed{false};
     std::thread younger_thread([&] {
       ftm::transaction younger{*pool};
-      younger.begin();
+      younger.begin(young_age);
       younger.open(x)->balance = 3;
       stage = 1;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -228,7 +232,7 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
 
   SUBCASE("atomically() retries a conflict until the lock is free") {
     ftm::transaction holder{*pool};
-    holder.begin();
+    holder.begin(old_age);
     holder.open(x)->balance = 10;
     std::thread retrier([&] {
       ftm::atomically(*pool, [&](auto& tx) { tx.open(x)->balance += 5; });

@@ -176,7 +176,7 @@ class opened {
   /// ends (strict two-phase locking). Closing twice is harmless.
   void close() noexcept {
     if (ptr_ == nullptr) return;
-    if (tx_->active() && tx_->generation() == generation_ && tx_->close_object_ != nullptr) {
+    if (tx_->close_object_ != nullptr && tx_->active() && tx_->generation() == generation_) {
       tx_->close_object_(*tx_, offset_);
     }
     ptr_ = nullptr;

@@ -38,6 +38,13 @@ root_type root_type_of() {
 
 }  // namespace detail
 
+/// An engine whose `close` does nothing says so with `static constexpr bool
+/// close_is_noop = true`, and opened handles then skip the call.
+template <class E>
+concept closing_is_noop = requires {
+  requires E::close_is_noop;
+};
+
 /// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
 /// `begin()` activates it, `commit()` or `abort()` ends it, and it can begin again.
 /// An active transaction that is destroyed aborts: a transaction never commits
@@ -47,7 +54,9 @@ class transaction : private detail::transaction_base {
  public:
   using engine_type = E;
 
-  explicit transaction(E& engine) noexcept : engine_(&engine) { close_object_ = &close_thunk; }
+  explicit transaction(E& engine) noexcept : engine_(&engine) {
+    if constexpr (!closing_is_noop<E>) close_object_ = &close_thunk;
+  }
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
   ~transaction() {

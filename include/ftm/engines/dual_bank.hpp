@@ -57,18 +57,25 @@ struct log_entry {
 
 enum slot_state : std::uint32_t { idle = 0, active = 1, committing = 2 };
 
-/// A transaction descriptor, in shared memory, one cache line of its own before its log.
+/// A transaction descriptor, in shared memory, one cache line of its own; its log
+/// is elsewhere.
 struct alignas(64) slot {
   std::atomic<owner_id> owner;  // 0: free; otherwise the process that runs (or recovers) it
   std::atomic<std::uint32_t> state;
   std::atomic<std::uint32_t> count;  // log entries in use
   std::atomic<std::uint64_t> priority;
   std::atomic<std::uint32_t> doomed;  // lost a conflict: may only abort
+  std::uint32_t wrote;                // took a write lock: commit has copies to make
   std::atomic<std::uint64_t> commits, aborts, conflicts, retries;
 };
+static_assert(sizeof(slot) == 64);
 
 inline constexpr std::uint64_t magic = 0x66746d2d64756131ull;  // "ftm-dua1"
 inline constexpr std::uint32_t max_slots = 64;                 // one bit each in `readers`
+
+// The control region: a page of header, the descriptors, then their logs.
+inline constexpr std::uint64_t slots_begin = 4096;
+inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
 
 struct pool_header {
   std::uint64_t magic;
@@ -76,7 +83,6 @@ struct pool_header {
   std::uint64_t nchunks;
   std::uint64_t metas_offset;
   std::uint64_t chunks_offset;
-  std::uint64_t slot_stride;
   std::uint32_t max_entries;
 };
 
@@ -195,8 +201,7 @@ class dual_bank {
     nchunks_ = n;
     chunks_offset_ = align_up(metas_begin + n * meta_stride, chunk_size);
     max_entries_ = opts.max_objects_per_transaction;
-    slot_stride_ = align_up(sizeof(slot) + std::uint64_t{max_entries_} * sizeof(log_entry), 64);
-    control_size_ = align_up(4096 + max_slots * slot_stride_, 4096);
+    control_size_ = align_up(logs_begin + std::uint64_t{max_slots} * max_entries_ * sizeof(log_entry), 4096);
     map_size_ = control_size_ + 2 * bank_size_;
 
     fd_ = ::memfd_create("ftm-dual-bank", MFD_CLOEXEC);
@@ -238,8 +243,7 @@ class dual_bank {
   tx_id begin(begin_options o = {}) {
     using namespace detail::dual_bank_layout;
     const owner_id me = detail::self_owner_id();
-    thread_local std::uint32_t hint =
-        static_cast<std::uint32_t>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
+    thread_local std::uint32_t hint = 0;  // constant-initialised: no guard on each access
     for (std::uint32_t round = 0;; ++round) {
       for (std::uint32_t i = 0; i < max_slots; ++i) {
         const tx_id d = (hint + i) % max_slots;
@@ -251,6 +255,7 @@ class dual_bank {
           // 0: the age is taken when a conflict first asks for it (see priority()).
           s.priority.store(o.priority, std::memory_order_relaxed);
           s.doomed.store(0, std::memory_order_relaxed);
+          s.wrote = 0;
           if (o.attempt != 0) bump(s.retries);
           s.state.store(active, std::memory_order_release);
           return d;
@@ -269,11 +274,9 @@ class dual_bank {
       abort(d);
       throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
     }
-    const std::uint32_t n = s.count.load(std::memory_order_relaxed);
-    const log_entry* log = entries(d);
-    bool wrote = false;
-    for (std::uint32_t i = 0; i < n && !wrote; ++i) wrote = log[i].kind == entry_kind::write;
-    if (wrote) {
+    if (s.wrote != 0) {
+      const std::uint32_t n = s.count.load(std::memory_order_relaxed);
+      const log_entry* log = entries(d);
       FTM_FAULT_POINT("commit.before_state");
       // Phase 1: the decision is stable. Phase 2: bring the second bank up to date.
       s.state.store(committing, std::memory_order_release);
@@ -381,6 +384,8 @@ class dual_bank {
 
   /// Locks are held until the transaction ends (strict two-phase locking).
   void close(tx_id, std::uint64_t) noexcept {}
+  /// Tells the transaction layer that `close` has nothing to do.
+  static constexpr bool close_is_noop = true;
 
   std::uint64_t find_root(tx_id d, std::string_view name, const root_type& t) {
     using namespace detail::dual_bank_layout;
@@ -536,9 +541,8 @@ class dual_bank {
     h->nchunks = nchunks_;
     h->metas_offset = metas_begin;
     h->chunks_offset = chunks_offset_;
-    h->slot_stride = slot_stride_;
     h->max_entries = max_entries_;
-    for (tx_id d = 0; d < max_slots; ++d) ::new (base_ + 4096 + d * slot_stride_) slot{};
+    for (tx_id d = 0; d < max_slots; ++d) ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
     for (std::byte* bank : {a_, b_}) {
       auto init = [&](std::uint64_t off, std::uint32_t size) {
         auto* oh = ::new (bank + off) object_header{};
@@ -552,10 +556,10 @@ class dual_bank {
   // ---- layout ----------------------------------------------------------------
 
   slot& slot_at(tx_id d) const noexcept {
-    return *std::launder(reinterpret_cast<slot*>(base_ + 4096 + d * slot_stride_));
+    return *std::launder(reinterpret_cast<slot*>(base_ + detail::dual_bank_layout::slots_begin + d * sizeof(slot)));
   }
   log_entry* entries(tx_id d) const noexcept {
-    return reinterpret_cast<log_entry*>(reinterpret_cast<std::byte*>(&slot_at(d)) + sizeof(slot));
+    return reinterpret_cast<log_entry*>(base_ + detail::dual_bank_layout::logs_begin) + std::uint64_t{d} * max_entries_;
   }
   detail::dual_bank_layout::object_header& header(std::uint64_t off) const noexcept {
     return *std::launder(reinterpret_cast<detail::dual_bank_layout::object_header*>(a_ + off));
@@ -661,6 +665,9 @@ class dual_bank {
       throw usage_error(fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
     if (!older(d, holder)) {
+      // Dying for a holder that is dead itself would only repeat: recover it instead.
+      recovery_report ignored;
+      if (recover_if_dead(holder, ignored)) return;
       slot& s = slot_at(d);
       s.doomed.store(1, std::memory_order_relaxed);
       bump(s.conflicts);
@@ -684,6 +691,7 @@ class dual_bank {
     const std::uint32_t me = d + 1;
     if (h.writer.load(std::memory_order_relaxed) == me) return;
     log_entry& e = push_entry(d, off, entry_kind::write);
+    slot_at(d).wrote = 1;
     FTM_FAULT_POINT("lock.after_log_entry");
     std::uint32_t spins = 0;
     for (;;) {
@@ -739,6 +747,7 @@ class dual_bank {
     if (held) return true;
     if (h.writer.load(std::memory_order_relaxed) != 0) return false;
     log_entry& e = push_entry(d, off, entry_kind::write);
+    slot_at(d).wrote = 1;
     std::uint32_t w = 0;
     if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) {
       slot_at(d).count.fetch_sub(1, std::memory_order_release);
@@ -782,6 +791,7 @@ class dual_bank {
   allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
     using namespace detail::dual_bank_layout;
     push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
+    slot_at(d).wrote = 1;
     object_header& h = header(off);
     h.readers.store(0, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
@@ -929,7 +939,6 @@ class dual_bank {
   std::size_t bank_size_ = 0;
   std::uint64_t nchunks_ = 0;
   std::uint64_t chunks_offset_ = 0;
-  std::uint64_t slot_stride_ = 0;
   std::uint32_t max_entries_ = 0;
   // Hints of this process only, never trusted without the chunk's lock.
   std::unique_ptr<std::atomic<std::uint8_t>[]> class_hint_;
