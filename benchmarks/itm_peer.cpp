@@ -15,9 +15,7 @@ void itm_tiny_write(record& r) noexcept {
 
 std::int64_t itm_read(const record& r) noexcept {
   std::int64_t sum = 0;
-  __transaction_atomic {
-    sum = r.field[0] + r.field[1];
-  }
+  __transaction_atomic { sum = r.field[0] + r.field[1]; }
   return sum;
 }
 

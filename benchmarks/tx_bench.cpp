@@ -92,7 +92,8 @@ struct ftm_system {
       }
     }
     const auto report = pool.check();
-    for (const auto& problem : report.problems) std::fprintf(stderr, "ftm: %s\n", problem.c_str());
+    for (const auto& problem : report.problems)
+      std::fprintf(stderr, "ftm: %s\n", problem.c_str());
     fmt::print(stderr, "ftm pool: {}\n", pool.stats());
     return ok && report.ok();
   }
@@ -184,7 +185,8 @@ template <class System>
 void tiny_write(benchmark::State& state, sharing mode) {
   System& system = instance<System>();
   const int i = object_index(state, mode);
-  for (auto _ : state) system.tiny_write(i);
+  for (auto _ : state)
+    system.tiny_write(i);
   state.SetItemsProcessed(state.iterations());
 }
 
@@ -192,19 +194,18 @@ template <class System>
 void read_only(benchmark::State& state, sharing mode) {
   System& system = instance<System>();
   const int i = object_index(state, mode);
-  for (auto _ : state) benchmark::DoNotOptimize(system.read(i));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(system.read(i));
   state.SetItemsProcessed(state.iterations());
 }
 
 template <class System>
-void register_case(const char* workload, void (*run)(benchmark::State&, sharing),
-                   sharing mode) {
+void register_case(const char* workload, void (*run)(benchmark::State&, sharing), sharing mode) {
   static constexpr const char* sharing_names[] = {"single", "disjoint", "shared"};
   const std::string name =
       fmt::format("{}/{}/{}", workload, sharing_names[static_cast<int>(mode)], System::name);
-  benchmark::RegisterBenchmark(name.c_str(), [run, mode](benchmark::State& state) {
-    run(state, mode);
-  })
+  benchmark::RegisterBenchmark(name.c_str(),
+                               [run, mode](benchmark::State& state) { run(state, mode); })
       ->Threads(mode == sharing::single ? 1 : 2)
       ->UseRealTime();
 }

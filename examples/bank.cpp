@@ -7,8 +7,8 @@
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>
 
-#include <boost/hana/define_struct.hpp>
 #include <fmt/format.h>
+#include <boost/hana/define_struct.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include <csignal>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <csignal>
 
 namespace {
 
@@ -81,7 +81,8 @@ namespace {
 std::int64_t total(pool_type& pool, const bank& b) {
   return ftm::atomically(pool, [&](transaction& tx) {
     std::int64_t sum = 0;
-    for (auto ref : b.accounts) sum += tx.open_read(ref)->balance;
+    for (auto ref : b.accounts)
+      sum += tx.open_read(ref)->balance;
     return sum;
   });
 }
@@ -103,9 +104,8 @@ int random_transfers(pool_type& pool, const bank& b, unsigned seed, int count) {
     const std::int64_t sum = amount(rng);
     // [snippet:atomically]
     try {
-      ftm::atomically(pool, [&](transaction& tx) {
-        transfer(tx, b.accounts[from], b.accounts[to], sum);
-      });
+      ftm::atomically(
+          pool, [&](transaction& tx) { transfer(tx, b.accounts[from], b.accounts[to], sum); });
       ++committed;
     } catch (const insufficient_funds&) {
       // aborted: neither balance changed
@@ -127,7 +127,8 @@ int random_transfers(pool_type& pool, const bank& b, unsigned seed, int count) {
     src->balance -= 1'000'000;  // half of a transfer: the money has left...
     const char byte = 1;
     if (::write(ready, &byte, 1) != 1) std::_Exit(2);
-    for (;;) ::pause();  // ...and never arrives: SIGKILL comes first
+    for (;;)
+      ::pause();  // ...and never arrives: SIGKILL comes first
   });
   std::_Exit(3);  // not reached
 }
@@ -137,8 +138,7 @@ int random_transfers(pool_type& pool, const bank& b, unsigned seed, int count) {
 int main() {
   pool_type pool{pool_type::options{.bank_size = 1 << 20}};
 
-  fmt::print("1. Open the bank: a named root and {} accounts of {}\n", n_accounts,
-             initial_balance);
+  fmt::print("1. Open the bank: a named root and {} accounts of {}\n", n_accounts, initial_balance);
   // [snippet:root]
   const ftm::stable<bank> root = ftm::atomically(pool, [](transaction& tx) {
     ftm::stable<bank> ref = tx.root<bank>("bank");  // found, or created empty
@@ -165,7 +165,8 @@ int main() {
   fmt::print("  stats: {}\n", pool.stats());
   expect(total(pool, b) == n_accounts * initial_balance, "the total is conserved");
   bool none_negative = true;
-  for (auto ref : b.accounts) none_negative = none_negative && balance(pool, ref) >= 0;
+  for (auto ref : b.accounts)
+    none_negative = none_negative && balance(pool, ref) >= 0;
   expect(none_negative, "no account is overdrawn");
 
   fmt::print("\n3. A transfer that aborts by throwing\n");
@@ -180,8 +181,8 @@ int main() {
     fmt::print("  aborted: {}\n", e.what());  // atomically() aborted, then rethrew
   }
   // [end-snippet]
-  fmt::print("  account 0: {} -> {}, account 1: {} -> {}\n", before0,
-             balance(pool, b.accounts[0]), before1, balance(pool, b.accounts[1]));
+  fmt::print("  account 0: {} -> {}, account 1: {} -> {}\n", before0, balance(pool, b.accounts[0]),
+             before1, balance(pool, b.accounts[1]));
   expect(balance(pool, b.accounts[0]) == before0 && balance(pool, b.accounts[1]) == before1,
          "the aborted transfer left no trace");
 
@@ -225,7 +226,8 @@ int main() {
   fmt::print("\nstats: {}\n", pool.stats());
   fmt::print("check: {} objects, {} bytes in use, {}\n", check.objects, check.bytes_in_use,
              check.ok() ? "consistent" : "PROBLEMS");
-  for (const auto& p : check.problems) fmt::print("  problem: {}\n", p);
+  for (const auto& p : check.problems)
+    fmt::print("  problem: {}\n", p);
   expect(check.ok(), "pool.check() is ok: no lock held, both banks agree");
 
   if (failures != 0) {

@@ -145,9 +145,10 @@ int main() {
   expect(show(pool, s) == "AAC......J", "the unfinished transaction left no trace");
 
   const auto report = pool.check();
-  fmt::print("\npool: {}; check: {} object(s), {} bytes in use, {}\n", pool.stats(),
-             report.objects, report.bytes_in_use, report.ok() ? "consistent" : "PROBLEMS");
-  for (const auto& p : report.problems) fmt::print("  problem: {}\n", p);
+  fmt::print("\npool: {}; check: {} object(s), {} bytes in use, {}\n", pool.stats(), report.objects,
+             report.bytes_in_use, report.ok() ? "consistent" : "PROBLEMS");
+  for (const auto& p : report.problems)
+    fmt::print("  problem: {}\n", p);
   expect(report.ok(), "pool.check() finds both banks in agreement and no lock held");
 
   if (failures != 0) {

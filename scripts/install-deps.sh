@@ -6,7 +6,7 @@ set -euo pipefail
 
 # libclang-rt-dev holds clang's sanitizer runtimes (the TSan stage needs them); clang
 # only recommends it, and recommends are not installed here.
-packages=(g++ clang libclang-rt-dev cmake ninja-build
+packages=(g++ clang libclang-rt-dev clang-format cmake ninja-build git python3
   libboost-dev libfmt-dev doctest-dev libbenchmark-dev)
 
 missing=()

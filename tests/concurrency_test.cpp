@@ -54,7 +54,8 @@ bool serializable(const std::vector<tx_record>& txs, std::size_t accounts, std::
       if (v != 0) {
         auto w = writer[acct].find(v);
         if (w == writer[acct].end()) {
-          why = fmt::format("account {} was read at version {}, which no committed tx wrote", acct, v);
+          why = fmt::format("account {} was read at version {}, which no committed tx wrote", acct,
+                            v);
           return false;
         }
         edge(w->second, t);
@@ -79,7 +80,8 @@ bool serializable(const std::vector<tx_record>& txs, std::size_t accounts, std::
     }
   }
   if (ordered != n) {
-    why = fmt::format("the precedence graph has a cycle ({} of {} transactions ordered)", ordered, n);
+    why =
+        fmt::format("the precedence graph has a cycle ({} of {} transactions ordered)", ordered, n);
     return false;
   }
   return true;
@@ -91,7 +93,8 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
   constexpr std::int64_t initial = 1000;
   std::vector<ftm::stable<account>> acct(accounts);
   ftm::atomically(*pool, [&](auto& tx) {
-    for (auto& a : acct) a = tx.create(account{initial, 0});
+    for (auto& a : acct)
+      a = tx.create(account{initial, 0});
   });
 
   std::vector<std::vector<tx_record>> logs(threads);
@@ -104,7 +107,8 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
       std::mt19937 rng(1234 + t);
       std::uniform_int_distribution<std::uint32_t> pick(0, accounts - 1);
       ++started;  // start together, so the transactions overlap
-      while (started.load() < threads) std::this_thread::yield();
+      while (started.load() < threads)
+        std::this_thread::yield();
       for (unsigned i = 0; i < per_thread; ++i) {
         tx_record rec;
         if (i % 50 == 49) {
@@ -142,16 +146,19 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
       }
     });
   }
-  for (auto& w : workers) w.join();
+  for (auto& w : workers)
+    w.join();
 
   std::int64_t total = 0;
   ftm::atomically(*pool, [&](auto& tx) {
-    for (auto a : acct) total += tx.open_read(a)->balance;
+    for (auto a : acct)
+      total += tx.open_read(a)->balance;
   });
   CHECK(total == initial * accounts);
   CHECK_FALSE(audit_failed.load());
   std::vector<tx_record> all;
-  for (auto& l : logs) all.insert(all.end(), l.begin(), l.end());
+  for (auto& l : logs)
+    all.insert(all.end(), l.begin(), l.end());
   std::string why;
   CHECK_MESSAGE(serializable(all, accounts, why), why);
   const auto s = pool->stats();
@@ -167,7 +174,8 @@ TEST_CASE_TEMPLATE("random transfers among 1,000 accounts are serializable", E, 
   SUBCASE("4 threads") { random_transfers<E>(4, 1000, 5000); }
 }
 
-TEST_CASE_TEMPLATE("hot spot: 4 threads on 4 accounts conflict, retry and conserve", E, FTM_TEST_ENGINES) {
+TEST_CASE_TEMPLATE("hot spot: 4 threads on 4 accounts conflict, retry and conserve", E,
+                   FTM_TEST_ENGINES) {
   random_transfers<E>(4, 4, 5000);
 }
 
@@ -222,7 +230,8 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
       committed = true;
       younger.commit();
     });
-    while (stage.load() == 0) std::this_thread::yield();
+    while (stage.load() == 0)
+      std::this_thread::yield();
     const auto seen = older.open_read(x)->balance;  // blocks until the younger commits
     CHECK(committed.load());
     CHECK(seen == 3);
@@ -234,9 +243,8 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
     ftm::transaction holder{*pool};
     holder.begin(old_age);
     holder.open(x)->balance = 10;
-    std::thread retrier([&] {
-      ftm::atomically(*pool, [&](auto& tx) { tx.open(x)->balance += 5; });
-    });
+    std::thread retrier(
+        [&] { ftm::atomically(*pool, [&](auto& tx) { tx.open(x)->balance += 5; }); });
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
     holder.commit();
     retrier.join();
@@ -254,7 +262,8 @@ TEST_CASE_TEMPLATE("wait-die: the younger dies, the older waits", E, FTM_TEST_EN
         if (!waited) {  // both hold their first lock before either asks for the second
           waited = true;
           ++arrived;
-          while (arrived.load() < 2) std::this_thread::yield();
+          while (arrived.load() < 2)
+            std::this_thread::yield();
         }
         tx.open(second)->balance -= 1;
       });
@@ -279,7 +288,8 @@ TEST_CASE_TEMPLATE("concurrent allocation and roots", E, FTM_TEST_ENGINES) {
   std::vector<std::thread> workers;
   for (unsigned t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
-      auto root = ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("shared"); });
+      auto root =
+          ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("shared"); });
       for (int i = 0; i < 300; ++i) {
         made[t].push_back(ftm::atomically(*pool, [&](auto& tx) {
           tx.open(root)->balance += 1;
@@ -293,7 +303,8 @@ TEST_CASE_TEMPLATE("concurrent allocation and roots", E, FTM_TEST_ENGINES) {
       }
     });
   }
-  for (auto& w : workers) w.join();
+  for (auto& w : workers)
+    w.join();
   auto root = ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>("shared"); });
   CHECK(ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(root)->balance; }) == 1200);
   // Every surviving object is distinct and holds what its creator wrote.

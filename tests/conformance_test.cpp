@@ -3,9 +3,9 @@
 
 #include <ftm/ftm.hpp>
 
-#include <boost/hana/define_struct.hpp>
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <boost/hana/define_struct.hpp>
 
 #include <array>
 #include <cstdint>
@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include <csignal>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <csignal>
 
 namespace {
 
@@ -158,7 +158,8 @@ ENGINE_TEST("misuse is a clear run-time error") {
   CHECK_THROWS_AS(tx.commit(), ftm::usage_error);
   tx.begin();
   CHECK_THROWS_WITH_AS(tx.begin(), doctest::Contains("already active"), ftm::usage_error);
-  CHECK_THROWS_WITH_AS(tx.open(ftm::stable<account>{}), doctest::Contains("null"), ftm::usage_error);
+  CHECK_THROWS_WITH_AS(tx.open(ftm::stable<account>{}), doctest::Contains("null"),
+                       ftm::usage_error);
   // A handle of the wrong type for the object it names.
   ftm::stable<big> wrong{ftm::detail::from_offset, a.offset()};
   CHECK_THROWS_WITH_AS(tx.open(wrong), doctest::Contains("bytes"), ftm::usage_error);
@@ -178,9 +179,11 @@ ENGINE_TEST("atomically() inside atomically() on the same pool is refused") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto other = ftm_test::engine_factory<E>::make();
   CHECK_THROWS_WITH_AS(ftm::atomically(*pool, [&](auto&) { ftm::atomically(*pool, [](auto&) {}); }),
-                       doctest::Contains("inside ftm::atomically on the same pool"), ftm::usage_error);
+                       doctest::Contains("inside ftm::atomically on the same pool"),
+                       ftm::usage_error);
   // Another pool is independent, and the refusal left no scope behind.
-  CHECK(ftm::atomically(*pool, [&](auto&) { return ftm::atomically(*other, [](auto&) { return 1; }); }) == 1);
+  CHECK(ftm::atomically(
+            *pool, [&](auto&) { return ftm::atomically(*other, [](auto&) { return 1; }); }) == 1);
   CHECK(ftm::atomically(*pool, [](auto&) { return 2; }) == 2);
 }
 
@@ -217,7 +220,8 @@ ENGINE_TEST("linked stable objects") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto head = ftm::atomically(*pool, [](auto& tx) {
     ftm::stable<node> h;
-    for (int i = 0; i < 100; ++i) h = tx.create(node{i, h});
+    for (int i = 0; i < 100; ++i)
+      h = tx.create(node{i, h});
     return h;
   });
   int sum = ftm::atomically(*pool, [&](auto& tx) {
@@ -256,7 +260,8 @@ ENGINE_TEST("a full pool says so, loses nothing, and works again after a free") 
   auto keep = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{77, 0}); });
   std::vector<ftm::stable<big>> bigs;
   try {
-    for (;;) bigs.push_back(ftm::atomically(*pool, [](auto& tx) { return tx.template create<big>(); }));
+    for (;;)
+      bigs.push_back(ftm::atomically(*pool, [](auto& tx) { return tx.template create<big>(); }));
   } catch (const ftm::pool_full& e) {
     CHECK(std::string(e.what()).find("no room") != std::string::npos);
   }
@@ -264,15 +269,18 @@ ENGINE_TEST("a full pool says so, loses nothing, and works again after a free") 
   // Small objects until full, in one transaction that then aborts: nothing leaks.
   CHECK_THROWS_AS(ftm::atomically(*pool,
                                   [](auto& tx) {
-                                    for (;;) tx.create(account{1, 1});
+                                    for (;;)
+                                      tx.create(account{1, 1});
                                   }),
                   ftm::error);
   CHECK(balance_of(*pool, keep) == 77);
   ftm::atomically(*pool, [&](auto& tx) { tx.destroy(bigs.back()); });
   bigs.pop_back();
   CHECK(ftm::atomically(*pool, [](auto& tx) { return tx.template create<big>(); }));
-  CHECK_THROWS_AS(ftm::atomically(*pool, [](auto& tx) { return tx.template create<std::array<char, 64 << 20>>(); }),
-                  ftm::pool_full);
+  CHECK_THROWS_AS(
+      ftm::atomically(*pool,
+                      [](auto& tx) { return tx.template create<std::array<char, 64 << 20>>(); }),
+      ftm::pool_full);
 }
 
 ENGINE_TEST("a transaction that locks too many objects gets a clear error") {
@@ -283,10 +291,12 @@ ENGINE_TEST("a transaction that locks too many objects gets a clear error") {
   }
   CHECK_THROWS_AS(ftm::atomically(*pool,
                                   [&](auto& tx) {
-                                    for (auto o : objs) tx.open(o)->balance = 0;
+                                    for (auto o : objs)
+                                      tx.open(o)->balance = 0;
                                   }),
                   ftm::capacity_exceeded);
-  for (auto o : objs) CHECK(balance_of(*pool, o) == 1);
+  for (auto o : objs)
+    CHECK(balance_of(*pool, o) == 1);
 }
 
 ENGINE_TEST("recovery undoes the transaction of a process that died") {
@@ -312,7 +322,8 @@ ENGINE_TEST("recovery undoes the transaction of a process that died") {
   // Recovery is idempotent: nothing left to do.
   const ftm::recovery_report again = pool->recover();
   CHECK(again.undone + again.redone == 0);
-  CHECK(fmt::format("{}", r) == fmt::format("undone: 1, redone: 0, locks released: {}", r.locks_released));
+  CHECK(fmt::format("{}", r) ==
+        fmt::format("undone: 1, redone: 0, locks released: {}", r.locks_released));
 }
 
 ENGINE_TEST("a lock held by a dead process is reclaimed by an older waiter") {
@@ -360,8 +371,8 @@ TEST_CASE("errors name their cause") {
   const ftm::pool_full e("no room for a thing");
   CHECK(std::string(e.what()) == "ftm: pool full: no room for a thing");
   CHECK(e.code() == ftm::errc::pool_full);
-  CHECK_THROWS_WITH_AS(ftm::engines::dual_bank(12345), doctest::Contains("multiple of the chunk size"),
-                       ftm::invalid_argument);
+  CHECK_THROWS_WITH_AS(ftm::engines::dual_bank(12345),
+                       doctest::Contains("multiple of the chunk size"), ftm::invalid_argument);
   CHECK_THROWS_WITH_AS(ftm::engines::dual_bank(65536), doctest::Contains("too small"),
                        ftm::invalid_argument);
 }

@@ -16,8 +16,8 @@ template <>
 struct engine_factory<ftm::engines::dual_bank> {
   static std::unique_ptr<ftm::engines::dual_bank> make(std::size_t bank_size = std::size_t{4} << 20,
                                                        std::uint32_t max_objects = 1024) {
-    return std::make_unique<ftm::engines::dual_bank>(
-        ftm::engines::dual_bank::options{.bank_size = bank_size, .max_objects_per_transaction = max_objects});
+    return std::make_unique<ftm::engines::dual_bank>(ftm::engines::dual_bank::options{
+        .bank_size = bank_size, .max_objects_per_transaction = max_objects});
   }
 };
 

@@ -64,7 +64,8 @@ template <class E>
 concept transactional_engine = requires(E& e, tx_id t, begin_options o) {
   { e.begin(o) } -> std::same_as<tx_id>;
   { e.commit(t) } -> std::same_as<void>;
-  { e.abort(t) } noexcept;
+  { e.abort(t) }
+  noexcept;
 };
 
 /// Create and destroy stable objects inside a transaction.
@@ -79,7 +80,8 @@ template <class E>
 concept object_engine = requires(E& e, tx_id t, const object_type& ty, std::uint64_t off) {
   { e.open_write(t, off, ty) } -> std::same_as<void*>;
   { e.open_read(t, off, ty) } -> std::same_as<const void*>;
-  { e.close(t, off) } noexcept;
+  { e.close(t, off) }
+  noexcept;
 };
 
 /// Find objects again by name after a restart.
@@ -115,7 +117,7 @@ concept recoverable_engine = requires(E& e, const E& ce) {
 /// - Objects are named by offsets, never addresses; offset 0 is never an object.
 template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
-                 rooted_engine<E> && recoverable_engine<E>;
+    rooted_engine<E> && recoverable_engine<E>;
 
 }  // namespace ftm
 

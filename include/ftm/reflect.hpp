@@ -8,14 +8,14 @@
 
 #include <ftm/detail/type_name.hpp>
 
+#include <fmt/format.h>
 #include <boost/hana/accessors.hpp>
 #include <boost/hana/concept/struct.hpp>
+#include <boost/hana/first.hpp>
 #include <boost/hana/for_each.hpp>
 #include <boost/hana/keys.hpp>
 #include <boost/hana/second.hpp>
-#include <boost/hana/first.hpp>
 #include <boost/hana/string.hpp>
-#include <fmt/format.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -38,9 +38,11 @@ namespace detail {
 /// arrays as lists, everything else with its own formatter.
 template <class T, class Out>
 Out format_field(Out out, const T& v) {
-  if constexpr (std::is_array_v<T> && std::is_same_v<std::remove_cv_t<std::remove_extent_t<T>>, char>) {
+  if constexpr (std::is_array_v<T> &&
+                std::is_same_v<std::remove_cv_t<std::remove_extent_t<T>>, char>) {
     std::size_t n = 0;
-    while (n < std::extent_v<T> && v[n] != '\0') ++n;
+    while (n < std::extent_v<T> && v[n] != '\0')
+      ++n;
     return fmt::format_to(out, "\"{}\"", std::string_view(v, n));
   } else if constexpr (std::is_array_v<T>) {
     out = fmt::format_to(out, "[");
@@ -145,7 +147,7 @@ std::uint64_t layout_fingerprint() {
 
 /// Reflected types print as `name{field: value, ...}`.
 template <class T>
-  requires ftm::reflected<T>
+requires ftm::reflected<T>
 struct fmt::formatter<T> {
   constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
 

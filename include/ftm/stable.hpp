@@ -23,9 +23,8 @@ inline constexpr std::size_t max_stable_alignment = 16;
 
 /// The pool copies a stable object byte by byte, between banks and across processes.
 template <class T>
-concept trivially_copyable_object =
-    std::is_object_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T> &&
-    std::is_trivially_copyable_v<T>;
+concept trivially_copyable_object = std::is_object_v<T> && !std::is_const_v<T> &&
+                                    !std::is_volatile_v<T> && std::is_trivially_copyable_v<T>;
 
 /// A raw pointer dangles once another process, or a restart, maps the pool.
 template <class T>
@@ -73,8 +72,8 @@ inline constexpr from_offset_t from_offset{};
 
 /// A typed handle to a stable object: a pool offset, never a raw pointer, so it stays
 /// valid when the pool is mapped at another address or in another process. It can be
-/// stored inside other stable objects, including objects of type T. It grants no access to the object: open it in
-/// a transaction (`tx.open(ref)`, `tx.open_read(ref)`).
+/// stored inside other stable objects, including objects of type T. It grants no access to the
+/// object: open it in a transaction (`tx.open(ref)`, `tx.open_read(ref)`).
 template <class T>
 class stable {
   // T may still be incomplete here (an object that links to its own type), so the
@@ -189,8 +188,7 @@ class opened {
  private:
   void check() const {
     if (ptr_ == nullptr) {
-      throw usage_error(fmt::format("ftm::opened<{}> used after close()",
-                                    detail::type_name<T>()));
+      throw usage_error(fmt::format("ftm::opened<{}> used after close()", detail::type_name<T>()));
     }
     if (!tx_->active() || tx_->generation() != generation_) {
       throw usage_error(fmt::format(
@@ -221,8 +219,10 @@ struct fmt::formatter<ftm::stable<T>> {
   constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
   template <class FormatContext>
   auto format(ftm::stable<T> ref, FormatContext& ctx) const {
-    if (!ref) return fmt::format_to(ctx.out(), "stable<{}>(null)", ftm::detail::short_type_name<T>());
-    return fmt::format_to(ctx.out(), "stable<{}>@{}", ftm::detail::short_type_name<T>(), ref.offset());
+    if (!ref)
+      return fmt::format_to(ctx.out(), "stable<{}>(null)", ftm::detail::short_type_name<T>());
+    return fmt::format_to(ctx.out(), "stable<{}>@{}", ftm::detail::short_type_name<T>(),
+                          ref.offset());
   }
 };
 

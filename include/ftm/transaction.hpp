@@ -160,8 +160,8 @@ class transaction : private detail::transaction_base {
 
   void require_active(std::string_view what) const {
     if (!active_) {
-      throw usage_error(fmt::format(
-          "transaction::{}: the transaction is not active (call begin() first)", what));
+      throw usage_error(
+          fmt::format("transaction::{}: the transaction is not active (call begin() first)", what));
     }
   }
 
@@ -246,9 +246,9 @@ inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
 /// its other side effects should be idempotent. Throws `ftm::retry_limit` after
 /// `policy.max_attempts` conflicts.
 template <engine E, class F>
-  requires std::invocable<F&, transaction<E>&>
-auto atomically(E& engine, F&& f, retry_policy policy = {})
-    -> std::invoke_result_t<F&, transaction<E>&> {
+requires std::invocable < F&, transaction<E>
+& > auto atomically(E& engine, F&& f, retry_policy policy = {})
+        -> std::invoke_result_t<F&, transaction<E>&> {
   using result = std::invoke_result_t<F&, transaction<E>&>;
   static_assert(!detail::is_opened<std::remove_cvref_t<result>>::value,
                 "ftm::atomically: f must not return an opened handle: it is closed when the "
@@ -280,9 +280,9 @@ auto atomically(E& engine, F&& f, retry_policy policy = {})
       tx.abort();
       if (options.priority == 0) options.priority = detail::timestamp();
       if (++options.attempt >= policy.max_attempts) {
-        throw retry_limit(fmt::format(
-            "ftm::atomically gave up after {} conflicting attempts; the last: {}",
-            options.attempt, lost.what()));
+        throw retry_limit(
+            fmt::format("ftm::atomically gave up after {} conflicting attempts; the last: {}",
+                        options.attempt, lost.what()));
       }
       detail::backoff(options.attempt, policy.max_backoff);
     }

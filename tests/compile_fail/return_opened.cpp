@@ -11,8 +11,7 @@ struct account {
   long balance;
 };
 
-ftm::opened<account> leak(ftm::transaction<ftm::engines::dual_bank>& tx,
-                          ftm::stable<account> ref) {
+ftm::opened<account> leak(ftm::transaction<ftm::engines::dual_bank>& tx, ftm::stable<account> ref) {
   ftm::opened<account> acc = tx.open(ref);
   acc->balance += 10;
   return acc;

@@ -135,8 +135,7 @@ bool is_after_decision(std::string_view name) {
 /// `with_blob`, replaces the large blob. Objects are modified as soon as they are
 /// opened, so a crash leaves a partly written transaction behind. Throws
 /// `intended_abort` at the end if `abort_it`.
-void transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it,
-              bool with_blob) {
+void transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it, bool with_blob) {
   const auto from = static_cast<std::uint32_t>(rng() % n_accounts);
   auto to = static_cast<std::uint32_t>(rng() % (n_accounts - 1));
   if (to >= from) ++to;
@@ -224,7 +223,8 @@ pid_t spawn(F&& body) {
       std::fprintf(stderr, "crash_test child %d: %s\n", static_cast<int>(::getpid()), e.what());
       code = 3;
     } catch (...) {
-      std::fprintf(stderr, "crash_test child %d: unknown exception\n", static_cast<int>(::getpid()));
+      std::fprintf(stderr, "crash_test child %d: unknown exception\n",
+                   static_cast<int>(::getpid()));
       code = 4;
     }
     std::fflush(stderr);
@@ -299,7 +299,8 @@ class rig {
     progress_->committed.store(0);
     progress_->attempts.store(0);
     progress_->completed.store(0);
-    for (auto& h : progress_->hits) h.store(0);
+    for (auto& h : progress_->hits)
+      h.store(0);
   }
 
   /// Checks every invariant of a quiescent pool (after `recover()`) and returns the
@@ -309,7 +310,8 @@ class rig {
     INFO("after ", what);
     if (!report.ok()) {
       std::string all;
-      for (const auto& problem : report.problems) all += "\n  " + problem;
+      for (const auto& problem : report.problems)
+        all += "\n  " + problem;
       FAIL("pool.check() found ", report.problems.size(), " problems:", all);
     }
     REQUIRE_MESSAGE(report.objects == expected_objects,
@@ -451,7 +453,8 @@ TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
     check_outcome(after, before.transfers, committed, rep, true);
     before = after;
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(
       "crash/random: {} kills, {} recoveries of a transaction cut short ({} undone, {} redone, "
       "{} locks released), {} transfers committed in total, {:.1f} s (FTM_CRASH_SEED={})\n",
@@ -486,7 +489,8 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
         // The hit counters are per process and a child starts with its parent's.
         const auto& names = ftm::detail::fault_point_names;
         std::array<std::uint64_t, names.size()> inherited{};
-        for (std::size_t i = 0; i < names.size(); ++i) inherited[i] = ftm::detail::fault_hits(names[i]);
+        for (std::size_t i = 0; i < names.size(); ++i)
+          inherited[i] = ftm::detail::fault_hits(names[i]);
         const bank h = load_bank(pool);
         ftm::detail::arm_fault(name, k);
         run_program(pool, h, pi * 1000 + k, r.shared());
@@ -531,9 +535,9 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
       check_outcome(after, before.transfers, committed, rep, false);
       before = after;
     }
-    summary.push_back(fmt::format("{} x{}{}", name, point_kills,
-                                  completed ? fmt::format(" (all {} hits)", hits_when_complete)
-                                            : std::string(" (capped)")));
+    summary.push_back(fmt::format(
+        "{} x{}{}", name, point_kills,
+        completed ? fmt::format(" (all {} hits)", hits_when_complete) : std::string(" (capped)")));
   }
   for (const std::string_view name : ftm::detail::fault_point_names) {
     if (is_recovery_point(name)) continue;
@@ -577,8 +581,9 @@ TEST_CASE("crash: recovery killed at its own fault points is completed by the ne
     const scenario& s = scenarios[si];
     const bool redo = is_after_decision(s.worker_point);
     const std::string_view recovery_point = redo ? "recover.mid_redo" : "recover.mid_undo";
-    const std::string what = fmt::format("a worker killed at {} (hit {}), then recovery killed at {}",
-                                         s.worker_point, s.k, recovery_point);
+    const std::string what =
+        fmt::format("a worker killed at {} (hit {}), then recovery killed at {}", s.worker_point,
+                    s.k, recovery_point);
     INFO(what);
     r.reset_progress();
     const pid_t worker = spawn([&] {
@@ -597,9 +602,8 @@ TEST_CASE("crash: recovery killed at its own fault points is completed by the ne
         static_cast<void>(pool.recover());
       });
       const int rstatus = reap(recoverer);
-      REQUIRE_MESSAGE(killed(rstatus),
-                      fmt::format("recoverer {} was not killed at {}: it {}", attempt + 1,
-                                  recovery_point, describe(rstatus)));
+      REQUIRE_MESSAGE(killed(rstatus), fmt::format("recoverer {} was not killed at {}: it {}",
+                                                   attempt + 1, recovery_point, describe(rstatus)));
       ++t.kills;
       ++recovery_kills;
       ++point_kills[recovery_point];

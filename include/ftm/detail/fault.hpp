@@ -10,9 +10,9 @@
 #include <string_view>
 
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+#include <unistd.h>
 #include <csignal>
 #include <cstdint>
-#include <unistd.h>
 #endif
 
 namespace ftm::detail {
@@ -20,18 +20,18 @@ namespace ftm::detail {
 /// Every fault point the engines contain. The crash tests sweep this list, so a
 /// point that is added to the code must be added here too.
 inline constexpr std::array<std::string_view, 12> fault_point_names{
-    "lock.after_log_entry",      // write intent logged, lock not yet taken
-    "open.after_lock",           // lock taken, object not yet handed out
-    "alloc.after_bitmap",        // block marked used in the chunk bitmap
-    "alloc.after_header",        // object header written, value not yet built
-    "free.after_bitmap",         // destroy cleared the bitmap bit
-    "commit.before_state",       // writes done, decision not yet stable
-    "commit.after_state",        // descriptor is COMMITTING
-    "commit.mid_redo",           // first object copied to the second bank
-    "commit.before_release",     // second bank up to date, locks still held
-    "abort.mid_undo",            // first object restored from the second bank
-    "recover.mid_undo",          // recovery restored one object of an ACTIVE descriptor
-    "recover.mid_redo",          // recovery copied one object of a COMMITTING descriptor
+    "lock.after_log_entry",   // write intent logged, lock not yet taken
+    "open.after_lock",        // lock taken, object not yet handed out
+    "alloc.after_bitmap",     // block marked used in the chunk bitmap
+    "alloc.after_header",     // object header written, value not yet built
+    "free.after_bitmap",      // destroy cleared the bitmap bit
+    "commit.before_state",    // writes done, decision not yet stable
+    "commit.after_state",     // descriptor is COMMITTING
+    "commit.mid_redo",        // first object copied to the second bank
+    "commit.before_release",  // second bank up to date, locks still held
+    "abort.mid_undo",         // first object restored from the second bank
+    "recover.mid_undo",       // recovery restored one object of an ACTIVE descriptor
+    "recover.mid_redo",       // recovery copied one object of a COMMITTING descriptor
 };
 
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION

@@ -40,7 +40,8 @@ constexpr std::string_view short_type_name() noexcept {
 }
 
 /// FNV-1a: stable across compilers and runs, good enough to tell layouts apart.
-constexpr std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 14695981039346656037ull) noexcept {
+constexpr std::uint64_t fnv1a(std::string_view s,
+                              std::uint64_t h = 14695981039346656037ull) noexcept {
   for (char c : s) {
     h ^= static_cast<unsigned char>(c);
     h *= 1099511628211ull;

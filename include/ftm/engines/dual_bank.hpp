@@ -158,7 +158,7 @@ namespace ftm::engines {
 class dual_bank {
  public:
   struct options {
-    std::size_t bank_size = std::size_t{32} << 20;        ///< bytes per bank (multiple of 64 KiB)
+    std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
     std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
   };
 
@@ -180,18 +180,20 @@ class dual_bank {
   explicit dual_bank(options opts) {
     using namespace detail::dual_bank_layout;
     if (opts.bank_size % chunk_size != 0) {
-      throw invalid_argument(fmt::format(
-          "dual_bank: bank size {} is not a multiple of the chunk size ({} bytes)",
-          opts.bank_size, chunk_size));
+      throw invalid_argument(
+          fmt::format("dual_bank: bank size {} is not a multiple of the chunk size ({} bytes)",
+                      opts.bank_size, chunk_size));
     }
     if (opts.max_objects_per_transaction < 4) {
-      throw invalid_argument(fmt::format(
-          "dual_bank: max_objects_per_transaction is {}, at least 4 are needed",
-          opts.max_objects_per_transaction));
+      throw invalid_argument(
+          fmt::format("dual_bank: max_objects_per_transaction is {}, at least 4 are needed",
+                      opts.max_objects_per_transaction));
     }
     // The largest chunk count whose metadata and chunks fit in the bank.
     std::uint64_t n = opts.bank_size / chunk_size;
-    while (n > 0 && align_up(metas_begin + n * meta_stride, chunk_size) + n * chunk_size > opts.bank_size) --n;
+    while (n > 0 &&
+           align_up(metas_begin + n * meta_stride, chunk_size) + n * chunk_size > opts.bank_size)
+      --n;
     if (n < 2) {
       throw invalid_argument(fmt::format(
           "dual_bank: bank size {} is too small: at least {} bytes are needed", opts.bank_size,
@@ -201,7 +203,8 @@ class dual_bank {
     nchunks_ = n;
     chunks_offset_ = align_up(metas_begin + n * meta_stride, chunk_size);
     max_entries_ = opts.max_objects_per_transaction;
-    control_size_ = align_up(logs_begin + std::uint64_t{max_slots} * max_entries_ * sizeof(log_entry), 4096);
+    control_size_ =
+        align_up(logs_begin + std::uint64_t{max_slots} * max_entries_ * sizeof(log_entry), 4096);
     map_size_ = control_size_ + 2 * bank_size_;
 
     fd_ = ::memfd_create("ftm-dual-bank", MFD_CLOEXEC);
@@ -308,8 +311,9 @@ class dual_bank {
   allocation allocate(tx_id d, const object_type& t) {
     using namespace detail::dual_bank_layout;
     if (t.align > header_size) {
-      throw invalid_argument(fmt::format("dual_bank: {} needs alignment {}, at most {} is supported",
-                                         t.name, t.align, header_size));
+      throw invalid_argument(
+          fmt::format("dual_bank: {} needs alignment {}, at most {} is supported", t.name, t.align,
+                      header_size));
     }
     const std::uint64_t total = t.size + header_size;
     if (total > chunk_size / 2) return allocate_large(d, t);
@@ -340,9 +344,9 @@ class dual_bank {
         if (!held) unlock_last(d, meta_offset(c));
       }
     }
-    throw pool_full(fmt::format(
-        "dual_bank: no room for a {} ({} bytes) in a pool of {} chunks of {} bytes", t.name,
-        t.size, nchunks_, chunk_size));
+    throw pool_full(
+        fmt::format("dual_bank: no room for a {} ({} bytes) in a pool of {} chunks of {} bytes",
+                    t.name, t.size, nchunks_, chunk_size));
   }
 
   void deallocate(tx_id d, std::uint64_t off, const object_type& t) {
@@ -436,7 +440,8 @@ class dual_bank {
   /// and call again.
   recovery_report recover() {
     recovery_report report;
-    for (tx_id d = 0; d < max_transactions; ++d) recover_if_dead(d, report);
+    for (tx_id d = 0; d < max_transactions; ++d)
+      recover_if_dead(d, report);
     return report;
   }
 
@@ -463,8 +468,8 @@ class dual_bank {
     for (tx_id d = 0; d < max_transactions; ++d) {
       const auto& s = slot_at(d);
       if (auto o = s.owner.load(); o != 0) {
-        problem(fmt::format("descriptor {} is in use by pid {} (state {})", d,
-                            detail::owner_pid(o), s.state.load()));
+        problem(fmt::format("descriptor {} is in use by pid {} (state {})", d, detail::owner_pid(o),
+                            s.state.load()));
       }
     }
     auto object = [&](std::uint64_t off, std::string_view what) {
@@ -492,7 +497,8 @@ class dual_bank {
           const std::uint64_t off = chunk_base(c) + i * bs;
           const std::uint32_t size = header(off).size;
           if (size == 0 || size + header_size > bs) {
-            problem(fmt::format("object at offset {} has size {} in a {}-byte block", off, size, bs));
+            problem(
+                fmt::format("object at offset {} has size {} in a {}-byte block", off, size, bs));
             continue;
           }
           object(off, "object");
@@ -542,24 +548,28 @@ class dual_bank {
     h->metas_offset = metas_begin;
     h->chunks_offset = chunks_offset_;
     h->max_entries = max_entries_;
-    for (tx_id d = 0; d < max_slots; ++d) ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
+    for (tx_id d = 0; d < max_slots; ++d)
+      ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
     for (std::byte* bank : {a_, b_}) {
       auto init = [&](std::uint64_t off, std::uint32_t size) {
         auto* oh = ::new (bank + off) object_header{};
         oh->size = size;
       };
       init(roots_offset, sizeof(roots_table));
-      for (std::uint64_t c = 0; c < nchunks_; ++c) init(meta_offset(c), sizeof(chunk_meta));
+      for (std::uint64_t c = 0; c < nchunks_; ++c)
+        init(meta_offset(c), sizeof(chunk_meta));
     }
   }
 
   // ---- layout ----------------------------------------------------------------
 
   slot& slot_at(tx_id d) const noexcept {
-    return *std::launder(reinterpret_cast<slot*>(base_ + detail::dual_bank_layout::slots_begin + d * sizeof(slot)));
+    return *std::launder(
+        reinterpret_cast<slot*>(base_ + detail::dual_bank_layout::slots_begin + d * sizeof(slot)));
   }
   log_entry* entries(tx_id d) const noexcept {
-    return reinterpret_cast<log_entry*>(base_ + detail::dual_bank_layout::logs_begin) + std::uint64_t{d} * max_entries_;
+    return reinterpret_cast<log_entry*>(base_ + detail::dual_bank_layout::logs_begin) +
+           std::uint64_t{d} * max_entries_;
   }
   detail::dual_bank_layout::object_header& header(std::uint64_t off) const noexcept {
     return *std::launder(reinterpret_cast<detail::dual_bank_layout::object_header*>(a_ + off));
@@ -575,8 +585,12 @@ class dual_bank {
     return *reinterpret_cast<detail::dual_bank_layout::roots_table*>(
         a_ + detail::dual_bank_layout::roots_offset + detail::dual_bank_layout::header_size);
   }
-  std::uint64_t chunk_base(std::uint64_t c) const noexcept { return chunks_offset_ + c * chunk_size; }
-  std::uint64_t chunk_of(std::uint64_t off) const noexcept { return (off - chunks_offset_) / chunk_size; }
+  std::uint64_t chunk_base(std::uint64_t c) const noexcept {
+    return chunks_offset_ + c * chunk_size;
+  }
+  std::uint64_t chunk_of(std::uint64_t off) const noexcept {
+    return (off - chunks_offset_) / chunk_size;
+  }
   static std::uint64_t block_size(std::uint32_t cls) noexcept {
     return detail::dual_bank_layout::min_block << (cls - 1);
   }
@@ -587,9 +601,10 @@ class dual_bank {
   // ---- checks ----------------------------------------------------------------
 
   void check_handle(std::uint64_t off, const object_type& t) const {
-    if (off < chunks_offset_ || off >= bank_size_ || off % detail::dual_bank_layout::min_block != 0) {
-      throw usage_error(fmt::format("the handle to a {} (offset {}) does not name an object of this pool",
-                                    t.name, off));
+    if (off < chunks_offset_ || off >= bank_size_ ||
+        off % detail::dual_bank_layout::min_block != 0) {
+      throw usage_error(fmt::format(
+          "the handle to a {} (offset {}) does not name an object of this pool", t.name, off));
     }
   }
 
@@ -598,20 +613,20 @@ class dual_bank {
     if (size == t.size) return;
     if (size == 0) {
       throw usage_error(fmt::format(
-          "no {} at offset {}: the object was destroyed, or its creation never committed",
-          t.name, off));
+          "no {} at offset {}: the object was destroyed, or its creation never committed", t.name,
+          off));
     }
-    throw usage_error(fmt::format(
-        "the object at offset {} has {} bytes, but the handle is for a {} ({} bytes)", off, size,
-        t.name, t.size));
+    throw usage_error(
+        fmt::format("the object at offset {} has {} bytes, but the handle is for a {} ({} bytes)",
+                    off, size, t.name, t.size));
   }
 
   static void check_root_name(std::string_view name) {
     if (name.empty() || name.size() >= sizeof(detail::dual_bank_layout::root_entry::name) ||
         name.find('\0') != std::string_view::npos) {
-      throw invalid_argument(fmt::format(
-          "root name '{}' must have 1 to {} characters and no NUL", name,
-          sizeof(detail::dual_bank_layout::root_entry::name) - 1));
+      throw invalid_argument(fmt::format("root name '{}' must have 1 to {} characters and no NUL",
+                                         name,
+                                         sizeof(detail::dual_bank_layout::root_entry::name) - 1));
     }
   }
 
@@ -624,10 +639,10 @@ class dual_bank {
     slot& s = slot_at(d);
     const std::uint32_t n = s.count.load(std::memory_order_relaxed);
     if (n == max_entries_) {
-      throw capacity_exceeded(fmt::format(
-          "a transaction may lock at most {} objects (dual_bank::options::"
-          "max_objects_per_transaction)",
-          max_entries_));
+      throw capacity_exceeded(
+          fmt::format("a transaction may lock at most {} objects (dual_bank::options::"
+                      "max_objects_per_transaction)",
+                      max_entries_));
     }
     log_entry& e = entries(d)[n];
     e = log_entry{off, length, kind};
@@ -662,7 +677,8 @@ class dual_bank {
   /// reclaims the lock if its holder's process died.
   void wait_or_die(tx_id d, tx_id holder, std::uint64_t off, std::uint32_t& spins) {
     if (holder >= max_transactions) {
-      throw usage_error(fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
+      throw usage_error(
+          fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
     if (!older(d, holder)) {
       // Dying for a holder that is dead itself would only repeat: recover it instead.
@@ -814,7 +830,8 @@ class dual_bank {
         usable = usable && meta(c + i).cls == cls_free;
       }
       if (!usable) {
-        for (; !locked.empty(); locked.pop_back()) unlock_last(d, meta_offset(locked.back()));
+        for (; !locked.empty(); locked.pop_back())
+          unlock_last(d, meta_offset(locked.back()));
         continue;
       }
       meta(c) = chunk_meta{cls_large_head, static_cast<std::uint32_t>(k), 1, 0, {}};
@@ -894,7 +911,8 @@ class dual_bank {
     owner_id owner = s.owner.load(std::memory_order_acquire);
     if (owner == 0 || detail::owner_alive(owner)) return false;
     // Claim it: a recoverer that dies here leaves it to the next one.
-    if (!s.owner.compare_exchange_strong(owner, detail::self_owner_id(), std::memory_order_acq_rel)) {
+    if (!s.owner.compare_exchange_strong(owner, detail::self_owner_id(),
+                                         std::memory_order_acq_rel)) {
       return false;
     }
     const std::uint32_t state = s.state.load(std::memory_order_acquire);
