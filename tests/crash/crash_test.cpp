@@ -628,3 +628,78 @@ TEST_CASE("crash: recovery killed at its own fault points is completed by the ne
       t.recoveries, t.undone, t.redone);
   std::fflush(stdout);
 }
+
+// ---- several workers, recovery beside the living -------------------------------------
+
+TEST_CASE("crash: workers killed one at a time while the others run, recovered beside them") {
+  rig r;
+  auto& pool = r.pool();
+  const snapshot before = r.verify("setup");
+  constexpr std::size_t n_workers = 3;
+  const std::uint64_t kills = std::max<std::uint64_t>(env_or("FTM_CRASH_KILLS", 1000) / 5, 100);
+  const std::uint64_t seed = env_or("FTM_CRASH_SEED", std::random_device{}());
+  INFO("FTM_CRASH_SEED=", seed);
+
+  // One progress page per worker slot, shared with the workers.
+  void* pages = ::mmap(nullptr, n_workers * sizeof(progress), PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(pages != MAP_FAILED);
+  auto* prog = ::new (pages) progress[n_workers]{};
+
+  std::mt19937_64 rng{seed};
+  auto start_worker = [&](std::size_t w) {
+    const std::uint64_t worker_seed = rng();
+    return spawn([&pool, &prog, w, worker_seed] {
+      const bank h = load_bank(pool);
+      std::mt19937_64 wrng{worker_seed};
+      for (;;)
+        counted_transfer(pool, h, wrng, wrng() % 8 == 0, wrng() % 32 == 0, prog[w]);
+    });
+  };
+  std::array<pid_t, n_workers> workers{};
+  for (std::size_t w = 0; w < n_workers; ++w)
+    workers[w] = start_worker(w);
+
+  totals t;
+  std::uint64_t beside = 0;  // recoveries made while other workers were running
+  for (std::uint64_t k = 0; k < kills; ++k) {
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+    const std::size_t w = rng() % n_workers;
+    ::kill(workers[w], SIGKILL);
+    const int status = reap(workers[w]);
+    REQUIRE_MESSAGE(killed(status), fmt::format("worker {} {}", w, describe(status)));
+    ++t.kills;
+    // The other workers are still running transactions: recovery must leave them be.
+    const auto rep = pool.recover();
+    t.add(rep);
+    if (rep.undone + rep.redone > 0) ++beside;
+    workers[w] = start_worker(w);
+  }
+  std::uint64_t committed_before_stop = 0;
+  for (std::size_t w = 0; w < n_workers; ++w) {
+    committed_before_stop += prog[w].committed.load();
+  }
+  for (pid_t pid : workers) {
+    ::kill(pid, SIGKILL);
+    REQUIRE(killed(reap(pid)));
+    ++t.kills;
+  }
+  t.add(pool.recover());
+  const snapshot after = r.verify("the last kill");
+
+  // Every kill may cut off the count of one transfer that did commit.
+  std::uint64_t counted = 0;
+  for (std::size_t w = 0; w < n_workers; ++w)
+    counted += prog[w].committed.load();
+  const std::uint64_t transfers = after.transfers - before.transfers;
+  CHECK(transfers >= counted);
+  CHECK(transfers <= counted + t.kills);
+  CHECK(committed_before_stop > 0);
+  CHECK(beside > 0);  // not vacuous: some recoveries ran beside living workers
+  fmt::print(
+      "crash/beside: {} kills of {} workers, {} recoveries ({} beside living workers; {} undone, "
+      "{} redone, {} locks released), {} transfers committed\n",
+      t.kills, n_workers, t.recoveries, beside, t.undone, t.redone, t.locks_released, transfers);
+  std::fflush(stdout);
+  ::munmap(pages, n_workers * sizeof(progress));
+}
