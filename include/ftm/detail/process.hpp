@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include <pthread.h>
@@ -100,6 +101,20 @@ inline bool owner_alive(owner_id id) noexcept {
   auto st = read_proc_stat(pid);
   if (!st.exists || st.state == 'Z' || st.state == 'X') return false;
   return make_owner_id(pid, st.start_time) == id;
+}
+
+/// This boot of the machine: owner ids (pid, start time) only mean something within
+/// one boot, so a pool that outlives a reboot has no living owners.
+inline std::string current_boot_id() {
+  std::string id;
+  if (std::FILE* f = std::fopen("/proc/sys/kernel/random/boot_id", "re")) {
+    char buf[64] = {};
+    if (std::fgets(buf, sizeof buf, f) != nullptr) id = buf;
+    std::fclose(f);
+  }
+  while (!id.empty() && (id.back() == '\n' || id.back() == ' '))
+    id.pop_back();
+  return id;
 }
 
 inline void cpu_relax() noexcept {

@@ -1,0 +1,967 @@
+#ifndef FTM_DETAIL_BANK_ENGINE_HPP
+#define FTM_DETAIL_BANK_ENGINE_HPP
+
+/// \file
+/// The dual-bank engine's algorithm: the paper's STM board in software. A pool of two
+/// banks of equal size in one shared mapping: the working bank is changed in place
+/// under each object's lock, the second bank keeps the last committed state.
+/// Descriptors, locks and allocator metadata live in the same mapping, so the pool
+/// outlives any process that dies in the middle of a transaction, and a survivor
+/// recovers it. `ftm::engines::dual_bank` runs it on a memfd, `ftm::engines::pmem` on
+/// a file.
+
+#include <ftm/detail/fault.hpp>
+#include <ftm/detail/process.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+namespace ftm::detail::bank_layout {
+
+/// The first 16 bytes of every object block, in the working bank. The lock words are
+/// not copied between banks; `size` is, so creating and destroying are transactional.
+struct object_header {
+  std::atomic<std::uint64_t> readers;  // bit d: descriptor d holds the shared lock
+  std::atomic<std::uint32_t> writer;   // d + 1 of the exclusive holder, or 0
+  std::uint32_t size;                  // bytes of the object; 0 once destroyed
+};
+static_assert(sizeof(object_header) == 16);
+inline constexpr std::uint64_t header_size = sizeof(object_header);
+inline constexpr std::uint64_t tracked_offset = offsetof(object_header, size);  // copies start here
+inline constexpr std::uint64_t tracked_prefix = header_size - tracked_offset;
+
+enum class entry_kind : std::uint32_t { read = 1, write = 2 };
+
+/// One object a transaction locked. `length` is what commit and abort copy between
+/// the banks, filled in once the lock is held (0: nothing to copy).
+struct log_entry {
+  std::uint64_t offset;
+  std::uint32_t length;
+  entry_kind kind;
+};
+
+enum slot_state : std::uint32_t { idle = 0, active = 1, committing = 2 };
+
+/// A transaction descriptor, in shared memory, one cache line of its own; its log
+/// is elsewhere.
+struct alignas(64) slot {
+  std::atomic<owner_id> owner;  // 0: free; otherwise the process that runs (or recovers) it
+  std::atomic<std::uint32_t> state;
+  std::atomic<std::uint32_t> count;  // log entries in use
+  std::atomic<std::uint64_t> priority;
+  std::atomic<std::uint32_t> doomed;  // lost a conflict: may only abort
+  std::uint32_t wrote;                // took a write lock: commit has copies to make
+  std::atomic<std::uint64_t> commits, aborts, conflicts, retries;
+};
+static_assert(sizeof(slot) == 64);
+
+inline constexpr std::uint64_t magic = 0x66746d2d64756131ull;  // "ftm-dua1"
+inline constexpr std::uint32_t max_slots = 64;                 // one bit each in `readers`
+
+// The control region: a page of header, the descriptors, then their logs.
+inline constexpr std::uint64_t slots_begin = 4096;
+inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
+
+inline constexpr std::uint32_t format_version = 1;
+
+/// The first bytes of the mapping (and of a pool file): what the pool is and how it
+/// is laid out, so that a pool file can be checked before it is trusted.
+struct pool_header {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t max_entries;
+  std::uint64_t pool_id;
+  std::uint64_t bank_size;
+  std::uint64_t nchunks;
+  std::uint64_t metas_offset;
+  std::uint64_t chunks_offset;
+  std::uint64_t control_size;
+  std::uint64_t map_size;
+  char boot_id[40];  // the boot the pool's owners belong to (for pools that outlive one)
+};
+
+/// A named root: its name, its type's name and fingerprint, and the object.
+struct root_entry {
+  char name[48];
+  char type[48];
+  std::uint64_t fingerprint;
+  std::uint64_t offset;
+  std::uint32_t size;
+  std::uint32_t used;
+  std::uint64_t reserved;
+};
+static_assert(sizeof(root_entry) == 128);
+inline constexpr std::uint32_t max_roots = 64;
+struct roots_table {
+  root_entry entries[max_roots];
+};
+
+inline constexpr std::uint64_t chunk_size = 64 * 1024;
+inline constexpr std::uint64_t min_block = 64;
+inline constexpr std::uint32_t nclasses = 10;  // blocks of 64 B .. 32 KiB
+inline constexpr std::uint32_t max_blocks = chunk_size / min_block;
+
+/// Chunk classes: 0 free, 1..nclasses small blocks of (64 << (cls - 1)) bytes,
+/// then the chunks of a large object.
+inline constexpr std::uint32_t cls_free = 0;
+inline constexpr std::uint32_t cls_large_head = nclasses + 1;
+inline constexpr std::uint32_t cls_large_tail = nclasses + 2;
+
+/// The allocator's record of one chunk: itself a stable object, locked and copied
+/// between banks like any other, so allocation is transactional and recovers.
+struct chunk_meta {
+  std::uint32_t cls;
+  std::uint32_t nblocks;  // small: blocks in the chunk; large head: chunks in the object
+  std::uint32_t used;
+  std::uint32_t head;  // large tail: index of the head chunk
+  std::uint64_t bitmap[max_blocks / 64];
+};
+inline constexpr std::uint64_t meta_stride = 256;
+static_assert(header_size + sizeof(chunk_meta) <= meta_stride);
+
+inline constexpr std::uint64_t roots_offset = 64;  // offset 0 stays the null handle
+inline constexpr std::uint64_t metas_begin =
+    (roots_offset + header_size + sizeof(roots_table) + 63) / 64 * 64;
+
+constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+
+/// Orders the stores before it before the stores after it, as seen by a survivor of
+/// a crash. x86 keeps stores in order; the compiler must not reorder them either.
+inline void store_barrier() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+/// Sizes and offsets of a pool, derived from its bank size and log capacity.
+struct geometry {
+  std::uint64_t bank_size = 0;
+  std::uint64_t nchunks = 0;
+  std::uint64_t chunks_offset = 0;
+  std::uint32_t max_entries = 0;
+  std::uint64_t control_size = 0;
+  std::uint64_t map_size = 0;
+
+  /// The layout of a pool with banks of `bank_size` bytes; `who` names the engine in
+  /// errors.
+  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries,
+                          std::string_view who) {
+    if (bank_size % chunk_size != 0) {
+      throw invalid_argument(
+          fmt::format("{}: bank size {} is not a multiple of the chunk size ({} bytes)", who,
+                      bank_size, chunk_size));
+    }
+    if (max_entries < 4) {
+      throw invalid_argument(fmt::format(
+          "{}: max_objects_per_transaction is {}, at least 4 are needed", who, max_entries));
+    }
+    // The largest chunk count whose metadata and chunks fit in the bank.
+    std::uint64_t n = bank_size / chunk_size;
+    while (n > 0 &&
+           align_up(metas_begin + n * meta_stride, chunk_size) + n * chunk_size > bank_size)
+      --n;
+    if (n < 2) {
+      throw invalid_argument(
+          fmt::format("{}: bank size {} is too small: at least {} bytes are needed", who, bank_size,
+                      align_up(metas_begin + 2 * meta_stride, chunk_size) + 2 * chunk_size));
+    }
+    geometry g;
+    g.bank_size = bank_size;
+    g.nchunks = n;
+    g.chunks_offset = align_up(metas_begin + n * meta_stride, chunk_size);
+    g.max_entries = max_entries;
+    g.control_size =
+        align_up(logs_begin + std::uint64_t{max_slots} * max_entries * sizeof(log_entry), 4096);
+    g.map_size = g.control_size + 2 * bank_size;
+    return g;
+  }
+};
+
+}  // namespace ftm::detail::bank_layout
+
+namespace ftm::detail {
+
+/// The dual-bank algorithm over a mapped pool, whoever owns the mapping: a memfd
+/// (`ftm::engines::dual_bank`) or a file (`ftm::engines::pmem`). Models `ftm::engine`.
+///
+/// Isolation is strict two-phase locking at open (shared for read, exclusive for
+/// write, upgrade allowed); a transaction that must not wait for an older one's lock
+/// dies with `ftm::conflict` (wait-die), which `atomically()` retries. Up to 64
+/// transactions run at once per pool; `begin()` waits for a free descriptor beyond.
+/// When a process dies, any survivor calls `recover()`: transactions that were active
+/// are undone from the second bank, those that were committing are completed.
+class bank_engine {
+ public:
+  /// What `check()` found; `ok()` when the pool is quiescent and consistent.
+  struct check_report {
+    std::uint64_t objects = 0;
+    std::uint64_t bytes_in_use = 0;  ///< bytes of live objects (without headers)
+    std::uint64_t free_chunks = 0;
+    std::uint64_t chunks = 0;
+    std::vector<std::string> problems;
+    [[nodiscard]] bool ok() const noexcept { return problems.empty(); }
+  };
+
+  static constexpr std::size_t chunk_size = bank_layout::chunk_size;
+  static constexpr std::uint32_t max_transactions = bank_layout::max_slots;
+
+  /// Runs the engine on the mapping at `base`, laid out as `g`; `fresh` formats it.
+  bank_engine(std::byte* base, const bank_layout::geometry& g, bool fresh)
+      : base_(base),
+        a_(base + g.control_size),
+        b_(base + g.control_size + g.bank_size),
+        control_size_(g.control_size),
+        bank_size_(g.bank_size),
+        nchunks_(g.nchunks),
+        chunks_offset_(g.chunks_offset),
+        max_entries_(g.max_entries),
+        class_hint_(std::make_unique<std::atomic<std::uint8_t>[]>(g.nchunks)) {
+    if (fresh) format(g);
+  }
+
+  bank_engine(const bank_engine&) = delete;
+  bank_engine& operator=(const bank_engine&) = delete;
+  ~bank_engine() = default;
+
+  [[nodiscard]] std::size_t bank_size() const noexcept { return bank_size_; }
+
+  // ---- ftm::engine -------------------------------------------------------------
+
+  tx_id begin(begin_options o = {}) {
+    using namespace bank_layout;
+    const owner_id me = detail::self_owner_id();
+    thread_local std::uint32_t hint = 0;  // constant-initialised: no guard on each access
+    for (std::uint32_t round = 0;; ++round) {
+      for (std::uint32_t i = 0; i < max_slots; ++i) {
+        const tx_id d = (hint + i) % max_slots;
+        slot& s = slot_at(d);
+        owner_id expected = 0;
+        if (s.owner.load(std::memory_order_relaxed) == 0 &&
+            s.owner.compare_exchange_strong(expected, me, std::memory_order_acquire)) {
+          hint = d;
+          // 0: the age is taken when a conflict first asks for it (see priority()).
+          s.priority.store(o.priority, std::memory_order_relaxed);
+          s.doomed.store(0, std::memory_order_relaxed);
+          s.wrote = 0;
+          if (o.attempt != 0) bump(s.retries);
+          s.state.store(active, std::memory_order_release);
+          return d;
+        }
+      }
+      // Every descriptor is busy: wait, and reclaim those whose owners died.
+      if (round % 64 == 63) recover();
+      std::this_thread::yield();
+    }
+  }
+
+  void commit(tx_id d) {
+    using namespace bank_layout;
+    slot& s = slot_at(d);
+    if (s.doomed.load(std::memory_order_relaxed) != 0) {
+      abort(d);
+      throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
+    }
+    if (s.wrote != 0) {
+      const std::uint32_t n = s.count.load(std::memory_order_relaxed);
+      const log_entry* log = entries(d);
+      FTM_FAULT_POINT("commit.before_state");
+      // Phase 1: the decision is stable. Phase 2: bring the second bank up to date.
+      s.state.store(committing, std::memory_order_release);
+      store_barrier();
+      FTM_FAULT_POINT("commit.after_state");
+      bool first = true;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (log[i].kind != entry_kind::write || log[i].length == 0) continue;
+        redo(log[i]);
+        if (first) FTM_FAULT_POINT("commit.mid_redo");
+        first = false;
+      }
+      store_barrier();
+      FTM_FAULT_POINT("commit.before_release");
+    }
+    release_locks(d);
+    bump(s.commits);
+    finish(s);
+  }
+
+  void abort(tx_id d) noexcept {
+    slot& s = slot_at(d);
+    undo_all(d);
+    release_locks(d);
+    bump(s.aborts);
+    finish(s);
+  }
+
+  allocation allocate(tx_id d, const object_type& t) {
+    using namespace bank_layout;
+    if (t.align > header_size) {
+      throw invalid_argument(
+          fmt::format("dual_bank: {} needs alignment {}, at most {} is supported", t.name, t.align,
+                      header_size));
+    }
+    const std::uint64_t total = t.size + header_size;
+    if (total > chunk_size / 2) return allocate_large(d, t);
+    const std::uint32_t cls = class_for(total);
+    // First the chunks known to hold this class, then any chunk (a free one is claimed).
+    for (int pass = 0; pass < 2; ++pass) {
+      const std::uint64_t start = class_start_[cls].load(std::memory_order_relaxed);
+      for (std::uint64_t i = 0; i < nchunks_; ++i) {
+        const std::uint64_t c = (start + i) % nchunks_;
+        const bool known = class_hint_[c].load(std::memory_order_relaxed) == cls;
+        if (known != (pass == 0)) continue;
+        bool held = false;
+        if (!try_lock_meta(d, c, held)) continue;
+        chunk_meta& m = meta(c);
+        class_hint_[c].store(static_cast<std::uint8_t>(m.cls), std::memory_order_relaxed);
+        if (m.cls == cls_free) {
+          m.cls = cls;
+          m.nblocks = static_cast<std::uint32_t>(chunk_size / block_size(cls));
+          m.used = 0;
+          m.head = 0;
+          std::memset(m.bitmap, 0, sizeof m.bitmap);
+          class_hint_[c].store(static_cast<std::uint8_t>(cls), std::memory_order_relaxed);
+        }
+        if (m.cls == cls && m.used < m.nblocks) {
+          class_start_[cls].store(c, std::memory_order_relaxed);
+          return take_block(d, c, m, t);
+        }
+        if (!held) unlock_last(d, meta_offset(c));
+      }
+    }
+    throw pool_full(
+        fmt::format("dual_bank: no room for a {} ({} bytes) in a pool of {} chunks of {} bytes",
+                    t.name, t.size, nchunks_, chunk_size));
+  }
+
+  void deallocate(tx_id d, std::uint64_t off, const object_type& t) {
+    using namespace bank_layout;
+    open_write(d, off, t);
+    const std::uint64_t c = chunk_of(off);
+    acquire_write(d, meta_offset(c));
+    chunk_meta& m = meta(c);
+    if (m.cls == cls_large_head) {
+      for (std::uint32_t k = 1; k < m.nblocks; ++k) {
+        acquire_write(d, meta_offset(c + k));
+        meta(c + k) = chunk_meta{};
+        class_hint_[c + k].store(cls_free, std::memory_order_relaxed);
+      }
+      m = chunk_meta{};
+    } else {
+      const std::uint64_t idx = (off - chunk_base(c)) / block_size(m.cls);
+      m.bitmap[idx / 64] &= ~(std::uint64_t{1} << (idx % 64));
+      if (--m.used == 0) m = chunk_meta{};  // an empty chunk can serve any class again
+    }
+    class_hint_[c].store(static_cast<std::uint8_t>(m.cls), std::memory_order_relaxed);
+    FTM_FAULT_POINT("free.after_bitmap");
+    header(off).size = 0;
+  }
+
+  void* open_write(tx_id d, std::uint64_t off, const object_type& t) {
+    check_handle(off, t);
+    acquire_write(d, off);
+    check_size(off, t);
+    return a_ + off + bank_layout::header_size;
+  }
+
+  const void* open_read(tx_id d, std::uint64_t off, const object_type& t) {
+    check_handle(off, t);
+    acquire_read(d, off);
+    check_size(off, t);
+    return a_ + off + bank_layout::header_size;
+  }
+
+  /// Locks are held until the transaction ends (strict two-phase locking).
+  void close(tx_id, std::uint64_t) noexcept {}
+  /// Tells the transaction layer that `close` has nothing to do.
+  static constexpr bool close_is_noop = true;
+
+  std::uint64_t find_root(tx_id d, std::string_view name, const root_type& t) {
+    using namespace bank_layout;
+    check_root_name(name);
+    acquire_read(d, roots_offset);
+    for (const root_entry& r : roots().entries) {
+      if (r.used == 0 || name != std::string_view(r.name)) continue;
+      if (r.fingerprint != t.fingerprint || r.size != t.object.size) {
+        throw type_mismatch(fmt::format(
+            "root '{}' holds an object of type {} ({} bytes, layout fingerprint {:#x}); the "
+            "program asked for type {} ({} bytes, layout fingerprint {:#x})",
+            name, r.type, r.size, r.fingerprint, t.object.name, t.object.size, t.fingerprint));
+      }
+      return r.offset;
+    }
+    return 0;
+  }
+
+  void bind_root(tx_id d, std::string_view name, std::uint64_t off, const root_type& t) {
+    using namespace bank_layout;
+    check_root_name(name);
+    acquire_write(d, roots_offset);
+    root_entry* free_entry = nullptr;
+    for (root_entry& r : roots().entries) {
+      if (r.used != 0 && name == std::string_view(r.name)) {
+        throw usage_error(fmt::format("root '{}' is already bound", name));
+      }
+      if (r.used == 0 && free_entry == nullptr) free_entry = &r;
+    }
+    if (free_entry == nullptr) {
+      throw capacity_exceeded(fmt::format(
+          "dual_bank: cannot bind root '{}': all {} root entries are in use", name, max_roots));
+    }
+    root_entry& r = *free_entry;
+    r = root_entry{};
+    std::memcpy(r.name, name.data(), name.size());
+    const auto type = t.object.name.substr(0, sizeof r.type - 1);
+    std::memcpy(r.type, type.data(), type.size());
+    r.fingerprint = t.fingerprint;
+    r.offset = off;
+    r.size = static_cast<std::uint32_t>(t.object.size);
+    r.used = 1;
+  }
+
+  /// Aborts the transactions of owners that died (undoing them from the second bank)
+  /// and completes those that died while committing. Safe to call at any time, from
+  /// any process on the pool, concurrently with live transactions; safe to crash in
+  /// and call again.
+  recovery_report recover() {
+    recovery_report report;
+    for (tx_id d = 0; d < max_transactions; ++d)
+      recover_if_dead(d, report);
+    return report;
+  }
+
+  [[nodiscard]] engine_stats stats() const {
+    engine_stats total;
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      const auto& s = slot_at(d);
+      total.commits += s.commits.load(std::memory_order_relaxed);
+      total.aborts += s.aborts.load(std::memory_order_relaxed);
+      total.conflicts += s.conflicts.load(std::memory_order_relaxed);
+      total.retries += s.retries.load(std::memory_order_relaxed);
+    }
+    return total;
+  }
+
+  /// Verifies the pool while no transaction runs: no descriptor in use, no lock held,
+  /// the allocator's bitmaps agree with its counts, every live object has a header,
+  /// and both banks hold the same bytes for every object (the committed state).
+  [[nodiscard]] check_report check() const {
+    using namespace bank_layout;
+    check_report r;
+    r.chunks = nchunks_;
+    auto problem = [&](std::string s) { r.problems.push_back(std::move(s)); };
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      const auto& s = slot_at(d);
+      if (auto o = s.owner.load(); o != 0) {
+        problem(fmt::format("descriptor {} is in use by pid {} (state {})", d, detail::owner_pid(o),
+                            s.state.load()));
+      }
+    }
+    auto object = [&](std::uint64_t off, std::string_view what) {
+      const object_header& h = header(off);
+      if (h.writer.load() != 0 || h.readers.load() != 0) {
+        problem(fmt::format("{} at offset {} is still locked", what, off));
+      }
+      const std::uint64_t len = tracked_prefix + h.size;
+      if (std::memcmp(a_ + off + tracked_offset, b_ + off + tracked_offset, len) != 0) {
+        problem(fmt::format("{} at offset {} differs between the banks", what, off));
+      }
+    };
+    object(roots_offset, "the roots table");
+    for (std::uint64_t c = 0; c < nchunks_; ++c) {
+      object(meta_offset(c), fmt::format("the metadata of chunk {}", c));
+      const chunk_meta& m = meta(c);
+      if (m.cls == cls_free) {
+        ++r.free_chunks;
+      } else if (m.cls >= 1 && m.cls <= nclasses) {
+        std::uint32_t bits = 0;
+        const std::uint64_t bs = block_size(m.cls);
+        for (std::uint32_t i = 0; i < m.nblocks; ++i) {
+          if ((m.bitmap[i / 64] >> (i % 64) & 1) == 0) continue;
+          ++bits;
+          const std::uint64_t off = chunk_base(c) + i * bs;
+          const std::uint32_t size = header(off).size;
+          if (size == 0 || size + header_size > bs) {
+            problem(
+                fmt::format("object at offset {} has size {} in a {}-byte block", off, size, bs));
+            continue;
+          }
+          object(off, "object");
+          ++r.objects;
+          r.bytes_in_use += size;
+        }
+        if (bits != m.used) {
+          problem(fmt::format("chunk {} counts {} blocks in use, its bitmap {}", c, m.used, bits));
+        }
+      } else if (m.cls == cls_large_head) {
+        object(chunk_base(c), "large object");
+        ++r.objects;
+        r.bytes_in_use += header(chunk_base(c)).size;
+      } else if (m.cls != cls_large_tail) {
+        problem(fmt::format("chunk {} has unknown class {}", c, m.cls));
+      }
+    }
+    for (const root_entry& e : roots().entries) {
+      if (e.used != 0 && (e.offset < chunks_offset_ || header(e.offset).size != e.size)) {
+        problem(fmt::format("root '{}' names no live object of its size", e.name));
+      }
+    }
+    return r;
+  }
+
+ private:
+  using slot = bank_layout::slot;
+  using log_entry = bank_layout::log_entry;
+  using owner_id = detail::owner_id;
+
+  static void bump(std::atomic<std::uint64_t>& counter) noexcept {
+    // Only the descriptor's owner writes its counters: no read-modify-write needed.
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
+
+  void format(const bank_layout::geometry& g) {
+    using namespace bank_layout;
+    auto* h = ::new (base_) pool_header{};
+    h->version = format_version;
+    h->max_entries = g.max_entries;
+    h->pool_id = timestamp() ^ (std::uint64_t{static_cast<std::uint32_t>(::getpid())} << 32);
+    h->bank_size = g.bank_size;
+    h->nchunks = g.nchunks;
+    h->metas_offset = metas_begin;
+    h->chunks_offset = g.chunks_offset;
+    h->control_size = g.control_size;
+    h->map_size = g.map_size;
+    const std::string boot = current_boot_id();
+    std::memcpy(h->boot_id, boot.data(), std::min(boot.size(), sizeof h->boot_id - 1));
+    for (tx_id d = 0; d < max_slots; ++d)
+      ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
+    for (std::byte* bank : {a_, b_}) {
+      auto init = [&](std::uint64_t off, std::uint32_t size) {
+        auto* oh = ::new (bank + off) object_header{};
+        oh->size = size;
+      };
+      init(roots_offset, sizeof(roots_table));
+      for (std::uint64_t c = 0; c < nchunks_; ++c)
+        init(meta_offset(c), sizeof(chunk_meta));
+    }
+    store_barrier();
+    h->magic = magic;  // last: a pool with its magic is a whole pool
+  }
+
+  // ---- layout ----------------------------------------------------------------
+
+  slot& slot_at(tx_id d) const noexcept {
+    return *std::launder(
+        reinterpret_cast<slot*>(base_ + bank_layout::slots_begin + d * sizeof(slot)));
+  }
+  log_entry* entries(tx_id d) const noexcept {
+    return reinterpret_cast<log_entry*>(base_ + bank_layout::logs_begin) +
+           std::uint64_t{d} * max_entries_;
+  }
+  bank_layout::object_header& header(std::uint64_t off) const noexcept {
+    return *std::launder(reinterpret_cast<bank_layout::object_header*>(a_ + off));
+  }
+  static std::uint64_t meta_offset(std::uint64_t c) noexcept {
+    return bank_layout::metas_begin + c * bank_layout::meta_stride;
+  }
+  bank_layout::chunk_meta& meta(std::uint64_t c) const noexcept {
+    return *reinterpret_cast<bank_layout::chunk_meta*>(a_ + meta_offset(c) +
+                                                       bank_layout::header_size);
+  }
+  bank_layout::roots_table& roots() const noexcept {
+    return *reinterpret_cast<bank_layout::roots_table*>(a_ + bank_layout::roots_offset +
+                                                        bank_layout::header_size);
+  }
+  std::uint64_t chunk_base(std::uint64_t c) const noexcept {
+    return chunks_offset_ + c * chunk_size;
+  }
+  std::uint64_t chunk_of(std::uint64_t off) const noexcept {
+    return (off - chunks_offset_) / chunk_size;
+  }
+  static std::uint64_t block_size(std::uint32_t cls) noexcept {
+    return bank_layout::min_block << (cls - 1);
+  }
+  static std::uint32_t class_for(std::uint64_t total) noexcept {
+    return static_cast<std::uint32_t>(std::bit_width(std::max<std::uint64_t>(total, 64) - 1)) - 5;
+  }
+
+  // ---- checks ----------------------------------------------------------------
+
+  void check_handle(std::uint64_t off, const object_type& t) const {
+    if (off < chunks_offset_ || off >= bank_size_ || off % bank_layout::min_block != 0) {
+      throw usage_error(fmt::format(
+          "the handle to a {} (offset {}) does not name an object of this pool", t.name, off));
+    }
+  }
+
+  void check_size(std::uint64_t off, const object_type& t) const {
+    const std::uint32_t size = header(off).size;
+    if (size == t.size) return;
+    if (size == 0) {
+      throw usage_error(fmt::format(
+          "no {} at offset {}: the object was destroyed, or its creation never committed", t.name,
+          off));
+    }
+    throw usage_error(
+        fmt::format("the object at offset {} has {} bytes, but the handle is for a {} ({} bytes)",
+                    off, size, t.name, t.size));
+  }
+
+  static void check_root_name(std::string_view name) {
+    if (name.empty() || name.size() >= sizeof(bank_layout::root_entry::name) ||
+        name.find('\0') != std::string_view::npos) {
+      throw invalid_argument(fmt::format("root name '{}' must have 1 to {} characters and no NUL",
+                                         name, sizeof(bank_layout::root_entry::name) - 1));
+    }
+  }
+
+  // ---- the log ---------------------------------------------------------------
+
+  /// Logs the intent to lock before taking the lock, so a crash in between leaves
+  /// nothing held that recovery cannot see.
+  log_entry& push_entry(tx_id d, std::uint64_t off, bank_layout::entry_kind kind,
+                        std::uint32_t length = 0) {
+    slot& s = slot_at(d);
+    const std::uint32_t n = s.count.load(std::memory_order_relaxed);
+    if (n == max_entries_) {
+      throw capacity_exceeded(
+          fmt::format("a transaction may lock at most {} objects (dual_bank::options::"
+                      "max_objects_per_transaction)",
+                      max_entries_));
+    }
+    log_entry& e = entries(d)[n];
+    e = log_entry{off, length, kind};
+    s.count.store(n + 1, std::memory_order_release);
+    return e;
+  }
+
+  // ---- locks -----------------------------------------------------------------
+
+  static std::uint64_t bit(tx_id d) noexcept { return std::uint64_t{1} << d; }
+
+  /// A transaction's age for wait-die, taken from the clock the first time a conflict
+  /// needs it and fixed from then on, so every decision about it agrees.
+  std::uint64_t priority(tx_id d) const noexcept {
+    auto& p = slot_at(d).priority;
+    std::uint64_t v = p.load(std::memory_order_acquire);
+    if (v == 0) {
+      const std::uint64_t now = detail::timestamp() | 1;
+      if (p.compare_exchange_strong(v, now, std::memory_order_acq_rel)) v = now;
+    }
+    return v;
+  }
+
+  /// Wait-die: `d` may wait for `holder` only if `d` is older.
+  bool older(tx_id d, tx_id holder) const noexcept {
+    const auto pd = priority(d);
+    const auto ph = priority(holder);
+    return pd < ph || (pd == ph && d < holder);
+  }
+
+  /// One step of waiting for `holder`'s lock on `off`: dies if `d` is the younger,
+  /// reclaims the lock if its holder's process died.
+  void wait_or_die(tx_id d, tx_id holder, std::uint64_t off, std::uint32_t& spins) {
+    if (holder >= max_transactions) {
+      throw usage_error(
+          fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
+    }
+    if (!older(d, holder)) {
+      // Dying for a holder that is dead itself would only repeat: recover it instead.
+      recovery_report ignored;
+      if (recover_if_dead(holder, ignored)) return;
+      slot& s = slot_at(d);
+      s.doomed.store(1, std::memory_order_relaxed);
+      bump(s.conflicts);
+      throw conflict(fmt::format("the object at offset {} is locked by an older transaction", off));
+    }
+    ++spins;
+    if (spins < 64) {
+      detail::cpu_relax();
+      return;
+    }
+    if (spins % 256 == 0) {
+      recovery_report ignored;
+      if (recover_if_dead(holder, ignored)) return;
+    }
+    std::this_thread::yield();
+  }
+
+  void acquire_write(tx_id d, std::uint64_t off) {
+    using namespace bank_layout;
+    object_header& h = header(off);
+    const std::uint32_t me = d + 1;
+    if (h.writer.load(std::memory_order_relaxed) == me) return;
+    log_entry& e = push_entry(d, off, entry_kind::write);
+    slot_at(d).wrote = 1;
+    FTM_FAULT_POINT("lock.after_log_entry");
+    std::uint32_t spins = 0;
+    for (;;) {
+      std::uint32_t w = 0;
+      if (h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) break;
+      wait_or_die(d, w - 1, off, spins);
+    }
+    // Exclusive: wait for the readers (other than ourselves, when upgrading) to leave.
+    for (;;) {
+      std::uint64_t r = h.readers.load(std::memory_order_seq_cst) & ~bit(d);
+      if (r == 0) break;
+      for (std::uint64_t rest = r; rest != 0; rest &= rest - 1) {
+        const auto reader = static_cast<tx_id>(std::countr_zero(rest));
+        if (!older(d, reader)) wait_or_die(d, reader, off, spins);  // throws
+      }
+      wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins);
+    }
+    e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
+    store_barrier();  // the undo length is in the log before the caller's first write
+    FTM_FAULT_POINT("open.after_lock");
+  }
+
+  void acquire_read(tx_id d, std::uint64_t off) {
+    using namespace bank_layout;
+    object_header& h = header(off);
+    const std::uint32_t me = d + 1;
+    if (h.writer.load(std::memory_order_relaxed) == me ||
+        (h.readers.load(std::memory_order_relaxed) & bit(d)) != 0) {
+      return;
+    }
+    push_entry(d, off, entry_kind::read);
+    std::uint32_t spins = 0;
+    for (;;) {
+      h.readers.fetch_or(bit(d), std::memory_order_seq_cst);
+      std::uint32_t w = h.writer.load(std::memory_order_seq_cst);
+      if (w == 0) break;
+      h.readers.fetch_and(~bit(d), std::memory_order_seq_cst);
+      while (w != 0) {
+        wait_or_die(d, w - 1, off, spins);
+        w = h.writer.load(std::memory_order_acquire);
+      }
+    }
+  }
+
+  /// Tries to lock chunk `c`'s metadata without waiting (another allocator holding it
+  /// will use another chunk). `held` tells whether `d` held it already.
+  bool try_lock_meta(tx_id d, std::uint64_t c, bool& held) {
+    using namespace bank_layout;
+    const std::uint64_t off = meta_offset(c);
+    object_header& h = header(off);
+    const std::uint32_t me = d + 1;
+    held = h.writer.load(std::memory_order_relaxed) == me;
+    if (held) return true;
+    if (h.writer.load(std::memory_order_relaxed) != 0) return false;
+    log_entry& e = push_entry(d, off, entry_kind::write);
+    slot_at(d).wrote = 1;
+    std::uint32_t w = 0;
+    if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) {
+      slot_at(d).count.fetch_sub(1, std::memory_order_release);
+      return false;
+    }
+    if ((h.readers.load(std::memory_order_seq_cst) & ~bit(d)) != 0) {
+      unlock_last(d, off);
+      return false;
+    }
+    e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
+    store_barrier();
+    return true;
+  }
+
+  /// Releases the lock of the newest log entry, unchanged, and forgets the entry.
+  void unlock_last(tx_id d, std::uint64_t off) noexcept {
+    header(off).writer.store(0, std::memory_order_release);
+    slot_at(d).count.fetch_sub(1, std::memory_order_release);
+  }
+
+  // ---- allocation --------------------------------------------------------------
+
+  allocation take_block(tx_id d, std::uint64_t c, bank_layout::chunk_meta& m,
+                        const object_type& t) {
+    using namespace bank_layout;
+    std::uint32_t idx = 0;
+    for (std::uint32_t w = 0; w < max_blocks / 64; ++w) {
+      if (m.bitmap[w] != ~std::uint64_t{0}) {
+        idx = w * 64 + static_cast<std::uint32_t>(std::countr_one(m.bitmap[w]));
+        break;
+      }
+    }
+    m.bitmap[idx / 64] |= std::uint64_t{1} << (idx % 64);
+    ++m.used;
+    FTM_FAULT_POINT("alloc.after_bitmap");
+    return place_object(d, chunk_base(c) + idx * block_size(m.cls), t);
+  }
+
+  /// Makes a new object at `off`, write-locked by `d`, so that abort and recovery
+  /// treat its creation like any other write.
+  allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
+    using namespace bank_layout;
+    push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
+    slot_at(d).wrote = 1;
+    object_header& h = header(off);
+    h.readers.store(0, std::memory_order_relaxed);
+    h.writer.store(d + 1, std::memory_order_release);
+    h.size = static_cast<std::uint32_t>(t.size);
+    store_barrier();
+    FTM_FAULT_POINT("alloc.after_header");
+    return {off, a_ + off + header_size};
+  }
+
+  allocation allocate_large(tx_id d, const object_type& t) {
+    using namespace bank_layout;
+    const std::uint64_t k = (t.size + header_size + chunk_size - 1) / chunk_size;
+    std::vector<std::uint64_t> locked;  // metadata this attempt locked, newest last
+    for (std::uint64_t c = 0; k <= nchunks_ && c + k <= nchunks_; ++c) {
+      bool usable = true;
+      for (std::uint64_t i = 0; i < k && usable; ++i) {
+        bool held = false;
+        usable = try_lock_meta(d, c + i, held);
+        if (usable && !held) locked.push_back(c + i);
+        usable = usable && meta(c + i).cls == cls_free;
+      }
+      if (!usable) {
+        for (; !locked.empty(); locked.pop_back())
+          unlock_last(d, meta_offset(locked.back()));
+        continue;
+      }
+      meta(c) = chunk_meta{cls_large_head, static_cast<std::uint32_t>(k), 1, 0, {}};
+      class_hint_[c].store(cls_large_head, std::memory_order_relaxed);
+      for (std::uint64_t i = 1; i < k; ++i) {
+        meta(c + i) = chunk_meta{cls_large_tail, 0, 0, static_cast<std::uint32_t>(c), {}};
+        class_hint_[c + i].store(cls_large_tail, std::memory_order_relaxed);
+      }
+      FTM_FAULT_POINT("alloc.after_bitmap");
+      return place_object(d, chunk_base(c), t);
+    }
+    throw pool_full(fmt::format(
+        "dual_bank: no room for a {} ({} bytes): it needs {} free contiguous chunks of {} bytes, "
+        "the pool has {} chunks",
+        t.name, t.size, k, chunk_size, nchunks_));
+  }
+
+  // ---- commit, abort, recovery -------------------------------------------------
+
+  void redo(const log_entry& e) noexcept {
+    using namespace bank_layout;
+    std::memcpy(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
+  }
+  void undo(const log_entry& e) noexcept {
+    using namespace bank_layout;
+    std::memcpy(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
+  }
+
+  /// Restores, from the second bank, every object `d` holds for writing.
+  void undo_all(tx_id d) noexcept {
+    using namespace bank_layout;
+    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = entries(d);
+    bool first = true;
+    for (std::uint32_t i = n; i-- > 0;) {
+      const log_entry& e = log[i];
+      if (e.kind != entry_kind::write || e.length == 0) continue;
+      if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
+      undo(e);
+      if (first) FTM_FAULT_POINT("abort.mid_undo");
+      first = false;
+    }
+    store_barrier();
+  }
+
+  /// Releases every lock `d` holds; returns how many.
+  std::uint64_t release_locks(tx_id d) noexcept {
+    using namespace bank_layout;
+    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = entries(d);
+    std::uint64_t released = 0;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      object_header& h = header(log[i].offset);
+      if (log[i].kind == entry_kind::write) {
+        if (h.writer.load(std::memory_order_relaxed) == d + 1) {
+          h.writer.store(0, std::memory_order_release);
+          ++released;
+        }
+      } else if ((h.readers.fetch_and(~bit(d), std::memory_order_release) & bit(d)) != 0) {
+        ++released;
+      }
+    }
+    return released;
+  }
+
+  static void finish(slot& s) noexcept {
+    using namespace bank_layout;
+    s.count.store(0, std::memory_order_relaxed);
+    s.state.store(idle, std::memory_order_release);
+    s.owner.store(0, std::memory_order_release);
+  }
+
+  /// Recovers descriptor `d` if its owner died; true if it did.
+  bool recover_if_dead(tx_id d, recovery_report& report) noexcept {
+    using namespace bank_layout;
+    slot& s = slot_at(d);
+    owner_id owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0 || detail::owner_alive(owner)) return false;
+    // Claim it: a recoverer that dies here leaves it to the next one.
+    if (!s.owner.compare_exchange_strong(owner, detail::self_owner_id(),
+                                         std::memory_order_acq_rel)) {
+      return false;
+    }
+    const std::uint32_t state = s.state.load(std::memory_order_acquire);
+    const std::uint32_t n = s.count.load(std::memory_order_acquire);
+    const log_entry* log = entries(d);
+    if (state == committing) {
+      bool first = true;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const log_entry& e = log[i];
+        if (e.kind != entry_kind::write || e.length == 0) continue;
+        if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
+        redo(e);
+        if (first) FTM_FAULT_POINT("recover.mid_redo");
+        first = false;
+      }
+      store_barrier();
+      ++report.redone;
+    } else if (state == active) {
+      bool first = true;
+      for (std::uint32_t i = n; i-- > 0;) {
+        const log_entry& e = log[i];
+        if (e.kind != entry_kind::write || e.length == 0) continue;
+        if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
+        undo(e);
+        if (first) FTM_FAULT_POINT("recover.mid_undo");
+        first = false;
+      }
+      store_barrier();
+      ++report.undone;
+    }
+    report.locks_released += release_locks(d);
+    finish(s);
+    return true;
+  }
+
+  std::byte* base_ = nullptr;  // the mapping: control region, then the two banks
+  std::byte* a_ = nullptr;     // the working bank
+  std::byte* b_ = nullptr;     // the second bank: the last committed state
+  std::size_t control_size_ = 0;
+  std::size_t bank_size_ = 0;
+  std::uint64_t nchunks_ = 0;
+  std::uint64_t chunks_offset_ = 0;
+  std::uint32_t max_entries_ = 0;
+  // Hints of this process only, never trusted without the chunk's lock.
+  std::unique_ptr<std::atomic<std::uint8_t>[]> class_hint_;
+  std::atomic<std::uint64_t> class_start_[bank_layout::nclasses + 1]{};
+};
+
+}  // namespace ftm::detail
+
+#endif  // FTM_DETAIL_BANK_ENGINE_HPP
