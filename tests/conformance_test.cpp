@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -202,6 +203,10 @@ ENGINE_TEST("named roots are found again, and refuse another type") {
     const std::string what = e.what();
     CHECK(what.find("'bank'") != std::string::npos);
     CHECK(what.find("other_layout") != std::string::npos);
+    // The field that differs is named.
+    CHECK(what.find(
+              "field 1 is `balance: i64 @0` in the pool but `balance: i32 @0` in the program") !=
+          std::string::npos);
   }
   CHECK_THROWS_AS(ftm::atomically(*pool, [](auto& tx) { return tx.template root<account>(""); }),
                   ftm::invalid_argument);
@@ -305,6 +310,7 @@ ENGINE_TEST("recovery undoes the transaction of a process that died") {
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
     ftm::transaction tx{*pool};
     tx.begin();
     tx.open(a)->balance = -1;
@@ -336,6 +342,7 @@ ENGINE_TEST("a lock held by a dead process is reclaimed by an older waiter") {
   const pid_t child = ::fork();
   REQUIRE(child >= 0);
   if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
     ftm::transaction tx{*pool};
     tx.begin();
     tx.open(a)->balance = 0;

@@ -36,6 +36,7 @@ struct object_type {
 struct root_type {
   object_type object;
   std::uint64_t fingerprint;
+  std::string_view layout;  ///< `layout_description<T>()`, to say which field differs
 };
 
 /// A freshly allocated object: where it is and its (still unconstructed) storage.

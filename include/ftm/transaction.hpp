@@ -19,6 +19,7 @@
 #include <functional>
 #include <new>
 #include <random>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <type_traits>
@@ -33,7 +34,8 @@ inline constexpr object_type object_type_of{sizeof(T), alignof(T), type_name<T>(
 
 template <class T>
 root_type root_type_of() {
-  return {object_type_of<T>, layout_fingerprint<T>()};
+  static const std::string layout = layout_description<T>();
+  return {object_type_of<T>, layout_fingerprint<T>(), layout};
 }
 
 }  // namespace detail

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -90,8 +91,9 @@ struct bank {
 };
 
 constexpr std::string_view root_name = "crash.bank";
-/// Live objects: the root, the audit, one receipt, one blob and the accounts.
-constexpr std::uint64_t expected_objects = 4 + n_accounts;
+/// Live objects: the root and its layout description, the audit, one receipt, one blob
+/// and the accounts.
+constexpr std::uint64_t expected_objects = 5 + n_accounts;
 
 using pool_type = ftm::engines::dual_bank;
 
@@ -213,9 +215,13 @@ template <class F>
 pid_t spawn(F&& body) {
   std::fflush(stdout);
   std::fflush(stderr);
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
   if (pid == 0) {
+    // A worker must not outlive a test that failed half-way: it would spin forever.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(5);
     int code = 0;
     try {
       body();

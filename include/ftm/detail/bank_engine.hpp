@@ -11,6 +11,7 @@
 /// a file.
 
 #include <ftm/detail/fault.hpp>
+#include <ftm/detail/layout_diff.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -103,7 +104,7 @@ struct root_entry {
   std::uint64_t offset;
   std::uint32_t size;
   std::uint32_t used;
-  std::uint64_t reserved;
+  std::uint64_t layout;  // a stable object holding the type's layout description, or 0
 };
 static_assert(sizeof(root_entry) == 128);
 inline constexpr std::uint32_t max_roots = 64;
@@ -399,10 +400,17 @@ class bank_engine {
     for (const root_entry& r : roots().entries) {
       if (r.used == 0 || name != std::string_view(r.name)) continue;
       if (r.fingerprint != t.fingerprint || r.size != t.object.size) {
+        std::string why;
+        if (r.layout != 0) {
+          const std::string_view stored(reinterpret_cast<const char*>(a_ + r.layout + header_size),
+                                        header(r.layout).size);
+          why = layout_difference(stored, t.layout);
+        }
         throw type_mismatch(fmt::format(
             "root '{}' holds an object of type {} ({} bytes, layout fingerprint {:#x}); the "
-            "program asked for type {} ({} bytes, layout fingerprint {:#x})",
-            name, r.type, r.size, r.fingerprint, t.object.name, t.object.size, t.fingerprint));
+            "program asked for type {} ({} bytes, layout fingerprint {:#x}){}{}",
+            name, r.type, r.size, r.fingerprint, t.object.name, t.object.size, t.fingerprint,
+            why.empty() ? "" : ": ", why));
       }
       return r.offset;
     }
@@ -424,8 +432,15 @@ class bank_engine {
       throw capacity_exceeded(fmt::format(
           "dual_bank: cannot bind root '{}': all {} root entries are in use", name, max_roots));
     }
+    std::uint64_t layout = 0;
+    if (!t.layout.empty()) {
+      const allocation a = allocate(d, object_type{t.layout.size(), 1, "layout description"});
+      std::memcpy(a.storage, t.layout.data(), t.layout.size());
+      layout = a.offset;
+    }
     root_entry& r = *free_entry;
     r = root_entry{};
+    r.layout = layout;
     std::memcpy(r.name, name.data(), name.size());
     const auto type = t.object.name.substr(0, sizeof r.type - 1);
     std::memcpy(r.type, type.data(), type.size());
