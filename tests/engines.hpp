@@ -3,9 +3,17 @@
 #define FTM_TESTS_ENGINES_HPP
 
 #include <ftm/engines/dual_bank.hpp>
+#include <ftm/engines/pmem.hpp>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <string>
+
+#include <unistd.h>
 
 namespace ftm_test {
 
@@ -21,9 +29,54 @@ struct engine_factory<ftm::engines::dual_bank> {
   }
 };
 
+/// A directory of this test process for pool files, removed at exit.
+inline const std::filesystem::path& scratch_dir() {
+  static const std::filesystem::path dir = [] {
+    std::string templ = (std::filesystem::temp_directory_path() / "ftm-test-XXXXXX").string();
+    if (::mkdtemp(templ.data()) == nullptr) std::abort();
+    return std::filesystem::path(templ);
+  }();
+  // Registered once `dir` exists, so it runs before `dir` is destroyed.
+  static const pid_t owner = ::getpid();
+  static const bool cleanup = [] {
+    std::atexit([] {
+      // Forked children leave through _exit; only the process that made it cleans up.
+      if (::getpid() == owner) std::filesystem::remove_all(scratch_dir());
+    });
+    return true;
+  }();
+  static_cast<void>(cleanup);
+  return dir;
+}
+
+/// A fresh pool file name in the scratch directory.
+inline std::filesystem::path scratch_file(const char* stem = "pool") {
+  static std::atomic<unsigned> n{0};
+  return scratch_dir() / (std::string(stem) + "-" + std::to_string(n++) + ".ftm");
+}
+
+/// Closes the pool and removes its file.
+struct pmem_deleter {
+  void operator()(ftm::engines::pmem* p) const {
+    const auto path = p->path();
+    delete p;
+    std::filesystem::remove(path);
+  }
+};
+
+template <>
+struct engine_factory<ftm::engines::pmem> {
+  static std::unique_ptr<ftm::engines::pmem, pmem_deleter> make(
+      std::size_t bank_size = std::size_t{4} << 20, std::uint32_t max_objects = 1024) {
+    return std::unique_ptr<ftm::engines::pmem, pmem_deleter>(
+        new ftm::engines::pmem(ftm::engines::pmem::create(
+            scratch_file(), {.bank_size = bank_size, .max_objects_per_transaction = max_objects})));
+  }
+};
+
 }  // namespace ftm_test
 
-// The list TEST_CASE_TEMPLATE instantiates; the persistent engine joins it later.
-#define FTM_TEST_ENGINES ftm::engines::dual_bank
+// The list TEST_CASE_TEMPLATE instantiates.
+#define FTM_TEST_ENGINES ftm::engines::dual_bank, ftm::engines::pmem
 
 #endif

@@ -22,6 +22,8 @@ enum class errc {
   type_mismatch,      ///< a named root holds an object of another type
   invalid_argument,   ///< a bad parameter (pool size, name, handle)
   retry_limit,        ///< atomically() gave up after too many conflicts
+  bad_pool,           ///< a pool file is damaged, truncated, foreign or from a newer ftm
+  io_error,           ///< the system refused a file operation
 };
 
 constexpr std::string_view to_string(errc c) noexcept {
@@ -33,6 +35,8 @@ constexpr std::string_view to_string(errc c) noexcept {
     case errc::type_mismatch: return "type mismatch";
     case errc::invalid_argument: return "invalid argument";
     case errc::retry_limit: return "retry limit";
+    case errc::bad_pool: return "bad pool";
+    case errc::io_error: return "i/o error";
   }
   return "unknown";
 }
@@ -90,6 +94,19 @@ class invalid_argument : public error {
 class retry_limit : public error {
  public:
   explicit retry_limit(std::string_view m) : error(errc::retry_limit, m) {}
+};
+
+/// A pool file that cannot be trusted: damaged, truncated, foreign, or written by a
+/// newer version of ftm. Nothing is changed in it.
+class bad_pool : public error {
+ public:
+  explicit bad_pool(std::string_view m) : error(errc::bad_pool, m) {}
+};
+
+/// The system refused a file operation (missing file, no permission, no space, ...).
+class io_error : public error {
+ public:
+  explicit io_error(std::string_view m) : error(errc::io_error, m) {}
 };
 
 }  // namespace ftm

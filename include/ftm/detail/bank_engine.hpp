@@ -540,6 +540,63 @@ class bank_engine {
     return r;
   }
 
+ protected:
+  /// Recovers every descriptor in use, alive or not: for a pool whose owners belong to
+  /// an earlier boot of the machine, where a pid names some other process now.
+  recovery_report recover_from_earlier_boot() {
+    recovery_report report;
+    for (tx_id d = 0; d < max_transactions; ++d)
+      recover_if_dead(d, report, /*assume_dead=*/true);
+    return report;
+  }
+
+  /// The first problem that makes a mapping this process did not format (a pool file)
+  /// unsafe to recover or use, or "" if none: descriptors, logs, allocator metadata and
+  /// roots must all be within their bounds.
+  [[nodiscard]] std::string structure_problem() const {
+    using namespace bank_layout;
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      const slot& s = slot_at(d);
+      const auto state = s.state.load(std::memory_order_relaxed);
+      const auto n = s.count.load(std::memory_order_relaxed);
+      if (state > committing) return fmt::format("descriptor {} has an unknown state {}", d, state);
+      if (n > max_entries_) {
+        return fmt::format("descriptor {} logs {} objects, more than its capacity {}", d, n,
+                           max_entries_);
+      }
+      for (std::uint32_t i = 0; i < n; ++i) {
+        const log_entry& e = entries(d)[i];
+        if ((e.kind != entry_kind::read && e.kind != entry_kind::write) ||
+            e.offset < roots_offset || e.offset >= bank_size_ || e.offset % min_block != 0 ||
+            e.length > bank_size_ - e.offset - tracked_offset) {
+          return fmt::format("descriptor {} has a malformed log entry {} (offset {}, length {})", d,
+                             i, e.offset, e.length);
+        }
+      }
+    }
+    for (std::byte* bank : {a_, b_}) {
+      const auto* roots_header = reinterpret_cast<const object_header*>(bank + roots_offset);
+      if (roots_header->size != sizeof(roots_table)) return "the roots table is damaged";
+      for (std::uint64_t c = 0; c < nchunks_; ++c) {
+        const auto* h = reinterpret_cast<const object_header*>(bank + meta_offset(c));
+        const auto* m = reinterpret_cast<const chunk_meta*>(bank + meta_offset(c) + header_size);
+        const bool small = m->cls >= 1 && m->cls <= nclasses;
+        if (h->size != sizeof(chunk_meta) || m->cls > cls_large_tail ||
+            (small && (m->nblocks != chunk_size / block_size(m->cls) || m->used > m->nblocks)) ||
+            (m->cls == cls_large_head && (m->nblocks == 0 || c + m->nblocks > nchunks_))) {
+          return fmt::format("the allocator's record of chunk {} is damaged", c);
+        }
+      }
+    }
+    for (const root_entry& r : roots().entries) {
+      if (r.used > 1 || r.name[sizeof r.name - 1] != '\0' || r.type[sizeof r.type - 1] != '\0' ||
+          (r.used == 1 && (r.offset < chunks_offset_ || r.offset >= bank_size_))) {
+        return "a named root is damaged";
+      }
+    }
+    return {};
+  }
+
  private:
   using slot = bank_layout::slot;
   using log_entry = bank_layout::log_entry;
@@ -921,11 +978,11 @@ class bank_engine {
   }
 
   /// Recovers descriptor `d` if its owner died; true if it did.
-  bool recover_if_dead(tx_id d, recovery_report& report) noexcept {
+  bool recover_if_dead(tx_id d, recovery_report& report, bool assume_dead = false) noexcept {
     using namespace bank_layout;
     slot& s = slot_at(d);
     owner_id owner = s.owner.load(std::memory_order_acquire);
-    if (owner == 0 || detail::owner_alive(owner)) return false;
+    if (owner == 0 || (!assume_dead && detail::owner_alive(owner))) return false;
     // Claim it: a recoverer that dies here leaves it to the next one.
     if (!s.owner.compare_exchange_strong(owner, detail::self_owner_id(),
                                          std::memory_order_acq_rel)) {
