@@ -1,0 +1,296 @@
+// ftm::engines::pmem: what a pool file adds to the conformance suite. The pool
+// outlives its processes, is checked before it is trusted, and recovers on open.
+#include "engines.hpp"
+
+#include <ftm/ftm.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <boost/hana/define_struct.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+
+namespace {
+
+using ftm::engines::pmem;
+namespace fs = std::filesystem;
+namespace layout = ftm::detail::bank_layout;
+
+struct account {
+  BOOST_HANA_DEFINE_STRUCT(account, (std::int64_t, balance), (std::uint32_t, ops));
+};
+
+// The same root, declared differently by a later version of a program.
+struct account_v2 {
+  BOOST_HANA_DEFINE_STRUCT(account_v2, (std::int64_t, balance), (std::uint64_t, ops));
+};
+
+constexpr pmem::options small{.bank_size = std::size_t{1} << 20};
+
+std::vector<char> read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_all(const fs::path& p, const std::vector<char>& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// A pool file holding the root "acct" with balance 42.
+fs::path make_pool() {
+  const fs::path path = ftm_test::scratch_file();
+  auto pool = pmem::create(path, small);
+  ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 42; });
+  return path;
+}
+
+std::int64_t balance_in(pmem& pool) {
+  return ftm::atomically(
+      pool, [](auto& tx) { return tx.open_read(ftm::root<account>(tx, "acct"))->balance; });
+}
+
+/// Runs `body` in a forked child that dies with its parent; returns its wait status.
+int in_child(const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int code = 1;
+    try {
+      code = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+}  // namespace
+
+TEST_CASE("a pool file keeps what was committed when every process has closed it") {
+  const fs::path path = make_pool();
+  std::uint64_t id = 0;
+  {
+    auto pool = pmem::open(path);
+    CHECK(balance_in(pool) == 42);
+    id = pool.pool_id();
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 43; });
+  }
+  // Another process maps it at another address and finds the same objects by offset.
+  const int status = in_child([&] {
+    auto pool = pmem::open(path);
+    return balance_in(pool) == 43 && pool.pool_id() == id && pool.check().ok() ? 0 : 1;
+  });
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  auto again = pmem::open_or_create(path);
+  CHECK(balance_in(again) == 43);
+  CHECK(again.opening_recovery().undone + again.opening_recovery().redone == 0);
+}
+
+TEST_CASE("opening the pool recovers the transaction of a process that was killed") {
+  const fs::path path = make_pool();
+  const int killed = in_child([&] {
+    auto pool = pmem::open(path);
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 50; });
+    ftm::transaction tx{pool};
+    tx.begin();
+    tx.open(ftm::root<account>(tx, "acct"))->balance = -1;  // never committed
+    tx.create(account{7, 7});
+    ::kill(::getpid(), SIGKILL);
+    return 0;
+  });
+  REQUIRE(WIFSIGNALED(killed));
+  // A fresh process opens the pool: recovery runs before open() returns.
+  const int status = in_child([&] {
+    auto pool = pmem::open(path);
+    const auto& r = pool.opening_recovery();
+    if (r.undone != 1 || r.redone != 0) return 2;
+    return balance_in(pool) == 50 && pool.check().ok() ? 0 : 3;
+  });
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("two processes use one pool file at once") {
+  const fs::path path = make_pool();
+  auto pool = pmem::open(path);
+  constexpr int n = 2000;
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto own = pmem::open(path);  // its own mapping, not the parent's
+    for (int i = 0; i < n; ++i) {
+      ftm::atomically(own, [](auto& tx) {
+        auto a = tx.open(ftm::root<account>(tx, "acct"));
+        a->balance += 1;
+        ++a->ops;
+      });
+    }
+    ::_exit(0);
+  }
+  for (int i = 0; i < n; ++i) {
+    ftm::atomically(pool, [](auto& tx) {
+      auto a = tx.open(ftm::root<account>(tx, "acct"));
+      a->balance -= 1;
+      ++a->ops;
+    });
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  auto [balance, ops] = ftm::atomically(pool, [](auto& tx) {
+    auto a = tx.open_read(ftm::root<account>(tx, "acct"));
+    return std::pair{a->balance, a->ops};
+  });
+  CHECK(balance == 42);
+  CHECK(ops == 2 * n);
+}
+
+TEST_CASE("a changed root type is refused, naming the field") {
+  const fs::path path = make_pool();
+  auto pool = pmem::open(path);
+  try {
+    ftm::atomically(pool, [](auto& tx) { return ftm::root<account_v2>(tx, "acct"); });
+    FAIL("a root of another layout must be refused");
+  } catch (const ftm::type_mismatch& e) {
+    const std::string what = e.what();
+    CHECK(what.find("'acct'") != std::string::npos);
+    CHECK(what.find("`ops: u32 @8` in the pool but `ops: u64 @8` in the program") !=
+          std::string::npos);
+  }
+  CHECK(balance_in(pool) == 42);
+}
+
+TEST_CASE("owners from an earlier boot are recovered even if their pid is in use") {
+  const fs::path path = make_pool();
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto pool = pmem::open(path);
+    ftm::transaction tx{pool};
+    tx.begin();
+    tx.open(ftm::root<account>(tx, "acct"))->balance = -5;
+    char c = 1;
+    static_cast<void>(::write(ready[1], &c, 1));
+    ::pause();
+    ::_exit(0);
+  }
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  {
+    // As if the machine had rebooted since: the pool's boot is not this one.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(offsetof(layout::pool_header, boot_id));
+    f.write("an-earlier-boot", 16);
+  }
+  auto pool = pmem::open(path);  // the child is alive, but its pid means nothing now
+  CHECK(pool.opening_recovery().undone == 1);
+  CHECK(balance_in(pool) == 42);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST_CASE("bad pool files get an error that names the cause, and are left as they were") {
+  const fs::path good = make_pool();
+  const std::vector<char> pristine = read_all(good);
+
+  struct damage {
+    const char* what;
+    std::function<void(std::vector<char>&)> apply;
+    const char* expected;
+  };
+  auto put = [](std::vector<char>& b, std::size_t off, auto value) {
+    std::memcpy(b.data() + off, &value, sizeof value);
+  };
+  const layout::geometry g =
+      layout::geometry::compute(small.bank_size, small.max_objects_per_transaction, "test");
+  const std::vector<damage> cases{
+      {"truncated to half", [](auto& b) { b.resize(b.size() / 2); }, "truncated"},
+      {"shorter than a header", [](auto& b) { b.resize(10); }, "fewer than a pool header"},
+      {"grown", [](auto& b) { b.resize(b.size() + 4096); }, "grown"},
+      {"foreign magic", [&](auto& b) { put(b, 0, std::uint64_t{0x1234}); }, "not an ftm pool"},
+      {"random bytes",
+       [](auto& b) {
+         std::mt19937_64 rng{7};
+         for (auto& c : b)
+           c = static_cast<char>(rng());
+       },
+       "not an ftm pool"},
+      {"a newer format version",
+       [&](auto& b) { put(b, offsetof(layout::pool_header, version), std::uint32_t{99}); },
+       "newer than this ftm"},
+      {"a damaged size in the header",
+       [&](auto& b) { put(b, offsetof(layout::pool_header, bank_size), std::uint64_t{12345}); },
+       "header is damaged"},
+      {"a damaged layout in the header",
+       [&](auto& b) { put(b, offsetof(layout::pool_header, chunks_offset), std::uint64_t{64}); },
+       "header is damaged"},
+      {"a descriptor in an unknown state",
+       [&](auto& b) {
+         put(b, layout::slots_begin + offsetof(layout::slot, state), std::uint32_t{7});
+       },
+       "unknown state"},
+      {"a descriptor logging more than it can",
+       [&](auto& b) {
+         put(b, layout::slots_begin + offsetof(layout::slot, count), std::uint32_t{1u << 30});
+       },
+       "more than its capacity"},
+      {"damaged allocator metadata",
+       [&](auto& b) {
+         put(b, g.control_size + layout::metas_begin + layout::header_size, std::uint32_t{200});
+       },
+       "chunk 0 is damaged"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    const fs::path path = ftm_test::scratch_file("damaged");
+    std::vector<char> bytes = pristine;
+    c.apply(bytes);
+    write_all(path, bytes);
+    try {
+      auto pool = pmem::open(path);
+      FAIL("a damaged pool must be refused");
+    } catch (const ftm::bad_pool& e) {
+      const std::string what = e.what();
+      CHECK_MESSAGE(what.find(c.expected) != std::string::npos, what);
+      CHECK(what.find(path.string()) != std::string::npos);
+    }
+    CHECK(read_all(path) == bytes);  // refused, not repaired or overwritten
+  }
+
+  CHECK_THROWS_WITH_AS(pmem::open(ftm_test::scratch_dir() / "missing.ftm"),
+                       doctest::Contains("No such file"), ftm::io_error);
+  CHECK_THROWS_WITH_AS(pmem::create(good, small), doctest::Contains("the file exists"),
+                       ftm::io_error);
+  CHECK_THROWS_AS(pmem::create(ftm_test::scratch_file(), {.bank_size = 1000}),
+                  ftm::invalid_argument);
+  // The good pool was never touched.
+  CHECK(read_all(good) == pristine);
+  auto pool = pmem::open(good);
+  CHECK(balance_in(pool) == 42);
+}
