@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the examples in Release and runs the two demos, segment then bank.
+# Builds the examples in Release and runs the demos: segment, bank, persistent.
 #
 #   scripts/demo.sh
 #
@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 dir=${FTM_BUILD_ROOT:-build}/demo
 jobs=${FTM_JOBS:-2}
-demos=(segment bank)
+demos=(segment bank persistent)
 
 bash "$root/scripts/install-deps.sh"
 
