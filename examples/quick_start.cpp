@@ -6,8 +6,6 @@
 
 #include <fmt/format.h>
 
-#include <utility>
-
 struct account {
   long balance;
 };  // a stable type: trivially copyable, no pointers
@@ -16,9 +14,8 @@ int main() {
   ftm::engines::dual_bank pool{1 << 20};  // two banks of 1 MiB, in shared memory
   using transaction = ftm::transaction<ftm::engines::dual_bank>;
 
-  auto [a, b] = ftm::atomically(pool, [](transaction& tx) {
-    return std::pair{tx.create(account{100}), tx.create(account{0})};
-  });
+  const auto a = ftm::atomically(pool, [](transaction& tx) { return tx.create(account{100}); });
+  const auto b = ftm::atomically(pool, [](transaction& tx) { return tx.create(account{0}); });
   ftm::atomically(pool, [&](transaction& tx) {  // all or nothing, retried on conflict
     auto from = tx.open(a);
     auto to = tx.open(b);
