@@ -210,6 +210,15 @@ namespace ftm::detail {
 /// are undone from the second bank, those that were committing are completed.
 class bank_engine {
  public:
+  /// How a pool is sized, when it is made.
+  struct options {
+    std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
+    std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
+  };
+
+  static constexpr std::size_t chunk_size = bank_layout::chunk_size;
+  static constexpr std::uint32_t max_transactions = bank_layout::max_slots;
+
   /// What `check()` found; `ok()` when the pool is quiescent and consistent.
   struct check_report {
     std::uint64_t objects = 0;
@@ -219,9 +228,6 @@ class bank_engine {
     std::vector<std::string> problems;
     [[nodiscard]] bool ok() const noexcept { return problems.empty(); }
   };
-
-  static constexpr std::size_t chunk_size = bank_layout::chunk_size;
-  static constexpr std::uint32_t max_transactions = bank_layout::max_slots;
 
   /// Runs the engine on the mapping at `base`, laid out as `g`; `fresh` formats it.
   bank_engine(std::byte* base, const bank_layout::geometry& g, bool fresh)
@@ -280,21 +286,12 @@ class bank_engine {
       throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
     }
     if (s.wrote != 0) {
-      const std::uint32_t n = s.count.load(std::memory_order_relaxed);
-      const log_entry* log = entries(d);
       FTM_FAULT_POINT("commit.before_state");
       // Phase 1: the decision is stable. Phase 2: bring the second bank up to date.
       s.state.store(committing, std::memory_order_release);
       store_barrier();
       FTM_FAULT_POINT("commit.after_state");
-      bool first = true;
-      for (std::uint32_t i = 0; i < n; ++i) {
-        if (log[i].kind != entry_kind::write || log[i].length == 0) continue;
-        redo(log[i]);
-        if (first) FTM_FAULT_POINT("commit.mid_redo");
-        first = false;
-      }
-      store_barrier();
+      copy_held<true>(d, "commit.mid_redo");
       FTM_FAULT_POINT("commit.before_release");
     }
     release_locks(d);
@@ -304,7 +301,7 @@ class bank_engine {
 
   void abort(tx_id d) noexcept {
     slot& s = slot_at(d);
-    undo_all(d);
+    copy_held<false>(d, "abort.mid_undo");
     release_locks(d);
     bump(s.aborts);
     finish(s);
@@ -933,18 +930,25 @@ class bank_engine {
     std::memcpy(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
   }
 
-  /// Restores, from the second bank, every object `d` holds for writing.
-  void undo_all(tx_id d) noexcept {
+  /// Copies every object `d` holds for writing between the banks: to the second bank
+  /// (redo, oldest first) or back from it (undo, newest first). `fault_point` fires
+  /// after the first copy, for the crash tests.
+  template <bool Redo>
+  void copy_held(tx_id d, [[maybe_unused]] std::string_view fault_point) noexcept {
     using namespace bank_layout;
     const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     bool first = true;
-    for (std::uint32_t i = n; i-- > 0;) {
-      const log_entry& e = log[i];
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const log_entry& e = log[Redo ? k : n - 1 - k];
       if (e.kind != entry_kind::write || e.length == 0) continue;
       if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
-      undo(e);
-      if (first) FTM_FAULT_POINT("abort.mid_undo");
+      if constexpr (Redo) {
+        redo(e);
+      } else {
+        undo(e);
+      }
+      if (first) FTM_FAULT_POINT(fault_point);
       first = false;
     }
     store_barrier();
@@ -989,31 +993,11 @@ class bank_engine {
       return false;
     }
     const std::uint32_t state = s.state.load(std::memory_order_acquire);
-    const std::uint32_t n = s.count.load(std::memory_order_acquire);
-    const log_entry* log = entries(d);
     if (state == committing) {
-      bool first = true;
-      for (std::uint32_t i = 0; i < n; ++i) {
-        const log_entry& e = log[i];
-        if (e.kind != entry_kind::write || e.length == 0) continue;
-        if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
-        redo(e);
-        if (first) FTM_FAULT_POINT("recover.mid_redo");
-        first = false;
-      }
-      store_barrier();
+      copy_held<true>(d, "recover.mid_redo");
       ++report.redone;
     } else if (state == active) {
-      bool first = true;
-      for (std::uint32_t i = n; i-- > 0;) {
-        const log_entry& e = log[i];
-        if (e.kind != entry_kind::write || e.length == 0) continue;
-        if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
-        undo(e);
-        if (first) FTM_FAULT_POINT("recover.mid_undo");
-        first = false;
-      }
-      store_barrier();
+      copy_held<false>(d, "recover.mid_undo");
       ++report.undone;
     }
     report.locks_released += release_locks(d);

@@ -71,14 +71,6 @@ namespace ftm::engines {
 /// active are undone from the second bank, those that were committing are completed.
 class dual_bank : private detail::memfd_region, public detail::bank_engine {
  public:
-  struct options {
-    std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
-    std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
-  };
-
-  static constexpr std::size_t chunk_size = detail::bank_layout::chunk_size;
-  static constexpr std::uint32_t max_transactions = detail::bank_layout::max_slots;
-
   explicit dual_bank(std::size_t bank_size) : dual_bank(options{.bank_size = bank_size}) {}
   explicit dual_bank(options opts)
       : dual_bank(detail::bank_layout::geometry::compute(

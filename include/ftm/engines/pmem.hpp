@@ -161,14 +161,6 @@ namespace ftm::engines {
 /// power loss: nothing is flushed at commit.
 class pmem : private detail::file_region, public detail::bank_engine {
  public:
-  struct options {
-    std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
-    std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
-  };
-
-  static constexpr std::size_t chunk_size = detail::bank_layout::chunk_size;
-  static constexpr std::uint32_t max_transactions = detail::bank_layout::max_slots;
-
   /// Creates a new pool file at `path`. Throws `ftm::io_error` if the file exists.
   static pmem create(const std::filesystem::path& path) { return create(path, options{}); }
   static pmem create(const std::filesystem::path& path, options opts) {
