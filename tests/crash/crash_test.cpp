@@ -1,18 +1,31 @@
 /// \file
-/// Crash tests of `ftm::engines::dual_bank`: a forked worker runs bank transfers on a
-/// shared pool and dies by SIGKILL, at random instants and at every named fault
-/// point (also inside recovery); the parent, the paper's backup processor, runs
-/// `recover()` and checks that every transaction is all-or-nothing: the pool is
-/// quiescent and both banks agree, the total balance is conserved, the per-account
-/// operation counters agree with the committed transfer count, exactly one receipt
-/// and one large blob are alive and match that count, and the transaction the worker
-/// died in is redone exactly when it had reached the COMMITTING state.
+/// Crash tests of the dual-bank engines, `ftm::engines::dual_bank` (a shared memfd)
+/// and `ftm::engines::pmem` (a pool file): a forked worker runs bank transfers on a
+/// pool and dies by SIGKILL, at random instants and at every named fault point (also
+/// inside recovery). Then the pool is recovered and every transaction must be
+/// all-or-nothing: the pool is quiescent and both banks agree, the total balance is
+/// conserved, the per-account operation counters agree with the committed transfer
+/// count, exactly one receipt and one large blob are alive and match that count, and
+/// the transaction the worker died in is redone exactly when it had reached the
+/// COMMITTING state.
 ///
-/// Built with FTM_FAULT_INJECTION=1. Environment knobs: FTM_CRASH_KILLS (random
-/// kills, default 1000), FTM_CRASH_SEED (seed of the random test).
+/// Who recovers: for `dual_bank`, the parent (the paper's backup processor) calls
+/// `recover()` on the mapping it shares with the worker. For `pmem`, a fresh process
+/// (a forked checker) opens the pool file, whose `open()` recovers before it returns,
+/// checks the invariants on its own mapping and reports through a shared page; the
+/// parent's mapping only starts the next worker. Recovery killed at its own fault
+/// points dies inside `recover()` (dual_bank) or inside `pmem::open()` (pmem), and
+/// the next recoverer (or opener) completes it.
+///
+/// Built with FTM_FAULT_INJECTION=1. Environment knobs, for both engines:
+/// FTM_CRASH_KILLS (random kills, default 1000; at least 200 are needed),
+/// FTM_CRASH_SEED (seed of the random tests).
+
+#include "../engines.hpp"
 
 #include <ftm/detail/fault.hpp>
 #include <ftm/engines/dual_bank.hpp>
+#include <ftm/engines/pmem.hpp>
 #include <ftm/ftm.hpp>
 
 #include <doctest/doctest.h>
@@ -28,7 +41,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <stdexcept>
@@ -95,7 +110,23 @@ constexpr std::string_view root_name = "crash.bank";
 /// and the accounts.
 constexpr std::uint64_t expected_objects = 5 + n_accounts;
 
-using pool_type = ftm::engines::dual_bank;
+/// How each engine is recovered after a kill.
+template <class E>
+struct engine_traits;
+
+template <>
+struct engine_traits<ftm::engines::dual_bank> {
+  static constexpr std::string_view name = "dual_bank";
+  /// Recovery and the checks run in the parent, on the mapping it shares with workers.
+  static constexpr bool fresh_process = false;
+};
+
+template <>
+struct engine_traits<ftm::engines::pmem> {
+  static constexpr std::string_view name = "pmem";
+  /// Recovery and the checks run in a fresh process that opens the pool file.
+  static constexpr bool fresh_process = true;
+};
 
 void fill_blob(blob& b, std::uint64_t seq) {
   b.seq = seq;
@@ -137,7 +168,8 @@ bool is_after_decision(std::string_view name) {
 /// `with_blob`, replaces the large blob. Objects are modified as soon as they are
 /// opened, so a crash leaves a partly written transaction behind. Throws
 /// `intended_abort` at the end if `abort_it`.
-void transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it, bool with_blob) {
+template <class E>
+void transfer(E& pool, const bank& h, std::mt19937_64& rng, bool abort_it, bool with_blob) {
   const auto from = static_cast<std::uint32_t>(rng() % n_accounts);
   auto to = static_cast<std::uint32_t>(rng() % (n_accounts - 1));
   if (to >= from) ++to;
@@ -178,7 +210,8 @@ void transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_i
 }
 
 /// Runs one transfer, counting it in `p` once it committed and returned.
-void counted_transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool abort_it,
+template <class E>
+void counted_transfer(E& pool, const bank& h, std::mt19937_64& rng, bool abort_it,
                       bool with_blob, progress& p) {
   p.attempts.fetch_add(1, std::memory_order_relaxed);
   try {
@@ -192,14 +225,16 @@ void counted_transfer(pool_type& pool, const bank& h, std::mt19937_64& rng, bool
 /// The worker's program in the fault-point sweeps: a fixed mix of transfers, aborted
 /// transfers, and transfers that replace the blob (one of them aborted).
 constexpr int program_length = 10;
-void run_program(pool_type& pool, const bank& h, std::uint64_t seed, progress& p) {
+template <class E>
+void run_program(E& pool, const bank& h, std::uint64_t seed, progress& p) {
   std::mt19937_64 rng{seed};
   for (int i = 0; i < program_length; ++i) {
     counted_transfer(pool, h, rng, i % 4 == 3, i == 2 || i == 7, p);
   }
 }
 
-bank load_bank(pool_type& pool) {
+template <class E>
+bank load_bank(E& pool) {
   return ftm::atomically(pool, [](auto& tx) {
     auto r = tx.template root<bank>(root_name);
     auto v = tx.open_read(r);
@@ -261,11 +296,11 @@ std::uint64_t env_or(const char* name, std::uint64_t fallback) {
   return v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 0) : fallback;
 }
 
-// ---- the rig: a pool, its bank, and the page shared with the workers ---------------
+// ---- checks -----------------------------------------------------------------------
 
 struct totals {
   std::uint64_t kills = 0;
-  std::uint64_t recoveries = 0;  // recover() calls that found a dead transaction
+  std::uint64_t recoveries = 0;  // recoveries that found a dead transaction
   std::uint64_t undone = 0;
   std::uint64_t redone = 0;
   std::uint64_t locks_released = 0;
@@ -278,27 +313,122 @@ struct totals {
   }
 };
 
-/// What the parent reads back after a recovery.
+/// The committed counts read back after a recovery.
 struct snapshot {
   std::uint64_t transfers = 0;
   std::uint64_t blobs = 0;
 };
 
+/// Checks every invariant of a quiescent, recovered pool; on success stores the
+/// committed counts in `out` and returns "", otherwise says what is wrong. Uses no
+/// doctest assertion: it also runs in checker processes.
+template <class E>
+std::string inspect(E& pool, snapshot& out) {
+  const auto report = pool.check();
+  if (!report.ok()) {
+    std::string all;
+    for (const auto& problem : report.problems)
+      all += "\n  " + problem;
+    return fmt::format("pool.check() found {} problems:{}", report.problems.size(), all);
+  }
+  if (report.objects != expected_objects) {
+    return fmt::format("{} live objects, expected {} (leak or lost object)", report.objects,
+                       expected_objects);
+  }
+  // recover() is idempotent: a second call finds nothing to do.
+  const auto again = pool.recover();
+  if (again.undone + again.redone + again.locks_released != 0) {
+    return fmt::format("a second recover() still did something: {}", again);
+  }
+
+  struct reading {
+    snapshot s;
+    std::int64_t total = 0;
+    std::uint64_t ops = 0;
+    receipt last{};
+    std::uint64_t blob_seq = 0;
+    bool blob_intact = false;
+  };
+  const bank h = load_bank(pool);  // found again through the named root
+  const reading r = ftm::atomically(pool, [&h](auto& tx) {
+    reading o;
+    auto au = tx.open_read(h.audit_ref);
+    o.s = {au->transfers, au->blobs};
+    for (const auto& ref : h.accounts) {
+      auto a = tx.open_read(ref);
+      o.total += a->balance;
+      o.ops += a->ops;
+    }
+    o.last = *tx.open_read(au->last);
+    auto b = tx.open_read(au->big);
+    o.blob_seq = b->seq;
+    o.blob_intact = blob_ok(*b);
+    return o;
+  });
+  constexpr auto expected_total = static_cast<std::int64_t>(n_accounts) * initial_balance;
+  if (r.total != expected_total) {
+    return fmt::format("total balance {} is not conserved ({} expected)", r.total, expected_total);
+  }
+  if (r.ops != 2 * r.s.transfers) {
+    return fmt::format("accounts count {} operations, the audit {} transfers (x2 = {})", r.ops,
+                       r.s.transfers, 2 * r.s.transfers);
+  }
+  if (r.last.seq != r.s.transfers) {
+    return fmt::format("the live receipt is #{}, the audit counts {} transfers", r.last.seq,
+                       r.s.transfers);
+  }
+  if (r.blob_seq != r.s.blobs || !r.blob_intact) {
+    return fmt::format("the live blob is #{} (intact: {}), the audit counts {} blobs", r.blob_seq,
+                       r.blob_intact, r.s.blobs);
+  }
+  out = r.s;
+  return {};
+}
+
+/// What a checker process (pmem) reports to the parent, on a MAP_SHARED anonymous
+/// page. The parent reads it after reaping the checker.
+struct checker_report {
+  std::uint32_t done;            // 1 once the checker reached its end
+  ftm::recovery_report opening;  // what the checker's pmem::open() recovered
+  snapshot s;                    // the committed counts, when it verified
+  char error[8192];              // "" or what is wrong
+};
+
+template <class T>
+T* map_shared_page() {
+  void* p =
+      ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
+  return ::new (p) T{};
+}
+
+// ---- the rig: a pool, its bank, and the pages shared with the children -------------
+
+/// What a recovery did, and the committed counts found after it.
+struct outcome {
+  ftm::recovery_report rep;
+  snapshot s;
+};
+
+template <class E>
 class rig {
  public:
-  rig() : pool_{bank_bytes} {
-    void* p = ::mmap(nullptr, sizeof(progress), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                     -1, 0);
-    if (p == MAP_FAILED) throw std::system_error(errno, std::generic_category(), "mmap");
-    progress_ = ::new (p) progress{};
+  static constexpr bool fresh_process = engine_traits<E>::fresh_process;
+
+  rig() : pool_{ftm_test::engine_factory<E>::make(bank_bytes)} {
+    progress_ = map_shared_page<progress>();
+    checker_ = map_shared_page<checker_report>();
     setup();
   }
   rig(const rig&) = delete;
   rig& operator=(const rig&) = delete;
-  ~rig() { ::munmap(progress_, sizeof(progress)); }
+  ~rig() {
+    ::munmap(checker_, sizeof(checker_report));
+    ::munmap(progress_, sizeof(progress));
+  }
 
-  pool_type& pool() { return pool_; }
-  const bank& handles() const { return bank_; }
+  /// The parent's pool: workers forked from the parent run on its mapping.
+  E& pool() { return *pool_; }
   progress& shared() { return *progress_; }
 
   void reset_progress() {
@@ -309,67 +439,97 @@ class rig {
       h.store(0);
   }
 
-  /// Checks every invariant of a quiescent pool (after `recover()`) and returns the
-  /// committed counts. `what` names the situation in failure messages.
-  snapshot verify(const std::string& what) {
-    const auto report = pool_.check();
+  /// After a kill, with no worker running: recovers the pool and checks every
+  /// invariant. dual_bank: `recover()` in the parent. pmem: a fresh process opens the
+  /// pool file (recovering it), checks it, and opens it once more, which must find
+  /// nothing left to recover. `what` names the situation in failure messages.
+  outcome recover_and_verify(const std::string& what) {
     INFO("after ", what);
-    if (!report.ok()) {
-      std::string all;
-      for (const auto& problem : report.problems)
-        all += "\n  " + problem;
-      FAIL("pool.check() found ", report.problems.size(), " problems:", all);
-    }
-    REQUIRE_MESSAGE(report.objects == expected_objects,
-                    fmt::format("{} live objects, expected {} (leak or lost object)",
-                                report.objects, expected_objects));
-    // recover() is idempotent: a second call finds nothing to do.
-    const auto again = pool_.recover();
-    REQUIRE_MESSAGE(again.undone + again.redone + again.locks_released == 0,
-                    fmt::format("a second recover() still did something: {}", again));
-
-    struct reading {
+    if constexpr (fresh_process) {
+      run_checker(true);
+      return {checker_->opening, checker_->s};
+    } else {
+      const auto rep = pool_->recover();
       snapshot s;
-      std::int64_t total = 0;
-      std::uint64_t ops = 0;
-      receipt last{};
-      std::uint64_t blob_seq = 0;
-      bool blob_intact = false;
-    };
-    const bank& h = bank_;
-    const reading r = ftm::atomically(pool_, [&h](auto& tx) {
-      reading out;
-      auto au = tx.open_read(h.audit_ref);
-      out.s = {au->transfers, au->blobs};
-      for (const auto& ref : h.accounts) {
-        auto a = tx.open_read(ref);
-        out.total += a->balance;
-        out.ops += a->ops;
-      }
-      out.last = *tx.open_read(au->last);
-      auto b = tx.open_read(au->big);
-      out.blob_seq = b->seq;
-      out.blob_intact = blob_ok(*b);
-      return out;
-    });
-    REQUIRE_MESSAGE(r.total == static_cast<std::int64_t>(n_accounts) * initial_balance,
-                    fmt::format("total balance {} is not conserved ({} expected)", r.total,
-                                static_cast<std::int64_t>(n_accounts) * initial_balance));
-    REQUIRE_MESSAGE(r.ops == 2 * r.s.transfers,
-                    fmt::format("accounts count {} operations, the audit {} transfers (x2 = {})",
-                                r.ops, r.s.transfers, 2 * r.s.transfers));
-    REQUIRE_MESSAGE(r.last.seq == r.s.transfers,
-                    fmt::format("the live receipt is #{}, the audit counts {} transfers",
-                                r.last.seq, r.s.transfers));
-    REQUIRE_MESSAGE((r.blob_seq == r.s.blobs && r.blob_intact),
-                    fmt::format("the live blob is #{} (intact: {}), the audit counts {} blobs",
-                                r.blob_seq, r.blob_intact, r.s.blobs));
-    return r.s;
+      const std::string problem = inspect(*pool_, s);
+      REQUIRE_MESSAGE(problem.empty(), problem);
+      return {rep, s};
+    }
   }
 
+  /// Recovery alone, while other workers run: the same recoverer, no checks.
+  ftm::recovery_report recover_only() {
+    if constexpr (fresh_process) {
+      run_checker(false);
+      return checker_->opening;
+    } else {
+      return pool_->recover();
+    }
+  }
+
+  /// Runs a recoverer armed to die at the `k`-th hit of `point`, inside `recover()`
+  /// (dual_bank) or inside `pmem::open()` (pmem); returns its wait status.
+  int run_killed_recoverer(std::string_view point, std::uint64_t k) {
+    const pid_t pid = spawn([&] {
+      ftm::detail::arm_fault(point, k);
+      if constexpr (fresh_process) {
+        [[maybe_unused]] const auto fresh = E::open(pool_->path());
+      } else {
+        static_cast<void>(pool_->recover());
+      }
+    });
+    return reap(pid);
+  }
+
+  /// Whether the pool looks quiescent and consistent. Reads the parent's mapping
+  /// without changing anything (no recovery), so a half-recovered pool shows as such.
+  bool looks_finished() const { return pool_->check().ok(); }
+
  private:
+  /// pmem: forks a process that opens the pool file on its own mapping (open()
+  /// recovers before it returns) and, if `verify`, checks every invariant.
+  void run_checker(bool verify) {
+    *checker_ = checker_report{};
+    const std::filesystem::path path = pool_->path();
+    const std::uint64_t id = pool_->pool_id();
+    const pid_t pid = spawn([&] {
+      checker_report& out = *checker_;
+      std::string problem;
+      try {
+        {
+          auto fresh = E::open(path);
+          out.opening = fresh.opening_recovery();
+          if (fresh.pool_id() != id) {
+            problem = fmt::format("the pool file holds pool {:#x}, not {:#x}", fresh.pool_id(), id);
+          } else if (verify) {
+            problem = inspect(fresh, out.s);
+          }
+        }
+        if (problem.empty() && verify) {
+          // Recovery is complete in the file: the next opener finds nothing to do.
+          const auto again = E::open(path);
+          const auto& r = again.opening_recovery();
+          if (r.undone + r.redone + r.locks_released != 0) {
+            problem = fmt::format("opening the pool again still recovered something: {}", r);
+          }
+        }
+      } catch (const std::exception& e) {
+        problem = fmt::format("the checker failed: {}", e.what());
+      }
+      const std::size_t n = std::min(problem.size(), sizeof out.error - 1);
+      std::memcpy(out.error, problem.data(), n);
+      out.error[n] = '\0';
+      out.done = 1;
+    });
+    const int status = reap(pid);
+    REQUIRE_MESSAGE(exited_ok(status), fmt::format("the checker process {}", describe(status)));
+    REQUIRE(checker_->done == 1);
+    REQUIRE_MESSAGE(checker_->error[0] == '\0', std::string(checker_->error));
+  }
+
   void setup() {
-    ftm::atomically(pool_, [](auto& tx) {
+    E& pool = *pool_;
+    ftm::atomically(pool, [](auto& tx) {
       auto root = tx.template root<bank>(root_name);
       auto b = tx.open(root);
       const auto big = tx.template create<blob>();
@@ -378,20 +538,18 @@ class rig {
     });
     // In batches: each created object takes a log entry of the creating transaction.
     for (std::size_t first = 0; first < n_accounts; first += 64) {
-      ftm::atomically(pool_, [first](auto& tx) {
+      ftm::atomically(pool, [first](auto& tx) {
         auto b = tx.open(tx.template root<bank>(root_name));
         for (std::size_t i = first; i < std::min(first + 64, n_accounts); ++i) {
           b->accounts[i] = tx.create(account{initial_balance, 0});
         }
       });
     }
-    bank_ = load_bank(pool_);
-    verify("setup");
   }
 
-  pool_type pool_;
-  bank bank_{};
+  decltype(ftm_test::engine_factory<E>::make()) pool_;
   progress* progress_ = nullptr;
+  checker_report* checker_ = nullptr;
 };
 
 /// Checks the outcome of the transaction a worker died in: `base` is the audit count
@@ -415,13 +573,21 @@ void check_outcome(const snapshot& after, std::uint64_t base, std::uint64_t comm
   }
 }
 
+/// Who recovers, for the summary lines.
+template <class E>
+constexpr std::string_view recoverer() {
+  return engine_traits<E>::fresh_process ? "pmem::open() in a fresh process"
+                                         : "recover() in the parent";
+}
+
 }  // namespace
 
 // ---- random kills ---------------------------------------------------------------------
 
-TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
-  rig r;
-  auto& pool = r.pool();
+TEST_CASE_TEMPLATE("crash: a worker killed by SIGKILL at random instants is recovered", E,
+                   FTM_TEST_ENGINES) {
+  rig<E> r;
+  E& pool = r.pool();
   const std::uint64_t kills = std::max<std::uint64_t>(env_or("FTM_CRASH_KILLS", 1000), 1);
   const std::uint64_t seed = env_or("FTM_CRASH_SEED", std::random_device{}());
   std::mt19937_64 rng{seed};
@@ -431,7 +597,7 @@ TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
   std::uint64_t mid_transaction = 0;  // kills that left a transaction for recovery
   std::uint64_t total_committed = 0;
   const auto start = std::chrono::steady_clock::now();
-  snapshot before = r.verify("setup");
+  snapshot before = r.recover_and_verify("setup").s;
   for (std::uint64_t kill = 0; kill < kills; ++kill) {
     r.reset_progress();
     const std::uint64_t child_seed = rng();
@@ -449,22 +615,24 @@ TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
                     fmt::format("the worker {} before it was killed", describe(status)));
     ++t.kills;
 
-    const auto rep = pool.recover();
+    const auto [rep, after] =
+        r.recover_and_verify(fmt::format("random kill {} (seed {})", kill, seed));
     t.add(rep);
     if (rep.undone + rep.redone > 0) ++mid_transaction;
     REQUIRE(rep.undone + rep.redone <= 1);  // one worker, one transaction at a time
     const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
     total_committed += committed;
-    const snapshot after = r.verify(fmt::format("random kill {} (seed {})", kill, seed));
     check_outcome(after, before.transfers, committed, rep, true);
     before = after;
   }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(
-      "crash/random: {} kills, {} recoveries of a transaction cut short ({} undone, {} redone, "
-      "{} locks released), {} transfers committed in total, {:.1f} s (FTM_CRASH_SEED={})\n",
-      t.kills, t.recoveries, t.undone, t.redone, t.locks_released, total_committed, secs, seed);
+      "crash/random [{}]: {} kills, {} recoveries of a transaction cut short ({} undone, {} "
+      "redone, {} locks released) by {}, {} transfers committed in total, {:.1f} s "
+      "(FTM_CRASH_SEED={})\n",
+      engine_traits<E>::name, t.kills, t.recoveries, t.undone, t.redone, t.locks_released,
+      recoverer<E>(), total_committed, secs, seed);
   std::fflush(stdout);
   CHECK(t.kills >= 200);
   // Not vacuous: some kills must have landed inside a transaction.
@@ -474,18 +642,20 @@ TEST_CASE("crash: a worker killed by SIGKILL at random instants is recovered") {
 
 // ---- named fault points -------------------------------------------------------------
 
-TEST_CASE("crash: a worker killed at every hit of every named fault point is recovered") {
-  rig r;
-  auto& pool = r.pool();
+TEST_CASE_TEMPLATE("crash: a worker killed at every hit of every named fault point is recovered",
+                   E, FTM_TEST_ENGINES) {
+  rig<E> r;
+  E& pool = r.pool();
   constexpr std::uint64_t max_k = 80;
 
   totals t;
   std::vector<std::string> summary;
   std::map<std::string_view, bool> hit_at_first;
-  snapshot before = r.verify("setup");
+  const auto start = std::chrono::steady_clock::now();
+  snapshot before = r.recover_and_verify("setup").s;
   for (std::size_t pi = 0; pi < ftm::detail::fault_point_names.size(); ++pi) {
     const std::string_view name = ftm::detail::fault_point_names[pi];
-    if (is_recovery_point(name)) continue;  // fires inside recover(): see the next test
+    if (is_recovery_point(name)) continue;  // fires inside recovery: see the next test
     std::uint64_t point_kills = 0;
     std::uint64_t hits_when_complete = 0;
     bool completed = false;
@@ -516,9 +686,8 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
         hits_when_complete = r.shared().hits[pi].load();
         REQUIRE(r.shared().completed.load() == 1);
         REQUIRE(committed == static_cast<std::uint64_t>(program_length - program_length / 4));
-        const auto rep = pool.recover();
+        const auto [rep, after] = r.recover_and_verify(what + ", which was never reached");
         CHECK(rep.undone + rep.redone == 0);
-        const snapshot after = r.verify(what + ", which was never reached");
         CHECK(after.transfers == before.transfers + committed);
         before = after;
         break;
@@ -527,7 +696,7 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
       ++t.kills;
       ++point_kills;
       if (k == 1) hit_at_first[name] = true;
-      const auto rep = pool.recover();
+      const auto [rep, after] = r.recover_and_verify(what);
       t.add(rep);
       // The worker died inside exactly one transaction, in the state the point names.
       if (is_after_decision(name)) {
@@ -537,7 +706,6 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
         CHECK(rep.undone == 1);
         CHECK(rep.redone == 0);
       }
-      const snapshot after = r.verify(what);
       check_outcome(after, before.transfers, committed, rep, false);
       before = after;
     }
@@ -549,16 +717,21 @@ TEST_CASE("crash: a worker killed at every hit of every named fault point is rec
     if (is_recovery_point(name)) continue;
     CHECK_MESSAGE(hit_at_first[name], fmt::format("fault point {} was never reached", name));
   }
-  fmt::print("crash/fault points: {} kills, {} recoveries ({} undone, {} redone); {}\n", t.kills,
-             t.recoveries, t.undone, t.redone, fmt::join(summary, ", "));
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print("crash/fault points [{}]: {} kills, {} recoveries ({} undone, {} redone) by {}, "
+             "{:.1f} s; {}\n",
+             engine_traits<E>::name, t.kills, t.recoveries, t.undone, t.redone, recoverer<E>(),
+             secs, fmt::join(summary, ", "));
   std::fflush(stdout);
 }
 
 // ---- kills during recovery ----------------------------------------------------------
 
-TEST_CASE("crash: recovery killed at its own fault points is completed by the next one") {
-  rig r;
-  auto& pool = r.pool();
+TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed by the next one",
+                   E, FTM_TEST_ENGINES) {
+  rig<E> r;
+  E& pool = r.pool();
 
   /// Where the worker dies first, and at which hit; recovery then redoes (after the
   /// decision) or undoes (before it) the worker's transaction, and dies doing so.
@@ -582,7 +755,8 @@ TEST_CASE("crash: recovery killed at its own fault points is completed by the ne
   totals t;
   std::uint64_t recovery_kills = 0;
   std::map<std::string_view, std::uint64_t> point_kills;
-  snapshot before = r.verify("setup");
+  const auto start = std::chrono::steady_clock::now();
+  snapshot before = r.recover_and_verify("setup").s;
   for (std::size_t si = 0; si < scenarios.size(); ++si) {
     const scenario& s = scenarios[si];
     const bool redo = is_after_decision(s.worker_point);
@@ -603,44 +777,45 @@ TEST_CASE("crash: recovery killed at its own fault points is completed by the ne
     const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
 
     for (int attempt = 0; attempt < recoverers_killed; ++attempt) {
-      const pid_t recoverer = spawn([&] {
-        ftm::detail::arm_fault(recovery_point, 1);
-        static_cast<void>(pool.recover());
-      });
-      const int rstatus = reap(recoverer);
+      const int rstatus = r.run_killed_recoverer(recovery_point, 1);
       REQUIRE_MESSAGE(killed(rstatus), fmt::format("recoverer {} was not killed at {}: it {}",
                                                    attempt + 1, recovery_point, describe(rstatus)));
       ++t.kills;
       ++recovery_kills;
       ++point_kills[recovery_point];
       // Nothing may look finished yet: the dead recoverer still owns the descriptor.
-      REQUIRE_FALSE(pool.check().ok());
+      REQUIRE_FALSE(r.looks_finished());
     }
 
-    const auto rep = pool.recover();
+    const auto [rep, after] = r.recover_and_verify(what);
     t.add(rep);
     CHECK(rep.redone == (redo ? 1u : 0u));
     CHECK(rep.undone == (redo ? 0u : 1u));
-    const snapshot after = r.verify(what);
     check_outcome(after, before.transfers, committed, rep, false);
     before = after;
   }
   CHECK(point_kills["recover.mid_redo"] > 0);
   CHECK(point_kills["recover.mid_undo"] > 0);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(
-      "crash/recovery: {} kills ({} of them inside recover(): recover.mid_redo x{}, "
-      "recover.mid_undo x{}), {} recoveries ({} undone, {} redone)\n",
-      t.kills, recovery_kills, point_kills["recover.mid_redo"], point_kills["recover.mid_undo"],
-      t.recoveries, t.undone, t.redone);
+      "crash/recovery [{}]: {} kills ({} of them inside {}: recover.mid_redo x{}, "
+      "recover.mid_undo x{}), {} recoveries ({} undone, {} redone), {:.1f} s\n",
+      engine_traits<E>::name, t.kills, recovery_kills,
+      engine_traits<E>::fresh_process ? "pmem::open()" : "recover()",
+      point_kills["recover.mid_redo"], point_kills["recover.mid_undo"], t.recoveries, t.undone,
+      t.redone, secs);
   std::fflush(stdout);
 }
 
 // ---- several workers, recovery beside the living -------------------------------------
 
-TEST_CASE("crash: workers killed one at a time while the others run, recovered beside them") {
-  rig r;
-  auto& pool = r.pool();
-  const snapshot before = r.verify("setup");
+TEST_CASE_TEMPLATE("crash: workers killed one at a time while the others run, recovered beside "
+                   "them",
+                   E, FTM_TEST_ENGINES) {
+  rig<E> r;
+  E& pool = r.pool();
+  const snapshot before = r.recover_and_verify("setup").s;
   constexpr std::size_t n_workers = 3;
   const std::uint64_t kills = std::max<std::uint64_t>(env_or("FTM_CRASH_KILLS", 1000) / 5, 100);
   const std::uint64_t seed = env_or("FTM_CRASH_SEED", std::random_device{}());
@@ -668,6 +843,7 @@ TEST_CASE("crash: workers killed one at a time while the others run, recovered b
 
   totals t;
   std::uint64_t beside = 0;  // recoveries made while other workers were running
+  const auto start = std::chrono::steady_clock::now();
   for (std::uint64_t k = 0; k < kills; ++k) {
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
     const std::size_t w = rng() % n_workers;
@@ -676,7 +852,7 @@ TEST_CASE("crash: workers killed one at a time while the others run, recovered b
     REQUIRE_MESSAGE(killed(status), fmt::format("worker {} {}", w, describe(status)));
     ++t.kills;
     // The other workers are still running transactions: recovery must leave them be.
-    const auto rep = pool.recover();
+    const auto rep = r.recover_only();
     t.add(rep);
     if (rep.undone + rep.redone > 0) ++beside;
     workers[w] = start_worker(w);
@@ -690,8 +866,8 @@ TEST_CASE("crash: workers killed one at a time while the others run, recovered b
     REQUIRE(killed(reap(pid)));
     ++t.kills;
   }
-  t.add(pool.recover());
-  const snapshot after = r.verify("the last kill");
+  const auto [rep, after] = r.recover_and_verify("the last kill");
+  t.add(rep);
 
   // Every kill may cut off the count of one transfer that did commit.
   std::uint64_t counted = 0;
@@ -702,10 +878,13 @@ TEST_CASE("crash: workers killed one at a time while the others run, recovered b
   CHECK(transfers <= counted + t.kills);
   CHECK(committed_before_stop > 0);
   CHECK(beside > 0);  // not vacuous: some recoveries ran beside living workers
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(
-      "crash/beside: {} kills of {} workers, {} recoveries ({} beside living workers; {} undone, "
-      "{} redone, {} locks released), {} transfers committed\n",
-      t.kills, n_workers, t.recoveries, beside, t.undone, t.redone, t.locks_released, transfers);
+      "crash/beside [{}]: {} kills of {} workers, {} recoveries by {} ({} beside living "
+      "workers; {} undone, {} redone, {} locks released), {} transfers committed, {:.1f} s\n",
+      engine_traits<E>::name, t.kills, n_workers, t.recoveries, recoverer<E>(), beside, t.undone,
+      t.redone, t.locks_released, transfers, secs);
   std::fflush(stdout);
   ::munmap(pages, n_workers * sizeof(progress));
 }
