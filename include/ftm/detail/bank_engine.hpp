@@ -548,12 +548,15 @@ class bank_engine {
   }
 
   /// The first problem that makes a mapping this process did not format (a pool file)
-  /// unsafe to recover or use, or "" if none: descriptors, logs, allocator metadata and
-  /// roots must all be within their bounds.
-  [[nodiscard]] std::string structure_problem() const {
+  /// unsafe to recover, or "" if none: the descriptors that recovery will read (those
+  /// of dead owners, or all of them after a reboot) must be within their bounds. Live
+  /// owners change theirs concurrently, so they are not read.
+  [[nodiscard]] std::string structure_problem(bool earlier_boot) const {
     using namespace bank_layout;
     for (tx_id d = 0; d < max_transactions; ++d) {
       const slot& s = slot_at(d);
+      const owner_id owner = s.owner.load(std::memory_order_acquire);
+      if (owner == 0 || (!earlier_boot && detail::owner_alive(owner))) continue;
       const auto state = s.state.load(std::memory_order_relaxed);
       const auto n = s.count.load(std::memory_order_relaxed);
       if (state > committing) return fmt::format("descriptor {} has an unknown state {}", d, state);
@@ -569,26 +572,6 @@ class bank_engine {
           return fmt::format("descriptor {} has a malformed log entry {} (offset {}, length {})", d,
                              i, e.offset, e.length);
         }
-      }
-    }
-    for (std::byte* bank : {a_, b_}) {
-      const auto* roots_header = reinterpret_cast<const object_header*>(bank + roots_offset);
-      if (roots_header->size != sizeof(roots_table)) return "the roots table is damaged";
-      for (std::uint64_t c = 0; c < nchunks_; ++c) {
-        const auto* h = reinterpret_cast<const object_header*>(bank + meta_offset(c));
-        const auto* m = reinterpret_cast<const chunk_meta*>(bank + meta_offset(c) + header_size);
-        const bool small = m->cls >= 1 && m->cls <= nclasses;
-        if (h->size != sizeof(chunk_meta) || m->cls > cls_large_tail ||
-            (small && (m->nblocks != chunk_size / block_size(m->cls) || m->used > m->nblocks)) ||
-            (m->cls == cls_large_head && (m->nblocks == 0 || c + m->nblocks > nchunks_))) {
-          return fmt::format("the allocator's record of chunk {} is damaged", c);
-        }
-      }
-    }
-    for (const root_entry& r : roots().entries) {
-      if (r.used > 1 || r.name[sizeof r.name - 1] != '\0' || r.type[sizeof r.type - 1] != '\0' ||
-          (r.used == 1 && (r.offset < chunks_offset_ || r.offset >= bank_size_))) {
-        return "a named root is damaged";
       }
     }
     return {};
@@ -751,9 +734,6 @@ class bank_engine {
           fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
     if (!older(d, holder)) {
-      // Dying for a holder that is dead itself would only repeat: recover it instead.
-      recovery_report ignored;
-      if (recover_if_dead(holder, ignored)) return;
       slot& s = slot_at(d);
       s.doomed.store(1, std::memory_order_relaxed);
       bump(s.conflicts);

@@ -197,10 +197,12 @@ class pmem : private detail::file_region, public detail::bank_engine {
 
   pmem(open_tag tag, const std::filesystem::path& path)
       : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
-    if (auto problem = structure_problem(); !problem.empty()) bad(problem);
     auto& h = region_header();
     const std::string boot = detail::current_boot_id();
-    if (std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot) {
+    const bool earlier_boot =
+        std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot;
+    if (auto problem = structure_problem(earlier_boot); !problem.empty()) bad(problem);
+    if (earlier_boot) {
       // Its owners ran before a reboot: none is alive, whatever their pids name now.
       opened_ = recover_from_earlier_boot();
       std::memset(h.boot_id, 0, sizeof h.boot_id);
