@@ -810,14 +810,9 @@ TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed 
 
 // ---- several workers, recovery beside the living -------------------------------------
 
-// Skipped by default: it finds a known bug (docs/limitations.md, "recovery beside
-// running workers"), now and then at the default count and most runs at
-// FTM_CRASH_KILLS=10000. Run it with `crash_test --no-skip -tc="*beside*"`.
 TEST_CASE_TEMPLATE(
-    "crash: workers killed one at a time while the others run, recovered beside "
-    "them" *
-        doctest::skip(),
-    E, FTM_TEST_ENGINES) {
+    "crash: workers killed one at a time while the others run, recovered beside them", E,
+    FTM_TEST_ENGINES) {
   rig<E> r;
   E& pool = r.pool();
   const snapshot before = r.recover_and_verify("setup").s;

@@ -734,6 +734,9 @@ class bank_engine {
           fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
     if (!older(d, holder)) {
+      // Dying for a holder that is dead itself would only repeat: recover it instead.
+      recovery_report ignored;
+      if (recover_if_dead(holder, ignored)) return;
       slot& s = slot_at(d);
       s.doomed.store(1, std::memory_order_relaxed);
       bump(s.conflicts);
@@ -934,21 +937,28 @@ class bank_engine {
     store_barrier();
   }
 
-  /// Releases every lock `d` holds; returns how many.
+  /// Releases every lock `d` holds; returns how many. Objects first, the allocator's
+  /// chunk records last: once a chunk's record is free, another transaction may hand
+  /// out a block this one destroyed, and that block's lock must be free by then (a
+  /// process that dies between the two leaves only a record locked, which blocks
+  /// allocation in that chunk until it is recovered, never a free block locked).
   std::uint64_t release_locks(tx_id d) noexcept {
     using namespace bank_layout;
     const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     std::uint64_t released = 0;
-    for (std::uint32_t i = 0; i < n; ++i) {
-      object_header& h = header(log[i].offset);
-      if (log[i].kind == entry_kind::write) {
-        if (h.writer.load(std::memory_order_relaxed) == d + 1) {
-          h.writer.store(0, std::memory_order_release);
+    for (const bool records : {false, true}) {
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if ((log[i].offset < chunks_offset_) != records) continue;
+        object_header& h = header(log[i].offset);
+        if (log[i].kind == entry_kind::write) {
+          if (h.writer.load(std::memory_order_relaxed) == d + 1) {
+            h.writer.store(0, std::memory_order_release);
+            ++released;
+          }
+        } else if ((h.readers.fetch_and(~bit(d), std::memory_order_release) & bit(d)) != 0) {
           ++released;
         }
-      } else if ((h.readers.fetch_and(~bit(d), std::memory_order_release) & bit(d)) != 0) {
-        ++released;
       }
     }
     return released;
