@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <boost/hana/define_struct.hpp>
 
 #include <array>
@@ -135,6 +136,52 @@ ENGINE_TEST("aborted create frees, aborted destroy keeps") {
   CHECK_THROWS_AS(balance_of(*pool, kept), ftm::usage_error);
   // Destroying twice is caught too.
   CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& t) { t.destroy(kept); }), ftm::usage_error);
+}
+
+ENGINE_TEST("freeing a chunk and allocating other sizes in it, then aborting, leaves it whole") {
+  struct hundred {
+    std::array<std::uint64_t, 12> words;
+  };
+  struct forty {
+    std::array<std::uint64_t, 5> words;
+  };
+  auto pool = ftm_test::engine_factory<E>::make(std::size_t{1} << 20);
+  // Leave payload bytes in the second bank where smaller blocks' headers will be.
+  auto h = ftm::atomically(*pool, [](auto& tx) {
+    return tx.create(hundred{{7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}});
+  });
+  ftm::atomically(*pool, [&](auto& tx) { tx.destroy(h); });
+  auto [s0, s1] = ftm::atomically(*pool, [](auto& tx) {
+    return std::pair{tx.create(forty{{1, 1, 1, 1, 1}}), tx.create(forty{{2, 2, 2, 2, 2}})};
+  });
+  {
+    ftm::transaction tx{*pool};
+    tx.begin();
+    tx.destroy(s0);
+    tx.destroy(s1);  // the chunk is empty now, but only in this transaction
+    tx.template create<hundred>();
+    tx.abort();
+  }
+  REQUIRE_MESSAGE(pool->check().ok(), fmt::format("{}", fmt::join(pool->check().problems, "; ")));
+  const auto first = ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(s1)->words[0]; });
+  CHECK(first == 2);
+}
+
+ENGINE_TEST("a write lock lost to an older reader is given back at once") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{10, 0}); });
+  ftm::transaction reader{*pool};
+  reader.begin({.priority = 1});
+  CHECK(reader.open_read(a)->balance == 10);
+  ftm::transaction writer{*pool};
+  writer.begin({.priority = 2});
+  CHECK_THROWS_AS(writer.open(a), ftm::conflict);
+  // A transaction that carries on after losing must not find the object "held".
+  CHECK_THROWS_AS(writer.open(a), ftm::conflict);
+  CHECK_THROWS_AS(writer.commit(), ftm::conflict);
+  reader.commit();
+  CHECK(balance_of(*pool, a) == 10);
+  CHECK(pool->check().ok());
 }
 
 ENGINE_TEST("open_read gives a const view; read then write upgrades the lock") {

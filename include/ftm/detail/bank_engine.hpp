@@ -328,6 +328,11 @@ class bank_engine {
         if (!try_lock_meta(d, c, held)) continue;
         chunk_meta& m = meta(c);
         class_hint_[c].store(static_cast<std::uint8_t>(m.cls), std::memory_order_relaxed);
+        // A chunk this transaction emptied keeps its old layout until commit: blocks of
+        // another size would start inside the freed objects, whose bytes abort restores.
+        if (m.cls == cls_free && held && !committed_free(c)) {
+          continue;
+        }
         if (m.cls == cls_free) {
           m.cls = cls;
           m.nblocks = static_cast<std::uint32_t>(chunk_size / block_size(cls));
@@ -766,17 +771,29 @@ class bank_engine {
     for (;;) {
       std::uint32_t w = 0;
       if (h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) break;
-      wait_or_die(d, w - 1, off, spins);
+      try {
+        wait_or_die(d, w - 1, off, spins);
+      } catch (...) {
+        slot_at(d).count.fetch_sub(1, std::memory_order_release);  // forget the intent
+        throw;
+      }
     }
     // Exclusive: wait for the readers (other than ourselves, when upgrading) to leave.
-    for (;;) {
-      std::uint64_t r = h.readers.load(std::memory_order_seq_cst) & ~bit(d);
-      if (r == 0) break;
-      for (std::uint64_t rest = r; rest != 0; rest &= rest - 1) {
-        const auto reader = static_cast<tx_id>(std::countr_zero(rest));
-        if (!older(d, reader)) wait_or_die(d, reader, off, spins);  // throws
+    // Losing here gives the lock back at once: a transaction that goes on after the
+    // conflict must not find the object already "held", with nothing logged to undo.
+    try {
+      for (;;) {
+        std::uint64_t r = h.readers.load(std::memory_order_seq_cst) & ~bit(d);
+        if (r == 0) break;
+        for (std::uint64_t rest = r; rest != 0; rest &= rest - 1) {
+          const auto reader = static_cast<tx_id>(std::countr_zero(rest));
+          if (!older(d, reader)) wait_or_die(d, reader, off, spins);  // throws
+        }
+        wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins);
       }
-      wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins);
+    } catch (...) {
+      unlock_last(d, off);
+      throw;
     }
     e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
     store_barrier();  // the undo length is in the log before the caller's first write
@@ -831,6 +848,13 @@ class bank_engine {
     return true;
   }
 
+  /// Whether chunk `c` is free in the committed state (the second bank), whatever the
+  /// working bank says: a chunk freed by a running transaction is not free yet.
+  bool committed_free(std::uint64_t c) const noexcept {
+    using namespace bank_layout;
+    return reinterpret_cast<const chunk_meta*>(b_ + meta_offset(c) + header_size)->cls == cls_free;
+  }
+
   /// Releases the lock of the newest log entry, unchanged, and forgets the entry.
   void unlock_last(tx_id d, std::uint64_t off) noexcept {
     header(off).writer.store(0, std::memory_order_release);
@@ -880,7 +904,7 @@ class bank_engine {
         bool held = false;
         usable = try_lock_meta(d, c + i, held);
         if (usable && !held) locked.push_back(c + i);
-        usable = usable && meta(c + i).cls == cls_free;
+        usable = usable && meta(c + i).cls == cls_free && committed_free(c + i);
       }
       if (!usable) {
         for (; !locked.empty(); locked.pop_back())

@@ -22,6 +22,7 @@
 #include <string_view>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -112,6 +113,26 @@ class file_region {
     temp_.clear();
   }
 
+  /// Holds an exclusive `flock` on the pool file while openers decide what to recover,
+  /// so two of them never both take the other's descriptors for an earlier boot's.
+  class opening_lock {
+   public:
+    explicit opening_lock(int fd) : fd_(fd) {
+      while (::flock(fd_, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+          throw io_error(fmt::format("cannot lock the pool file: {}", std::strerror(errno)));
+        }
+      }
+    }
+    opening_lock(const opening_lock&) = delete;
+    opening_lock& operator=(const opening_lock&) = delete;
+    ~opening_lock() { ::flock(fd_, LOCK_UN); }
+
+   private:
+    int fd_;
+  };
+
+  [[nodiscard]] int region_fd() const noexcept { return fd_; }
   [[nodiscard]] std::byte* region() const noexcept { return base_; }
   [[nodiscard]] const bank_layout::geometry& region_geometry() const noexcept { return geometry_; }
   [[nodiscard]] bank_layout::pool_header& region_header() const noexcept {
@@ -197,6 +218,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
 
   pmem(open_tag tag, const std::filesystem::path& path)
       : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
+    const opening_lock lock(region_fd());
     auto& h = region_header();
     const std::string boot = detail::current_boot_id();
     const bool earlier_boot =
