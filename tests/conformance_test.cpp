@@ -151,8 +151,12 @@ ENGINE_TEST("freeing a chunk and allocating other sizes in it, then aborting, le
     return tx.create(hundred{{7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7}});
   });
   ftm::atomically(*pool, [&](auto& tx) { tx.destroy(h); });
-  auto [s0, s1] = ftm::atomically(*pool, [](auto& tx) {
-    return std::pair{tx.create(forty{{1, 1, 1, 1, 1}}), tx.create(forty{{2, 2, 2, 2, 2}})};
+  // Not structured bindings: clang 14 cannot capture them in lambdas.
+  const auto s0 = ftm::atomically(*pool, [](auto& tx) {
+    return tx.create(forty{{1, 1, 1, 1, 1}});
+  });
+  const auto s1 = ftm::atomically(*pool, [](auto& tx) {
+    return tx.create(forty{{2, 2, 2, 2, 2}});
   });
   {
     ftm::transaction tx{*pool};
