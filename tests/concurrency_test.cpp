@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <random>
 #include <thread>
 #include <utility>
@@ -104,6 +105,12 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
   std::vector<std::thread> workers;
   for (unsigned t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
+      // Odd threads keep a session; even ones claim a descriptor per transaction.
+      std::optional<ftm::session<E>> session;
+      if (t % 2 == 1) session.emplace(*pool);
+      auto atomically = [&](auto&& f) {
+        return session ? ftm::atomically(*session, f) : ftm::atomically(*pool, f);
+      };
       std::mt19937 rng(1234 + t);
       std::uniform_int_distribution<std::uint32_t> pick(0, accounts - 1);
       ++started;  // start together, so the transactions overlap
@@ -113,7 +120,7 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
         tx_record rec;
         if (i % 50 == 49) {
           // A read-only audit of every account: a consistent snapshot sums to the total.
-          std::int64_t sum = ftm::atomically(*pool, [&](auto& tx) {
+          std::int64_t sum = atomically([&](auto& tx) {
             rec = {};
             std::int64_t s = 0;
             for (std::uint32_t k = 0; k < accounts; ++k) {
@@ -130,7 +137,7 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
           std::uint32_t to = pick(rng);
           if (to == from) to = (to + 1) % accounts;
           const std::int64_t amount = static_cast<std::int64_t>(rng() % 100);
-          ftm::atomically(*pool, [&](auto& tx) {
+          atomically([&](auto& tx) {
             rec = {};
             auto a = tx.open(acct[from]);
             auto b = tx.open(acct[to]);

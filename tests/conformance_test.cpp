@@ -10,8 +10,10 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/prctl.h>
@@ -414,6 +416,122 @@ ENGINE_TEST("a lock held by a dead process is reclaimed by an older waiter") {
   older.commit();
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+ENGINE_TEST("a session runs transactions on one descriptor, like atomically() on the pool") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{100, 0}); });
+  {
+    ftm::session s(*pool);
+    for (int i = 0; i < 1000; ++i) {
+      ftm::atomically(s, [&](auto& tx) {
+        auto acc = tx.open(a);
+        acc->balance += 1;
+        ++acc->ops;
+      });
+    }
+    // An exception aborts, as with atomically() on the pool.
+    CHECK_THROWS_AS(ftm::atomically(s,
+                                    [&](auto& tx) {
+                                      tx.open(a)->balance = -1;
+                                      throw std::runtime_error("no");
+                                    }),
+                    std::runtime_error);
+    // Explicit begin, commit and abort on the session's descriptor.
+    auto tx = s.transaction();
+    tx.begin();
+    tx.open(a)->balance = 0;
+    tx.abort();
+    tx.begin();
+    CHECK(tx.open_read(a)->balance == 1100);
+    // One transaction at a time on a session.
+    auto second = s.transaction();
+    CHECK_THROWS_WITH_AS(second.begin(), doctest::Contains("one transaction at a time"),
+                         ftm::usage_error);
+    tx.commit();
+    // The same pool refuses a nested atomically() whether on the pool or a session.
+    CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto&) { ftm::atomically(s, [](auto&) {}); }),
+                    ftm::usage_error);
+    // An idle session is not a problem for check(); its descriptor is held.
+    CHECK(pool->check().ok());
+    CHECK(pool->stats().commits >= 1001);
+  }
+  CHECK(balance_of(*pool, a) == 1100);
+  CHECK(pool->check().ok());
+}
+
+ENGINE_TEST("sessions hold their descriptors until destroyed, then give them back") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  std::vector<std::unique_ptr<ftm::session<E>>> sessions;
+  for (std::uint32_t i = 0; i + 1 < E::max_transactions; ++i)
+    sessions.push_back(std::make_unique<ftm::session<E>>(*pool));
+  // One descriptor is left: a transaction that claims it runs, and so does a session's.
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{1, 0}); });
+  ftm::atomically(*sessions.back(), [&](auto& tx) { tx.open(a)->balance = 2; });
+  // With the last one held too, a transaction on the pool could only wait. Each
+  // descriptor is now an idle session of this process: a transaction begins on it.
+  ftm::session<E> last(*pool);
+  auto held = [&] {
+    std::uint32_t n = 0;
+    for (ftm::tx_id d = 0; d < E::max_transactions; ++d) {
+      ftm::transaction<E> tx(*pool, ftm::detail::on_session, d);
+      try {
+        tx.begin();
+        tx.abort();
+        ++n;
+      } catch (const ftm::usage_error&) {
+        // not a session's descriptor (any more)
+      }
+    }
+    return n;
+  };
+  CHECK(held() == E::max_transactions);
+  sessions.clear();
+  CHECK(held() == 1);  // `last`'s
+  CHECK(balance_of(*pool, a) == 2);
+}
+
+ENGINE_TEST("a session belongs to its process: a forked child may not use it, recovery frees it") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{500, 0}); });
+  ftm::session<E> parents(*pool);
+  int pipe_fd[2];
+  REQUIRE(::pipe(pipe_fd) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+    char verdict = 'n';
+    try {
+      ftm::atomically(parents, [&](auto& tx) { tx.open(a)->balance = 0; });
+    } catch (const ftm::usage_error& e) {
+      if (std::string_view(e.what()).find("belongs to the process") != std::string_view::npos)
+        verdict = 'y';
+    }
+    // Its own session, killed in the middle of a transaction.
+    ftm::session<E> own(*pool);
+    auto tx = own.transaction();
+    tx.begin();
+    tx.open(a)->balance = -1;
+    (void)!::write(pipe_fd[1], &verdict, 1);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(1);
+  }
+  char verdict = 0;
+  REQUIRE(::read(pipe_fd[0], &verdict, 1) == 1);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(verdict == 'y');
+  CHECK_FALSE(pool->check().ok());  // the dead child's descriptor is still held
+  const ftm::recovery_report r = pool->recover();
+  CHECK(r.undone == 1);
+  CHECK(balance_of(*pool, a) == 500);
+  ftm::atomically(parents, [&](auto& tx) { tx.open(a)->balance += 1; });
+  CHECK(balance_of(*pool, a) == 501);
+  CHECK(pool->check().ok());
+  ::close(pipe_fd[0]);
+  ::close(pipe_fd[1]);
 }
 
 TEST_CASE("reflected stable types print and have layout fingerprints") {

@@ -100,6 +100,21 @@ concept recoverable_engine = requires(E& e, const E& ce) {
   { ce.stats() } -> std::same_as<engine_stats>;
 };
 
+/// Optional: keep a descriptor across transactions (`ftm::session`), so that a
+/// transaction begins without claiming one.
+///
+/// Laws: `attach()` claims a descriptor for the calling process, idle; each
+/// `begin_attached(t, o)` begins a transaction on it, which `commit(t)` or `abort(t)`
+/// ends as usual, leaving it idle and still attached; `detach(t)` gives it back. A
+/// process that dies with descriptors attached loses them to `recover()`.
+template <class E>
+concept session_engine = requires(E& e, tx_id t, begin_options o) {
+  { e.attach() } -> std::same_as<tx_id>;
+  { e.begin_attached(t, o) } -> std::same_as<void>;
+  { e.detach(t) }
+  noexcept;
+};
+
 /// A pluggable stable transactional memory.
 ///
 /// Laws the compiler cannot check:

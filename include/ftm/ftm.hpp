@@ -8,6 +8,7 @@
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/reflect.hpp>
+#include <ftm/session.hpp>
 #include <ftm/stable.hpp>
 #include <ftm/transaction.hpp>
 

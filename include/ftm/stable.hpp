@@ -62,6 +62,12 @@ constexpr bool check_stable_type() {
   return true;
 }
 
+struct on_session_t {
+  explicit on_session_t() = default;
+};
+/// Tags a transaction made on a session's descriptor.
+inline constexpr on_session_t on_session{};
+
 struct from_offset_t {
   explicit from_offset_t() = default;
 };

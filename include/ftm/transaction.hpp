@@ -59,6 +59,12 @@ class transaction : private detail::transaction_base {
   explicit transaction(E& engine) noexcept : engine_(&engine) {
     if constexpr (!closing_is_noop<E>) close_object_ = &close_thunk;
   }
+  /// A transaction on a descriptor that `engine.attach()` gave this process (made by
+  /// `ftm::session`): it begins without claiming a descriptor.
+  transaction(E& engine, detail::on_session_t, tx_id attached) noexcept : transaction(engine) {
+    id_ = attached;
+    attached_ = true;
+  }
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
   ~transaction() {
@@ -68,6 +74,13 @@ class transaction : private detail::transaction_base {
   /// Activates the transaction (the paper's Begin).
   void begin(begin_options options = {}) {
     if (active_) throw usage_error("transaction::begin: the transaction is already active");
+    if constexpr (session_engine<E>) {
+      if (attached_) {
+        engine_->begin_attached(id_, options);
+        active_ = true;
+        return;
+      }
+    }
     id_ = engine_->begin(options);
     active_ = true;
   }
@@ -177,6 +190,7 @@ class transaction : private detail::transaction_base {
 
   E* engine_;
   tx_id id_ = 0;
+  bool attached_ = false;
 };
 
 /// `tx.create<T>(args...)` for generic code, where `tx` has a dependent type and the
@@ -240,33 +254,28 @@ inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
 
 }  // namespace detail
 
-/// Runs `f(tx)` in a transaction on `engine` and returns what `f` returns.
-///
-/// Commits when `f` returns; aborts and rethrows when `f` throws; aborts and runs `f`
-/// again, after a randomised backoff, when it loses a lock conflict (`ftm::conflict`).
-/// `f` may therefore run more than once: its effects on stable objects happen once,
-/// its other side effects should be idempotent. Throws `ftm::retry_limit` after
-/// `policy.max_attempts` conflicts.
-template <engine E, class F>
-requires std::invocable < F&, transaction<E>
-& > auto atomically(E& engine, F&& f, retry_policy policy = {})
-        -> std::invoke_result_t<F&, transaction<E>&> {
+namespace detail {
+
+/// The body of `atomically()`: `make_tx()` gives a fresh, inactive transaction.
+template <engine E, class MakeTx, class F>
+auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
+    -> std::invoke_result_t<F&, transaction<E>&> {
   using result = std::invoke_result_t<F&, transaction<E>&>;
-  static_assert(!detail::is_opened<std::remove_cvref_t<result>>::value,
+  static_assert(!is_opened<std::remove_cvref_t<result>>::value,
                 "ftm::atomically: f must not return an opened handle: it is closed when the "
                 "transaction ends; return the ftm::stable<T> handle, or copy the value out");
   static_assert(!std::is_reference_v<result>,
                 "ftm::atomically: f must return a value, not a reference: a reference into "
                 "the pool dangles once the transaction ends");
   // An inner transaction on the same pool would wait for the outer one forever.
-  const detail::atomic_scope scope(&engine);
+  const atomic_scope scope(&engine);
 
   // A retry carries the age of its first conflict, so it wins against newcomers in
   // the end. The first attempt leaves the age to the engine, which takes it only if
   // a conflict needs it: reading a clock on every transaction is not free.
   begin_options options{};
   for (;;) {
-    transaction<E> tx(engine);
+    transaction<E> tx = make_tx();
     tx.begin(options);
     try {
       if constexpr (std::is_void_v<result>) {
@@ -280,15 +289,32 @@ requires std::invocable < F&, transaction<E>
       }
     } catch (const conflict& lost) {
       tx.abort();
-      if (options.priority == 0) options.priority = detail::timestamp();
+      if (options.priority == 0) options.priority = timestamp();
       if (++options.attempt >= policy.max_attempts) {
         throw retry_limit(
             fmt::format("ftm::atomically gave up after {} conflicting attempts; the last: {}",
                         options.attempt, lost.what()));
       }
-      detail::backoff(options.attempt, policy.max_backoff);
+      backoff(options.attempt, policy.max_backoff);
     }
   }
+}
+
+}  // namespace detail
+
+/// Runs `f(tx)` in a transaction on `engine` and returns what `f` returns.
+///
+/// Commits when `f` returns; aborts and rethrows when `f` throws; aborts and runs `f`
+/// again, after a randomised backoff, when it loses a lock conflict (`ftm::conflict`).
+/// `f` may therefore run more than once: its effects on stable objects happen once,
+/// its other side effects should be idempotent. Throws `ftm::retry_limit` after
+/// `policy.max_attempts` conflicts.
+template <engine E, class F>
+requires std::invocable < F&, transaction<E>
+& > auto atomically(E& engine, F&& f, retry_policy policy = {})
+        -> std::invoke_result_t<F&, transaction<E>&> {
+  return detail::run_atomically(
+      engine, [&engine] { return transaction<E>(engine); }, f, policy);
 }
 
 }  // namespace ftm

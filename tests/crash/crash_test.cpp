@@ -45,6 +45,7 @@
 #include <exception>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -162,6 +163,25 @@ bool is_after_decision(std::string_view name) {
 
 // ---- the workload -----------------------------------------------------------------
 
+/// This process's session on `pool`, made on first use. A forked child makes its own:
+/// the one it inherited belongs to its parent (and is left alone, not detached).
+template <class E>
+ftm::session<E>& worker_session(E& pool) {
+  struct cached {
+    pid_t pid = 0;
+    E* pool = nullptr;
+    std::unique_ptr<ftm::session<E>> session;
+  };
+  static cached& c = *new cached;  // never destroyed: workers leave through _exit
+  if (c.pid != ::getpid() || c.pool != &pool) {
+    if (c.pid != ::getpid()) static_cast<void>(c.session.release());
+    c.session = std::make_unique<ftm::session<E>>(pool);
+    c.pid = ::getpid();
+    c.pool = &pool;
+  }
+  return *c.session;
+}
+
 /// One transfer: moves `amount` between two accounts, counts it in both and in the
 /// audit, replaces the receipt (freeing the previous one, before or after creating the
 /// new one, so a freed block is also reused in the same transaction) and, if
@@ -174,7 +194,11 @@ void transfer(E& pool, const bank& h, std::mt19937_64& rng, bool abort_it, bool 
   auto to = static_cast<std::uint32_t>(rng() % (n_accounts - 1));
   if (to >= from) ++to;
   const auto amount = static_cast<std::int64_t>(rng() % 100 + 1);
-  ftm::atomically(pool, [&](auto& tx) {
+  // Half the transfers run on a session, half claim a descriptor: recovery sees both.
+  auto atomically = [&](auto&& f) {
+    return from % 2 == 0 ? ftm::atomically(worker_session(pool), f) : ftm::atomically(pool, f);
+  };
+  atomically([&](auto& tx) {
     {
       auto a = tx.open(h.accounts[from]);
       a->balance -= amount;

@@ -58,6 +58,13 @@ struct log_entry {
 
 enum slot_state : std::uint32_t { idle = 0, active = 1, committing = 2 };
 
+/// What a transaction did so far, so that commit skips the passes it does not need.
+enum slot_flags : std::uint32_t {
+  wrote_objects = 1,   // took a write lock: commit has copies to make
+  locked_records = 2,  // locked an allocator record (or the roots): a second release pass
+  attached = 4,        // held by a session: kept, idle, when a transaction ends
+};
+
 /// A transaction descriptor, in shared memory, one cache line of its own; its log
 /// is elsewhere.
 struct alignas(64) slot {
@@ -66,7 +73,7 @@ struct alignas(64) slot {
   std::atomic<std::uint32_t> count;  // log entries in use
   std::atomic<std::uint64_t> priority;
   std::atomic<std::uint32_t> doomed;  // lost a conflict: may only abort
-  std::uint32_t wrote;                // took a write lock: commit has copies to make
+  std::uint32_t flags;                // wrote_objects | locked_records: what commit must do
   std::atomic<std::uint64_t> commits, aborts, conflicts, retries;
 };
 static_assert(sizeof(slot) == 64);
@@ -264,11 +271,8 @@ class bank_engine {
             s.owner.compare_exchange_strong(expected, me, std::memory_order_acquire)) {
           hint = d;
           // 0: the age is taken when a conflict first asks for it (see priority()).
-          s.priority.store(o.priority, std::memory_order_relaxed);
-          s.doomed.store(0, std::memory_order_relaxed);
-          s.wrote = 0;
-          if (o.attempt != 0) bump(s.retries);
-          s.state.store(active, std::memory_order_release);
+          s.flags = 0;
+          activate(s, o);
           return d;
         }
       }
@@ -278,6 +282,39 @@ class bank_engine {
     }
   }
 
+  /// Claims a descriptor for a session (`ftm::session`): it stays this process's,
+  /// idle between transactions, until `detach()`, so `begin_attached()` needs no
+  /// atomic read-modify-write. Waits, as `begin()` does, while all are in use.
+  tx_id attach() {
+    const tx_id d = begin();
+    slot& s = slot_at(d);
+    s.flags = bank_layout::attached;
+    s.state.store(bank_layout::idle, std::memory_order_release);
+    return d;
+  }
+
+  /// Begins a transaction on a descriptor that `attach()` gave this process.
+  void begin_attached(tx_id d, begin_options o = {}) {
+    using namespace bank_layout;
+    slot& s = slot_at(d);
+    if (d >= max_slots || s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
+        (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) {
+      throw usage_error(fmt::format(
+          "descriptor {} is not an idle session of this process: a session belongs to the "
+          "process that made it, and runs one transaction at a time",
+          d));
+    }
+    activate(s, o);
+  }
+
+  /// Gives a session's descriptor back. Its transaction, if any, must have ended.
+  void detach(tx_id d) noexcept {
+    slot& s = slot_at(d);
+    if (s.owner.load(std::memory_order_relaxed) != detail::self_owner_id()) return;
+    s.flags = 0;
+    s.owner.store(0, std::memory_order_release);
+  }
+
   void commit(tx_id d) {
     using namespace bank_layout;
     slot& s = slot_at(d);
@@ -285,7 +322,7 @@ class bank_engine {
       abort(d);
       throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
     }
-    if (s.wrote != 0) {
+    if ((s.flags & wrote_objects) != 0) {
       FTM_FAULT_POINT("commit.before_state");
       // Phase 1: the decision is stable. Phase 2: bring the second bank up to date.
       s.state.store(committing, std::memory_order_release);
@@ -294,7 +331,7 @@ class bank_engine {
       copy_held<true>(d, "commit.mid_redo");
       FTM_FAULT_POINT("commit.before_release");
     }
-    release_locks(d);
+    release_locks(d, (s.flags & locked_records) != 0);
     bump(s.commits);
     finish(s);
   }
@@ -302,7 +339,7 @@ class bank_engine {
   void abort(tx_id d) noexcept {
     slot& s = slot_at(d);
     copy_held<false>(d, "abort.mid_undo");
-    release_locks(d);
+    release_locks(d, (s.flags & bank_layout::locked_records) != 0);
     bump(s.aborts);
     finish(s);
   }
@@ -485,7 +522,8 @@ class bank_engine {
     auto problem = [&](std::string s) { r.problems.push_back(std::move(s)); };
     for (tx_id d = 0; d < max_transactions; ++d) {
       const auto& s = slot_at(d);
-      if (auto o = s.owner.load(); o != 0) {
+      const bool idle_session = (s.flags & attached) != 0 && s.state.load() == idle;
+      if (auto o = s.owner.load(); o != 0 && !(idle_session && detail::owner_alive(o))) {
         problem(fmt::format("descriptor {} is in use by pid {} (state {})", d, detail::owner_pid(o),
                             s.state.load()));
       }
@@ -765,7 +803,7 @@ class bank_engine {
     const std::uint32_t me = d + 1;
     if (h.writer.load(std::memory_order_relaxed) == me) return;
     log_entry& e = push_entry(d, off, entry_kind::write);
-    slot_at(d).wrote = 1;
+    slot_at(d).flags |= off < chunks_offset_ ? locked_records | wrote_objects : wrote_objects;
     FTM_FAULT_POINT("lock.after_log_entry");
     std::uint32_t spins = 0;
     for (;;) {
@@ -809,6 +847,7 @@ class bank_engine {
       return;
     }
     push_entry(d, off, entry_kind::read);
+    if (off < chunks_offset_) slot_at(d).flags |= locked_records;
     std::uint32_t spins = 0;
     for (;;) {
       h.readers.fetch_or(bit(d), std::memory_order_seq_cst);
@@ -833,7 +872,7 @@ class bank_engine {
     if (held) return true;
     if (h.writer.load(std::memory_order_relaxed) != 0) return false;
     log_entry& e = push_entry(d, off, entry_kind::write);
-    slot_at(d).wrote = 1;
+    slot_at(d).flags |= locked_records | wrote_objects;
     std::uint32_t w = 0;
     if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) {
       slot_at(d).count.fetch_sub(1, std::memory_order_release);
@@ -884,7 +923,7 @@ class bank_engine {
   allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
     push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
-    slot_at(d).wrote = 1;
+    slot_at(d).flags |= wrote_objects;
     object_header& h = header(off);
     h.readers.store(0, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
@@ -928,13 +967,24 @@ class bank_engine {
 
   // ---- commit, abort, recovery -------------------------------------------------
 
+  /// Copies the tracked bytes of one object between the banks. Small objects are
+  /// copied inline in 16-byte pieces, rounded up: every block ends on a 64-byte
+  /// boundary and its object starts 16 bytes in, so the rounding stays in the block.
+  static void copy_tracked(std::byte* to, const std::byte* from, std::uint32_t length) noexcept {
+    if (length > 256) {
+      std::memcpy(to, from, length);
+      return;
+    }
+    for (std::uint32_t i = 0; i < length; i += 16)
+      __builtin_memcpy(to + i, from + i, 16);
+  }
   void redo(const log_entry& e) noexcept {
     using namespace bank_layout;
-    std::memcpy(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
+    copy_tracked(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
   }
   void undo(const log_entry& e) noexcept {
     using namespace bank_layout;
-    std::memcpy(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
+    copy_tracked(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
   }
 
   /// Copies every object `d` holds for writing between the banks: to the second bank
@@ -966,12 +1016,14 @@ class bank_engine {
   /// out a block this one destroyed, and that block's lock must be free by then (a
   /// process that dies between the two leaves only a record locked, which blocks
   /// allocation in that chunk until it is recovered, never a free block locked).
-  std::uint64_t release_locks(tx_id d) noexcept {
+  /// `with_records` false skips the second pass (a transaction that locked no record).
+  std::uint64_t release_locks(tx_id d, bool with_records = true) noexcept {
     using namespace bank_layout;
     const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     std::uint64_t released = 0;
     for (const bool records : {false, true}) {
+      if (records && !with_records) break;
       for (std::uint32_t i = 0; i < n; ++i) {
         if ((log[i].offset < chunks_offset_) != records) continue;
         object_header& h = header(log[i].offset);
@@ -988,11 +1040,27 @@ class bank_engine {
     return released;
   }
 
-  static void finish(slot& s) noexcept {
+  /// Makes a claimed descriptor active for a new transaction.
+  void activate(slot& s, const begin_options& o) noexcept {
+    using namespace bank_layout;
+    // 0: the age is taken when a conflict first asks for it (see priority()).
+    s.priority.store(o.priority, std::memory_order_relaxed);
+    s.doomed.store(0, std::memory_order_relaxed);
+    s.flags &= attached;
+    if (o.attempt != 0) bump(s.retries);
+    s.state.store(active, std::memory_order_release);
+  }
+
+  /// Ends a transaction: the descriptor is free again, or idle in its session.
+  /// Recovery passes `release` to free a dead owner's session descriptor too.
+  static void finish(slot& s, bool release = false) noexcept {
     using namespace bank_layout;
     s.count.store(0, std::memory_order_relaxed);
     s.state.store(idle, std::memory_order_release);
-    s.owner.store(0, std::memory_order_release);
+    if (release || (s.flags & attached) == 0) {
+      s.flags = 0;
+      s.owner.store(0, std::memory_order_release);
+    }
   }
 
   /// Recovers descriptor `d` if its owner died; true if it did.
@@ -1015,7 +1083,7 @@ class bank_engine {
       ++report.undone;
     }
     report.locks_released += release_locks(d);
-    finish(s);
+    finish(s, /*release=*/true);
     return true;
   }
 
