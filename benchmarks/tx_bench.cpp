@@ -5,7 +5,10 @@
 ///   disjoint   2 threads, each on its own object (objects 256 bytes apart),
 ///   shared     2 threads on one object,
 /// by three systems side by side:
-///   ftm        `ftm::atomically` on an `ftm::engines::dual_bank` pool,
+///   ftm        `ftm::atomically(pool, f)` on an `ftm::engines::dual_bank` pool, which
+///              claims a transaction descriptor for each transaction,
+///   ftm-session  `ftm::atomically(session, f)`: each thread keeps an `ftm::session`
+///              (a descriptor held across its transactions) on such a pool,
 ///   mutex      a `std::mutex` per object (alignas(64)) and an undo copy: the write
 ///              saves the 64-byte object before changing it, as an undo log would,
 ///              and discards the copy at "commit",
@@ -31,6 +34,7 @@
 #include <cstdio>
 #include <mutex>
 #include <string>
+#include <utility>
 
 namespace ftm_bench {
 namespace {
@@ -53,8 +57,10 @@ struct alignas(256) apart {
 
 // ---- ftm ------------------------------------------------------------------------
 
+/// `ftm::atomically` on the pool, or with `UseSession` on each thread's session.
+template <bool UseSession>
 struct ftm_system {
-  static constexpr const char* name = "ftm";
+  static constexpr const char* name = UseSession ? "ftm-session" : "ftm";
 
   ftm::engines::dual_bank pool{std::size_t{1} << 20};
   std::array<ftm::stable<record>, max_threads> objects;
@@ -68,8 +74,20 @@ struct ftm_system {
     }
   }
 
+  /// Runs `f` in a transaction, on this thread's session if `UseSession`.
+  template <class F>
+  auto atomically(F&& f) {
+    if constexpr (UseSession) {
+      // One per benchmark thread, given back when the thread ends.
+      thread_local ftm::session<ftm::engines::dual_bank> session(pool);
+      return ftm::atomically(session, std::forward<F>(f));
+    } else {
+      return ftm::atomically(pool, std::forward<F>(f));
+    }
+  }
+
   void tiny_write(int i) {
-    ftm::atomically(pool, [&](auto& tx) {
+    atomically([&](auto& tx) {
       auto r = tx.open(objects[i]);
       r->field[0] += 1;
       r->field[1] -= 1;
@@ -77,7 +95,7 @@ struct ftm_system {
   }
 
   std::int64_t read(int i) {
-    return ftm::atomically(pool, [&](auto& tx) {
+    return atomically([&](auto& tx) {
       auto r = tx.open_read(objects[i]);
       return r->field[0] + r->field[1];
     });
@@ -87,14 +105,14 @@ struct ftm_system {
     bool ok = true;
     for (int i = 0; i < max_threads; ++i) {
       if (read(i) != 0) {
-        std::fprintf(stderr, "ftm: object %d lost an update\n", i);
+        std::fprintf(stderr, "%s: object %d lost an update\n", name, i);
         ok = false;
       }
     }
     const auto report = pool.check();
     for (const auto& problem : report.problems)
-      std::fprintf(stderr, "ftm: %s\n", problem.c_str());
-    fmt::print(stderr, "ftm pool: {}\n", pool.stats());
+      std::fprintf(stderr, "%s: %s\n", name, problem.c_str());
+    fmt::print(stderr, "{} pool: {}\n", name, pool.stats());
     return ok && report.ok();
   }
 };
@@ -228,9 +246,9 @@ bool verify_all() {
 }
 
 #ifdef FTM_BENCH_NO_ITM
-#define FTM_BENCH_SYSTEMS ftm_system, mutex_system
+#define FTM_BENCH_SYSTEMS ftm_system<false>, ftm_system<true>, mutex_system
 #else
-#define FTM_BENCH_SYSTEMS ftm_system, mutex_system, itm_system
+#define FTM_BENCH_SYSTEMS ftm_system<false>, ftm_system<true>, mutex_system, itm_system
 #endif
 
 }  // namespace

@@ -98,6 +98,9 @@ int random_transfers(pool_type& pool, const bank& b, unsigned seed, int count) {
   std::uniform_int_distribution<int> pick{0, n_accounts - 1};
   std::uniform_int_distribution<std::int64_t> amount{1, 300};
   int committed = 0;
+  // [snippet:session]
+  ftm::session session{pool};  // this thread's descriptor, held until the loop ends
+  // [end-snippet]
   for (int i = 0; count == 0 || i < count; ++i) {
     const int from = pick(rng);
     const int to = (from + 1 + pick(rng) % (n_accounts - 1)) % n_accounts;
@@ -105,7 +108,7 @@ int random_transfers(pool_type& pool, const bank& b, unsigned seed, int count) {
     // [snippet:atomically]
     try {
       ftm::atomically(
-          pool, [&](transaction& tx) { transfer(tx, b.accounts[from], b.accounts[to], sum); });
+          session, [&](transaction& tx) { transfer(tx, b.accounts[from], b.accounts[to], sum); });
       ++committed;
     } catch (const insufficient_funds&) {
       // aborted: neither balance changed
