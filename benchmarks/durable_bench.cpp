@@ -139,6 +139,13 @@ struct tally {
   throw std::runtime_error(fmt::format("{} '{}': {}", what, file.string(), std::strerror(errno)));
 }
 
+/// The entries of the redo log's ring: 2^16 (8 MiB) unless `--redo_log_slots=N` says
+/// otherwise; the smoke test makes it small, so that its short runs reuse the ring.
+std::uint64_t& redo_log_slots() {
+  static std::uint64_t slots = 1 << 16;
+  return slots;
+}
+
 /// The directory every system keeps its files in; set by main() before any runs.
 fs::path& work_dir() {
   static fs::path dir;
@@ -710,6 +717,8 @@ class redo_log_system final : public system_base {
       : system_base("redo_fdatasync"),
         log_path_(work_dir() / "redo.log"),
         data_path_(work_dir() / "redo.data"),
+        log_slots(redo_log_slots()),
+        half(log_slots / 2),
         image_(record_count, initial_record()) {
     log_fd_ = ::open(log_path_.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (log_fd_ < 0) fail_errno("cannot create", log_path_);
@@ -802,8 +811,6 @@ class redo_log_system final : public system_base {
     }
   };
   static_assert(sizeof(entry) == 128);
-  static constexpr std::uint64_t log_slots = 1 << 16;  // an 8 MiB ring
-  static constexpr std::uint64_t half = log_slots / 2;
 
   /// Before entry `seq` overwrites the first slot of a half of the ring, that half's
   /// old entries must be in the synced data file: the thread with that sequence
@@ -850,6 +857,8 @@ class redo_log_system final : public system_base {
 
   fs::path log_path_;
   fs::path data_path_;
+  const std::uint64_t log_slots;  ///< entries in the ring
+  const std::uint64_t half;       ///< entries between two checkpoints
   int log_fd_ = -1;
   int data_fd_ = -1;
   std::vector<record> image_;  ///< the data file's records as committed (a buffer pool)
@@ -975,14 +984,23 @@ void register_all() {
   register_updates<redo_log_system>("redo_fdatasync", {max_threads});
 }
 
-/// Takes `--dir=PATH` out of the arguments; the rest go to Google Benchmark.
-fs::path parent_dir(int& argc, char** argv) {
+/// Takes `--dir=PATH` and `--redo_log_slots=N` out of the arguments; the rest go to Google
+/// Benchmark.
+fs::path take_own_flags(int& argc, char** argv) {
   fs::path dir;
   int kept = 1;
   for (int k = 1; k < argc; ++k) {
     const std::string_view arg = argv[k];
     if (arg.starts_with("--dir=")) {
       dir = arg.substr(6);
+    } else if (arg.starts_with("--redo_log_slots=")) {
+      const auto slots = std::strtoull(argv[k] + 17, nullptr, 10);
+      if (slots < 2 * max_threads || slots % 2 != 0) {
+        std::fprintf(stderr, "ftm_durable_bench: --redo_log_slots must be even and at least %d\n",
+                     2 * max_threads);
+        std::exit(2);
+      }
+      redo_log_slots() = slots;
     } else {
       argv[kept++] = argv[k];
     }
@@ -1007,7 +1025,7 @@ int main(int argc, char** argv) {
   if (argc >= 2 && argv[1] == pmdk_shm_forced_system::child_flag) {
     return pmdk_forced_child(argc, argv);
   }
-  const fs::path parent = parent_dir(argc, argv);
+  const fs::path parent = take_own_flags(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
