@@ -6,7 +6,8 @@
 ///                    only level that exists: no flush at commit),
 ///   dual_bank        `ftm::engines::dual_bank` in memory, the reference for `process`,
 ///   pmdk_fs          PMDK libpmemobj on the file system (not pmem, so it msyncs),
-///   pmdk_shm_forced  PMDK on /dev/shm with PMEM_IS_PMEM_FORCE=1: NOT durable (tmpfs;
+///   pmdk_shm_forced_nondurable
+///                    PMDK on /dev/shm with PMEM_IS_PMEM_FORCE=1: NOT durable (tmpfs;
 ///                    its flushes are cache-line flushes of DRAM), run in a child
 ///                    process because libpmem reads the variable once, at load,
 ///   sqlite_wal_full  SQLite, WAL journal, synchronous=FULL,
@@ -357,7 +358,7 @@ class pmdk_fs_system final : public system_base {
 /// run without it. The child times its own transactions (see pmdk_forced_child()).
 class pmdk_shm_forced_system final : public system_base {
  public:
-  pmdk_shm_forced_system() : system_base("pmdk_shm_forced") {
+  pmdk_shm_forced_system() : system_base("pmdk_shm_forced_nondurable") {
     char dir_template[] = "/dev/shm/ftm-durable-bench.XXXXXX";
     if (::mkdtemp(dir_template) == nullptr) fail_errno("cannot create", "/dev/shm");
     dir_ = dir_template;
@@ -969,7 +970,8 @@ void register_all() {
   // not exist yet, so there is no such row.
   register_updates<dual_bank_system>("dual_bank", {1});
   register_updates<pmdk_fs_system>("pmdk_fs", {1});
-  benchmark::RegisterBenchmark("update/pmdk_shm_forced", run_pmdk_forced)->UseManualTime();
+  benchmark::RegisterBenchmark("update/pmdk_shm_forced_nondurable", run_pmdk_forced)
+      ->UseManualTime();
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {1});
   register_updates<sqlite_wal_off_system>("sqlite_wal_off", {1});
   register_updates<lmdb_sync_system>("lmdb_sync", {1});
