@@ -4,10 +4,13 @@
 # as a user with sudo.
 set -euo pipefail
 
+# libpmemobj-dev, libpmem-dev, libsqlite3-dev and liblmdb-dev are the peers of the
+# durable benchmark (benchmarks/durable_bench.cpp), found with pkg-config.
 # libclang-rt-dev holds clang's sanitizer runtimes (the TSan stage needs them); clang
 # only recommends it, and recommends are not installed here.
 packages=(g++ clang libclang-rt-dev clang-format cmake ninja-build git python3
-  libboost-dev libfmt-dev doctest-dev libbenchmark-dev)
+  libboost-dev libfmt-dev doctest-dev libbenchmark-dev
+  pkg-config libpmemobj-dev libpmem-dev libsqlite3-dev liblmdb-dev)
 
 missing=()
 for package in "${packages[@]}"; do
