@@ -55,12 +55,41 @@ inline std::filesystem::path scratch_file(const char* stem = "pool") {
   return scratch_dir() / (std::string(stem) + "-" + std::to_string(n++) + ".ftm");
 }
 
-/// Closes the pool and removes its file.
+/// Closes the pool and removes its files.
 struct pmem_deleter {
   void operator()(ftm::engines::pmem* p) const {
     const auto path = p->path();
     delete p;
     std::filesystem::remove(path);
+    std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));
+  }
+};
+
+/// `ftm::engines::pmem` with durability `power`: a type of its own, so that the
+/// suites' type lists run every test on it too.
+class pmem_power : public ftm::engines::pmem {
+ public:
+  pmem_power(const std::filesystem::path& path, std::size_t bank_size, std::uint32_t max_objects)
+      : pmem(path, {.bank_size = bank_size,
+                    .max_objects_per_transaction = max_objects,
+                    .level = ftm::durability::power,
+                    .log_size = std::size_t{1} << 20}) {}
+};
+
+template <>
+struct engine_factory<pmem_power> {
+  struct deleter {
+    void operator()(pmem_power* p) const {
+      const auto path = p->path();
+      delete p;
+      std::filesystem::remove(path);
+      std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));
+    }
+  };
+  static std::unique_ptr<pmem_power, deleter> make(std::size_t bank_size = std::size_t{4} << 20,
+                                                   std::uint32_t max_objects = 1024) {
+    return std::unique_ptr<pmem_power, deleter>(
+        new pmem_power(scratch_file(), bank_size, max_objects));
   }
 };
 
@@ -77,6 +106,6 @@ struct engine_factory<ftm::engines::pmem> {
 }  // namespace ftm_test
 
 // The list TEST_CASE_TEMPLATE instantiates.
-#define FTM_TEST_ENGINES ftm::engines::dual_bank, ftm::engines::pmem
+#define FTM_TEST_ENGINES ftm::engines::dual_bank, ftm::engines::pmem, ftm_test::pmem_power
 
 #endif

@@ -206,6 +206,24 @@ struct geometry {
 
 namespace ftm::detail {
 
+/// A durability layer that commit calls between its two phases (`pmem`'s `power`
+/// level keeps a redo log with it). Without one (`process`), commit calls nothing.
+class commit_log {
+ public:
+  /// Returns once the after-images of every object `d` holds for writing are on the
+  /// medium; called after phase 1 (COMMITTING) and before phase 2, by the committer or
+  /// (`recovering`) by whoever completes a dead committer's phase 2.
+  virtual void make_durable(tx_id d, bool recovering) noexcept = 0;
+  /// Phase 2 of `d` is complete: the second bank holds its after-images.
+  virtual void applied(tx_id d) noexcept = 0;
+
+ protected:
+  commit_log() = default;
+  commit_log(const commit_log&) = default;
+  commit_log& operator=(const commit_log&) = default;
+  ~commit_log() = default;
+};
+
 /// The dual-bank algorithm over a mapped pool, whoever owns the mapping: a memfd
 /// (`ftm::engines::dual_bank`) or a file (`ftm::engines::pmem`). Models `ftm::engine`.
 ///
@@ -328,7 +346,9 @@ class bank_engine {
       s.state.store(committing, std::memory_order_release);
       store_barrier();
       FTM_FAULT_POINT("commit.after_state");
+      if (log_ != nullptr) log_->make_durable(d, false);
       copy_held<true>(d, "commit.mid_redo");
+      if (log_ != nullptr) log_->applied(d);
       FTM_FAULT_POINT("commit.before_release");
     }
     release_locks(d, (s.flags & locked_records) != 0);
@@ -618,6 +638,30 @@ class bank_engine {
       }
     }
     return {};
+  }
+
+  /// Makes commit and recovery call `log` between their two phases (null: none).
+  void set_commit_log(commit_log* log) noexcept { log_ = log; }
+
+  /// Calls `f(offset, length)` for every object `d` holds for writing: the bytes that
+  /// phase 2 copies, `length` of them from `offset` in each bank.
+  template <class F>
+  void for_each_held_write(tx_id d, F&& f) const {
+    using namespace bank_layout;
+    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = entries(d);
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const log_entry& e = log[k];
+      if (e.kind != entry_kind::write || e.length == 0) continue;
+      if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
+      f(e.offset + tracked_offset, e.length);
+    }
+  }
+
+  /// Recovers descriptor `d` if its owner died; true if it did.
+  bool recover_one(tx_id d) noexcept {
+    recovery_report ignored;
+    return recover_if_dead(d, ignored);
   }
 
  private:
@@ -1076,7 +1120,9 @@ class bank_engine {
     }
     const std::uint32_t state = s.state.load(std::memory_order_acquire);
     if (state == committing) {
+      if (log_ != nullptr) log_->make_durable(d, true);
       copy_held<true>(d, "recover.mid_redo");
+      if (log_ != nullptr) log_->applied(d);
       ++report.redone;
     } else if (state == active) {
       copy_held<false>(d, "recover.mid_undo");
@@ -1087,6 +1133,7 @@ class bank_engine {
     return true;
   }
 
+  commit_log* log_ = nullptr;  // pmem's `power` level: called between the phases
   std::byte* base_ = nullptr;  // the mapping: control region, then the two banks
   std::byte* a_ = nullptr;     // the working bank
   std::byte* b_ = nullptr;     // the second bank: the last committed state

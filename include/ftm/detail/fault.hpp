@@ -64,8 +64,13 @@ inline std::uint64_t fault_hits(std::string_view name) noexcept {
   return 0;
 }
 
+/// Called with the name of every fault point reached, if set: the power-loss test
+/// builds its crash images there.
+inline void (*fault_observer)(std::string_view name) = nullptr;
+
 inline void fault_point(std::string_view name) noexcept {
   auto& f = faults();
+  if (fault_observer != nullptr) fault_observer(name);
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
     if (fault_point_names[i] == name) ++f.hits[i];
   }

@@ -7,6 +7,7 @@
 
 #include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/process.hpp>
+#include <ftm/detail/redo_log.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -166,6 +168,19 @@ class file_region {
 
 }  // namespace ftm::detail
 
+namespace ftm {
+
+/// What a committed transaction survives, chosen when a pool file is opened.
+enum class durability {
+  /// The death of every process using the pool: commit flushes nothing.
+  process,
+  /// An OS crash or a power loss as well: commit returns once a redo log beside the
+  /// pool (`<pool>.wal`) holds the transaction on the medium.
+  power,
+};
+
+}  // namespace ftm
+
 namespace ftm::engines {
 
 /// The dual-bank engine on a pool file. Models `ftm::engine`.
@@ -177,31 +192,59 @@ namespace ftm::engines {
 /// it returns, so a program that was killed simply opens its pool again and finds
 /// every committed transaction and none of the others.
 ///
-/// Durability: `process`. Committed transactions survive the death of every process
-/// using the pool (their stores are in the file's shared pages), not an OS crash or a
-/// power loss: nothing is flushed at commit.
+/// Durability, chosen at `create` or `open` (`ftm::durability`): `process` (the
+/// default) survives the death of every process using the pool, not an OS crash or a
+/// power loss: nothing is flushed at commit. `power` survives those too: a writing
+/// transaction's commit appends its after-images to a redo log beside the pool and
+/// returns once it is on the medium; concurrent committers share one flush. Every
+/// process that has a pool open uses the same level.
 class pmem : private detail::file_region, public detail::bank_engine {
  public:
-  /// Creates a new pool file at `path`. Throws `ftm::io_error` if the file exists.
+  /// How a pool is made and opened.
+  struct options {
+    std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
+    std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
+    durability level = durability::process;            ///< what a commit survives
+    /// `power`: bytes of the redo log; a full log is checkpointed (the pool flushed).
+    std::size_t log_size = std::size_t{8} << 20;
+  };
+
+  /// Creates a new pool file at `path` (and its redo log, for `durability::power`).
+  /// Throws `ftm::io_error` if the file exists.
   static pmem create(const std::filesystem::path& path) { return create(path, options{}); }
   static pmem create(const std::filesystem::path& path, options opts) {
     return pmem(create_tag{}, path,
                 detail::bank_layout::geometry::compute(opts.bank_size,
-                                                       opts.max_objects_per_transaction, "pmem"));
+                                                       opts.max_objects_per_transaction, "pmem"),
+                opts);
   }
 
   /// Opens the pool file at `path` and recovers the transactions its dead users left.
   /// Throws `ftm::io_error` if the file cannot be opened for reading and writing, and
   /// `ftm::bad_pool`, changing nothing, if it is not a whole pool of this format.
-  static pmem open(const std::filesystem::path& path) { return pmem(open_tag{}, path); }
+  /// Throws `ftm::usage_error` if other processes have it open with another `level`.
+  static pmem open(const std::filesystem::path& path, durability level = durability::process) {
+    options opts;
+    opts.level = level;
+    return pmem(open_tag{}, path, opts);
+  }
+  static pmem open(const std::filesystem::path& path, options opts) {
+    return pmem(open_tag{}, path, opts);
+  }
 
-  /// Opens the pool at `path`, or creates it with `opts` if there is no such file.
+  /// Opens the pool at `path` with `opts.level`, or creates it with `opts` if there is
+  /// no such file.
   static pmem open_or_create(const std::filesystem::path& path) {
     return open_or_create(path, options{});
   }
   static pmem open_or_create(const std::filesystem::path& path, options opts) {
-    if (std::filesystem::exists(path)) return open(path);
+    if (std::filesystem::exists(path)) return open(path, opts);
     return create(path, opts);
+  }
+
+  /// The durability of this pool's commits.
+  [[nodiscard]] durability level() const noexcept {
+    return power_ ? durability::power : durability::process;
   }
 
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
@@ -210,30 +253,228 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// What `open()` recovered.
   [[nodiscard]] const recovery_report& opening_recovery() const noexcept { return opened_; }
 
+ protected:
+  /// Creates a pool at `path`, for a type that extends `pmem` (`create` otherwise).
+  pmem(const std::filesystem::path& path, const options& opts)
+      : pmem(create_tag{}, path,
+             detail::bank_layout::geometry::compute(opts.bank_size,
+                                                    opts.max_objects_per_transaction, "pmem"),
+             opts) {}
+
  private:
-  pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g)
+  pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
+       const options& opts)
       : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true) {
+    // Held before the name is published: no opener may take this pool for unused.
+    users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
+    if (opts.level == durability::power) {
+      const auto wal = detail::redo::redo_log::path_for(path);
+      std::filesystem::remove(wal);  // a stale log of a pool that no longer exists
+      detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
+      start_power(opts);
+    }
     publish();
+    if (opts.level == durability::power) detail::redo::redo_log::sync_directory(path);
   }
 
-  pmem(open_tag tag, const std::filesystem::path& path)
+  pmem(open_tag tag, const std::filesystem::path& path, const options& opts)
       : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
     const opening_lock lock(region_fd());
     auto& h = region_header();
     const std::string boot = detail::current_boot_id();
     const bool earlier_boot =
         std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot;
-    if (auto problem = structure_problem(earlier_boot); !problem.empty()) bad(problem);
-    if (earlier_boot) {
+    const bool first = users_.take(region_fd(), /*exclusive=*/true, /*wait=*/false);
+    const durability in_use = control().level == 1 ? durability::power : durability::process;
+    if (!first && in_use != opts.level) {
+      users_.release();
+      throw usage_error(fmt::format(
+          "the pool '{}' is open with durability {} in other processes; every process must use "
+          "the same level (open it with ftm::durability::{})",
+          path.string(), name(in_use), name(in_use)));
+    }
+    // After a power loss the descriptors' pages may be stale: a `power` pool without
+    // users does not read them (below).
+    if (!(first && in_use == durability::power)) {
+      if (auto problem = structure_problem(earlier_boot); !problem.empty()) bad(problem);
+    }
+    if (first && in_use == durability::power) {
+      // No process has the pool open, and its last users logged their commits: the
+      // log and the second bank are the truth, whatever the working bank and the
+      // descriptors say (after a power loss their pages may be stale).
+      opened_ = recover_from_log(opts);
+    } else if (earlier_boot) {
       // Its owners ran before a reboot: none is alive, whatever their pids name now.
       opened_ = recover_from_earlier_boot();
-      std::memset(h.boot_id, 0, sizeof h.boot_id);
-      std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
+    } else if (!first && opts.level == durability::power) {
+      attach_power(opts);
+      opened_ = recover();
     } else {
       opened_ = recover();
     }
+    if (earlier_boot) {
+      std::memset(h.boot_id, 0, sizeof h.boot_id);
+      std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
+    }
+    if (first && opts.level == durability::power && !power_) {
+      // From process to power: the pool's current state must reach the medium first.
+      const auto wal = detail::redo::redo_log::path_for(path);
+      if (!std::filesystem::exists(wal)) {
+        detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
+      }
+      start_power(opts);
+    }
+    users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
   }
 
+  static std::string_view name(durability d) noexcept {
+    return d == durability::power ? "power" : "process";
+  }
+
+  detail::redo::control& control() const noexcept {
+    return *reinterpret_cast<detail::redo::control*>(region() + detail::redo::control_offset);
+  }
+  std::byte* second_bank() const noexcept {
+    return region() + region_geometry().control_size + region_geometry().bank_size;
+  }
+
+  /// The first `power` user of a pool whose users were not: new log state, a new epoch
+  /// (stale records of an earlier `power` period must never be replayed), then the
+  /// level and the whole pool on the medium.
+  void start_power(const options& opts) {
+    attach_power(opts);
+    power_->log.init_control(power_->log.file_epoch());
+    power_->log.new_epoch();
+    control().level = 1;
+    detail::bank_layout::store_barrier();
+    power_->log.flush_pool();
+  }
+
+  void attach_power(const options& opts) {
+    power_ = std::make_unique<power_state>(*this, opts.log_size);
+    set_commit_log(power_.get());
+  }
+
+  /// Recovery of a `power` pool that no process has open (after a power loss, an OS
+  /// crash, or the death of all its users): the valid records of the log's epoch are
+  /// replayed onto the second bank, the second bank becomes the working bank too, and
+  /// every descriptor is reset. Then a checkpoint, or the switch to `process`.
+  recovery_report recover_from_log(const options& opts) {
+    namespace layout = detail::bank_layout;
+    recovery_report report;
+    for (tx_id d = 0; d < layout::max_slots; ++d) {
+      const auto* s =
+          reinterpret_cast<const layout::slot*>(region() + layout::slots_begin + d * 64);
+      if (s->owner.load() != 0) ++report.undone;
+    }
+    detail::redo::redo_log log(detail::redo::redo_log::path_for(path()), pool_id(), region_fd(),
+                               &control(), opts.log_size);
+    std::byte* b = second_bank();
+    report.redone = log.replay(
+        layout::roots_offset, region_geometry().bank_size,
+        [](void* ctx, std::uint64_t off, std::uint32_t len, const std::byte* bytes) {
+          std::memcpy(static_cast<std::byte*>(ctx) + off, bytes, len);
+        },
+        b);
+    FTM_FAULT_POINT("log.recover_replayed");
+    // The lock words of the second bank are always zero: the copy frees every lock.
+    std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
+    for (tx_id d = 0; d < layout::max_slots; ++d)
+      ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
+    log.init_control(log.file_epoch());
+    if (opts.level == durability::power) {
+      attach_power(opts);
+      power_->log.flush_pool();  // the second bank as replayed, on the medium
+      power_->log.new_epoch();
+    } else {
+      // The records are stale once `process` commits change the banks.
+      log.flush_pool();
+      log.new_epoch();
+      control().level = 0;
+    }
+    return report;
+  }
+
+  /// The redo log, called by commit between its phases.
+  struct power_state final : detail::commit_log {
+    power_state(pmem& p, std::size_t log_size)
+        : pool(p),
+          log(detail::redo::redo_log::path_for(p.path()), p.pool_id(), p.region_fd(), &p.control(),
+              log_size) {}
+
+    void make_durable(tx_id d, bool recovering) noexcept override {
+      if (recovering && log.settle_logged(d)) return;
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+      if (detail::redo::broken_redo_before_append) {
+        pool.for_each_held_write(d, [&](std::uint64_t off, std::uint32_t len) {
+          std::memcpy(pool.second_bank() + off,
+                      pool.region() + pool.region_geometry().control_size + off, len);
+        });
+      }
+#endif
+      std::byte* a = pool.region() + pool.region_geometry().control_size;
+      log.commit(
+          d,
+          [&](auto&& emit) {
+            pool.for_each_held_write(
+                d, [&](std::uint64_t off, std::uint32_t len) { emit(off, len, a + off); });
+          },
+          &settle, this);
+    }
+    void applied(tx_id d) noexcept override { log.applied(d); }
+
+    /// A checkpoint waiting for `d`: completes it if its committer died.
+    static std::uint64_t settle(void* self, tx_id d) {
+      return static_cast<power_state*>(self)->pool.recover_one(d) ? 1 : 0;
+    }
+
+    pmem& pool;
+    detail::redo::redo_log log;
+  };
+
+  /// A shared lock on the pool file, held while it is open: an opener that can lock
+  /// it exclusively knows no process uses the pool. An open-file-description lock
+  /// (`F_OFD_SETLK`) on a description of its own: it is independent of the opening
+  /// `flock`, shared with `fork()`ed children, and released when the last of them ends.
+  class users_lock {
+   public:
+    users_lock() = default;
+    users_lock(const users_lock&) = delete;
+    users_lock& operator=(const users_lock&) = delete;
+    ~users_lock() { release(); }
+    /// Locks (`exclusive` or shared) a new description of `pool_fd`; false if `wait`
+    /// is false and another process holds a conflicting lock.
+    bool take(int pool_fd, bool exclusive, bool wait) {
+      if (fd_ < 0) {
+        fd_ = ::open(fmt::format("/proc/self/fd/{}", pool_fd).c_str(), O_RDWR | O_CLOEXEC);
+        if (fd_ < 0) {
+          throw io_error(fmt::format("cannot reopen the pool file: {}", std::strerror(errno)));
+        }
+      }
+      struct flock l {};
+      l.l_type = exclusive ? F_WRLCK : F_RDLCK;
+      l.l_whence = SEEK_SET;
+      l.l_start = 0;
+      l.l_len = 1;
+      while (::fcntl(fd_, wait ? F_OFD_SETLKW : F_OFD_SETLK, &l) != 0) {
+        if (errno == EAGAIN || errno == EACCES) return false;
+        if (errno != EINTR) {
+          throw io_error(fmt::format("cannot lock the pool file: {}", std::strerror(errno)));
+        }
+      }
+      return true;
+    }
+    void release() noexcept {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+    }
+
+   private:
+    int fd_ = -1;
+  };
+
+  users_lock users_;
+  std::unique_ptr<power_state> power_;
   recovery_report opened_{};
 };
 

@@ -1,0 +1,506 @@
+#ifndef FTM_DETAIL_REDO_LOG_HPP
+#define FTM_DETAIL_REDO_LOG_HPP
+
+/// \file
+/// The redo log of `ftm::engines::pmem`'s `power` durability level: a file beside the
+/// pool (`<pool>.wal`) that holds, for every committed writing transaction since the
+/// last checkpoint, the after-images of the objects it wrote. Commit appends one record
+/// between its two phases and waits until the log is on the medium up to the record's
+/// end; concurrent committers share one `fdatasync` (group commit). The file is written
+/// with `pwrite`, never through a mapping, so a flush writes the log's pages only.
+
+#include <ftm/detail/bank_engine.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace ftm::detail::redo {
+
+inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
+inline constexpr std::uint32_t wal_version = 1;
+inline constexpr std::uint64_t records_begin = 4096;  // the file header has the first page
+
+/// Where the log's shared state lives in the pool: in the header page, after the pool
+/// header.
+inline constexpr std::uint64_t control_offset = 2048;
+
+/// The first bytes of the log file. Rewritten (and flushed) by every checkpoint with a
+/// new epoch, which makes every record already in the file stale.
+struct file_header {
+  std::uint64_t magic;
+  std::uint32_t version;
+  std::uint32_t reserved;
+  std::uint64_t pool_id;
+  std::uint64_t epoch;
+  std::uint64_t checksum;  // of the fields above
+};
+
+/// One committed transaction: `objects` entries follow, each an `object_entry` and its
+/// bytes padded to 8. `checksum` covers everything after itself, up to `bytes`.
+struct record_header {
+  std::uint64_t checksum;
+  std::uint64_t epoch;
+  std::uint64_t bytes;  // the whole record, a multiple of 8
+  std::uint32_t objects;
+  std::uint32_t reserved;
+};
+struct object_entry {
+  std::uint64_t offset;  // in the bank: the bytes phase 2 copies start here
+  std::uint32_t length;
+  std::uint32_t reserved;
+};
+
+/// The log's state shared by every process that has the pool open, in the pool's
+/// header page. Positions are absolute byte counts that only grow; a record at position
+/// p is at file offset `records_begin + p - base`.
+struct control {
+  std::uint32_t level;  // the durability of the pool's current users: 0 process, 1 power
+  std::uint32_t reserved;
+  pthread_mutex_t append;           // serialises appends and checkpoints (robust, process-shared)
+  pthread_mutex_t flush;            // one flusher at a time; the others wait for its result
+  std::atomic<std::uint64_t> tail;  // end of the last record written
+  std::atomic<std::uint64_t> durable;  // the log is on the medium up to here
+  std::atomic<std::uint64_t> base;     // position of the current epoch's first record
+  std::atomic<std::uint64_t> epoch;
+  std::atomic<std::uint32_t> in_flight[bank_layout::max_slots];  // logged, phase 2 not done
+};
+static_assert(control_offset + sizeof(control) <= bank_layout::slots_begin);
+static_assert(sizeof(bank_layout::pool_header) <= control_offset);
+
+/// A 64-bit checksum of `n` bytes (a multiple of 8), seeded.
+inline std::uint64_t checksum(const std::byte* p, std::size_t n, std::uint64_t seed) noexcept {
+  std::uint64_t h = seed ^ 0x9e3779b97f4a7c15ull ^ n;
+  for (std::size_t i = 0; i < n; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  return h ^ (h >> 33);
+}
+
+inline std::uint64_t header_checksum(const file_header& h) noexcept {
+  return checksum(reinterpret_cast<const std::byte*>(&h), offsetof(file_header, checksum), 0);
+}
+
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+/// Sees every write and flush of a log file and every flush of its pool (tests only):
+/// the power-loss test keeps what a crash could leave on the medium.
+struct observer {
+  virtual void log_written(std::uint64_t offset, const std::byte* data, std::size_t n) = 0;
+  virtual void log_flushed() = 0;
+  virtual void pool_flushed() = 0;
+
+ protected:
+  ~observer() = default;
+};
+inline observer* io_observer = nullptr;
+
+/// Deliberately wrong orders, for the test of the power-loss tester.
+inline bool broken_ack_before_flush = false;    // commit does not wait for the flush
+inline bool broken_redo_before_append = false;  // phase 2 runs before the record is written
+#endif
+
+/// The process dies: a log it cannot write leaves committed transactions without
+/// their durability, and after a failed flush the kernel may have dropped the pages.
+/// The pool stays recoverable (the committer's descriptor is COMMITTING).
+[[noreturn]] inline void fatal(std::string_view what, const std::filesystem::path& file) noexcept {
+  const int e = errno;
+  std::fprintf(stderr, "ftm: fatal: cannot %.*s the redo log '%s': %s\n",
+               static_cast<int>(what.size()), what.data(), file.c_str(), std::strerror(e));
+  std::abort();
+}
+
+/// The redo log of one pool, in one process.
+class redo_log {
+ public:
+  /// Calls `f(offset, length, bytes)` for each object a record holds.
+  using object_visitor = void (*)(void* ctx, std::uint64_t offset, std::uint32_t length,
+                                  const std::byte* bytes);
+
+  /// The log file of the pool at `pool`.
+  static std::filesystem::path path_for(const std::filesystem::path& pool) {
+    std::filesystem::path p = pool;
+    p += ".wal";
+    return p;
+  }
+
+  /// Creates the log file at `path` for the pool `pool_id` (replacing a stale one),
+  /// `capacity` bytes preallocated, its directory flushed.
+  static void create_file(const std::filesystem::path& path, std::uint64_t pool_id,
+                          std::uint64_t capacity) {
+    std::filesystem::path temp = path;
+    temp += fmt::format(".creating.{}", ::getpid());
+    const int fd = ::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) io_fail("create", temp);
+    // Zeros written now keep later flushes to data only (no block allocation).
+    std::vector<std::byte> zeros(std::size_t{1} << 20);
+    bool ok = true;
+    for (std::uint64_t off = 0; ok && off < capacity; off += zeros.size()) {
+      const auto n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), capacity - off));
+      ok = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
+    }
+    file_header h{wal_magic, wal_version, 0, pool_id, 1, 0};
+    h.checksum = header_checksum(h);
+    ok = ok && ::pwrite(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+         ::fdatasync(fd) == 0;
+    const int e = errno;
+    ::close(fd);
+    if (!ok || ::rename(temp.c_str(), path.c_str()) != 0) {
+      errno = ok ? errno : e;
+      const int saved = errno;
+      ::unlink(temp.c_str());
+      errno = saved;
+      io_fail("write", path);
+    }
+    sync_directory(path);
+  }
+
+  /// Flushes the directory holding `file`, so that its name survives a power loss.
+  static void sync_directory(const std::filesystem::path& file) {
+    const auto dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+    const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) io_fail("open the directory of", file);
+    const bool ok = ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) io_fail("flush the directory of", file);
+  }
+
+  /// Opens the log file at `path` of the pool `pool_id` whose file is `pool_fd` and
+  /// whose shared state is `ctl`. Throws `bad_pool` if it is missing or foreign.
+  redo_log(std::filesystem::path path, std::uint64_t pool_id, int pool_fd, control* ctl,
+           std::uint64_t capacity)
+      : path_(std::move(path)),
+        pool_fd_(pool_fd),
+        ctl_(ctl),
+        capacity_(capacity),
+        pool_id_(pool_id) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd_ < 0) {
+      if (errno == ENOENT) {
+        throw bad_pool(fmt::format(
+            "the pool was in use with durability power, but its redo log '{}' is missing",
+            path_.string()));
+      }
+      io_fail("open", path_);
+    }
+    file_header h{};
+    if (::pread(fd_, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h) || h.magic != wal_magic ||
+        h.checksum != header_checksum(h)) {
+      ::close(fd_);
+      throw bad_pool(
+          fmt::format("'{}' is not an ftm redo log (or its header is damaged)", path_.string()));
+    }
+    if (h.version != wal_version || h.pool_id != pool_id) {
+      ::close(fd_);
+      throw bad_pool(fmt::format(
+          "the redo log '{}' belongs to another pool (pool id {:#x}, version {}; expected pool "
+          "id {:#x}, version {})",
+          path_.string(), h.pool_id, h.version, pool_id, wal_version));
+    }
+    file_epoch_ = h.epoch;
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0) {
+      capacity_ = std::max<std::uint64_t>(capacity_, static_cast<std::uint64_t>(st.st_size));
+    }
+  }
+
+  redo_log(const redo_log&) = delete;
+  redo_log& operator=(const redo_log&) = delete;
+  ~redo_log() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  /// The epoch in the file's header when it was opened.
+  [[nodiscard]] std::uint64_t file_epoch() const noexcept { return file_epoch_; }
+
+  /// Visits, in log order, every object of every valid record of the file's epoch (a
+  /// record whose checksum or epoch is wrong ends the log: nothing after it was
+  /// acknowledged). Objects outside `[lo, hi)` make the pool `bad_pool`. Returns the
+  /// number of records.
+  std::uint64_t replay(std::uint64_t lo, std::uint64_t hi, object_visitor visit, void* ctx) const {
+    std::uint64_t records = 0;
+    std::vector<std::byte> rec;
+    for (std::uint64_t off = records_begin;;) {
+      record_header rh{};
+      if (::pread(fd_, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh))
+        break;
+      if (rh.epoch != file_epoch_ || rh.bytes < sizeof rh || rh.bytes % 8 != 0 ||
+          rh.bytes > (std::uint64_t{1} << 40)) {
+        break;
+      }
+      rec.resize(rh.bytes);
+      if (::pread(fd_, rec.data(), rh.bytes, static_cast<off_t>(off)) !=
+          static_cast<ssize_t>(rh.bytes)) {
+        break;
+      }
+      if (checksum(rec.data() + 8, rh.bytes - 8, rh.epoch) != rh.checksum) break;
+      // The record is whole: check every object before applying any.
+      for (int pass = 0; pass < 2; ++pass) {
+        std::uint64_t at = sizeof rh;
+        for (std::uint32_t i = 0; i < rh.objects; ++i) {
+          object_entry oe{};
+          if (at + sizeof oe > rh.bytes) malformed(off);
+          std::memcpy(&oe, rec.data() + at, sizeof oe);
+          at += sizeof oe;
+          if (oe.offset < lo || oe.offset > hi || oe.length > hi - oe.offset ||
+              at + oe.length > rh.bytes) {
+            malformed(off);
+          }
+          if (pass == 1) visit(ctx, oe.offset, oe.length, rec.data() + at);
+          at += (oe.length + 7) / 8 * 8;
+        }
+      }
+      ++records;
+      off += rh.bytes;
+    }
+    return records;
+  }
+
+  /// Makes the shared state new: no process has the pool open.
+  void init_control(std::uint64_t epoch) {
+    for (pthread_mutex_t* m : {&ctl_->append, &ctl_->flush}) {
+      pthread_mutexattr_t a;
+      pthread_mutexattr_init(&a);
+      pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+      pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+      const int r = pthread_mutex_init(m, &a);
+      pthread_mutexattr_destroy(&a);
+      if (r != 0) {
+        throw io_error(fmt::format("cannot make the redo log's lock: {}", std::strerror(r)));
+      }
+    }
+    ctl_->tail.store(0);
+    ctl_->durable.store(0);
+    ctl_->base.store(0);
+    ctl_->epoch.store(epoch);
+    for (auto& f : ctl_->in_flight)
+      f.store(0);
+  }
+
+  /// Starts a new epoch: the header, flushed, makes every record in the file stale.
+  /// The caller holds the append lock, or no other process has the pool open.
+  void new_epoch() {
+    file_header h{wal_magic, wal_version, 0, pool_id_, ctl_->epoch.load() + 1, 0};
+    h.checksum = header_checksum(h);
+    write_at(0, reinterpret_cast<const std::byte*>(&h), sizeof h);
+    flush_file();
+    ctl_->epoch.store(h.epoch);
+    ctl_->base.store(ctl_->tail.load());
+    ctl_->durable.store(std::max(ctl_->durable.load(), ctl_->tail.load()));
+    file_epoch_ = h.epoch;
+  }
+
+  /// Flushes the pool file: its second bank is on the medium.
+  void flush_pool() {
+    if (::fdatasync(pool_fd_) != 0) fatal("flush the pool of", path_);
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+    if (io_observer != nullptr) io_observer->pool_flushed();
+#endif
+  }
+
+  /// Appends the record built by `gather` for descriptor `d` and returns once it is on
+  /// the medium. `gather(emit)` calls `emit(offset, length, bytes)` for each object.
+  template <class Gather>
+  void commit(tx_id d, Gather&& gather, std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
+    thread_local std::vector<std::byte> buf;
+    buf.assign(sizeof(record_header), std::byte{0});
+    std::uint32_t objects = 0;
+    gather([&](std::uint64_t offset, std::uint32_t length, const std::byte* bytes) {
+      const object_entry oe{offset, length, 0};
+      const std::size_t at = buf.size();
+      buf.resize(at + sizeof oe + (length + 7) / 8 * 8, std::byte{0});
+      std::memcpy(buf.data() + at, &oe, sizeof oe);
+      std::memcpy(buf.data() + at + sizeof oe, bytes, length);
+      ++objects;
+    });
+    FTM_FAULT_POINT("log.before_append");
+    const std::uint64_t end = append(d, buf, objects, settle, ctx);
+    FTM_FAULT_POINT("log.after_append");
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+    if (broken_ack_before_flush) return;
+#endif
+    wait_durable(end);
+    FTM_FAULT_POINT("log.after_flush");
+  }
+
+  /// Recovery of a dead committer `d`: if its record is in the log, waits until the log
+  /// is durable (true); otherwise false, and the caller appends it again.
+  bool settle_logged(tx_id d) noexcept {
+    if (ctl_->in_flight[d].load(std::memory_order_acquire) == 0) return false;
+    wait_durable(ctl_->tail.load(std::memory_order_acquire));
+    return true;
+  }
+
+  /// Phase 2 of `d` is done: a checkpoint no longer waits for it.
+  void applied(tx_id d) noexcept { ctl_->in_flight[d].store(0, std::memory_order_release); }
+
+  /// A checkpoint, under the append lock: see `checkpoint_locked`.
+  void checkpoint(std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
+    lock(&ctl_->append, settle, ctx);
+    checkpoint_locked(settle, ctx);
+    pthread_mutex_unlock(&ctl_->append);
+    holding_append() = false;
+  }
+
+ private:
+  /// Whether this thread holds the append lock (a checkpoint that recovers a dead
+  /// committer appends its record itself).
+  static bool& holding_append() noexcept {
+    thread_local bool held = false;
+    return held;
+  }
+
+  /// Takes a robust lock. The append lock of a dead holder may be mid-checkpoint: the
+  /// next holder checkpoints again (`repair`).
+  void lock(pthread_mutex_t* m, std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
+    const int r = pthread_mutex_lock(m);
+    if (r == EOWNERDEAD) {
+      pthread_mutex_consistent(m);
+      if (m == &ctl_->append) {
+        holding_append() = true;
+        checkpoint_locked(settle, ctx);
+      }
+    } else if (r != 0) {
+      errno = r;
+      fatal("lock", path_);
+    }
+    if (m == &ctl_->append) holding_append() = true;
+  }
+
+  /// Waits until every logged transaction has finished phase 2 (recovering those whose
+  /// committers died), flushes the pool (the second bank is then on the medium), and
+  /// starts a new epoch.
+  void checkpoint_locked(std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
+    for (tx_id d = 0; d < bank_layout::max_slots; ++d) {
+      for (std::uint32_t spins = 0; ctl_->in_flight[d].load(std::memory_order_acquire) != 0;
+           ++spins) {
+        if (spins % 1024 == 1023) settle(ctx, d);
+        std::this_thread::yield();
+      }
+    }
+    flush_pool();
+    // The file's epoch, if a checkpointer died after writing it, must not be reused.
+    ctl_->epoch.store(std::max(ctl_->epoch.load(), file_epoch_on_disk()));
+    new_epoch();
+  }
+
+  std::uint64_t file_epoch_on_disk() const noexcept {
+    file_header h{};
+    if (::pread(fd_, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) fatal("read", path_);
+    return h.epoch;
+  }
+
+  /// Writes the record in `buf` at the tail; returns its end position.
+  std::uint64_t append(tx_id d, std::vector<std::byte>& buf, std::uint32_t objects,
+                       std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
+    const bool nested = holding_append();  // a checkpoint recovering a dead committer
+    if (!nested) lock(&ctl_->append, settle, ctx);
+    std::uint64_t pos = ctl_->tail.load(std::memory_order_relaxed);
+    if (!nested && records_begin + (pos - ctl_->base.load()) + buf.size() > capacity_) {
+      checkpoint_locked(settle, ctx);
+      pos = ctl_->tail.load(std::memory_order_relaxed);
+    }
+    record_header rh{0, ctl_->epoch.load(std::memory_order_relaxed), buf.size(), objects, 0};
+    std::memcpy(buf.data(), &rh, sizeof rh);
+    rh.checksum = checksum(buf.data() + 8, buf.size() - 8, rh.epoch);
+    std::memcpy(buf.data(), &rh.checksum, 8);
+    write_at(records_begin + (pos - ctl_->base.load()), buf.data(), buf.size());
+    // Only now: a dead appender leaves no hole, its bytes are overwritten.
+    ctl_->tail.store(pos + buf.size(), std::memory_order_release);
+    ctl_->in_flight[d].store(1, std::memory_order_release);
+    if (!nested) {
+      pthread_mutex_unlock(&ctl_->append);
+      holding_append() = false;
+    }
+    return pos + buf.size();
+  }
+
+  /// Group commit: the first waiter to get the flush lock flushes everything written
+  /// before it started; the others find their record durable when they get it.
+  void wait_durable(std::uint64_t end) noexcept {
+    if (ctl_->durable.load(std::memory_order_acquire) >= end) return;
+    const int r = pthread_mutex_lock(&ctl_->flush);
+    if (r == EOWNERDEAD) {
+      pthread_mutex_consistent(&ctl_->flush);
+    } else if (r != 0) {
+      errno = r;
+      fatal("lock", path_);
+    }
+    if (ctl_->durable.load(std::memory_order_acquire) < end) {
+      const std::uint64_t t = ctl_->tail.load(std::memory_order_acquire);
+      flush_file();
+      std::uint64_t cur = ctl_->durable.load(std::memory_order_relaxed);
+      while (cur < t && !ctl_->durable.compare_exchange_weak(cur, t, std::memory_order_release)) {
+      }
+    }
+    pthread_mutex_unlock(&ctl_->flush);
+  }
+
+  void write_at(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+    if (io_observer != nullptr) io_observer->log_written(off, p, n);
+#endif
+    for (std::size_t done = 0; done < n;) {
+      const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fatal("write", path_);
+      done += static_cast<std::size_t>(w);
+    }
+  }
+
+  void flush_file() noexcept {
+    if (::fdatasync(fd_) != 0) fatal("flush", path_);
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+    if (io_observer != nullptr) io_observer->log_flushed();
+#endif
+  }
+
+  [[noreturn]] void malformed(std::uint64_t off) const {
+    throw bad_pool(fmt::format(
+        "the redo log '{}' has a record at offset {} whose checksum is right but whose objects "
+        "lie outside the bank",
+        path_.string(), off));
+  }
+
+  [[noreturn]] static void io_fail(std::string_view what, const std::filesystem::path& file) {
+    const int e = errno;
+    throw io_error(
+        fmt::format("cannot {} the redo log '{}': {}", what, file.string(), std::strerror(e)));
+  }
+
+  std::filesystem::path path_;
+  int fd_ = -1;
+  int pool_fd_ = -1;
+  control* ctl_ = nullptr;
+  std::uint64_t capacity_ = 0;
+  std::uint64_t file_epoch_ = 0;
+  std::uint64_t pool_id_ = 0;
+};
+
+}  // namespace ftm::detail::redo
+
+#endif  // FTM_DETAIL_REDO_LOG_HPP
