@@ -381,6 +381,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
     for (tx_id d = 0; d < layout::max_slots; ++d)
       ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
+    FTM_FAULT_POINT("log.recover_copied");
     log.init_control(log.file_epoch());
     if (opts.level == durability::power) {
       attach_power(opts);

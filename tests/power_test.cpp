@@ -1,0 +1,530 @@
+// ftm::engines::pmem with durability `power`: what survives a power loss, simulated
+// by recording the redo log's writes and flushes and the pool's checkpoints, then
+// recovering every crash image those allow; group commit across processes; a killed
+// committer; the refusal of a second durability level. Built with FTM_FAULT_INJECTION.
+#include "engines.hpp"
+
+#include <ftm/ftm.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+
+namespace {
+
+using ftm::durability;
+using ftm::engines::pmem;
+namespace fs = std::filesystem;
+namespace layout = ftm::detail::bank_layout;
+namespace redo = ftm::detail::redo;
+
+/// Spans two 4 KiB pages of an 8 KiB block, so that a page of it from another moment
+/// shows as a torn object.
+struct blob {
+  std::uint64_t words[640];
+};
+constexpr int nblobs = 4;
+const char* const blob_names[nblobs] = {"b0", "b1", "b2", "b3"};
+
+using state = std::vector<std::uint64_t>;  // each blob's value
+
+std::vector<char> read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_all(const fs::path& p, const std::vector<char>& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+void sync_file(const fs::path& p) {
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  REQUIRE(::fdatasync(fd) == 0);
+  ::close(fd);
+}
+
+/// Reads the blobs of a pool; a blob whose words differ is reported as torn.
+bool read_state(pmem& pool, state& out, std::string& why) {
+  out.assign(nblobs, 0);
+  bool whole = true;
+  ftm::atomically(pool, [&](auto& tx) {
+    whole = true;
+    for (int i = 0; i < nblobs; ++i) {
+      const auto b = tx.open_read(tx.template root<blob>(blob_names[i]));
+      out[static_cast<std::size_t>(i)] = b->words[0];
+      for (const std::uint64_t w : b->words) {
+        if (w != b->words[0]) {
+          whole = false;
+          why = fmt::format("blob {} is torn ({} and {})", i, b->words[0], w);
+        }
+      }
+    }
+  });
+  return whole;
+}
+
+/// Runs transactions on a `power` pool and, at each point where a crash could happen,
+/// recovers every crash image the recorded writes and flushes allow.
+class power_loss_sim : public redo::observer {
+ public:
+  struct result {
+    std::uint64_t images = 0;
+    std::uint64_t recovery_crashes = 0;
+    std::uint64_t failures = 0;
+    std::string first_failure;
+  };
+
+  explicit power_loss_sim(std::uint64_t seed) : rng_(seed) {}
+
+  result run(int transactions) {
+    path_ = ftm_test::scratch_file("power");
+    wal_ = redo::redo_log::path_for(path_);
+    image_ = ftm_test::scratch_file("image");
+    {
+      auto pool = pmem::create(path_, {.bank_size = 256 * 1024,
+                                       .max_objects_per_transaction = 16,
+                                       .level = durability::power,
+                                       .log_size = 96 * 1024});
+      ftm::atomically(pool, [](auto& tx) {
+        for (const char* name : blob_names)
+          static_cast<void>(tx.template root<blob>(name));
+      });
+      states_.assign(1, state(nblobs, 0));
+      // The medium holds all of it now: the simulation starts from here.
+      sync_file(path_);
+      sync_file(wal_);
+      versions_.clear();
+      note_pool_versions(true);
+      wal_durable_ = read_all(wal_);
+      pending_.clear();
+      current_ = this;
+      redo::io_observer = this;
+      ftm::detail::fault_observer = &on_point;
+      std::mt19937_64 work(rng_());
+      for (int k = 1; k <= transactions; ++k) {
+        state next = states_.back();
+        std::vector<int> chosen;
+        for (int i = 0; i < nblobs; ++i) {
+          if (work() % 2 == 0) chosen.push_back(i);
+        }
+        if (chosen.size() < 2) chosen = {static_cast<int>(k % nblobs), (k + 1) % nblobs};
+        for (const int i : chosen)
+          next[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(k);
+        states_.push_back(next);  // may happen from the moment commit starts
+        ftm::atomically(pool, [&](auto& tx) {
+          for (const int i : chosen) {
+            auto b = tx.open(tx.template root<blob>(blob_names[i]));
+            std::fill(std::begin(b->words), std::end(b->words), static_cast<std::uint64_t>(k));
+          }
+        });
+        acked_ = static_cast<std::size_t>(k);
+        crash_here("returned");
+      }
+      ftm::detail::fault_observer = nullptr;
+      redo::io_observer = nullptr;
+      current_ = nullptr;
+    }
+    fs::remove(path_);
+    fs::remove(wal_);
+    return result_;
+  }
+
+  // ---- redo::observer ------------------------------------------------------------
+
+  void log_written(std::uint64_t offset, const std::byte* data, std::size_t n) override {
+    if (checking_) return;
+    pending_.push_back({offset, std::vector<char>(reinterpret_cast<const char*>(data),
+                                                  reinterpret_cast<const char*>(data) + n)});
+  }
+  void log_flushed() override {
+    if (checking_) return;
+    crash_here("flush");  // the flush may not have happened: any subset of the writes
+    for (const auto& w : pending_)
+      apply(wal_durable_, w.offset, w.bytes.data(), w.bytes.size());
+    pending_.clear();
+  }
+  void pool_flushed() override {
+    if (checking_) return;
+    note_pool_versions(true);
+  }
+
+ private:
+  struct write {
+    std::uint64_t offset;
+    std::vector<char> bytes;
+  };
+
+  static void on_point(std::string_view name) {
+    if (current_ == nullptr || current_->checking_) return;
+    if (name.starts_with("log.") || name == "commit.mid_redo" || name == "commit.before_release") {
+      current_->crash_here(name);
+    }
+  }
+
+  static void apply(std::vector<char>& file, std::uint64_t off, const char* p, std::size_t n) {
+    if (file.size() < off + n) file.resize(off + n, 0);
+    std::memcpy(file.data() + off, p, n);
+  }
+
+  /// Records the pool's current pages; after a flush they are the only possible ones.
+  void note_pool_versions(bool flushed) {
+    const std::vector<char> now = read_all(path_);
+    const std::size_t pages = (now.size() + page - 1) / page;
+    if (flushed || versions_.size() != pages) versions_.assign(pages, {});
+    for (std::size_t p = 0; p < pages; ++p) {
+      std::vector<char> v(
+          now.begin() + static_cast<std::ptrdiff_t>(p * page),
+          now.begin() + static_cast<std::ptrdiff_t>(std::min(now.size(), (p + 1) * page)));
+      if (versions_[p].empty() || versions_[p].back() != v) versions_[p].push_back(std::move(v));
+    }
+  }
+
+  /// Every crash image at this moment: pool pages from any version since the last
+  /// pool flush, the log's durable bytes plus a subset of the pending writes (all
+  /// subsets of up to 6, a sample beyond), or one of them torn.
+  void crash_here(std::string_view where) {
+    checking_ = true;
+    note_pool_versions(false);
+    const std::size_t n = pending_.size();
+    std::vector<std::vector<char>> logs;
+    if (n <= 6) {
+      for (std::uint64_t mask = 0; mask < (std::uint64_t{1} << n); ++mask)
+        logs.push_back(log_image(mask, n, 0));
+    } else {
+      logs.push_back(log_image(0, n, 0));
+      logs.push_back(log_image(~std::uint64_t{0}, n, 0));
+      for (int i = 0; i < 64; ++i)
+        logs.push_back(log_image(rng_(), n, 0));
+    }
+    for (std::size_t t = 0; t < n; ++t) {
+      if (pending_[t].bytes.size() <= 512) continue;
+      // Write t torn: the writes before it, and part of it.
+      const std::uint64_t before = (std::uint64_t{1} << t) - 1;
+      logs.push_back(log_image(before, n, t + 1));
+    }
+    for (const auto& log : logs) {
+      for (int variant = 0; variant < 3; ++variant)
+        check_image(where, log, variant);
+    }
+    checking_ = false;
+  }
+
+  /// The durable log plus the pending writes in `mask`; `torn` = t + 1 tears write t.
+  std::vector<char> log_image(std::uint64_t mask, std::size_t n, std::size_t torn) {
+    std::vector<char> img = wal_durable_;
+    for (std::size_t i = 0; i < n && i < 64; ++i) {
+      if ((mask >> i & 1) == 0) continue;
+      apply(img, pending_[i].offset, pending_[i].bytes.data(), pending_[i].bytes.size());
+    }
+    if (torn != 0) {
+      const write& w = pending_[torn - 1];
+      const std::size_t sectors = w.bytes.size() / 512;
+      // A random subset of its sectors reached the medium.
+      for (std::size_t s = 0; s < sectors; ++s) {
+        if (rng_() % 2 == 0) apply(img, w.offset + s * 512, w.bytes.data() + s * 512, 512);
+      }
+    }
+    return img;
+  }
+
+  void check_image(std::string_view where, const std::vector<char>& log, int variant) {
+    // Pool pages: 0 all as flushed, 1 all current, 2 each from a random version.
+    std::vector<char> pool;
+    for (const auto& vs : versions_) {
+      const auto& v = variant == 0 ? vs.front() : variant == 1 ? vs.back() : vs[rng_() % vs.size()];
+      pool.insert(pool.end(), v.begin(), v.end());
+    }
+    // A new boot: the pool's owners are gone.
+    layout::pool_header h{};
+    std::memcpy(&h, pool.data(), sizeof h);
+    std::memset(h.boot_id, 0, sizeof h.boot_id);
+    std::memcpy(h.boot_id, "simulated-earlier-boot", 22);
+    std::memcpy(pool.data(), &h, sizeof h);
+    write_all(image_, pool);
+    write_all(redo::redo_log::path_for(image_), log);
+    ++result_.images;
+    // Now and then, recovery itself dies once first, and the next one completes it.
+    if (result_.images % 7 == 0) {
+      const char* point = result_.images % 14 == 0 ? "log.recover_replayed" : "log.recover_copied";
+      const pid_t pid = ::fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        ftm::detail::arm_fault(point, 1);
+        try {
+          auto p = pmem::open(image_, durability::power);
+        } catch (...) {
+        }
+        ::_exit(3);
+      }
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      if (WIFSIGNALED(status)) ++result_.recovery_crashes;
+    }
+    std::string why;
+    try {
+      auto p = pmem::open(image_, durability::power);
+      if (const auto c = p.check(); !c.ok()) {
+        std::fprintf(stderr, "right after recovery: %s; pool level %d\n", c.problems.front().c_str(), int(p.level()));
+      }
+      state s;
+      if (!read_state(p, s, why)) {
+        // why is set
+      } else if (!p.check().ok()) {
+        why = fmt::format("check() failed: {}", p.check().problems.front());
+      } else {
+        const auto it = std::find(states_.begin(), states_.end(), s);
+        if (it == states_.end()) {
+          why =
+              fmt::format("a state after no prefix of the transactions: [{}]", fmt::join(s, ", "));
+        } else {
+          // The last matching prefix: a transaction that changed nothing repeats a state.
+          std::size_t last = static_cast<std::size_t>(it - states_.begin());
+          for (std::size_t q = last; q < states_.size(); ++q) {
+            if (states_[q] == s) last = q;
+          }
+          if (last < acked_) {
+            why = fmt::format("the state after {} transactions, but {} had returned", last, acked_);
+          }
+        }
+      }
+    } catch (const std::exception& e) {
+      why = fmt::format("recovery failed: {}", e.what());
+    }
+    if (!why.empty()) {
+      if (result_.failures == 0) {
+        result_.first_failure = fmt::format("image {} at '{}' (log variant, pool variant {}): {}",
+                                            result_.images, where, variant, why);
+      }
+      ++result_.failures;
+    }
+  }
+
+  static constexpr std::size_t page = 4096;
+  static inline power_loss_sim* current_ = nullptr;
+
+  std::mt19937_64 rng_;
+  fs::path path_, wal_, image_;
+  std::vector<state> states_;  // states_[p]: after the first p transactions
+  std::size_t acked_ = 0;      // transactions whose commit returned
+  std::vector<std::vector<std::vector<char>>> versions_;  // per page, since the last flush
+  std::vector<char> wal_durable_;
+  std::vector<write> pending_;
+  bool checking_ = false;
+  result result_;
+};
+
+/// Runs `body` in a forked child that dies with its parent; returns its wait status.
+int in_child(const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int code = 1;
+    try {
+      code = body();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+    }
+    ::_exit(code);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return status;
+}
+
+struct counter {
+  std::uint64_t value;
+};
+
+constexpr pmem::options power_small{.bank_size = std::size_t{1} << 20,
+                                    .max_objects_per_transaction = 64,
+                                    .level = durability::power,
+                                    .log_size = 256 * 1024};
+
+std::uint64_t records_in_log(pmem& pool) {
+  redo::redo_log log(redo::redo_log::path_for(pool.path()), pool.pool_id(), -1, nullptr, 0);
+  return log.replay(
+      0, pool.bank_size(), [](void*, std::uint64_t, std::uint32_t, const std::byte*) {}, nullptr);
+}
+
+std::uint64_t value_of(pmem& pool, const char* name) {
+  return ftm::atomically(
+      pool, [&](auto& tx) { return tx.open_read(tx.template root<counter>(name))->value; });
+}
+
+}  // namespace
+
+TEST_CASE("power: every crash image of a simulated power loss recovers to a prefix") {
+  power_loss_sim sim(20261127);
+  const auto r = sim.run(40);
+  MESSAGE(fmt::format("power loss: {} crash images recovered ({} with a crash inside recovery)",
+                      r.images, r.recovery_crashes));
+  CHECK_MESSAGE(r.failures == 0, r.first_failure);
+  CHECK(r.images > 1000);
+  CHECK(r.recovery_crashes > 100);
+}
+
+TEST_CASE("power: the power-loss checker catches a commit acknowledged before its flush") {
+  redo::broken_ack_before_flush = true;
+  power_loss_sim sim(7);
+  const auto r = sim.run(12);
+  redo::broken_ack_before_flush = false;
+  MESSAGE(fmt::format("broken order (ack before flush): {} of {} images failed, e.g. {}",
+                      r.failures, r.images, r.first_failure));
+  CHECK(r.failures > 0);
+}
+
+TEST_CASE("power: the power-loss checker catches phase 2 run before the append") {
+  redo::broken_redo_before_append = true;
+  power_loss_sim sim(11);
+  const auto r = sim.run(12);
+  redo::broken_redo_before_append = false;
+  MESSAGE(fmt::format("broken order (phase 2 before append): {} of {} images failed, e.g. {}",
+                      r.failures, r.images, r.first_failure));
+  CHECK(r.failures > 0);
+}
+
+TEST_CASE("power: two processes commit at once and share flushes (group commit)") {
+  const fs::path path = ftm_test::scratch_file("power");
+  {
+    auto pool = pmem::create(path, power_small);
+    ftm::atomically(pool, [](auto& tx) {
+      for (const char* name : {"p", "c", "shared"})
+        static_cast<void>(tx.template root<counter>(name));
+    });
+  }
+  struct counts : redo::observer {
+    std::atomic<std::uint64_t> flushes{0};
+    void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
+    void log_flushed() override { flushes.fetch_add(1); }
+    void pool_flushed() override {}
+  };
+  void* mem =
+      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  auto* shared = ::new (mem) counts;
+  redo::io_observer = shared;
+  constexpr int threads = 2, per_thread = 150;
+  auto work = [&](const char* mine) {
+    auto pool = pmem::open(path, durability::power);
+    std::vector<std::thread> ts;
+    for (int t = 0; t < threads; ++t) {
+      ts.emplace_back([&] {
+        for (int i = 0; i < per_thread; ++i) {
+          ftm::atomically(pool, [&](auto& tx) {
+            ++tx.open(tx.template root<counter>(mine))->value;
+            ++tx.open(tx.template root<counter>("shared"))->value;
+          });
+        }
+      });
+    }
+    for (auto& t : ts)
+      t.join();
+  };
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    work("c");
+    ::_exit(0);
+  }
+  work("p");
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  redo::io_observer = nullptr;
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  const std::uint64_t commits = 2 * threads * per_thread;
+  const std::uint64_t flushes = shared->flushes.load();
+  MESSAGE(fmt::format("group commit: {} commits in 2 processes, {} log flushes", commits, flushes));
+  CHECK(flushes < commits);
+  // A fresh process opens the pool that no one uses: the log is replayed.
+  const int fresh = in_child([&] {
+    auto pool = pmem::open(path, durability::power);
+    const bool ok = value_of(pool, "p") == threads * per_thread &&
+                    value_of(pool, "c") == threads * per_thread &&
+                    value_of(pool, "shared") == commits && pool.check().ok();
+    return ok ? 0 : 1;
+  });
+  CHECK(WIFEXITED(fresh));
+  CHECK(WEXITSTATUS(fresh) == 0);
+  ::munmap(mem, sizeof(counts));
+  fs::remove(path);
+  fs::remove(redo::redo_log::path_for(path));
+}
+
+TEST_CASE("power: a committer killed mid-commit is made durable and completed by another process") {
+  for (const char* point : {"log.before_append", "log.after_append"}) {
+    CAPTURE(point);
+    const fs::path path = ftm_test::scratch_file("power");
+    auto pool = pmem::create(path, power_small);
+    ftm::atomically(pool, [](auto& tx) { tx.template root<counter>("x"); });
+    const std::uint64_t before = records_in_log(pool);
+    const int status = in_child([&] {
+      auto mine = pmem::open(path, durability::power);
+      ftm::detail::arm_fault(point, 1);
+      ftm::atomically(mine, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 7; });
+      return 0;
+    });
+    REQUIRE(WIFSIGNALED(status));
+    const auto report = pool.recover();
+    CHECK(report.redone == 1);
+    CHECK(value_of(pool, "x") == 7);
+    // Exactly one record for it: the child's, or recovery's when the child had none.
+    CHECK(records_in_log(pool) == before + 1);
+    CHECK(pool.check().ok());
+  }
+}
+
+TEST_CASE("power: a pool open with one durability level refuses an opener asking for the other") {
+  const fs::path path = ftm_test::scratch_file("power");
+  {
+    auto pool = pmem::create(path, power_small);
+    CHECK(pool.level() == durability::power);
+    ftm::atomically(pool, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 1; });
+    CHECK_THROWS_WITH_AS(pmem::open(path, durability::process),
+                         doctest::Contains("open with durability power"), ftm::usage_error);
+    auto second = pmem::open(path, durability::power);
+    ftm::atomically(second, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+    CHECK(value_of(pool, "x") == 2);
+  }
+  {
+    // No one has it open: a `process` opener may take it, and then decides.
+    auto pool = pmem::open(path);
+    CHECK(pool.level() == durability::process);
+    CHECK(value_of(pool, "x") == 2);
+    CHECK_THROWS_AS(pmem::open(path, durability::power), ftm::usage_error);
+    ftm::atomically(pool, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+  }
+  {
+    auto pool = pmem::open(path, durability::power);
+    CHECK(pool.level() == durability::power);
+    CHECK(value_of(pool, "x") == 3);
+    ftm::atomically(pool, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+  }
+  auto pool = pmem::open(path);
+  CHECK(value_of(pool, "x") == 4);
+  CHECK(pool.check().ok());
+}
