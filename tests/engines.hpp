@@ -74,6 +74,11 @@ class pmem_power : public ftm::engines::pmem {
                     .max_objects_per_transaction = max_objects,
                     .level = ftm::durability::power,
                     .log_size = std::size_t{1} << 20}) {}
+
+  /// Opens a pool with durability `power`, as every user of a `power` pool must.
+  static ftm::engines::pmem open(const std::filesystem::path& path) {
+    return ftm::engines::pmem::open(path, ftm::durability::power);
+  }
 };
 
 template <>

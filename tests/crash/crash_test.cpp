@@ -129,6 +129,12 @@ struct engine_traits<ftm::engines::pmem> {
   static constexpr bool fresh_process = true;
 };
 
+template <>
+struct engine_traits<ftm_test::pmem_power> {
+  static constexpr std::string_view name = "pmem (durability power)";
+  static constexpr bool fresh_process = true;
+};
+
 void fill_blob(blob& b, std::uint64_t seq) {
   b.seq = seq;
   b.words[0] = seq;
