@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -64,5 +65,22 @@ int main(int argc, char** argv) {
   const std::uint64_t last = run_once(file, false);
   fmt::print("the counter says {} runs: {}\n", last, last == 4 ? "right" : "WRONG");
   std::filesystem::remove(file);
-  return ok && last == 4 ? EXIT_SUCCESS : EXIT_FAILURE;
+
+  // A pool whose commits survive a power loss: each returns once it is on the disk.
+  const std::filesystem::path power_file = file.string() + ".power";
+  std::uint64_t durable_runs = 0;
+  for (int i = 0; i < 2; ++i) {
+    // [snippet:power]
+    auto pool = ftm::engines::pmem::open_or_create(
+        power_file, {.bank_size = std::size_t{1} << 20, .level = ftm::durability::power});
+    durable_runs = ftm::atomically(pool, [](auto& tx) {
+      return ++tx.open(ftm::root<counter>(tx, "runs"))->runs;  // on the disk when this returns
+    });
+    // [end-snippet]
+  }
+  fmt::print("the power pool counts {} runs: {}\n", durable_runs,
+             durable_runs == 2 ? "right" : "WRONG");
+  std::filesystem::remove(power_file);
+  std::filesystem::remove(power_file.string() + ".wal");
+  return ok && last == 4 && durable_runs == 2 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
