@@ -2,8 +2,8 @@
 /// The issue-4 benchmark: durable small transactions, side by side in one run. Each
 /// transaction updates one 64-byte record among 10,000 (it reads the record, adds 1
 /// to its counter, rewrites the whole record) and commits. The systems:
-///   ftm_process      `ftm::engines::pmem` on a pool file, durability `process` (the
-///                    only level that exists: no flush at commit),
+///   ftm_process      `ftm::engines::pmem` on a pool file, durability `process` (no
+///                    flush at commit),
 ///   dual_bank        `ftm::engines::dual_bank` in memory, the reference for `process`,
 ///   pmdk_fs          PMDK libpmemobj on the file system (not pmem, so it msyncs),
 ///   pmdk_shm_forced_nondurable
@@ -16,8 +16,8 @@
 ///   lmdb_nosync      LMDB with MDB_NOSYNC (not durable),
 ///   redo_fdatasync   a hand-written redo log: one pwrite and one fdatasync per
 ///                    transaction, the floor for one sync per commit.
-/// `ftm_power` (durability `power`) belongs here too; it does not exist yet (see
-/// register_all()).
+///   ftm_power        `ftm::engines::pmem`, durability `power`: a redo log beside the
+///                    pool, one shared fdatasync per group of concurrent commits.
 ///
 /// Every system keeps its files in one directory (`--dir=PATH`, or the environment
 /// variable FTM_DURABLE_BENCH_DIR, or by default a directory under the build tree),
@@ -251,6 +251,16 @@ class ftm_process_system final : public ftm_system<ftm::engines::pmem> {
   ftm_process_system()
       : ftm_system("ftm_process", [] {
           return ftm::engines::pmem::create(work_dir() / "ftm.pool", {.bank_size = ftm_bank_size});
+        }) {}
+};
+
+class ftm_power_system final : public ftm_system<ftm::engines::pmem> {
+ public:
+  ftm_power_system()
+      : ftm_system("ftm_power", [] {
+          return ftm::engines::pmem::create(
+              work_dir() / "ftm-power.pool",
+              {.bank_size = ftm_bank_size, .level = ftm::durability::power});
         }) {}
 };
 
@@ -965,9 +975,7 @@ void register_updates(const char* name, std::initializer_list<int> thread_counts
 void register_all() {
   // One thread: every system.
   register_updates<ftm_process_system>("ftm_process", {1});
-  // ftm_power (durability `power`, issue 4) goes here, at 1 and at 8 threads, as
-  // update/ftm_power; durable_report.py already looks for that name. The level does
-  // not exist yet, so there is no such row.
+  register_updates<ftm_power_system>("ftm_power", {1});
   register_updates<dual_bank_system>("dual_bank", {1});
   register_updates<pmdk_fs_system>("pmdk_fs", {1});
   benchmark::RegisterBenchmark("update/pmdk_shm_forced_nondurable", run_pmdk_forced)
@@ -979,6 +987,7 @@ void register_all() {
   register_updates<redo_log_system>("redo_fdatasync", {1});
   // Eight committing threads, each on its own records: does a commit share its sync?
   register_updates<ftm_process_system>("ftm_process", {max_threads});
+  register_updates<ftm_power_system>("ftm_power", {max_threads});
   register_updates<dual_bank_system>("dual_bank", {max_threads});
   register_updates<pmdk_fs_system>("pmdk_fs", {max_threads});
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {max_threads});
@@ -1049,8 +1058,6 @@ int main(int argc, char** argv) {
   }
   work_dir() = dir_template;
   benchmark::AddCustomContext("dir", work_dir().string());
-  benchmark::AddCustomContext("ftm_power",
-                              "not built: the power durability level does not exist yet (issue 4)");
 
   register_all();
   benchmark::RunSpecifiedBenchmarks();
