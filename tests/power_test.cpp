@@ -97,7 +97,9 @@ class power_loss_sim : public redo::observer {
     std::string first_failure;
   };
 
-  explicit power_loss_sim(std::uint64_t seed) : rng_(seed) {}
+  /// `crash_recovery`: now and then, a first recovery of an image is killed midway.
+  explicit power_loss_sim(std::uint64_t seed, bool crash_recovery = true)
+      : rng_(seed), crash_recovery_(crash_recovery) {}
 
   result run(int transactions) {
     // The simulation needs no real flush: on tmpfs, when there is one, they cost nothing.
@@ -115,7 +117,7 @@ class power_loss_sim : public redo::observer {
       auto pool = pmem::create(path_, {.bank_size = 256 * 1024,
                                        .max_objects_per_transaction = 16,
                                        .level = durability::power,
-                                       .log_size = 96 * 1024});
+                                       .log_size = 64 * 1024});
       ftm::atomically(pool, [](auto& tx) {
         for (const char* name : blob_names)
           static_cast<void>(tx.template root<blob>(name));
@@ -277,8 +279,8 @@ class power_loss_sim : public redo::observer {
     write_all(redo::redo_log::path_for(image_), log);
     ++result_.images;
     // Now and then, recovery itself dies once first, and the next one completes it.
-    if (result_.images % 7 == 0) {
-      const char* point = result_.images % 14 == 0 ? "log.recover_replayed" : "log.recover_copied";
+    if (crash_recovery_ && result_.images % 10 == 0) {
+      const char* point = result_.images % 20 == 0 ? "log.recover_replayed" : "log.recover_copied";
       const pid_t pid = ::fork();
       REQUIRE(pid >= 0);
       if (pid == 0) {
@@ -344,6 +346,7 @@ class power_loss_sim : public redo::observer {
   std::vector<char> wal_durable_;
   std::vector<write> pending_;
   bool checking_ = false;
+  bool crash_recovery_ = true;
   result result_;
 };
 
@@ -390,19 +393,19 @@ std::uint64_t value_of(pmem& pool, const char* name) {
 
 TEST_CASE("power: every crash image of a simulated power loss recovers to a prefix") {
   power_loss_sim sim(20261127);
-  const auto r = sim.run(40);
+  const auto r = sim.run(30);
   MESSAGE(fmt::format(
       "power loss: {} crash images recovered ({} with a crash inside recovery), {} checkpoints",
       r.images, r.recovery_crashes, r.checkpoints));
   CHECK_MESSAGE(r.failures == 0, r.first_failure);
-  CHECK(r.images > 1000);
-  CHECK(r.recovery_crashes > 100);
+  CHECK(r.images > 800);
+  CHECK(r.recovery_crashes > 50);
   CHECK(r.checkpoints > 3);
 }
 
 TEST_CASE("power: the power-loss checker catches a commit acknowledged before its flush") {
   redo::broken_ack_before_flush = true;
-  power_loss_sim sim(7);
+  power_loss_sim sim(7, false);
   const auto r = sim.run(4);
   redo::broken_ack_before_flush = false;
   MESSAGE(fmt::format("broken order (ack before flush): {} of {} images failed, e.g. {}",
@@ -412,7 +415,7 @@ TEST_CASE("power: the power-loss checker catches a commit acknowledged before it
 
 TEST_CASE("power: the power-loss checker catches phase 2 run before the append") {
   redo::broken_redo_before_append = true;
-  power_loss_sim sim(11);
+  power_loss_sim sim(11, false);
   const auto r = sim.run(12);
   redo::broken_redo_before_append = false;
   MESSAGE(fmt::format("broken order (phase 2 before append): {} of {} images failed, e.g. {}",
