@@ -547,3 +547,61 @@ TEST_CASE("power: a pool open with one durability level refuses an opener asking
   CHECK(value_of(pool, "x") == 4);
   CHECK(pool.check().ok());
 }
+
+TEST_CASE("power: read-only transactions, and every transaction at process, touch no log") {
+  struct counts : redo::observer {
+    std::uint64_t writes = 0, flushes = 0, pool_flushes = 0;
+    void log_written(std::uint64_t, const std::byte*, std::size_t) override { ++writes; }
+    void log_flushed() override { ++flushes; }
+    void pool_flushed() override { ++pool_flushes; }
+  } seen;
+  const fs::path path = ftm_test::scratch_file("power");
+  {
+    auto pool = pmem::create(path, power_small);
+    ftm::atomically(pool, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 5; });
+    redo::io_observer = &seen;
+    for (int i = 0; i < 20; ++i)
+      CHECK(value_of(pool, "x") == 5);
+    CHECK(seen.writes + seen.flushes + seen.pool_flushes == 0);
+    // The observer is live: one writing commit is one record and one flush.
+    ftm::atomically(pool, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+    CHECK(seen.writes == 1);
+    CHECK(seen.flushes == 1);
+    redo::io_observer = nullptr;
+  }
+  {
+    auto pool = pmem::open(path, durability::process);  // switches: flushes, then no more
+    redo::io_observer = &seen;
+    seen = counts{};
+    for (int i = 0; i < 20; ++i) {
+      ftm::atomically(pool, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+    }
+    CHECK(value_of(pool, "x") == 26);
+    CHECK(seen.writes + seen.flushes + seen.pool_flushes == 0);
+    redo::io_observer = nullptr;
+  }
+}
+
+TEST_CASE("power: a missing or foreign redo log is a bad pool, and the pool is left as it was") {
+  const fs::path path = ftm_test::scratch_file("power");
+  const fs::path other = ftm_test::scratch_file("power");
+  {
+    auto pool = pmem::create(path, power_small);
+    ftm::atomically(pool, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 9; });
+    auto second = pmem::create(other, power_small);
+  }
+  const auto wal = redo::redo_log::path_for(path);
+  const auto bytes = read_all(path);
+  fs::rename(wal, wal.string() + ".away");
+  CHECK_THROWS_WITH_AS(pmem::open(path, durability::power), doctest::Contains("is missing"),
+                       ftm::bad_pool);
+  CHECK(read_all(path) == bytes);
+  fs::copy_file(redo::redo_log::path_for(other), wal);
+  CHECK_THROWS_WITH_AS(pmem::open(path, durability::process),
+                       doctest::Contains("belongs to another pool"), ftm::bad_pool);
+  CHECK(read_all(path) == bytes);
+  fs::remove(wal);
+  fs::rename(wal.string() + ".away", wal);
+  auto pool = pmem::open(path, durability::power);
+  CHECK(value_of(pool, "x") == 9);
+}
