@@ -605,3 +605,68 @@ TEST_CASE("power: a missing or foreign redo log is a bad pool, and the pool is l
   auto pool = pmem::open(path, durability::power);
   CHECK(value_of(pool, "x") == 9);
 }
+
+TEST_CASE(
+    "power: a checkpoint completes a dead committer, and one killed mid-checkpoint is redone") {
+  struct counts : redo::observer {
+    std::uint64_t pool_flushes = 0;
+    void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
+    void log_flushed() override {}
+    void pool_flushed() override { ++pool_flushes; }
+  } seen;
+  const fs::path path = ftm_test::scratch_file("power");
+  auto opts = power_small;
+  opts.log_size = 64 * 1024;  // a checkpoint every dozen 5 KiB records
+  auto pool = pmem::create(path, opts);
+  ftm::atomically(pool, [](auto& tx) {
+    static_cast<void>(tx.template root<counter>("x"));
+    static_cast<void>(tx.template root<blob>("big"));
+  });
+  auto write_big = [](pmem& p, std::uint64_t v) {
+    ftm::atomically(p, [&](auto& tx) {
+      auto b = tx.open(tx.template root<blob>("big"));
+      std::fill(std::begin(b->words), std::end(b->words), v);
+    });
+  };
+  // A committer dies with its record logged and its phase 2 not done.
+  const int died = in_child([&] {
+    auto mine = pmem::open(path, durability::power);
+    ftm::detail::arm_fault("log.after_append", 1);
+    ftm::atomically(mine, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 7; });
+    return 0;
+  });
+  REQUIRE(WIFSIGNALED(died));
+  redo::io_observer = &seen;
+  for (std::uint64_t v = 1; v <= 30; ++v)
+    write_big(pool, v);  // fills the log: a checkpoint must wait for the dead one
+  CHECK(seen.pool_flushes > 0);
+  CHECK(value_of(pool, "x") == 7);
+  // A process dies in a checkpoint, holding the append lock.
+  const int died_again = in_child([&] {
+    auto mine = pmem::open(path, durability::power);
+    ftm::detail::arm_fault("log.mid_checkpoint", 1);
+    for (std::uint64_t v = 100; v < 200; ++v)
+      write_big(mine, v);
+    return 0;
+  });
+  REQUIRE(WIFSIGNALED(died_again));
+  const auto before = seen.pool_flushes;
+  write_big(pool, 500);  // its append finds the lock's owner dead and checkpoints again
+  CHECK(seen.pool_flushes > before);
+  redo::io_observer = nullptr;
+  CHECK(pool.check().ok());
+  // A fresh process, alone on the pool: it rebuilds it from the log.
+  const int fresh = in_child([&] {
+    auto p = pmem::open(path, durability::power);
+    return value_of(p, "x") == 7 &&
+                   ftm::atomically(p,
+                                   [](auto& tx) {
+                                     return tx.open_read(tx.template root<blob>("big"))->words[639];
+                                   }) == 500 &&
+                   p.check().ok()
+               ? 0
+               : 1;
+  });
+  CHECK(WIFEXITED(fresh));
+  CHECK(WEXITSTATUS(fresh) == 0);
+}

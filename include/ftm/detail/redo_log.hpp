@@ -190,7 +190,8 @@ class redo_log {
   }
 
   /// Opens the log file at `path` of the pool `pool_id` whose file is `pool_fd` and
-  /// whose shared state is `ctl`. Throws `bad_pool` if it is missing or foreign.
+  /// whose shared state is `ctl`. Its capacity is the file's size (`capacity` if the
+  /// file is smaller). Throws `bad_pool` if it is missing or foreign.
   redo_log(std::filesystem::path path, std::uint64_t pool_id, int pool_fd, control* ctl,
            std::uint64_t capacity)
       : path_(std::move(path)),
@@ -222,9 +223,10 @@ class redo_log {
           path_.string(), h.pool_id, h.version, pool_id, wal_version));
     }
     file_epoch_ = h.epoch;
+    // The size it was made with: every process checkpoints at the same point.
     struct stat st {};
-    if (::fstat(fd_, &st) == 0) {
-      capacity_ = std::max<std::uint64_t>(capacity_, static_cast<std::uint64_t>(st.st_size));
+    if (::fstat(fd_, &st) == 0 && static_cast<std::uint64_t>(st.st_size) > records_begin) {
+      capacity_ = static_cast<std::uint64_t>(st.st_size);
     }
   }
 
@@ -403,6 +405,7 @@ class redo_log {
       }
     }
     flush_pool();
+    FTM_FAULT_POINT("log.mid_checkpoint");
     // The file's epoch, if a checkpointer died after writing it, must not be reused.
     ctl_->epoch.store(std::max(ctl_->epoch.load(), file_epoch_on_disk()));
     new_epoch();
