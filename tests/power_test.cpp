@@ -602,8 +602,20 @@ TEST_CASE("power: a missing or foreign redo log is a bad pool, and the pool is l
   CHECK(read_all(path) == bytes);
   fs::remove(wal);
   fs::rename(wal.string() + ".away", wal);
-  auto pool = pmem::open(path, durability::power);
-  CHECK(value_of(pool, "x") == 9);
+  {
+    auto pool = pmem::open(path, durability::process);  // from power to process
+    CHECK(value_of(pool, "x") == 9);
+  }
+  // A foreign log beside a `process` pool is replaced when the pool goes to `power`.
+  fs::remove(wal);
+  fs::copy_file(redo::redo_log::path_for(other), wal);
+  {
+    auto pool = pmem::open(path, durability::power);
+    CHECK(value_of(pool, "x") == 9);
+    ftm::atomically(pool, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+  }
+  auto pool = pmem::open(path, durability::power);  // alone: rebuilt from the new log
+  CHECK(value_of(pool, "x") == 10);
 }
 
 TEST_CASE(

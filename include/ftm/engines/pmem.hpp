@@ -317,11 +317,11 @@ class pmem : private detail::file_region, public detail::bank_engine {
       std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
     }
     if (first && opts.level == durability::power && !power_) {
-      // From process to power: the pool's current state must reach the medium first.
+      // From process to power: a new log (an old one holds nothing the pool needs, and
+      // may be foreign), then the pool's current state must reach the medium.
       const auto wal = detail::redo::redo_log::path_for(path);
-      if (!std::filesystem::exists(wal)) {
-        detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
-      }
+      std::filesystem::remove(wal);
+      detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
       start_power(opts);
     }
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
@@ -388,10 +388,13 @@ class pmem : private detail::file_region, public detail::bank_engine {
       power_->log.flush_pool();  // the second bank as replayed, on the medium
       power_->log.new_epoch();
     } else {
-      // The records are stale once `process` commits change the banks.
+      // The records are stale once `process` commits change the banks; and the level
+      // reaches the medium before the log may be replaced.
       log.flush_pool();
       log.new_epoch();
       control().level = 0;
+      detail::bank_layout::store_barrier();
+      log.flush_pool();
     }
     return report;
   }
