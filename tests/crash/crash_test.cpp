@@ -756,6 +756,61 @@ TEST_CASE_TEMPLATE("crash: a worker killed at every hit of every named fault poi
   std::fflush(stdout);
 }
 
+// ---- the redo log's own points (durability power) --------------------------------------
+
+TEST_CASE("crash: a power worker killed at every hit of the redo log's points is recovered") {
+  using E = ftm_test::pmem_power;
+  rig<E> r;
+  E& pool = r.pool();
+  constexpr std::uint64_t max_k = 40;
+  totals t;
+  std::vector<std::string> summary;
+  snapshot before = r.recover_and_verify("setup").s;
+  // All after the decision: a kill there leaves a COMMITTING transaction, whose record
+  // recovery flushes (or appends again, before the append) before it completes it.
+  for (const std::string_view name : {"log.before_append", "log.after_append", "log.after_flush"}) {
+    std::uint64_t point_kills = 0;
+    bool completed = false;
+    for (std::uint64_t k = 1; k <= max_k && !completed; ++k) {
+      r.reset_progress();
+      const pid_t pid = spawn([&] {
+        const bank h = load_bank(pool);
+        ftm::detail::arm_fault(name, k);
+        run_program(pool, h, 7000 + k, r.shared());
+        ftm::detail::disarm_faults();
+        r.shared().completed.store(1);
+      });
+      const int status = reap(pid);
+      const std::string what = fmt::format("a kill at {} (hit {})", name, k);
+      INFO(what);
+      const std::uint64_t committed = r.shared().committed.load(std::memory_order_acquire);
+      if (exited_ok(status)) {
+        completed = true;
+        const auto [rep, after] = r.recover_and_verify(what + ", which was never reached");
+        CHECK(rep.undone + rep.redone == 0);
+        CHECK(after.transfers == before.transfers + committed);
+        before = after;
+        break;
+      }
+      REQUIRE_MESSAGE(killed(status), fmt::format("the worker {}", describe(status)));
+      ++t.kills;
+      ++point_kills;
+      const auto [rep, after] = r.recover_and_verify(what);
+      t.add(rep);
+      CHECK(rep.redone == 1);
+      CHECK(rep.undone == 0);
+      check_outcome(after, before.transfers, committed, rep, false);
+      before = after;
+    }
+    CHECK_MESSAGE(point_kills > 0, fmt::format("fault point {} was never reached", name));
+    summary.push_back(fmt::format("{} x{}{}", name, point_kills, completed ? "" : " (capped)"));
+  }
+  fmt::print("crash/log points [{}]: {} kills, {} recoveries ({} redone) by {}; {}\n",
+             engine_traits<E>::name, t.kills, t.recoveries, t.redone, recoverer<E>(),
+             fmt::join(summary, ", "));
+  std::fflush(stdout);
+}
+
 // ---- kills during recovery ----------------------------------------------------------
 
 TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed by the next one", E,
