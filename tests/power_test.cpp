@@ -49,8 +49,11 @@ const char* const blob_names[nblobs] = {"b0", "b1", "b2", "b3"};
 using state = std::vector<std::uint64_t>;  // each blob's value
 
 std::vector<char> read_all(const fs::path& p) {
+  std::vector<char> bytes(fs::file_size(p));
   std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(in.gcount() == static_cast<std::streamsize>(bytes.size()));
+  return bytes;
 }
 
 void write_all(const fs::path& p, const std::vector<char>& bytes) {
