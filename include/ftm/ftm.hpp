@@ -9,6 +9,7 @@
 #include <ftm/error.hpp>
 #include <ftm/reflect.hpp>
 #include <ftm/stable.hpp>
+#include <ftm/supervisor.hpp>
 #include <ftm/transaction.hpp>
 
 #endif  // FTM_FTM_HPP

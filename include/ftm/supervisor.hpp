@@ -564,10 +564,10 @@ struct fmt::formatter<ftm::task_stats> {
     return fmt::format_to(
         ctx.out(),
         "task '{}': starts: {}, restarts: {}, recoveries: {}, lease kills: {}, taken over: {}, "
-        "starts on the pool: {}, last exit: {}, last recovery: {} us ({}), recovered in all: {}",
+        "starts on the pool: {}, last exit: {}, last recovery: {:.1f} us ({}), recovered in all: "
+        "{}",
         s.name, s.starts, s.restarts, s.recoveries, s.lease_kills, s.took_over, s.pool_starts,
-        s.last_exit,
-        std::chrono::duration_cast<std::chrono::microseconds>(s.last_recovery_time).count(),
+        s.last_exit, std::chrono::duration<double, std::micro>(s.last_recovery_time).count(),
         s.last_recovery, s.recovered);
   }
 };
