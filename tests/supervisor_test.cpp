@@ -488,6 +488,43 @@ TEST_CASE("restart limits: N restarts within T, then a report that names the cau
           "task 'permanent' stopped after 2 restarts; last exit: killed by SIGKILL");
   }
 
+  SUBCASE("a second live supervisor of the same task is refused") {
+    auto idle = [](dual_bank&, ftm::task_context& ctx) {
+      for (;;) {
+        ctx.heartbeat();
+        std::this_thread::sleep_for(10ms);
+      }
+    };
+    const pid_t first = ::fork();
+    REQUIRE(first >= 0);
+    if (first == 0) {
+      ftm::supervisor<dual_bank> sup(*pool, {.name = "twice"}, idle);
+      static_cast<void>(sup.run());
+      std::_Exit(0);
+    }
+    // The first supervisor has started its instance once the pool counts a start.
+    REQUIRE(eventually([&] {
+      return ftm::atomically(*pool, [](auto& tx) {
+               const auto rec = ftm::root<ftm::detail::task_record>(tx, "ftm.task.twice");
+               return tx.open_read(rec)->starts;
+             }) == 1;
+    }));
+    ftm::supervisor<dual_bank> second(*pool, {.name = "twice"}, idle);
+    CHECK_THROWS_WITH_AS(second.run(),
+                         fmt::format("ftm: usage error: ftm::supervisor: task 'twice' is already "
+                                     "supervised by process {}",
+                                     first)
+                             .c_str(),
+                         ftm::usage_error);
+    CHECK(second.stats().starts == 0);
+    ::kill(first, SIGKILL);
+    ::waitpid(first, nullptr, 0);
+    // Once the first is dead, its task can be taken over.
+    second.stop();
+    CHECK(second.run().outcome == ftm::supervision_outcome::stopped);
+    CHECK(second.stats().pool_starts == 2);
+  }
+
   SUBCASE("a task name too long for a root is refused") {
     CHECK_THROWS_AS(
         ftm::supervisor<dual_bank>(*pool, {.name = std::string(40, 'x')}, [](dual_bank&) {}),

@@ -127,6 +127,7 @@ static_assert(std::atomic<std::int64_t>::is_always_lock_free,
 struct task_record {
   owner_id owner;        // the instance started last (pid and start time), 0 if none
   std::uint64_t starts;  // instances started over the pool's life
+  owner_id supervisor;   // the process supervising the task, 0 if none yet
 };
 
 inline std::int64_t steady_now_ns() noexcept {
@@ -345,8 +346,17 @@ class supervisor {
   /// that signal may still be on its way when a new supervisor starts; and a pool may
   /// be taken over by a supervisor on another node of a pair.
   void take_over() {
+    const detail::owner_id self = detail::self_owner_id();
     const detail::owner_id previous = atomically(*engine_, [&](transaction<E>& tx) {
-      return tx.open_read(tx.template root<detail::task_record>(record_name_))->owner;
+      auto rec = tx.open(tx.template root<detail::task_record>(record_name_));
+      // Two live supervisors of one task would kill each other's instances in turn.
+      if (rec->supervisor != 0 && rec->supervisor != self && detail::owner_alive(rec->supervisor)) {
+        throw usage_error(
+            fmt::format("ftm::supervisor: task '{}' is already supervised by process {}",
+                        options_.name, detail::owner_pid(rec->supervisor)));
+      }
+      rec->supervisor = self;
+      return rec->owner;
     });
     if (previous != 0 && previous != detail::self_owner_id() && detail::owner_alive(previous)) {
       const int fd = detail::pidfd_open(detail::owner_pid(previous));
