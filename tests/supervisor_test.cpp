@@ -86,6 +86,7 @@ struct progress {
   std::atomic<std::int32_t> instance_pid;      // the instance that started last
   std::atomic<std::uint32_t> overlaps;         // instances that found the previous one alive
   std::atomic<std::uint32_t> clear_pdeathsig;  // instances must outlive their supervisor
+  std::atomic<std::int32_t> parent_pid;        // its supervisor's process
   std::atomic<std::uint32_t> log_full;         // the task found no room left in the log
   std::atomic<std::uint8_t> acked[max_tickets];
 };
@@ -116,9 +117,9 @@ bool running(pid_t pid) {
 }
 
 template <class E>
-void make_state(E& pool) {
-  ftm::atomically(pool, [](auto& tx) {
-    auto st = tx.open(ftm::root<state>(tx, state_root));
+void make_state(E& pool, std::string_view root = state_root) {
+  ftm::atomically(pool, [&](auto& tx) {
+    auto st = tx.open(ftm::root<state>(tx, root));
     st->count = ftm::create<counter>(tx);
     id_log fresh{};
     for (auto& s : fresh.segs)
@@ -128,9 +129,8 @@ void make_state(E& pool) {
 }
 
 template <class E>
-state read_state(E& pool) {
-  return ftm::atomically(pool,
-                         [](auto& tx) { return *tx.open_read(ftm::root<state>(tx, state_root)); });
+state read_state(E& pool, std::string_view root = state_root) {
+  return ftm::atomically(pool, [&](auto& tx) { return *tx.open_read(ftm::root<state>(tx, root)); });
 }
 
 /// Keeps the processor busy for a while inside a transaction, so kills land there.
@@ -143,13 +143,15 @@ void pause_a_little() {
 /// The task: increments until the stable stop flag is set.
 struct increment_task {
   progress* prog;
+  std::string_view root = state_root;
 
   template <class E>
   void operator()(E& pool, ftm::task_context& ctx) const {
     if (prog->clear_pdeathsig.load() != 0) ::prctl(PR_SET_PDEATHSIG, 0);
     const pid_t previous = prog->instance_pid.exchange(::getpid());
     if (previous != 0 && running(previous)) prog->overlaps.fetch_add(1);
-    const state st = read_state(pool);
+    prog->parent_pid.store(::getppid());
+    const state st = read_state(pool, root);
     for (;;) {
       ctx.heartbeat();
       const std::uint64_t id = prog->next_ticket.fetch_add(1) + 1;
@@ -188,10 +190,11 @@ struct verdict {
 
 /// Checks the pool against the acknowledgements (see the file comment).
 template <class E>
-verdict check_pool(E& pool, const progress& prog, std::uint64_t kills) {
+verdict check_pool(E& pool, const progress& prog, std::uint64_t kills,
+                   std::string_view root = state_root) {
   verdict v;
   ftm::atomically(pool, [&](auto& tx) {
-    const state st = *tx.open_read(ftm::root<state>(tx, state_root));
+    const state st = *tx.open_read(ftm::root<state>(tx, root));
     const auto c = tx.open_read(st.count);
     const auto lg = tx.open_read(st.log);
     REQUIRE(lg->count <= log_capacity);
@@ -247,10 +250,11 @@ std::uint64_t kills_wanted() {
 template <class E>
 class running_supervisor {
  public:
-  explicit running_supervisor(ftm::supervisor<E>& sup)
-      : thread_([this, &sup] {
+  explicit running_supervisor(ftm::supervisor<E>& sup,
+                              std::optional<ftm::claim_policy> backup = std::nullopt)
+      : thread_([this, &sup, backup] {
           try {
-            report_ = sup.run();
+            report_ = backup ? sup.run_as_backup(*backup) : sup.run();
           } catch (...) {
             error_ = std::current_exception();
           }
@@ -525,6 +529,21 @@ TEST_CASE("restart limits: N restarts within T, then a report that names the cau
     CHECK(second.stats().pool_starts == 2);
   }
 
+  SUBCASE("a backup leaves a finished task alone, and waits for an unclaimed one") {
+    ftm::supervisor<dual_bank> first(*pool, {.name = "once"}, [](dual_bank&) {});
+    CHECK(first.run().outcome == ftm::supervision_outcome::completed);
+    ftm::supervisor<dual_bank> backup(*pool, {.name = "once"}, [](dual_bank&) {});
+    CHECK(backup.run_as_backup().outcome == ftm::supervision_outcome::completed);
+    CHECK(backup.stats().starts == 0);
+
+    ftm::supervisor<dual_bank> waiting(*pool, {.name = "never"}, [](dual_bank&) {});
+    running_supervisor<dual_bank> runner(waiting, ftm::claim_policy::after_failure);
+    std::this_thread::sleep_for(100ms);
+    waiting.stop();
+    CHECK(runner.join().outcome == ftm::supervision_outcome::stopped);
+    CHECK(waiting.stats().starts == 0);
+  }
+
   SUBCASE("a task name too long for a root is refused") {
     CHECK_THROWS_AS(
         ftm::supervisor<dual_bank>(*pool, {.name = std::string(40, 'x')}, [](dual_bank&) {}),
@@ -634,4 +653,108 @@ TEST_CASE("a killed supervisor loses nothing: a new one on the pool file takes o
   SUBCASE("its task outlives it, and the new supervisor kills it first") {
     kill_the_supervisor(true);
   }
+}
+
+namespace {
+
+struct node_result {
+  std::atomic<std::uint32_t> own_outcome;  // 1 + supervision_outcome
+  std::atomic<std::uint32_t> peer_outcome;
+  std::atomic<std::uint64_t> peer_starts;
+  std::atomic<std::uint64_t> peer_recoveries;
+};
+
+/// One node of a pair: supervises its own task and backs up its peer's, each in a
+/// thread, on the pool file. Exits 0 once both supervisors returned.
+[[noreturn]] void run_node(const std::filesystem::path& path, std::string_view own,
+                           progress* own_prog, std::string_view peer, progress* peer_prog,
+                           node_result* out) {
+  int status = 1;
+  try {
+    auto pool = pmem::open(path);
+    ftm::supervisor<pmem> mine(pool, {.name = std::string(own)}, increment_task{own_prog, own});
+    ftm::supervisor<pmem> theirs(pool, {.name = std::string(peer)},
+                                 increment_task{peer_prog, peer});
+    std::exception_ptr error;
+    std::thread own_thread([&] {
+      try {
+        const auto r = mine.run_as_backup(ftm::claim_policy::if_unclaimed);
+        out->own_outcome.store(1 + static_cast<std::uint32_t>(r.outcome));
+      } catch (...) {
+        error = std::current_exception();
+      }
+    });
+    const auto r = theirs.run_as_backup(ftm::claim_policy::after_failure);
+    own_thread.join();
+    out->peer_outcome.store(1 + static_cast<std::uint32_t>(r.outcome));
+    out->peer_starts.store(r.stats.starts);
+    out->peer_recoveries.store(r.stats.recoveries);
+    if (error) std::rethrow_exception(error);
+    status = 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "node %.*s: %s\n", static_cast<int>(own.size()), own.data(), e.what());
+  }
+  std::_Exit(status);
+}
+
+}  // namespace
+
+TEST_CASE("paired nodes: when one node dies, the other takes its task over") {
+  const std::filesystem::path path = ftm_test::scratch_file("paired");
+  {
+    auto pool = pmem::create(path);
+    make_state(pool, "pair.a");
+    make_state(pool, "pair.b");
+  }
+  shared_page<progress> pa;
+  shared_page<progress> pb;
+  shared_page<node_result> ra;
+  shared_page<node_result> rb;
+  const pid_t a = ::fork();
+  REQUIRE(a >= 0);
+  if (a == 0) run_node(path, "pair.a", &*pa, "pair.b", &*pb, &*ra);
+  const pid_t b = ::fork();
+  REQUIRE(b >= 0);
+  if (b == 0) run_node(path, "pair.b", &*pb, "pair.a", &*pa, &*rb);
+
+  // Each node runs its own task.
+  REQUIRE(eventually([&] { return pa->acked_total.load() > 200 && pb->acked_total.load() > 200; }));
+  CHECK(pa->parent_pid.load() == a);
+  CHECK(pb->parent_pid.load() == b);
+  const pid_t b_instance = pb->instance_pid.load();
+
+  REQUIRE(::kill(b, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(b, &status, 0) == b);
+  // Node a takes task b over, and task a goes on.
+  REQUIRE(eventually([&] { return pb->instance_pid.load() != b_instance; }));
+  CHECK(pb->parent_pid.load() == a);
+  const auto acked_a = pa->acked_total.load();
+  const auto acked_b = pb->acked_total.load();
+  REQUIRE(eventually([&] {
+    return pa->acked_total.load() > acked_a + 200 && pb->acked_total.load() > acked_b + 200;
+  }));
+
+  {
+    auto pool = pmem::open(path);
+    for (std::string_view root : {"pair.a", "pair.b"}) {
+      ftm::atomically(pool, [&](auto& tx) {
+        tx.open(tx.open_read(ftm::root<state>(tx, root))->count)->stop = 1;
+      });
+    }
+  }
+  REQUIRE(::waitpid(a, &status, 0) == a);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  constexpr auto completed = 1 + static_cast<std::uint32_t>(ftm::supervision_outcome::completed);
+  CHECK(ra->own_outcome.load() == completed);
+  CHECK(ra->peer_outcome.load() == completed);
+  CHECK(ra->peer_starts.load() == 1);
+  CHECK(pa->overlaps.load() == 0);
+  CHECK(pb->overlaps.load() == 0);
+  auto pool = pmem::open(path);
+  const verdict va = check_pool(pool, *pa, 0, "pair.a");
+  const verdict vb = check_pool(pool, *pb, 1, "pair.b");
+  MESSAGE(fmt::format("task a: {} increments; task b: {} increments, taken over by node a",
+                      va.committed, vb.committed));
 }

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -67,6 +68,13 @@ struct restart_intensity {
 enum class restart_policy {
   transient,  ///< restart after an abnormal end only; an exit with status 0 completes
   permanent,  ///< restart after every end, even an exit with status 0
+};
+
+/// When `supervisor::run_as_backup()` takes a task that no live process supervises.
+enum class claim_policy {
+  now,            ///< at once, as `run()` does
+  if_unclaimed,   ///< also at once if no supervisor ever claimed it (a node's own task)
+  after_failure,  ///< only once a supervisor that claimed it has died (the peer's task)
 };
 
 /// How a supervisor runs its task.
@@ -125,9 +133,10 @@ static_assert(std::atomic<std::int64_t>::is_always_lock_free,
 /// The task's record in the pool, under the root `ftm.task.<name>`: who runs the task
 /// now, so that a new supervisor can make sure no earlier instance still runs.
 struct task_record {
-  owner_id owner;        // the instance started last (pid and start time), 0 if none
-  std::uint64_t starts;  // instances started over the pool's life
-  owner_id supervisor;   // the process supervising the task, 0 if none yet
+  owner_id owner;          // the instance started last (pid and start time), 0 if none
+  std::uint64_t starts;    // instances started over the pool's life
+  owner_id supervisor;     // the process supervising the task, 0 if none yet
+  std::uint64_t finished;  // 1: completed, 2: its supervisor gave up; 0 otherwise
 };
 
 inline std::int64_t steady_now_ns() noexcept {
@@ -277,31 +286,41 @@ class supervisor {
   /// Takes the task over on the pool, then runs and restarts it until it completes,
   /// reaches its restart limit, or `stop()` is called. Blocks the calling thread,
   /// which must live as long as the task (it is the task's parent for
-  /// `PR_SET_PDEATHSIG`). Throws `ftm::io_error` if a process cannot be made.
+  /// `PR_SET_PDEATHSIG`). Throws `ftm::usage_error` if another live process
+  /// supervises the task, `ftm::io_error` if a process cannot be made.
   supervision_report run() {
-    take_over();
-    std::deque<std::chrono::steady_clock::time_point> recent;  // restart times
+    const claim c = claim_task(claim_policy::now);
+    if (c.holder != 0) {
+      throw usage_error(
+          fmt::format("ftm::supervisor: task '{}' is already supervised by process {}",
+                      options_.name, detail::owner_pid(c.holder)));
+    }
+    return supervise(c.previous);
+  }
+
+  /// Backs the task up (the paper's dynamic redundancy): waits while another live
+  /// process supervises it, then takes it over and runs it as `run()` does. With
+  /// `claim_policy::after_failure` it also waits while no supervisor ever claimed the
+  /// task, so a backup started before the task's own node does not take it first.
+  /// A task that completed, or whose supervisor gave up, is not taken over: returns
+  /// that outcome at once. `stop()` ends the wait (`stopped`).
+  supervision_report run_as_backup(claim_policy policy = claim_policy::after_failure) {
     for (;;) {
-      start_instance();
-      const exit_cause cause = watch();
-      recover();
       {
         const std::lock_guard lock(mutex_);
-        stats_.last_exit = cause;
         if (stop_) return report(supervision_outcome::stopped);
       }
-      if (cause.normal() && options_.restart == restart_policy::transient) {
-        return report(supervision_outcome::completed);
+      const claim c = claim_task(policy);
+      if (c.finished != 0) {
+        return report(c.finished == 1 ? supervision_outcome::completed
+                                      : supervision_outcome::gave_up);
       }
-      const auto now = std::chrono::steady_clock::now();
-      while (!recent.empty() && now - recent.front() > options_.intensity.period)
-        recent.pop_front();
-      if (recent.size() >= options_.intensity.max_restarts) {
-        return report(supervision_outcome::gave_up);
+      if (c.holder == 0) return supervise(c.previous);
+      if (c.holder == unclaimed) {
+        std::this_thread::sleep_for(backup_poll);
+      } else {
+        wait_for_end(c.holder);
       }
-      recent.push_back(now);
-      const std::lock_guard lock(mutex_);
-      ++stats_.restarts;
     }
   }
 
@@ -341,23 +360,98 @@ class supervisor {
     return {outcome, options_.intensity, stats_};
   }
 
-  /// Makes sure no instance started by an earlier supervisor still runs, then recovers
-  /// what it left. The child of a dead supervisor is killed by `PR_SET_PDEATHSIG`, but
-  /// that signal may still be on its way when a new supervisor starts; and a pool may
-  /// be taken over by a supervisor on another node of a pair.
-  void take_over() {
+  static constexpr detail::owner_id unclaimed = ~detail::owner_id{0};
+  static constexpr std::chrono::milliseconds backup_poll{50};
+
+  /// What claiming the task found: `holder` is 0 if this supervisor now holds it.
+  struct claim {
+    detail::owner_id holder;    // a live other supervisor, `unclaimed`, or 0
+    detail::owner_id previous;  // the instance started last
+    std::uint64_t finished;     // 1: completed, 2: gave up (backups only)
+  };
+
+  /// Claims the task in the pool, in one transaction, unless another live process
+  /// holds it: two live supervisors of one task would kill each other's instances.
+  claim claim_task(claim_policy policy) {
     const detail::owner_id self = detail::self_owner_id();
-    const detail::owner_id previous = atomically(*engine_, [&](transaction<E>& tx) {
+    const bool backup = policy != claim_policy::now;
+    return atomically(*engine_, [&](transaction<E>& tx) {
       auto rec = tx.open(tx.template root<detail::task_record>(record_name_));
-      // Two live supervisors of one task would kill each other's instances in turn.
       if (rec->supervisor != 0 && rec->supervisor != self && detail::owner_alive(rec->supervisor)) {
-        throw usage_error(
-            fmt::format("ftm::supervisor: task '{}' is already supervised by process {}",
-                        options_.name, detail::owner_pid(rec->supervisor)));
+        return claim{rec->supervisor, rec->owner, 0};
+      }
+      if (backup && rec->finished != 0) return claim{unclaimed, rec->owner, rec->finished};
+      if (policy == claim_policy::after_failure && rec->supervisor == 0) {
+        return claim{unclaimed, rec->owner, 0};
       }
       rec->supervisor = self;
-      return rec->owner;
+      rec->finished = 0;
+      return claim{0, rec->owner, 0};
     });
+  }
+
+  /// Waits until the process `holder` has ended, or `stop()`.
+  void wait_for_end(detail::owner_id holder) {
+    const int fd = detail::pidfd_open(detail::owner_pid(holder));
+    if (fd < 0) return;
+    // Only once the pidfd is open does "alive" prove it names the same process.
+    if (detail::owner_alive(holder)) {
+      for (;;) {
+        {
+          const std::lock_guard lock(mutex_);
+          if (stop_) break;
+        }
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(backup_poll.count())) > 0) break;
+      }
+    }
+    ::close(fd);
+  }
+
+  /// Records how the task ended, so that backups leave a finished task alone.
+  supervision_report finish(supervision_outcome outcome) {
+    if (outcome != supervision_outcome::stopped) {
+      atomically(*engine_, [&](transaction<E>& tx) {
+        tx.open(tx.template root<detail::task_record>(record_name_))->finished =
+            outcome == supervision_outcome::completed ? 1 : 2;
+      });
+    }
+    return report(outcome);
+  }
+
+  /// Runs the claimed task: see `run()`.
+  supervision_report supervise(detail::owner_id previous) {
+    take_over(previous);
+    std::deque<std::chrono::steady_clock::time_point> recent;  // restart times
+    for (;;) {
+      start_instance();
+      const exit_cause cause = watch();
+      recover();
+      {
+        const std::lock_guard lock(mutex_);
+        stats_.last_exit = cause;
+        if (stop_) return report(supervision_outcome::stopped);
+      }
+      if (cause.normal() && options_.restart == restart_policy::transient) {
+        return finish(supervision_outcome::completed);
+      }
+      const auto now = std::chrono::steady_clock::now();
+      while (!recent.empty() && now - recent.front() > options_.intensity.period)
+        recent.pop_front();
+      if (recent.size() >= options_.intensity.max_restarts) {
+        return finish(supervision_outcome::gave_up);
+      }
+      recent.push_back(now);
+      const std::lock_guard lock(mutex_);
+      ++stats_.restarts;
+    }
+  }
+
+  /// Makes sure no instance started by an earlier supervisor still runs, then recovers
+  /// what it left. The child of a dead supervisor is killed by `PR_SET_PDEATHSIG`, but
+  /// that signal may still be on its way when a new supervisor starts, or the task
+  /// may have cleared it.
+  void take_over(detail::owner_id previous) {
     if (previous != 0 && previous != detail::self_owner_id() && detail::owner_alive(previous)) {
       const int fd = detail::pidfd_open(detail::owner_pid(previous));
       // Only once the pidfd is open does "alive" prove it names the same process.
