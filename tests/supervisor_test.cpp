@@ -148,9 +148,9 @@ struct increment_task {
   template <class E>
   void operator()(E& pool, ftm::task_context& ctx) const {
     if (prog->clear_pdeathsig.load() != 0) ::prctl(PR_SET_PDEATHSIG, 0);
+    prog->parent_pid.store(::getppid());  // before instance_pid, which the test waits on
     const pid_t previous = prog->instance_pid.exchange(::getpid());
     if (previous != 0 && running(previous)) prog->overlaps.fetch_add(1);
-    prog->parent_pid.store(::getppid());
     const state st = read_state(pool, root);
     for (;;) {
       ctx.heartbeat();
