@@ -231,6 +231,9 @@ concept task_entry = std::invocable<F&, E&, task_context&> || std::invocable<F&,
 ///   calls `run()`, which must outlive the task).
 /// - A new supervisor on the same pool with the same task name kills the instance the
 ///   pool records, if it still runs, and waits for its end before it recovers.
+/// - At most one live process supervises a task: the pool records it, `run()` is
+///   refused while another live process holds the task, and `run_as_backup()` waits
+///   for that process to die (paired nodes).
 /// - A pool whose last user dies is gone with `dual_bank`: take-over by a new
 ///   supervisor needs a pool that outlives processes, like `pmem`.
 template <engine E>
