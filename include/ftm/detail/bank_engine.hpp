@@ -225,6 +225,7 @@ class bank_engine {
     std::uint64_t bytes_in_use = 0;  ///< bytes of live objects (without headers)
     std::uint64_t free_chunks = 0;
     std::uint64_t chunks = 0;
+    std::uint64_t bytes_free = 0;  ///< bytes in free chunks and free blocks (with headers)
     std::vector<std::string> problems;
     [[nodiscard]] bool ok() const noexcept { return problems.empty(); }
   };
@@ -559,6 +560,7 @@ class bank_engine {
       const chunk_meta& m = meta(c);
       if (m.cls == cls_free) {
         ++r.free_chunks;
+        r.bytes_free += chunk_size;
       } else if (m.cls >= 1 && m.cls <= nclasses) {
         const std::uint64_t bs = block_size(m.cls);
         if (m.nblocks != chunk_size / bs) {
@@ -581,6 +583,7 @@ class bank_engine {
         if (bits != m.used) {
           problem(fmt::format("chunk {} counts {} blocks in use, its bitmap {}", c, m.used, bits));
         }
+        r.bytes_free += (m.nblocks - bits) * bs;
       } else if (m.cls == cls_large_head) {
         const std::uint64_t off = chunk_base(c);
         const std::uint32_t size = header(off).size;
