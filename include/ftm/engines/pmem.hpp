@@ -38,6 +38,9 @@ class file_region {
   struct open_tag {};
   struct inspect_tag {};
 
+  /// 128 TiB: larger banks in a pool header are damage.
+  static constexpr std::uint64_t max_bank_size = std::uint64_t{1} << 47;
+
   /// A new pool file is made under a temporary name and renamed into place once it is
   /// formatted (`publish()`), so no process ever opens a half-made pool.
   file_region(create_tag, std::filesystem::path path, const bank_layout::geometry& g)
@@ -158,11 +161,11 @@ class file_region {
                       h.version, bank_layout::format_version));
     }
     if (h.version < 1) bad(fmt::format("its format version {} is unknown", h.version));
-    // Two banks must fit in the file: a larger size is damage, and deriving a layout
-    // from it would overflow (or take as long as the size is large).
-    if (h.bank_size > file_size / 2) {
-      bad(fmt::format("its header is damaged (banks of {} bytes in a file of {})", h.bank_size,
-                      file_size));
+    // Deriving the layout of a damaged, enormous bank size would take hours (or
+    // overflow): no bank is larger than a 64-bit address space allows in practice.
+    if (h.bank_size > max_bank_size) {
+      bad(fmt::format("its header is damaged (banks of {} bytes, more than {})", h.bank_size,
+                      max_bank_size));
     }
     try {
       geometry_ = bank_layout::geometry::compute(h.bank_size, h.max_entries, "pmem");
