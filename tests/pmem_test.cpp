@@ -270,6 +270,13 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
          put(b, layout::slots_begin + offsetof(layout::slot, count), std::uint32_t{1u << 30});
        },
        "more than its capacity"},
+      // Found by tests/fuzz: begin() appended to the stale log, past its end.
+      {"a free descriptor with a log",
+       [&](auto& b) {
+         put(b, layout::slots_begin + 3 * sizeof(layout::slot) + offsetof(layout::slot, count),
+             std::uint32_t{57856});
+       },
+       "descriptor 3 is free but records 57856 log entries"},
 
   };
   for (const auto& c : cases) {

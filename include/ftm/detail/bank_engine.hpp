@@ -504,7 +504,10 @@ class bank_engine {
     for (tx_id d = 0; d < max_transactions; ++d) {
       const auto& s = slot_at(d);
       const owner_id o = s.owner.load(std::memory_order_acquire);
-      if (o == 0) continue;
+      if (o == 0) {
+        if (auto p = free_descriptor_problem(d); !p.empty()) problem(std::move(p));
+        continue;
+      }
       if (!scope.in_use) {
         problem(fmt::format("descriptor {} is in use by pid {} (state {})", d, detail::owner_pid(o),
                             s.state.load()));
@@ -712,10 +715,32 @@ class bank_engine {
     for (tx_id d = 0; d < max_transactions; ++d) {
       const slot& s = slot_at(d);
       const owner_id owner = s.owner.load(std::memory_order_acquire);
-      if (owner == 0 || (!earlier_boot && detail::owner_alive(owner))) continue;
+      if (owner == 0) {
+        if (auto p = free_descriptor_problem(d); !p.empty()) return p;
+        continue;
+      }
+      if (!earlier_boot && detail::owner_alive(owner)) continue;
       if (auto p = descriptor_problem(d); !p.empty()) return p;
     }
     return {};
+  }
+
+  /// What is wrong with free descriptor `d`, or "" if nothing (or if a transaction
+  /// took it meanwhile). A free descriptor logs nothing (ending a transaction clears
+  /// its log before freeing it), and `begin()` appends to the log it finds: stale
+  /// entries would be released, or copied between banks, at the end of the next
+  /// transaction that takes it.
+  [[nodiscard]] std::string free_descriptor_problem(tx_id d) const {
+    const slot& s = slot_at(d);
+    // A transaction that took the descriptor and ended between the two reads of its
+    // owner has counted a commit or an abort.
+    auto ended = [&] {
+      return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
+    };
+    const std::uint64_t before = ended();
+    const std::uint32_t n = s.count.load(std::memory_order_acquire);
+    if (n == 0 || s.owner.load(std::memory_order_acquire) != 0 || ended() != before) return {};
+    return fmt::format("descriptor {} is free but records {} log entries", d, n);
   }
 
   /// What makes descriptor `d`'s state or log unsafe to act on, or "" if nothing.
