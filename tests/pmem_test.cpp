@@ -302,6 +302,18 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
                        ftm::io_error);
   CHECK_THROWS_AS(pmem::create(ftm_test::scratch_file(), {.bank_size = 1000}),
                   ftm::invalid_argument);
+  // Refusals leak nothing: each used to keep the file open.
+  const auto open_files = [] {
+    return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator{});
+  };
+  const fs::path foreign = ftm_test::scratch_file("foreign");
+  write_all(foreign, std::vector<char>(4096, 'x'));
+  const auto files_before = open_files();
+  for (int i = 0; i < 20; ++i) {
+    CHECK_THROWS_AS(pmem::open(foreign), ftm::bad_pool);
+    CHECK_THROWS_AS(pmem::inspect(foreign), ftm::bad_pool);
+  }
+  CHECK(open_files() == files_before);
   // The good pool was never touched.
   CHECK(read_all(good) == pristine);
   auto pool = pmem::open(good);

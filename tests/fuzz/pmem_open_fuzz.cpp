@@ -76,6 +76,7 @@ std::vector<char> read_file(const fs::path& p) {
 void write_file(const fs::path& p, const char* data, std::size_t size) {
   const int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0 || ::pwrite(fd, data, size, 0) != static_cast<ssize_t>(size)) {
+    std::perror("write");
     die("cannot write a pool file");
   }
   ::close(fd);

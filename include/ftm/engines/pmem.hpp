@@ -44,7 +44,8 @@ class file_region {
   /// A new pool file is made under a temporary name and renamed into place once it is
   /// formatted (`publish()`), so no process ever opens a half-made pool.
   file_region(create_tag, std::filesystem::path path, const bank_layout::geometry& g)
-      : path_(std::move(path)), geometry_(g) {
+      : file_region(std::move(path)) {
+    geometry_ = g;
     if (std::filesystem::exists(path_)) {
       throw io_error(fmt::format("cannot create the pool '{}': the file exists", path_.string()));
     }
@@ -57,7 +58,7 @@ class file_region {
   }
 
   /// An existing pool file, checked before anything in it is trusted.
-  file_region(open_tag, std::filesystem::path path) : path_(std::move(path)) {
+  file_region(open_tag, std::filesystem::path path) : file_region(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
     if (fd_ < 0) {
       const int e = errno;
@@ -78,7 +79,7 @@ class file_region {
 
   /// An existing pool file, checked as above and mapped read-only: nothing in it can
   /// change through this mapping.
-  file_region(inspect_tag, std::filesystem::path path) : path_(std::move(path)) {
+  file_region(inspect_tag, std::filesystem::path path) : file_region(std::move(path)) {
     fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) fail("open", path_);
     check_header();
@@ -138,6 +139,11 @@ class file_region {
   }
 
  private:
+  /// The constructors above delegate to this one, so that once it has returned the
+  /// destructor runs if they throw: a pool refused leaks no descriptor, no mapping and
+  /// no half-made file.
+  explicit file_region(std::filesystem::path path) : path_(std::move(path)) {}
+
   /// Reads the header of the file at `fd_`, refuses it (`bad_pool`) unless it
   /// describes a whole pool of this format, and sets `geometry_` from it.
   void check_header() {
