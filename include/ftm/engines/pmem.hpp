@@ -62,7 +62,7 @@ class file_region {
     fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
     if (fd_ < 0) {
       const int e = errno;
-      if (e == EACCES || e == EPERM || e == EROFS) {
+      if ((e == EACCES || e == EPERM || e == EROFS) && readable()) {
         throw io_error(
             fmt::format("cannot open the pool file '{}' for writing: {} (the file is read-only{}; "
                         "pmem::inspect reads a pool without writing to it)",
@@ -71,6 +71,7 @@ class file_region {
                         : e == EPERM ? ": it is immutable or append-only (lsattr)"
                                      : ": no write permission"));
       }
+      errno = e;
       fail("open", path_);
     }
     check_header();
@@ -143,6 +144,14 @@ class file_region {
   /// destructor runs if they throw: a pool refused leaks no descriptor, no mapping and
   /// no half-made file.
   explicit file_region(std::filesystem::path path) : path_(std::move(path)) {}
+
+  /// Whether the file can be opened for reading (when it cannot be for writing).
+  [[nodiscard]] bool readable() const noexcept {
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ::close(fd);
+    return true;
+  }
 
   /// Reads the header of the file at `fd_`, refuses it (`bad_pool`) unless it
   /// describes a whole pool of this format, and sets `geometry_` from it.
