@@ -177,7 +177,8 @@ TEST_CASE("ftm-inspect shows the descriptor a killed writer left, and changes no
   CHECK_MATCH(after.out, "check: ok\n");
 }
 
-TEST_CASE("ftm-inspect shows a living writer's transaction as no problem") {
+TEST_CASE(
+    "ftm-inspect shows a living writer's transaction as no problem, unless from an earlier boot") {
   const fs::path path = ftm_test::scratch_file();
   {
     auto pool = pmem::create(path, small);
@@ -201,6 +202,13 @@ TEST_CASE("ftm-inspect shows a living writer's transaction as no problem") {
   char c = 0;
   REQUIRE(::read(ready[0], &c, 1) == 1);
   const auto r = inspect("--check " + path.string());
+  {
+    // As if the machine had rebooted since: the same descriptor's owner is dead.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(offsetof(layout::pool_header, boot_id));
+    f.write("an-earlier-boot", 16);
+  }
+  const auto rebooted = inspect("--check " + path.string());
   ::kill(child, SIGKILL);
   ::waitpid(child, nullptr, 0);
   ::close(ready[0]);
@@ -208,6 +216,10 @@ TEST_CASE("ftm-inspect shows a living writer's transaction as no problem") {
   CHECK(r.status == 0);
   CHECK_MATCH(r.out, fmt::format("#[0-9]+  pid {} \\(alive\\)  active  2 log entries\n", child));
   CHECK_MATCH(r.out, "check: ok\n");
+  CHECK(rebooted.status == 1);
+  CHECK_MATCH(rebooted.out, "boot id +an-earlier-boot \\(an earlier boot: every owner is dead\\)");
+  CHECK_MATCH(rebooted.out, fmt::format("#[0-9]+  pid {} \\(dead\\)  active", child));
+  CHECK_MATCH(rebooted.out, "check: 1 problem\n");
 }
 
 TEST_CASE("ftm-inspect refuses a damaged file with an ftm error, and lists damaged structures") {
