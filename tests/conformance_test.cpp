@@ -568,3 +568,39 @@ TEST_CASE("stable handles are trivially copyable offsets") {
   static_assert(!std::is_copy_constructible_v<ftm::opened<account>>);
   static_assert(!std::is_move_constructible_v<ftm::opened<account>>);
 }
+
+namespace {
+/// Fills its 64-byte block to 8 bytes before the block's end.
+struct forty_eight {
+  std::uint64_t w[6];
+};
+}  // namespace
+
+TEST_CASE_TEMPLATE("an abort does not copy a neighbouring object's lock word between banks", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto [a, b] = ftm::atomically(*pool, [](auto& tx) {
+    auto x = tx.create(forty_eight{});
+    auto y = tx.create(forty_eight{});
+    return std::pair{x, y};
+  });
+  REQUIRE(b.offset() == a.offset() + 64);  // adjacent blocks
+  ftm::transaction<E> reader(*pool);
+  reader.begin();
+  static_cast<void>(reader.open_read(b));  // b's `readers` word has a bit set
+  {
+    ftm::transaction<E> writer(*pool);
+    writer.begin();
+    writer.open(a)->w[0] = 1;
+    writer.commit();  // copies a to the second bank
+  }
+  reader.commit();
+  {
+    ftm::transaction<E> writer(*pool);
+    writer.begin();
+    writer.open(a)->w[0] = 2;
+    writer.abort();  // copies a back from the second bank
+  }
+  const auto report = pool->check();
+  CHECK_MESSAGE(report.ok(), (report.ok() ? "" : report.problems.front()));
+}

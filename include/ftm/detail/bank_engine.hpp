@@ -1161,14 +1161,17 @@ class bank_engine {
   // ---- commit, abort, recovery -------------------------------------------------
 
   /// Copies the tracked bytes of one object between the banks. Small objects are
-  /// copied inline in 16-byte pieces, rounded up: every block ends on a 64-byte
-  /// boundary and its object starts 16 bytes in, so the rounding stays in the block.
+  /// copied inline: the 8-byte size, then the object in 16-byte pieces, rounded up.
+  /// Every block ends on a 64-byte boundary and its object starts 16 bytes in, so the
+  /// rounding stays in the block (rounding from the size field instead would copy the
+  /// next block's `readers` word when the object ends 8 bytes before its block does).
   static void copy_tracked(std::byte* to, const std::byte* from, std::uint32_t length) noexcept {
     if (length > 256) {
       std::memcpy(to, from, length);
       return;
     }
-    for (std::uint32_t i = 0; i < length; i += 16)
+    __builtin_memcpy(to, from, bank_layout::tracked_prefix);
+    for (std::uint32_t i = bank_layout::tracked_prefix; i < length; i += 16)
       __builtin_memcpy(to + i, from + i, 16);
   }
   void redo(const log_entry& e) noexcept {
