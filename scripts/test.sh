@@ -6,7 +6,8 @@
 # Stages (default: all four, in this order):
 #   gcc    g++ RelWithDebInfo: every test (compile-fail and consumer included), each
 #          public header compiled alone, examples and benchmarks built
-#   clang  clang++ RelWithDebInfo: every test, compile-fail included
+#   clang  clang++ RelWithDebInfo: every test, compile-fail included, and a short run
+#          of each libFuzzer target (label fuzz)
 #   asan   g++ Debug with AddressSanitizer + UBSan: every test but compile_fail and consumer
 #   tsan   clang++ RelWithDebInfo with ThreadSanitizer: the concurrency tests
 #
@@ -23,7 +24,7 @@ jobs=${FTM_JOBS:-2}
 all_stages=(gcc clang asan tsan)
 
 usage() {
-  sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 stages=()
@@ -86,7 +87,7 @@ stage_clang() {
   local dir=$build_root/clang
   configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFTM_INSTALL=ON \
-    -DFTM_BUILD_EXAMPLES=ON -DFTM_BUILD_BENCHMARKS=OFF
+    -DFTM_BUILD_EXAMPLES=ON -DFTM_BUILD_BENCHMARKS=OFF -DFTM_BUILD_FUZZERS=ON
   cmake --build "$dir" -j "$jobs"
   ctest --test-dir "$dir" --output-on-failure -j "$jobs"
 }
@@ -114,7 +115,7 @@ stage_tsan() {
 describe() {
   case $1 in
     gcc) echo "g++ RelWithDebInfo: full suite, compile-fail, consumer, header check" ;;
-    clang) echo "clang++ RelWithDebInfo: full suite, compile-fail" ;;
+    clang) echo "clang++ RelWithDebInfo: full suite, compile-fail, short fuzz runs" ;;
     asan) echo "g++ Debug, address+undefined sanitizers: suite minus compile_fail/consumer" ;;
     tsan) echo "clang++, thread sanitizer: concurrency tests" ;;
   esac

@@ -19,7 +19,11 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -247,6 +251,10 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
       {"a damaged size in the header",
        [&](auto& b) { put(b, offsetof(layout::pool_header, bank_size), std::uint64_t{12345}); },
        "header is damaged"},
+      // Derived naively, the layout of banks this large took hours to compute.
+      {"an enormous bank size",
+       [&](auto& b) { put(b, offsetof(layout::pool_header, bank_size), std::uint64_t{1} << 62); },
+       "header is damaged (banks of 4611686018427387904 bytes, more than"},
       {"a damaged layout in the header",
        [&](auto& b) { put(b, offsetof(layout::pool_header, chunks_offset), std::uint64_t{64}); },
        "header is damaged"},
@@ -262,6 +270,13 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
          put(b, layout::slots_begin + offsetof(layout::slot, count), std::uint32_t{1u << 30});
        },
        "more than its capacity"},
+      // Found by tests/fuzz: begin() appended to the stale log, past its end.
+      {"a free descriptor with a log",
+       [&](auto& b) {
+         put(b, layout::slots_begin + 3 * sizeof(layout::slot) + offsetof(layout::slot, count),
+             std::uint32_t{57856});
+       },
+       "descriptor 3 is free but records 57856 log entries"},
 
   };
   for (const auto& c : cases) {
@@ -287,8 +302,122 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
                        ftm::io_error);
   CHECK_THROWS_AS(pmem::create(ftm_test::scratch_file(), {.bank_size = 1000}),
                   ftm::invalid_argument);
+  // Refusals leak nothing: each used to keep the file open.
+  const auto open_files = [] {
+    return std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator{});
+  };
+  const fs::path foreign = ftm_test::scratch_file("foreign");
+  write_all(foreign, std::vector<char>(4096, 'x'));
+  const auto files_before = open_files();
+  for (int i = 0; i < 20; ++i) {
+    CHECK_THROWS_AS(pmem::open(foreign), ftm::bad_pool);
+    CHECK_THROWS_AS(pmem::inspect(foreign), ftm::bad_pool);
+  }
+  CHECK(open_files() == files_before);
   // The good pool was never touched.
   CHECK(read_all(good) == pristine);
   auto pool = pmem::open(good);
+  CHECK(balance_in(pool) == 42);
+}
+
+namespace {
+
+/// Sets or clears the immutable attribute of `path` (chattr +i / -i), which stops
+/// writes even by root; false if the file system refuses it.
+bool set_immutable(const fs::path& path, bool on) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  int flags = 0;
+  bool ok = ::ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+  if (ok) {
+    flags = on ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+    ok = ::ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+  }
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+TEST_CASE("a read-only pool file is refused with the cause, left unchanged, and can be inspected") {
+  const fs::path path = make_pool();
+  const std::vector<char> before = read_all(path);
+  // Root writes through any permission bits; only an immutable file stops it.
+  const bool as_root = ::geteuid() == 0;
+  if (as_root) {
+    if (!set_immutable(path, true)) {
+      MESSAGE("skipped: the file system of ", path.string(), " refuses the immutable attribute");
+      return;
+    }
+  } else {
+    fs::permissions(path, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+  }
+  struct restore {
+    fs::path path;
+    bool as_root;
+    ~restore() {
+      if (as_root) {
+        set_immutable(path, false);
+      } else {
+        fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+      }
+    }
+  } restore_on_exit{path, as_root};
+
+  try {
+    auto pool = pmem::open(path);
+    FAIL("a read-only pool must be refused");
+  } catch (const ftm::io_error& e) {
+    const std::string what = e.what();
+    CHECK_MESSAGE(what.find(fmt::format("cannot open the pool file '{}' for writing",
+                                        path.string())) != std::string::npos,
+                  what);
+    CHECK_MESSAGE(
+        what.find(as_root ? "Operation not permitted" : "Permission denied") != std::string::npos,
+        what);
+    CHECK_MESSAGE(
+        what.find(as_root ? "the file is read-only: it is immutable"
+                          : "the file is read-only: no write permission") != std::string::npos,
+        what);
+  }
+  CHECK_THROWS_AS(pmem::open_or_create(path), ftm::io_error);
+
+  // Inspection needs no write access.
+  const auto view = pmem::inspect(path);
+  CHECK(view.header().version == layout::format_version);
+  REQUIRE(view.roots().size() == 1);
+  CHECK(view.roots()[0].name == "acct");
+  CHECK(view.roots()[0].size == sizeof(account));
+  CHECK(view.descriptors().empty());
+  CHECK(view.check().ok());
+  CHECK(read_all(path) == before);
+}
+
+TEST_CASE("pmem::inspect maps the pool read-only and recovers nothing") {
+  const fs::path path = make_pool();
+  const int killed = in_child([&] {
+    auto pool = pmem::open(path);
+    ftm::transaction tx{pool};
+    tx.begin();
+    tx.open(ftm::root<account>(tx, "acct"))->balance = -1;
+    ::kill(::getpid(), SIGKILL);
+    return 0;
+  });
+  REQUIRE(WIFSIGNALED(killed));
+  const std::vector<char> before = read_all(path);
+  {
+    const auto view = pmem::inspect(path);
+    const auto ds = view.descriptors();
+    REQUIRE(ds.size() == 1);
+    CHECK_FALSE(ds[0].alive);
+    CHECK(ds[0].state_name() == "active");
+    CHECK(ds[0].count == 2);
+    const auto report = view.check();
+    REQUIRE(report.problems.size() == 1);
+    CHECK(report.problems[0].find("which is dead") != std::string::npos);
+  }
+  CHECK(read_all(path) == before);
+  auto pool = pmem::open(path);
+  CHECK(pool.opening_recovery().undone == 1);
   CHECK(balance_in(pool) == 42);
 }

@@ -10,6 +10,7 @@
 #include <ftm/reflect.hpp>
 #include <ftm/session.hpp>
 #include <ftm/stable.hpp>
+#include <ftm/supervisor.hpp>
 #include <ftm/transaction.hpp>
 
 #endif  // FTM_FTM_HPP

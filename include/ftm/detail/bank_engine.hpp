@@ -250,6 +250,7 @@ class bank_engine {
     std::uint64_t bytes_in_use = 0;  ///< bytes of live objects (without headers)
     std::uint64_t free_chunks = 0;
     std::uint64_t chunks = 0;
+    std::uint64_t bytes_free = 0;  ///< bytes in free chunks and free blocks (with headers)
     std::vector<std::string> problems;
     [[nodiscard]] bool ok() const noexcept { return problems.empty(); }
   };
@@ -532,24 +533,72 @@ class bank_engine {
     return total;
   }
 
+  /// What `check()` may take for granted about the pool.
+  struct check_scope {
+    /// Transactions may be running: a descriptor of a living process is no problem,
+    /// and the objects any descriptor logged are not compared (a dead owner's
+    /// descriptor is still reported, since it needs recovery).
+    bool in_use = false;
+    /// The owners ran before a reboot of the machine, so none of them is alive.
+    bool earlier_boot = false;
+  };
+
   /// Verifies the pool while no transaction runs: no descriptor in use, no lock held,
   /// the allocator's bitmaps agree with its counts, every live object has a header,
   /// and both banks hold the same bytes for every object (the committed state).
-  [[nodiscard]] check_report check() const {
+  [[nodiscard]] check_report check() const { return check(check_scope{}); }
+
+  /// Verifies the pool as `check()` does, within `scope`. Only reads the mapping (it
+  /// runs on a read-only one), and stays within it however damaged the pool is.
+  [[nodiscard]] check_report check(check_scope scope) const {
     using namespace bank_layout;
     check_report r;
     r.chunks = nchunks_;
     auto problem = [&](std::string s) { r.problems.push_back(std::move(s)); };
+    // Objects that running (or dead, unrecovered) transactions hold: locked, and
+    // perhaps different between the banks, as they should be.
+    std::vector<std::uint64_t> held;
     for (tx_id d = 0; d < max_transactions; ++d) {
       const auto& s = slot_at(d);
+      const owner_id o = s.owner.load(std::memory_order_acquire);
+      if (o == 0) {
+        if (auto p = free_descriptor_problem(d); !p.empty()) problem(std::move(p));
+        continue;
+      }
+      // A live process's idle session holds its descriptor between transactions.
       const bool idle_session = (s.flags & attached) != 0 && s.state.load() == idle;
-      if (auto o = s.owner.load(); o != 0 && !(idle_session && detail::owner_alive(o))) {
+      if (!scope.in_use && !(idle_session && detail::owner_alive(o))) {
         problem(fmt::format("descriptor {} is in use by pid {} (state {})", d, detail::owner_pid(o),
                             s.state.load()));
+        continue;
       }
+      if (auto p = descriptor_problem(d); !p.empty()) {
+        problem(std::move(p));
+        continue;
+      }
+      if (scope.earlier_boot || !detail::owner_alive(o)) {
+        problem(fmt::format(
+            "descriptor {} belongs to pid {}, which is dead ({}, {} log entries): opening the pool "
+            "for writing recovers it",
+            d, detail::owner_pid(o), state_name(s.state.load()), s.count.load()));
+      }
+      const std::uint32_t n = s.count.load(std::memory_order_acquire);
+      for (std::uint32_t i = 0; i < n; ++i)
+        held.push_back(entries(d)[i].offset);
     }
-    auto object = [&](std::uint64_t off, std::string_view what) {
+    std::sort(held.begin(), held.end());
+    auto is_held = [&](std::uint64_t off) {
+      return std::binary_search(held.begin(), held.end(), off);
+    };
+    // Checks the object at `off` (a multiple of 64 inside the bank); false if its
+    // header is unusable. `expected`: its size if fixed, else 0.
+    auto object = [&](std::uint64_t off, std::string_view what, std::uint64_t expected) {
       const object_header& h = header(off);
+      if ((expected != 0 && h.size != expected) || h.size > bank_size_ - off - header_size) {
+        problem(fmt::format("{} at offset {} has a damaged size {}", what, off, h.size));
+        return false;
+      }
+      if (is_held(off)) return true;
       if (h.writer.load() != 0 || h.readers.load() != 0) {
         problem(fmt::format("{} at offset {} is still locked", what, off));
       }
@@ -557,47 +606,161 @@ class bank_engine {
       if (std::memcmp(a_ + off + tracked_offset, b_ + off + tracked_offset, len) != 0) {
         problem(fmt::format("{} at offset {} differs between the banks", what, off));
       }
+      return true;
     };
-    object(roots_offset, "the roots table");
+    std::vector<std::uint64_t> live;  // offsets of live objects, ascending
+    auto count_live = [&](std::uint64_t off) {
+      live.push_back(off);
+      ++r.objects;
+      r.bytes_in_use += header(off).size;
+    };
+    const bool roots_usable = object(roots_offset, "the roots table", sizeof(roots_table));
     for (std::uint64_t c = 0; c < nchunks_; ++c) {
-      object(meta_offset(c), fmt::format("the metadata of chunk {}", c));
+      if (!object(meta_offset(c), fmt::format("the metadata of chunk {}", c), sizeof(chunk_meta))) {
+        continue;
+      }
       const chunk_meta& m = meta(c);
       if (m.cls == cls_free) {
         ++r.free_chunks;
+        r.bytes_free += chunk_size;
       } else if (m.cls >= 1 && m.cls <= nclasses) {
-        std::uint32_t bits = 0;
         const std::uint64_t bs = block_size(m.cls);
+        if (m.nblocks != chunk_size / bs) {
+          problem(fmt::format("chunk {} of {}-byte blocks counts {} blocks", c, bs, m.nblocks));
+          continue;
+        }
+        // A transaction that holds the chunk's record may be between setting a bit and
+        // the object's size: only what is out of bounds is skipped then, unreported.
+        const bool changing = is_held(meta_offset(c));
+        std::uint32_t bits = 0;
         for (std::uint32_t i = 0; i < m.nblocks; ++i) {
           if ((m.bitmap[i / 64] >> (i % 64) & 1) == 0) continue;
           ++bits;
           const std::uint64_t off = chunk_base(c) + i * bs;
           const std::uint32_t size = header(off).size;
           if (size == 0 || size + header_size > bs) {
-            problem(
-                fmt::format("object at offset {} has size {} in a {}-byte block", off, size, bs));
+            if (!changing) {
+              problem(
+                  fmt::format("object at offset {} has size {} in a {}-byte block", off, size, bs));
+            }
             continue;
           }
-          object(off, "object");
-          ++r.objects;
-          r.bytes_in_use += size;
+          if (object(off, "object", 0)) count_live(off);
         }
-        if (bits != m.used) {
+        if (bits != m.used && !changing) {
           problem(fmt::format("chunk {} counts {} blocks in use, its bitmap {}", c, m.used, bits));
         }
+        r.bytes_free += (m.nblocks - bits) * bs;
       } else if (m.cls == cls_large_head) {
-        object(chunk_base(c), "large object");
-        ++r.objects;
-        r.bytes_in_use += header(chunk_base(c)).size;
-      } else if (m.cls != cls_large_tail) {
+        const std::uint64_t off = chunk_base(c);
+        const std::uint32_t size = header(off).size;
+        if (m.nblocks == 0 || m.nblocks > nchunks_ - c) {
+          problem(fmt::format("large object in chunk {} spans {} chunks, past the end of the pool",
+                              c, m.nblocks));
+          continue;
+        }
+        if (size == 0 || size + header_size > std::uint64_t{m.nblocks} * chunk_size) {
+          if (!is_held(meta_offset(c))) {
+            problem(fmt::format("large object at offset {} has size {} in {} chunks", off, size,
+                                m.nblocks));
+          }
+          continue;
+        }
+        if (object(off, "large object", 0)) count_live(off);
+      } else if (m.cls == cls_large_tail) {
+        const chunk_meta* h = m.head < c ? &meta(m.head) : nullptr;
+        if (h == nullptr || h->cls != cls_large_head || c - m.head >= h->nblocks) {
+          problem(fmt::format("chunk {} continues a large object at chunk {}, which is not one", c,
+                              m.head));
+        }
+      } else {
         problem(fmt::format("chunk {} has unknown class {}", c, m.cls));
       }
     }
-    for (const root_entry& e : roots().entries) {
-      if (e.used != 0 && (e.offset < chunks_offset_ || header(e.offset).size != e.size)) {
-        problem(fmt::format("root '{}' names no live object of its size", e.name));
+    auto is_live = [&](std::uint64_t off) {
+      return std::binary_search(live.begin(), live.end(), off);
+    };
+    // A transaction binding a root may not have placed its object yet.
+    if (roots_usable && !is_held(roots_offset)) {
+      for (const root_entry& e : roots().entries) {
+        if (e.used == 0) continue;
+        if (strnlen(e.name, sizeof e.name) == sizeof e.name ||
+            strnlen(e.type, sizeof e.type) == sizeof e.type) {
+          problem("a root entry has a damaged name or type name");
+        } else if (!is_live(e.offset) || header(e.offset).size != e.size) {
+          problem(fmt::format("root '{}' names no live object of its size", e.name));
+        } else if (e.layout != 0 && !is_live(e.layout)) {
+          problem(fmt::format("root '{}' names no live layout description", e.name));
+        }
       }
     }
     return r;
+  }
+
+  /// A descriptor in use, as `descriptors_in_use()` reads it.
+  struct descriptor_report {
+    tx_id index = 0;
+    pid_t pid = 0;      ///< the owner's process id
+    bool alive = true;  ///< false once the owner died (recovery will undo or complete it)
+    std::uint32_t state = 0;
+    std::uint32_t count = 0;                  ///< log entries, as recorded
+    std::vector<bank_layout::log_entry> log;  ///< those within the log's capacity
+    [[nodiscard]] std::string_view state_name() const noexcept {
+      return bank_engine::state_name(state);
+    }
+  };
+
+  /// The descriptors in use; `earlier_boot` as in `check_scope`. Only reads.
+  [[nodiscard]] std::vector<descriptor_report> descriptors_in_use(bool earlier_boot = false) const {
+    std::vector<descriptor_report> out;
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      const auto& s = slot_at(d);
+      const owner_id o = s.owner.load(std::memory_order_acquire);
+      if (o == 0) continue;
+      descriptor_report r;
+      r.index = d;
+      r.pid = detail::owner_pid(o);
+      r.alive = !earlier_boot && detail::owner_alive(o);
+      r.state = s.state.load(std::memory_order_acquire);
+      r.count = s.count.load(std::memory_order_acquire);
+      const log_entry* log = entries(d);
+      r.log.assign(log, log + std::min(r.count, max_entries_));
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  /// A named root, as `root_entries()` reads it.
+  struct root_report {
+    std::string name;
+    std::string type;  ///< the type's name, cut to 47 characters
+    std::uint64_t fingerprint = 0;
+    std::uint64_t offset = 0;
+    std::uint32_t size = 0;
+  };
+
+  /// The named roots in the committed state. Only reads.
+  [[nodiscard]] std::vector<root_report> root_entries() const {
+    using namespace bank_layout;
+    std::vector<root_report> out;
+    const auto& table = *reinterpret_cast<const roots_table*>(b_ + roots_offset + header_size);
+    for (const root_entry& e : table.entries) {
+      if (e.used == 0) continue;
+      out.push_back({std::string(e.name, strnlen(e.name, sizeof e.name)),
+                     std::string(e.type, strnlen(e.type, sizeof e.type)), e.fingerprint, e.offset,
+                     e.size});
+    }
+    return out;
+  }
+
+  /// "idle", "active", "committing", or "unknown".
+  static std::string_view state_name(std::uint32_t state) noexcept {
+    switch (state) {
+      case bank_layout::idle: return "idle";
+      case bank_layout::active: return "active";
+      case bank_layout::committing: return "committing";
+      default: return "unknown";
+    }
   }
 
  protected:
@@ -619,22 +782,52 @@ class bank_engine {
     for (tx_id d = 0; d < max_transactions; ++d) {
       const slot& s = slot_at(d);
       const owner_id owner = s.owner.load(std::memory_order_acquire);
-      if (owner == 0 || (!earlier_boot && detail::owner_alive(owner))) continue;
-      const auto state = s.state.load(std::memory_order_relaxed);
-      const auto n = s.count.load(std::memory_order_relaxed);
-      if (state > committing) return fmt::format("descriptor {} has an unknown state {}", d, state);
-      if (n > max_entries_) {
-        return fmt::format("descriptor {} logs {} objects, more than its capacity {}", d, n,
-                           max_entries_);
+      if (owner == 0) {
+        if (auto p = free_descriptor_problem(d); !p.empty()) return p;
+        continue;
       }
-      for (std::uint32_t i = 0; i < n; ++i) {
-        const log_entry& e = entries(d)[i];
-        if ((e.kind != entry_kind::read && e.kind != entry_kind::write) ||
-            e.offset < roots_offset || e.offset >= bank_size_ || e.offset % min_block != 0 ||
-            e.length > bank_size_ - e.offset - tracked_offset) {
-          return fmt::format("descriptor {} has a malformed log entry {} (offset {}, length {})", d,
-                             i, e.offset, e.length);
-        }
+      if (!earlier_boot && detail::owner_alive(owner)) continue;
+      if (auto p = descriptor_problem(d); !p.empty()) return p;
+    }
+    return {};
+  }
+
+  /// What is wrong with free descriptor `d`, or "" if nothing (or if a transaction
+  /// took it meanwhile). A free descriptor logs nothing (ending a transaction clears
+  /// its log before freeing it), and `begin()` appends to the log it finds: stale
+  /// entries would be released, or copied between banks, at the end of the next
+  /// transaction that takes it.
+  [[nodiscard]] std::string free_descriptor_problem(tx_id d) const {
+    const slot& s = slot_at(d);
+    // A transaction that took the descriptor and ended between the two reads of its
+    // owner has counted a commit or an abort.
+    auto ended = [&] {
+      return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
+    };
+    const std::uint64_t before = ended();
+    const std::uint32_t n = s.count.load(std::memory_order_acquire);
+    if (n == 0 || s.owner.load(std::memory_order_acquire) != 0 || ended() != before) return {};
+    return fmt::format("descriptor {} is free but records {} log entries", d, n);
+  }
+
+  /// What makes descriptor `d`'s state or log unsafe to act on, or "" if nothing.
+  [[nodiscard]] std::string descriptor_problem(tx_id d) const {
+    using namespace bank_layout;
+    const slot& s = slot_at(d);
+    const auto state = s.state.load(std::memory_order_relaxed);
+    const auto n = s.count.load(std::memory_order_relaxed);
+    if (state > committing) return fmt::format("descriptor {} has an unknown state {}", d, state);
+    if (n > max_entries_) {
+      return fmt::format("descriptor {} logs {} objects, more than its capacity {}", d, n,
+                         max_entries_);
+    }
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const log_entry& e = entries(d)[i];
+      if ((e.kind != entry_kind::read && e.kind != entry_kind::write) || e.offset < roots_offset ||
+          e.offset >= bank_size_ || e.offset % min_block != 0 ||
+          e.length > bank_size_ - e.offset - tracked_offset) {
+        return fmt::format("descriptor {} has a malformed log entry {} (offset {}, length {})", d,
+                           i, e.offset, e.length);
       }
     }
     return {};

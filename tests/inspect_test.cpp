@@ -1,0 +1,275 @@
+// tools/ftm-inspect, run as a separate program on pool files made here: a fresh
+// pool, one with objects and roots, one left by a killed writer, and damaged files.
+#include "engines.hpp"
+
+#include <ftm/ftm.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <boost/hana/define_struct.hpp>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+
+namespace {
+
+using ftm::engines::pmem;
+namespace fs = std::filesystem;
+namespace layout = ftm::detail::bank_layout;
+
+struct account {
+  BOOST_HANA_DEFINE_STRUCT(account, (std::int64_t, balance), (std::uint32_t, ops));
+};
+
+constexpr pmem::options small{.bank_size = std::size_t{1} << 20, .max_objects_per_transaction = 16};
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+struct run_result {
+  int status = -1;  // exit status, or -1 if the tool did not exit normally
+  std::string out;
+  std::string err;
+};
+
+/// Runs ftm-inspect with `args`; returns its exit status, stdout and stderr.
+run_result inspect(const std::string& args) {
+  const fs::path out = ftm_test::scratch_file("out");
+  const fs::path err = ftm_test::scratch_file("err");
+  const std::string cmd =
+      fmt::format("'{}' {} >'{}' 2>'{}'", FTM_INSPECT_PATH, args, out.string(), err.string());
+  const int w = std::system(cmd.c_str());
+  run_result r;
+  r.status = WIFEXITED(w) ? WEXITSTATUS(w) : -1;
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
+}
+
+bool matches(const std::string& text, const std::string& pattern) {
+  return std::regex_search(text, std::regex(pattern));
+}
+
+#define CHECK_MATCH(text, pattern) CHECK_MESSAGE(matches(text, pattern), pattern, "\n", text)
+
+}  // namespace
+
+TEST_CASE("ftm-inspect shows a fresh pool") {
+  const fs::path path = ftm_test::scratch_file();
+  std::uint64_t id = 0;
+  std::uint64_t chunks = 0;
+  {
+    auto pool = pmem::create(path, small);
+    id = pool.pool_id();
+    chunks = pool.check().chunks;
+  }
+  const auto r = inspect(path.string());
+  CHECK(r.status == 0);
+  CHECK(r.err.empty());
+  CHECK_MATCH(r.out, "magic +0x66746d2d64756131 \\(ftm-dua1\\)");
+  CHECK_MATCH(r.out, "format version +1\n");
+  CHECK_MATCH(r.out, fmt::format("pool id +{:#018x}\n", id));
+  CHECK_MATCH(r.out,
+              fmt::format("bank size +1048576 bytes \\({} chunks of 65536 bytes\\)", chunks));
+  CHECK_MATCH(r.out, "log capacity +16 objects per transaction");
+  CHECK_MATCH(r.out, fmt::format("file size +{} bytes", fs::file_size(path)));
+  CHECK_MATCH(r.out, "\\(this boot\\)");
+  CHECK_MATCH(r.out, "roots \\(0\\)\n");
+  CHECK_MATCH(r.out, fmt::format("chunks +{0} in all, 0 in use, {0} free", chunks));
+  CHECK_MATCH(r.out, "objects +0 live, 0 bytes");
+  CHECK_MATCH(r.out, fmt::format("bytes free +{}", chunks * 65536));
+  CHECK_MATCH(r.out, "descriptors in use \\(0\\)\n");
+  CHECK(r.out.find("check:") == std::string::npos);  // only with --check
+
+  const auto c = inspect("--check " + path.string());
+  CHECK(c.status == 0);
+  CHECK_MATCH(c.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect shows the roots and the space of a pool with objects") {
+  const fs::path path = ftm_test::scratch_file();
+  ftm::detail::bank_engine::check_report expected;
+  {
+    auto pool = pmem::create(path, small);
+    ftm::atomically(pool, [](auto& tx) {
+      tx.open(ftm::root<account>(tx, "acct"))->balance = 42;
+      *tx.open(ftm::root<std::uint64_t>(tx, "counter")) = 7;
+      for (int i = 0; i < 5; ++i)
+        tx.create(account{i, 0});
+    });
+    expected = pool.check();
+    REQUIRE(expected.ok());
+  }
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 0);
+  CHECK_MATCH(r.out, "roots \\(2\\)\n");
+  CHECK_MATCH(r.out,
+              "'acct'  type [^\n]*account  size 16  fingerprint 0x[0-9a-f]{16}  offset [0-9]+");
+  CHECK_MATCH(r.out, "'counter'  type [^\n]*  size 8  fingerprint 0x[0-9a-f]{16}");
+  CHECK_MATCH(r.out,
+              fmt::format("objects +{} live, {} bytes", expected.objects, expected.bytes_in_use));
+  CHECK(expected.objects >= 7);  // 2 roots, 5 objects, and the roots' layout descriptions
+  CHECK_MATCH(r.out, fmt::format("chunks +{} in all, {} in use, {} free", expected.chunks,
+                                 expected.chunks - expected.free_chunks, expected.free_chunks));
+  CHECK_MATCH(r.out, fmt::format("bytes free +{} ", expected.bytes_free));
+  CHECK_MATCH(r.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect shows the descriptor a killed writer left, and changes nothing") {
+  const fs::path path = ftm_test::scratch_file();
+  { auto pool = pmem::create(path, small); }
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto pool = pmem::open(path);
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 1; });
+    ftm::transaction tx{pool};
+    tx.begin();
+    tx.open(ftm::root<account>(tx, "acct"))->balance = -1;  // never committed
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  const std::string before = read_text(path);
+
+  const auto r = inspect(path.string());
+  CHECK(r.status == 0);  // showing a pool is fine; only --check judges it
+  CHECK_MATCH(r.out, "descriptors in use \\(1\\)\n");
+  CHECK_MATCH(r.out, fmt::format("#[0-9]+  pid {} \\(dead\\)  active  2 log entries\n", child));
+  CHECK_MATCH(r.out, "read +offset 64  length 0\n");  // the roots table
+  CHECK_MATCH(r.out,
+              "write +offset [0-9]+  length 20\n");  // the account: its size word and 16 bytes
+  CHECK_MATCH(r.out, "'acct'  type [^\n]*account");
+
+  const auto c = inspect("--check " + path.string());
+  CHECK(c.status == 1);
+  CHECK_MATCH(c.out, "check: 1 problem\n");
+  CHECK_MATCH(c.out,
+              fmt::format("  - descriptor [0-9]+ belongs to pid {}, which is dead \\(active, "
+                          "2 log entries\\): opening the pool for writing recovers it",
+                          child));
+  CHECK(read_text(path) == before);  // inspected as it was left: nothing recovered
+
+  {
+    auto pool = pmem::open(path);  // recovers
+    CHECK(pool.opening_recovery().undone == 1);
+  }
+  const auto after = inspect("--check " + path.string());
+  CHECK(after.status == 0);
+  CHECK_MATCH(after.out, "descriptors in use \\(0\\)\n");
+  CHECK_MATCH(after.out, "check: ok\n");
+}
+
+TEST_CASE(
+    "ftm-inspect shows a living writer's transaction as no problem, unless from an earlier boot") {
+  const fs::path path = ftm_test::scratch_file();
+  {
+    auto pool = pmem::create(path, small);
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 1; });
+  }
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto pool = pmem::open(path);
+    ftm::transaction tx{pool};
+    tx.begin();
+    tx.open(ftm::root<account>(tx, "acct"))->balance = -1;  // locked and changed, not committed
+    char c = 1;
+    static_cast<void>(::write(ready[1], &c, 1));
+    ::pause();
+    ::_exit(0);
+  }
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  const auto r = inspect("--check " + path.string());
+  {
+    // As if the machine had rebooted since: the same descriptor's owner is dead.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(offsetof(layout::pool_header, boot_id));
+    f.write("an-earlier-boot", 16);
+  }
+  const auto rebooted = inspect("--check " + path.string());
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
+  CHECK(r.status == 0);
+  CHECK_MATCH(r.out, fmt::format("#[0-9]+  pid {} \\(alive\\)  active  2 log entries\n", child));
+  CHECK_MATCH(r.out, "check: ok\n");
+  CHECK(rebooted.status == 1);
+  CHECK_MATCH(rebooted.out, "boot id +an-earlier-boot \\(an earlier boot: every owner is dead\\)");
+  CHECK_MATCH(rebooted.out, fmt::format("#[0-9]+  pid {} \\(dead\\)  active", child));
+  CHECK_MATCH(rebooted.out, "check: 1 problem\n");
+}
+
+TEST_CASE("ftm-inspect refuses a damaged file with an ftm error, and lists damaged structures") {
+  const fs::path path = ftm_test::scratch_file();
+  std::uint64_t acct = 0;
+  {
+    auto pool = pmem::create(path, small);
+    acct = ftm::atomically(pool, [](auto& tx) {
+      auto a = ftm::root<account>(tx, "acct");
+      tx.open(a)->balance = 42;
+      return a.offset();
+    });
+  }
+  auto patch = [&](std::uint64_t off, auto value) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(off));
+    f.write(reinterpret_cast<const char*>(&value), sizeof value);
+  };
+  const std::string pristine = read_text(path);
+  // The header says what the file is: a foreign magic is refused before anything else.
+  patch(0, std::uint64_t{0x1234});
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 2);
+  CHECK(r.out.empty());
+  CHECK_MATCH(r.err, fmt::format("^ftm-inspect: ftm: bad pool: '{}' cannot be used: it is not an "
+                                 "ftm pool",
+                                 path.string()));
+
+  const auto missing = inspect((ftm_test::scratch_dir() / "missing.ftm").string());
+  CHECK(missing.status == 2);
+  CHECK_MATCH(missing.err,
+              "ftm: i/o error: cannot open the pool file '.*missing.ftm': No such file");
+
+  const auto bad_args = inspect("--frobnicate " + path.string());
+  CHECK(bad_args.status == 2);
+  CHECK_MATCH(bad_args.err, "usage: ftm-inspect");
+
+  // A sound header over damaged structures: shown, and --check lists the damage. The
+  // account's size, in both banks, no longer matches its root or its block.
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << pristine;
+  }
+  const std::uint64_t control = fs::file_size(path) - 2 * small.bank_size;
+  for (const std::uint64_t bank : {control, control + small.bank_size})
+    patch(bank + acct + offsetof(layout::object_header, size), std::uint32_t{1000});
+  const auto d = inspect("--check " + path.string());
+  CHECK(d.status == 1);
+  CHECK_MATCH(d.out, "pool ");
+  CHECK_MATCH(d.out, "check: [0-9]+ problems?\n");
+  CHECK_MATCH(d.out, fmt::format("  - object at offset {} has size 1000 in a 64-byte block", acct));
+  CHECK_MATCH(d.out, "  - root 'acct' names no live object of its size");
+}

@@ -1,0 +1,142 @@
+// ftm-inspect: shows what a pmem pool file holds, and verifies it, without changing it.
+//
+//   ftm-inspect [--check] POOL
+//
+// Prints the header, the named roots, the space used and free, and the descriptors in
+// use. With --check, also verifies the pool's structures and lists what is wrong.
+// Exit status: 0 fine; 1 --check found problems; 2 the file is not a usable pool (or
+// the command line is wrong), with an ftm error message on stderr.
+#include <ftm/engines/pmem.hpp>
+#include <ftm/error.hpp>
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+
+namespace {
+
+constexpr int exit_problems = 1;
+constexpr int exit_bad_file = 2;
+
+void usage(std::FILE* to) {
+  fmt::print(to,
+             "usage: ftm-inspect [--check] POOL\n"
+             "  Shows the header, roots, space and descriptors of an ftm pool file, read-only.\n"
+             "  --check  also verify its structures; exit 1 if any is wrong\n");
+}
+
+/// The magic number as its eight characters, most significant first ("ftm-dua1").
+std::string magic_text(std::uint64_t magic) {
+  std::string s;
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    const auto c = static_cast<char>((magic >> shift) & 0xff);
+    s += (c >= 0x20 && c < 0x7f) ? c : '.';
+  }
+  return s;
+}
+
+std::string_view kind_name(ftm::detail::bank_layout::entry_kind k) {
+  switch (k) {
+    case ftm::detail::bank_layout::entry_kind::read: return "read";
+    case ftm::detail::bank_layout::entry_kind::write: return "write";
+  }
+  return "unknown";
+}
+
+int inspect(const std::string& path, bool check) {
+  const auto pool = ftm::engines::pmem::inspect(path);
+  const auto& h = pool.header();
+
+  fmt::print("pool {}\n", path);
+  fmt::print("header\n");
+  fmt::print("  magic           {:#018x} ({})\n", h.magic, magic_text(h.magic));
+  fmt::print("  format version  {}\n", h.version);
+  fmt::print("  pool id         {:#018x}\n", h.pool_id);
+  fmt::print("  bank size       {} bytes ({} chunks of {} bytes)\n", h.bank_size, h.chunks,
+             pool.chunk_size);
+  fmt::print("  log capacity    {} objects per transaction\n", h.max_objects_per_transaction);
+  fmt::print("  control region  {} bytes\n", h.control_size);
+  fmt::print("  file size       {} bytes\n", h.file_size);
+  fmt::print("  boot id         {} ({})\n", h.boot_id.empty() ? "(none)" : h.boot_id,
+             h.earlier_boot ? "an earlier boot: every owner is dead" : "this boot");
+
+  const auto roots = pool.roots();
+  fmt::print("roots ({})\n", roots.size());
+  for (const auto& r : roots) {
+    fmt::print("  '{}'  type {}  size {}  fingerprint {:#018x}  offset {}\n", r.name, r.type,
+               r.size, r.fingerprint, r.offset);
+  }
+
+  // The space figures come from the same walk as --check; its problems are shown
+  // only when asked for.
+  const auto report = pool.check();
+  fmt::print("space\n");
+  fmt::print("  chunks          {} in all, {} in use, {} free\n", report.chunks,
+             report.chunks - report.free_chunks, report.free_chunks);
+  fmt::print("  objects         {} live, {} bytes (without headers)\n", report.objects,
+             report.bytes_in_use);
+  fmt::print("  bytes free      {} (free chunks and free blocks)\n", report.bytes_free);
+
+  const auto descriptors = pool.descriptors();
+  fmt::print("descriptors in use ({})\n", descriptors.size());
+  for (const auto& d : descriptors) {
+    fmt::print("  #{}  pid {} ({})  {}  {} log entries\n", d.index, d.pid,
+               d.alive ? "alive" : "dead", d.state_name(), d.count);
+    for (const auto& e : d.log) {
+      fmt::print("      {:<5}  offset {}  length {}\n", kind_name(e.kind), e.offset, e.length);
+    }
+  }
+  // Ports (queues between processes) will be listed here, with their depths, once
+  // ftm has them.
+
+  if (!check) return 0;
+  if (report.ok()) {
+    fmt::print("check: ok\n");
+    return 0;
+  }
+  fmt::print("check: {} problem{}\n", report.problems.size(),
+             report.problems.size() == 1 ? "" : "s");
+  for (const auto& p : report.problems)
+    fmt::print("  - {}\n", p);
+  return exit_problems;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool check = false;
+  std::string path;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--check") {
+      check = true;
+    } else if (arg == "-h" || arg == "--help") {
+      usage(stdout);
+      return 0;
+    } else if (arg.starts_with("-") || !path.empty()) {
+      usage(stderr);
+      return exit_bad_file;
+    } else {
+      path = arg;
+    }
+  }
+  if (path.empty()) {
+    usage(stderr);
+    return exit_bad_file;
+  }
+  try {
+    return inspect(path, check);
+  } catch (const ftm::error& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "ftm-inspect: {}\n", e.what());
+    return exit_bad_file;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "ftm-inspect: {}\n", e.what());
+    return exit_bad_file;
+  }
+}
