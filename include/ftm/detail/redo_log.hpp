@@ -360,14 +360,6 @@ class redo_log {
   /// Phase 2 of `d` is done: a checkpoint no longer waits for it.
   void applied(tx_id d) noexcept { ctl_->in_flight[d].store(0, std::memory_order_release); }
 
-  /// A checkpoint, under the append lock: see `checkpoint_locked`.
-  void checkpoint(std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    lock(&ctl_->append, settle, ctx);
-    checkpoint_locked(settle, ctx);
-    pthread_mutex_unlock(&ctl_->append);
-    holding_append() = false;
-  }
-
  private:
   /// Whether this thread holds the append lock (a checkpoint that recovers a dead
   /// committer appends its record itself).
