@@ -177,13 +177,14 @@ void random_transfers(unsigned threads, std::uint32_t accounts, unsigned per_thr
 }  // namespace
 
 TEST_CASE_TEMPLATE("random transfers among 1,000 accounts are serializable", E, FTM_TEST_ENGINES) {
-  SUBCASE("2 threads") { random_transfers<E>(2, 1000, 10000); }
-  SUBCASE("4 threads") { random_transfers<E>(4, 1000, 5000); }
+  constexpr unsigned n = ftm_test::transaction_divisor<E>;
+  SUBCASE("2 threads") { random_transfers<E>(2, 1000, 10000 / n); }
+  SUBCASE("4 threads") { random_transfers<E>(4, 1000, 5000 / n); }
 }
 
 TEST_CASE_TEMPLATE("hot spot: 4 threads on 4 accounts conflict, retry and conserve", E,
                    FTM_TEST_ENGINES) {
-  random_transfers<E>(4, 4, 5000);
+  random_transfers<E>(4, 4, 5000 / ftm_test::transaction_divisor<E>);
 }
 
 TEST_CASE("the serializability checker catches lost updates and cycles") {

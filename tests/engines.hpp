@@ -108,6 +108,13 @@ struct engine_factory<ftm::engines::pmem> {
   }
 };
 
+/// By how much a suite divides its transaction counts for engine `E`: a `power`
+/// commit waits for a device flush (about 100 us), so it runs a tenth of them.
+template <class E>
+inline constexpr unsigned transaction_divisor = 1;
+template <>
+inline constexpr unsigned transaction_divisor<pmem_power> = 10;
+
 }  // namespace ftm_test
 
 // The list TEST_CASE_TEMPLATE instantiates.
