@@ -135,6 +135,25 @@ template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
     rooted_engine<E> && recoverable_engine<E>;
 
+/// An engine that can change bytes of an object past the reach of abort and recovery,
+/// for the few facts that must outlive the transaction that learns them (a port's
+/// delivery count: the receive that aborts, or whose process dies, still happened).
+///
+/// `write_through(t, off, at, src, n)` copies `n` bytes from `src` to bytes
+/// `[at, at + n)` of the object at `off`. Laws:
+/// - `t` must hold the object's write lock (it opened it for writing); otherwise
+///   `ftm::usage_error`, and nothing is written.
+/// - The bytes are the object's working value at once, and the value that `abort()`
+///   and `recover()` restore: neither an abort of `t` nor the death of its process
+///   undoes them. A commit of `t` keeps them (and whatever else `t` wrote).
+/// - A crash inside `write_through` leaves, after recovery, either the old bytes or
+///   the new ones, never a mix within one naturally aligned 8-byte word.
+template <class E>
+concept unlogged_write_engine = engine<E> &&
+    requires(E& e, tx_id t, std::uint64_t off, std::size_t at, const void* src, std::size_t n) {
+  { e.write_through(t, off, at, src, n) } -> std::same_as<void>;
+};
+
 }  // namespace ftm
 
 template <>

@@ -433,6 +433,29 @@ class bank_engine {
   /// Tells the transaction layer that `close` has nothing to do.
   static constexpr bool close_is_noop = true;
 
+  /// Writes bytes `[at, at + n)` of the object at `off`, which `d` holds for writing,
+  /// in both banks: the second bank is what abort and recovery restore, so neither
+  /// undoes the write (models `ftm::unlogged_write_engine`). The second bank first:
+  /// a crash between the two copies is undone to the new bytes.
+  void write_through(tx_id d, std::uint64_t off, std::size_t at, const void* src, std::size_t n) {
+    using namespace bank_layout;
+    if (off < roots_offset || off >= bank_size_ || off % min_block != 0 ||
+        header(off).writer.load(std::memory_order_relaxed) != d + 1) {
+      throw usage_error(fmt::format(
+          "write_through: the transaction does not hold the object at offset {} for writing", off));
+    }
+    if (at > header(off).size || n > header(off).size - at) {
+      throw usage_error(
+          fmt::format("write_through: bytes {}..{} are outside the {}-byte object at "
+                      "offset {}",
+                      at, at + n, header(off).size, off));
+    }
+    std::memcpy(b_ + off + header_size + at, src, n);
+    store_barrier();
+    FTM_FAULT_POINT("write_through.between_banks");
+    std::memcpy(a_ + off + header_size + at, src, n);
+  }
+
   std::uint64_t find_root(tx_id d, std::string_view name, const root_type& t) {
     using namespace bank_layout;
     check_root_name(name);
