@@ -4,15 +4,19 @@
 
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
+#include <ftm/wait.hpp>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 #include <boost/hana/define_struct.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <variant>
 
 #include <sys/prctl.h>
@@ -236,12 +240,14 @@ ENGINE_TEST("a full port fails the send with ftm::port_full, sending nothing") {
 
 ENGINE_TEST("port handles live in stable objects and travel inside messages") {
   auto pool = ftm_test::engine_factory<E>::make();
-  auto [reg, requests] = ftm::atomically(*pool, [](auto& tx) {
+  const auto made = ftm::atomically(*pool, [](auto& tx) {
     auto orders = ftm::make_port<order>(tx, {.capacity = 4});
     auto r = tx.create(registry{orders, 1});
     auto q = ftm::make_port<request>(tx, {.capacity = 4});
     return std::pair{r, q};
   });
+  const auto reg = made.first;  // no structured bindings: lambdas capture them (clang 14)
+  const auto requests = made.second;
   auto replies = ftm::atomically(*pool, [](auto& tx) { return ftm::make_port<reply>(tx); });
   ftm::atomically(*pool, [&](auto& tx) {
     ftm::send(tx, tx.open_read(reg)->orders, order{9, 90});
@@ -363,4 +369,159 @@ ENGINE_TEST("the delivery count survives a receiver killed mid-transaction") {
   s = stats(*pool, p);
   CHECK(s.dead_lettered == 1);
   CHECK(s.deliveries == 3);
+}
+
+// ---- blocking ----------------------------------------------------------------------
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+ENGINE_TEST("receive waits for a committed message, not for an aborted one") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  std::atomic<std::uint32_t> got{0};
+  std::thread receiver([&] {
+    const order o = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive(tx, p); });
+    got = o.id;
+  });
+  std::this_thread::sleep_for(50ms);
+  CHECK(got == 0);
+  ftm::transaction tx{*pool};
+  tx.begin();
+  ftm::send(tx, p, order{1, 0});
+  tx.abort();  // wakes no one, sends nothing
+  std::this_thread::sleep_for(50ms);
+  CHECK(got == 0);
+  send_order(*pool, p, 2);
+  receiver.join();
+  CHECK(got == 2);
+  CHECK(stats(*pool, p).depth == 0);
+}
+
+ENGINE_TEST("receive_for gives up after its timeout, or returns what came in time") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  const auto t0 = steady::now();
+  auto none = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 80ms); });
+  CHECK_FALSE(none.has_value());
+  CHECK(steady::now() - t0 >= 80ms);
+
+  std::thread sender([&] {
+    std::this_thread::sleep_for(30ms);
+    send_order(*pool, p, 4);
+  });
+  const auto t1 = steady::now();
+  auto some = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 10s); });
+  sender.join();
+  REQUIRE(some.has_value());
+  CHECK(some->id == 4);
+  CHECK(steady::now() - t1 < 5s);
+}
+
+ENGINE_TEST("a send to a full port made with when_full::block waits for room") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 1, .on_full = ftm::when_full::block});
+  send_order(*pool, p, 1);
+  std::atomic<bool> sent{false};
+  std::thread sender([&] {
+    send_order(*pool, p, 2);  // blocks: the port is full
+    sent = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  CHECK_FALSE(sent.load());
+  CHECK(receive_now(*pool, p)->id == 1);
+  sender.join();
+  CHECK(sent.load());
+  CHECK(receive_now(*pool, p)->id == 2);
+}
+
+ENGINE_TEST("blocking operations outside ftm::atomically are refused") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  ftm::transaction tx{*pool};
+  tx.begin();
+  CHECK_THROWS_AS(ftm::receive(tx, p), ftm::usage_error);
+  CHECK_THROWS_AS(ftm::receive_for(tx, p, 1ms), ftm::usage_error);
+  tx.abort();
+}
+
+ENGINE_TEST("a receiver in another process is woken by a commit") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+    const auto m = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 20s); });
+    const char c = m ? static_cast<char>(m->id) : 0;
+    (void)!::write(out[1], &c, 1);
+    ::_exit(0);
+  }
+  // Let the child go to sleep on the futex (it may also still be starting: either way
+  // it must get the message).
+  std::this_thread::sleep_for(100ms);
+  const auto t0 = steady::now();
+  send_order(*pool, p, 9);
+  char c = 0;
+  REQUIRE(::read(out[0], &c, 1) == 1);
+  CHECK(c == 9);
+  CHECK(steady::now() - t0 < 10s);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  ::close(out[0]);
+  ::close(out[1]);
+}
+
+ENGINE_TEST("or_else waits on whichever of two ports gets a message") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = make_orders(*pool);
+  auto b = make_orders(*pool);
+  auto take_either = [&] {
+    return ftm::atomically(*pool, [&](auto& tx) {
+      return ftm::or_else(
+          tx,
+          [&](auto& t) {
+            return std::pair{'a', ftm::receive(t, a)};
+          },
+          [&](auto& t) {
+            return std::pair{'b', ftm::receive(t, b)};
+          });
+    });
+  };
+  send_order(*pool, a, 1);
+  CHECK(take_either().first == 'a');
+  send_order(*pool, b, 2);
+  CHECK(take_either().first == 'b');
+  // Both empty: waits, and the second port's message wakes it.
+  std::thread sender([&] {
+    std::this_thread::sleep_for(50ms);
+    send_order(*pool, b, 3);
+  });
+  const auto got = take_either();
+  sender.join();
+  CHECK(got.first == 'b');
+  CHECK(got.second.id == 3);
+}
+
+ENGINE_TEST("retry waits for an object the transaction read to change") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto flag = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  std::thread setter([&] {
+    std::this_thread::sleep_for(50ms);
+    ftm::atomically(*pool, [&](auto& tx) { tx.open(flag)->opened = 7; });
+  });
+  int runs = 0;
+  const auto seen = ftm::atomically(*pool, [&](auto& tx) {
+    ++runs;
+    const std::uint32_t v = tx.open_read(flag)->opened;
+    if (v == 0) ftm::retry(tx, flag);
+    return v;
+  });
+  setter.join();
+  CHECK(seen == 7);
+  CHECK(runs >= 2);
+  CHECK(runs < 100);  // it waited, rather than spinning
 }

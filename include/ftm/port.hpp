@@ -17,6 +17,7 @@
 #include <ftm/reflect.hpp>
 #include <ftm/stable.hpp>
 #include <ftm/transaction.hpp>
+#include <ftm/wait.hpp>
 
 #include <fmt/format.h>
 
@@ -282,9 +283,28 @@ template <class E>
       type, port.offset(), port.depth(), port.header().capacity));
 }
 
+/// Asks `ftm::atomically` to abort, wait until the open port changes (or the
+/// deadline passes) and run the transaction again.
+template <class E>
+[[noreturn]] void wait_for_change(const port_access<E>& port,
+                                  std::chrono::steady_clock::time_point deadline) {
+  throw retry_request(port.tx().engine().watch(port.tx().id(), port.offset()), deadline);
+}
+
 /// A send found the port full: fails, or waits for room (see `when_full`).
 template <class Msg, class E>
 void require_room(const port_access<E>& port) {
+  if (static_cast<when_full>(port.header().on_full) == when_full::block) {
+    if constexpr (watchable_engine<E>) {
+      require_wait_scope("send (to a full port made with when_full::block)");
+      wait_for_change(port, std::chrono::steady_clock::time_point::max());
+    } else {
+      throw usage_error(fmt::format(
+          "ftm::send: the port at offset {} waits when full, which needs an engine that models "
+          "ftm::watchable_engine",
+          port.offset()));
+    }
+  }
   full_port(port, type_name<Msg>());
 }
 
@@ -404,6 +424,32 @@ template <engine E, class Msg>
 std::optional<Msg> try_receive(transaction<E>& tx, stable_port<Msg> port) {
   auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "try_receive");
   return detail::take<Msg>(access);
+}
+
+/// Takes the message at the head of `port`, waiting for one if it is empty: the
+/// transaction aborts, waits without locks for a commit to change the port, and runs
+/// again. Only inside `ftm::atomically`. Aborts put the message back as for
+/// `try_receive`.
+template <watchable_engine E, class Msg>
+Msg receive(transaction<E>& tx, stable_port<Msg> port) {
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive");
+  if (auto m = detail::take<Msg>(access)) return *std::move(m);
+  detail::require_wait_scope("receive");
+  detail::wait_for_change(access, std::chrono::steady_clock::time_point::max());
+}
+
+/// `ftm::receive`, waiting at most `timeout` from the first attempt of the enclosing
+/// `ftm::atomically`; nothing if no message came in time.
+template <watchable_engine E, class Msg, class Rep, class Period>
+std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
+                               std::chrono::duration<Rep, Period> timeout) {
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive_for");
+  if (auto m = detail::take<Msg>(access)) return m;
+  detail::wait_scope& scope = detail::require_wait_scope("receive_for");
+  if (scope.timed_out()) return std::nullopt;
+  detail::wait_for_change(
+      access, scope.deadline_after(
+                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
 }
 
 /// The port's counts, as of `tx` (which takes the port's shared lock).
