@@ -525,3 +525,27 @@ ENGINE_TEST("retry waits for an object the transaction read to change") {
   CHECK(runs >= 2);
   CHECK(runs < 100);  // it waited, rather than spinning
 }
+
+ENGINE_TEST("a poison message reaches the dead-letter port while receivers wait") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto dead = make_orders(*pool, {.capacity = 4, .max_deliveries = 0});
+  auto p = make_orders(*pool, {.capacity = 4, .max_deliveries = 1}, dead);
+  send_order(*pool, p, 6);
+  CHECK(receive_and_abort(*pool, p)->id == 6);  // its one delivery
+  std::atomic<std::uint32_t> got{0};
+  std::thread receiver(
+      [&] { got = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive(tx, p); }).id; });
+  // The receiver finds only the poison message and waits; the move is committed anyway.
+  std::optional<order> buried;
+  for (int i = 0; i < 200 && !buried; ++i) {
+    std::this_thread::sleep_for(10ms);
+    buried = receive_now(*pool, dead);
+  }
+  REQUIRE(buried.has_value());
+  CHECK(buried->id == 6);
+  CHECK(got == 0);
+  send_order(*pool, p, 7);
+  receiver.join();
+  CHECK(got == 7);
+  CHECK(stats(*pool, p).dead_lettered == 1);
+}

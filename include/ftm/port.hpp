@@ -291,6 +291,44 @@ template <class E>
   throw retry_request(port.tx().engine().watch(port.tx().id(), port.offset()), deadline);
 }
 
+/// Commits the moves of the poison messages at the head of a port to its dead-letter
+/// port, which the receive that found them undid when it aborted to wait. Best
+/// effort: if the port is busy, whoever holds it will change it and wake the waiter.
+template <class Msg, class E>
+void bury_poison(void* engine, std::uint64_t offset, std::uint64_t capacity) noexcept {
+  transaction<E> tx(*static_cast<E*>(engine));
+  try {
+    tx.begin();
+    auto port = open_port<Msg, true>(tx, offset, static_cast<std::uint32_t>(capacity), "receive");
+    port_header& h = port.header();
+    bool moved = false;
+    while (h.head != h.tail && h.max_deliveries != 0 &&
+           port.slot(h.head).deliveries >= h.max_deliveries) {
+      bury_head<Msg>(port);
+      moved = true;
+    }
+    if (moved) {
+      tx.commit();
+    } else {
+      tx.abort();
+    }
+  } catch (...) {
+    tx.abort();
+  }
+}
+
+/// A receive found no message to deliver: waits for the port to change, after
+/// burying the poison messages it found, for good.
+template <class Msg, class E>
+[[noreturn]] void wait_for_message(const port_access<E>& port, std::uint64_t buried_before,
+                                   std::chrono::steady_clock::time_point deadline) {
+  retry_request r(port.tx().engine().watch(port.tx().id(), port.offset()), deadline);
+  if (port.header().dead_lettered != buried_before) {
+    r.set_tidy(&bury_poison<Msg, E>, port.offset(), port.header().capacity);
+  }
+  throw r;
+}
+
 /// A send found the port full: fails, or waits for room (see `when_full`).
 template <class Msg, class E>
 void require_room(const port_access<E>& port) {
@@ -433,9 +471,10 @@ std::optional<Msg> try_receive(transaction<E>& tx, stable_port<Msg> port) {
 template <watchable_engine E, class Msg>
 Msg receive(transaction<E>& tx, stable_port<Msg> port) {
   auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive");
+  const std::uint64_t buried = access.header().dead_lettered;
   if (auto m = detail::take<Msg>(access)) return *std::move(m);
   detail::require_wait_scope("receive");
-  detail::wait_for_change(access, std::chrono::steady_clock::time_point::max());
+  detail::wait_for_message<Msg>(access, buried, std::chrono::steady_clock::time_point::max());
 }
 
 /// `ftm::receive`, waiting at most `timeout` from the first attempt of the enclosing
@@ -444,12 +483,14 @@ template <watchable_engine E, class Msg, class Rep, class Period>
 std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
                                std::chrono::duration<Rep, Period> timeout) {
   auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive_for");
+  const std::uint64_t buried = access.header().dead_lettered;
   if (auto m = detail::take<Msg>(access)) return m;
   detail::wait_scope& scope = detail::require_wait_scope("receive_for");
   if (scope.timed_out()) return std::nullopt;
-  detail::wait_for_change(
-      access, scope.deadline_after(
-                  std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
+  detail::wait_for_message<Msg>(
+      access, buried,
+      scope.deadline_after(
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
 }
 
 /// The port's counts, as of `tx` (which takes the port's shared lock).

@@ -241,10 +241,27 @@ class retry_request {
   }
   [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
 
+  /// Work to commit on its own before waiting, which the aborted transaction would
+  /// have undone: `tidy(engine, object, arg)` in a transaction of its own. A port uses
+  /// it to move poison messages to its dead-letter port while its receivers wait.
+  using tidy_function = void (*)(void* engine, std::uint64_t object, std::uint64_t arg) noexcept;
+  void set_tidy(tidy_function f, std::uint64_t object, std::uint64_t arg) noexcept {
+    tidy_ = f;
+    tidy_object_ = object;
+    tidy_arg_ = arg;
+  }
+  /// Runs the tidy-up work, if any, on `engine` (no transaction of this thread active).
+  void tidy(void* engine) const noexcept {
+    if (tidy_ != nullptr) tidy_(engine, tidy_object_, tidy_arg_);
+  }
+
  private:
   std::array<watch_token, max_watches> tokens_{};
   std::size_t count_ = 0;
   clock::time_point deadline_ = clock::time_point::max();
+  tidy_function tidy_ = nullptr;
+  std::uint64_t tidy_object_ = 0;
+  std::uint64_t tidy_arg_ = 0;
 };
 
 namespace detail {
@@ -381,6 +398,7 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
     } catch (const retry_request& wait) {
       tx.abort();
       if constexpr (watchable_engine<E>) {
+        wait.tidy(&engine);
         if (!engine.wait(wait.tokens(), wait.deadline())) waits.set_timed_out();
       } else {
         throw usage_error(
