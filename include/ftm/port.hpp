@@ -534,7 +534,8 @@ struct handler_covers<F, std::variant<Ts...>> {
       return false;
     }
   }
-  static constexpr bool value = (check<Ts>() & ...);
+  // Every alternative is checked (no short-circuit), so each missing one is named.
+  static constexpr bool value = (static_cast<int>(check<Ts>()) + ... + 0) == sizeof...(Ts);
 };
 }  // namespace detail
 
