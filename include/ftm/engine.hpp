@@ -148,8 +148,8 @@ concept engine = transactional_engine<E> && allocating_engine<E> && object_engin
 /// - The bytes are the object's working value at once, and the value that `abort()`
 ///   and `recover()` restore: neither an abort of `t` nor the death of its process
 ///   undoes them. A commit of `t` keeps them (and whatever else `t` wrote).
-/// - A crash inside `write_through` leaves, after recovery, either the old bytes or
-///   the new ones, never a mix within one naturally aligned 8-byte word.
+/// - A crash inside `write_through` leaves, after recovery, the old or the new value
+///   of each naturally aligned word of up to 8 bytes it wrote.
 template <class E>
 concept unlogged_write_engine = engine<E> &&
     requires(E& e, tx_id t, std::uint64_t off, std::size_t at, const void* src, std::size_t n) {

@@ -20,9 +20,11 @@
 #include <chrono>
 #include <concepts>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <stop_token>
 #include <type_traits>
+#include <utility>
 
 namespace ftm {
 

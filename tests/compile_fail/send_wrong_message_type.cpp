@@ -3,7 +3,7 @@
 //
 // expected-error: ftm::send: the port does not carry this message type
 // expected-error-gcc: T = refund
-// expected-error-clang: refund
+// expected-error-clang: ftm::send<.*refund>
 
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>
