@@ -477,15 +477,15 @@ Msg receive(transaction<E>& tx, stable_port<Msg> port) {
   detail::wait_for_message<Msg>(access, buried, std::chrono::steady_clock::time_point::max());
 }
 
-/// `ftm::receive`, waiting at most `timeout` from the first attempt of the enclosing
-/// `ftm::atomically`; nothing if no message came in time.
+/// `ftm::receive`, waiting at most `timeout` from the first time the enclosing
+/// `ftm::atomically` found the port empty; nothing if no message came in time.
 template <watchable_engine E, class Msg, class Rep, class Period>
 std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
                                std::chrono::duration<Rep, Period> timeout) {
   auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive_for");
   const std::uint64_t buried = access.header().dead_lettered;
   if (auto m = detail::take<Msg>(access)) return m;
-  detail::wait_scope& scope = detail::require_wait_scope("receive_for");
+  detail::atomic_scope& scope = detail::require_wait_scope("receive_for");
   if (scope.timed_out()) return std::nullopt;
   detail::wait_for_message<Msg>(
       access, buried,

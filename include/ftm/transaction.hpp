@@ -264,46 +264,6 @@ class retry_request {
   std::uint64_t tidy_arg_ = 0;
 };
 
-namespace detail {
-
-/// What one `atomically()` call knows about its waits: when its first attempt began
-/// (deadlines count from there), and whether the last wait ran out of time.
-class wait_scope {
- public:
-  using clock = std::chrono::steady_clock;
-  wait_scope() noexcept : outer_(innermost()) { innermost() = this; }
-  wait_scope(const wait_scope&) = delete;
-  wait_scope& operator=(const wait_scope&) = delete;
-  ~wait_scope() { innermost() = outer_; }
-
-  /// The scope of the innermost `atomically()` of this thread, or null outside one.
-  static wait_scope* current() noexcept { return innermost(); }
-
-  /// `timeout` after the first attempt began (the clock is read once, when needed).
-  clock::time_point deadline_after(clock::duration timeout) {
-    if (!started_) {
-      start_ = clock::now();
-      started_ = true;
-    }
-    return timeout >= clock::time_point::max() - start_ ? clock::time_point::max()
-                                                        : start_ + timeout;
-  }
-  [[nodiscard]] bool timed_out() const noexcept { return timed_out_; }
-  void set_timed_out() noexcept { timed_out_ = true; }
-
- private:
-  static wait_scope*& innermost() noexcept {
-    thread_local wait_scope* head = nullptr;
-    return head;
-  }
-  wait_scope* outer_;
-  clock::time_point start_{};
-  bool started_ = false;
-  bool timed_out_ = false;
-};
-
-}  // namespace detail
-
 /// How `atomically()` retries a transaction that lost a conflict.
 struct retry_policy {
   std::uint32_t max_attempts = 100000;
@@ -315,6 +275,8 @@ namespace detail {
 /// The pools this thread is inside `atomically()` on, innermost first.
 class atomic_scope {
  public:
+  using clock = std::chrono::steady_clock;
+
   explicit atomic_scope(const void* engine) : engine_(engine), outer_(innermost()) {
     for (const atomic_scope* s = outer_; s != nullptr; s = s->outer_) {
       if (s->engine_ == engine) {
@@ -329,13 +291,34 @@ class atomic_scope {
   atomic_scope& operator=(const atomic_scope&) = delete;
   ~atomic_scope() { innermost() = outer_; }
 
+  /// The innermost `atomically()` of this thread, or null outside one: blocking
+  /// operations keep their deadline and time-out here across attempts.
+  static atomic_scope* current() noexcept { return innermost(); }
+
+  /// `timeout` after the first time an attempt of this `atomically()` asked for a
+  /// deadline (the clock is read then, not on every transaction).
+  clock::time_point deadline_after(clock::duration timeout) {
+    if (!started_) {
+      start_ = clock::now();
+      started_ = true;
+    }
+    return timeout >= clock::time_point::max() - start_ ? clock::time_point::max()
+                                                        : start_ + timeout;
+  }
+  /// Whether the last wait of this `atomically()` ran out of time.
+  [[nodiscard]] bool timed_out() const noexcept { return timed_out_; }
+  void set_timed_out() noexcept { timed_out_ = true; }
+
  private:
-  static const atomic_scope*& innermost() noexcept {
-    thread_local const atomic_scope* head = nullptr;
+  static atomic_scope*& innermost() noexcept {
+    thread_local atomic_scope* head = nullptr;
     return head;
   }
   const void* engine_;
-  const atomic_scope* outer_;
+  atomic_scope* outer_;
+  clock::time_point start_{};
+  bool started_ = false;
+  bool timed_out_ = false;
 };
 
 /// Randomised exponential backoff: spreads out transactions that keep colliding.
@@ -366,8 +349,7 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
                 "ftm::atomically: f must return a value, not a reference: a reference into "
                 "the pool dangles once the transaction ends");
   // An inner transaction on the same pool would wait for the outer one forever.
-  const atomic_scope scope(&engine);
-  wait_scope waits;
+  atomic_scope scope(&engine);
 
   // A retry carries the age of its first conflict, so it wins against newcomers in
   // the end. The first attempt leaves the age to the engine, which takes it only if
@@ -399,7 +381,7 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
       tx.abort();
       if constexpr (watchable_engine<E>) {
         wait.tidy(&engine);
-        if (!engine.wait(wait.tokens(), wait.deadline())) waits.set_timed_out();
+        if (!engine.wait(wait.tokens(), wait.deadline())) scope.set_timed_out();
       } else {
         throw usage_error(
             "ftm: a blocking operation needs an engine that models "

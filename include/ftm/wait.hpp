@@ -23,8 +23,8 @@ namespace ftm {
 namespace detail {
 
 /// The `ftm::atomically` a blocking operation runs in, or a clear error.
-inline wait_scope& require_wait_scope(std::string_view what) {
-  wait_scope* scope = wait_scope::current();
+inline atomic_scope& require_wait_scope(std::string_view what) {
+  atomic_scope* scope = atomic_scope::current();
   if (scope == nullptr) {
     throw usage_error(fmt::format(
         "ftm::{} waits, which only ftm::atomically can do (it aborts the transaction, waits "
