@@ -549,3 +549,25 @@ ENGINE_TEST("a poison message reaches the dead-letter port while receivers wait"
   CHECK(got == 7);
   CHECK(stats(*pool, p).dead_lettered == 1);
 }
+
+ENGINE_TEST("retry without objects waits for anything the transaction opened") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  std::thread setter([&] {
+    std::this_thread::sleep_for(50ms);
+    ftm::atomically(*pool, [&](auto& tx) { tx.open(b)->opened = 3; });
+  });
+  int runs = 0;
+  const auto sum = ftm::atomically(*pool, [&](auto& tx) {
+    ++runs;
+    const std::uint32_t s = tx.open_read(a)->opened + tx.open_read(b)->opened;
+    if (s == 0) ftm::retry(tx);  // b was read second: its change must wake us
+    return s;
+  });
+  setter.join();
+  CHECK(sum == 3);
+  CHECK(runs >= 2);
+  CHECK(runs < 100);
+  CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& t) { ftm::retry(t); }), ftm::usage_error);
+}

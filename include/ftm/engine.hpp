@@ -166,7 +166,9 @@ struct watch_token {
 /// from an empty port) that abort, wait, and run again.
 ///
 /// - `watch(t, off)` registers interest in the object at `off`, which `t` holds a
-///   lock on (`ftm::usage_error` otherwise); `t` then ends (commits or, usually,
+///   lock on (`ftm::usage_error` otherwise); `watch_all(t, out)` in every object `t`
+///   holds a lock on, filling at most `out.size()` tokens (an engine may cover several
+///   objects with one) and returning how many. `t` then ends (commits or, usually,
 ///   aborts) without waiting.
 /// - `wait(tokens, deadline)` then blocks, holding no lock, until a transaction that
 ///   wrote one of the watched objects commits after its `watch`, or a `recover()`
@@ -184,8 +186,9 @@ struct watch_token {
 template <class E>
 concept watchable_engine = engine<E> &&
     requires(E& e, tx_id t, std::uint64_t off, std::span<const watch_token> tokens,
-             std::chrono::steady_clock::time_point deadline) {
+             std::span<watch_token> out, std::chrono::steady_clock::time_point deadline) {
   { e.watch(t, off) } -> std::same_as<watch_token>;
+  { e.watch_all(t, out) } -> std::same_as<std::size_t>;
   { e.wait(tokens, deadline) } -> std::same_as<bool>;
 };
 

@@ -216,7 +216,7 @@ stable<T> root(transaction<E>& tx, std::string_view name) {
 /// `ftm::watchable_engine`.
 class retry_request {
  public:
-  static constexpr std::size_t max_watches = 8;
+  static constexpr std::size_t max_watches = 32;
   using clock = std::chrono::steady_clock;
 
   retry_request() = default;

@@ -14,7 +14,9 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <chrono>
+#include <cstddef>
 #include <string_view>
 #include <utility>
 
@@ -56,15 +58,33 @@ class watch_guard {
 
 }  // namespace detail
 
-/// Aborts the transaction and runs it again once one of `objects` has changed. The
+/// Aborts the transaction and runs it again once one of the objects has changed. The
 /// transaction must have opened each of them (read or write): what it saw is what a
 /// change is measured against. Only inside `ftm::atomically`.
-template <watchable_engine E, class... T>
-[[noreturn]] void retry(transaction<E>& tx, stable<T>... objects) {
-  static_assert(sizeof...(T) > 0, "ftm::retry: name the objects whose change is worth waiting for");
+template <watchable_engine E, class T, class... More>
+[[noreturn]] void retry(transaction<E>& tx, stable<T> object, stable<More>... more) {
   detail::require_wait_scope("retry");
   retry_request r;
-  (r.add(tx.engine().watch(tx.id(), objects.offset())), ...);
+  r.add(tx.engine().watch(tx.id(), object.offset()));
+  (r.add(tx.engine().watch(tx.id(), more.offset())), ...);
+  throw r;
+}
+
+/// Aborts the transaction and runs it again once a commit has changed any object it
+/// opened so far (read or write), as Haskell's `retry` does. Only inside
+/// `ftm::atomically`; `usage_error` if it opened nothing.
+template <watchable_engine E>
+[[noreturn]] void retry(transaction<E>& tx) {
+  detail::require_wait_scope("retry");
+  std::array<watch_token, retry_request::max_watches> tokens{};
+  const std::size_t n = tx.engine().watch_all(tx.id(), tokens);
+  retry_request r;
+  for (std::size_t k = 0; k < n; ++k)
+    r.add(tokens[k]);
+  if (n == 0) {
+    throw usage_error(
+        "ftm::retry: the transaction has opened nothing whose change it could wait for");
+  }
   throw r;
 }
 

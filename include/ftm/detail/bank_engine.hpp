@@ -566,6 +566,32 @@ class bank_engine {
     return {b, w.global.changes.load(std::memory_order_seq_cst)};
   }
 
+  /// Registers interest in every object `d` holds a lock on (but the allocator's
+  /// records), one token per bucket; returns how many tokens it filled.
+  std::size_t watch_all(tx_id d, std::span<watch_token> out) {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    bool taken[watch_buckets] = {};
+    std::size_t n = 0;
+    const std::uint32_t count = slot_at(d).count.load(std::memory_order_relaxed);
+    const log_entry* log = entries(d);
+    for (std::uint32_t i = 0; i < count && n < out.size(); ++i) {
+      const std::uint64_t off = log[i].offset;
+      if (off >= metas_begin && off < chunks_offset_) continue;  // allocation, not data
+      const std::uint32_t b = watch_bucket(off);
+      if (taken[b]) continue;
+      taken[b] = true;
+      w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
+      w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
+      out[n++] = watch_token{b, 0};
+    }
+    // Read after every registration, while the locks are still held (see above).
+    const std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    for (std::size_t k = 0; k < n; ++k)
+      out[k].seen = seen;
+    return n;
+  }
+
   /// Blocks, holding no lock, until a commit may have changed a watched object, or the
   /// deadline passes (false); then unregisters the tokens.
   bool wait(std::span<const watch_token> tokens, std::chrono::steady_clock::time_point deadline) {
