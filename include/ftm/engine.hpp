@@ -8,9 +8,11 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 namespace ftm {
@@ -134,6 +136,61 @@ concept session_engine = requires(E& e, tx_id t, begin_options o) {
 template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
     rooted_engine<E> && recoverable_engine<E>;
+
+/// An engine that can change bytes of an object past the reach of abort and recovery,
+/// for the few facts that must outlive the transaction that learns them (a port's
+/// delivery count: the receive that aborts, or whose process dies, still happened).
+///
+/// `write_through(t, off, at, src, n)` copies `n` bytes from `src` to bytes
+/// `[at, at + n)` of the object at `off`. Laws:
+/// - `t` must hold the object's write lock (it opened it for writing); otherwise
+///   `ftm::usage_error`, and nothing is written.
+/// - The bytes are the object's working value at once, and the value that `abort()`
+///   and `recover()` restore: neither an abort of `t` nor the death of its process
+///   undoes them. A commit of `t` keeps them (and whatever else `t` wrote).
+/// - A crash inside `write_through` leaves, after recovery, the old or the new value
+///   of each naturally aligned word of up to 8 bytes it wrote.
+template <class E>
+concept unlogged_write_engine = engine<E> &&
+    requires(E& e, tx_id t, std::uint64_t off, std::size_t at, const void* src, std::size_t n) {
+  { e.write_through(t, off, at, src, n) } -> std::same_as<void>;
+};
+
+/// What `watch()` registered, handed back to `wait()`. Opaque to the layers above.
+struct watch_token {
+  std::uint32_t slot;  ///< engine-defined: where the registration is
+  std::uint32_t seen;  ///< engine-defined: the change counter when it was made
+};
+
+/// An engine that can wait for objects to change, for blocking operations (a receive
+/// from an empty port) that abort, wait, and run again.
+///
+/// - `watch(t, off)` registers interest in the object at `off`, which `t` holds a
+///   lock on (`ftm::usage_error` otherwise); `watch_all(t, out)` in every object `t`
+///   holds a lock on, filling at most `out.size()` tokens (an engine may cover several
+///   objects with one) and returning how many. `t` then ends (commits or, usually,
+///   aborts) without waiting.
+/// - `wait(tokens, deadline)` then blocks, holding no lock, until a transaction that
+///   wrote one of the watched objects commits after its `watch`, or a `recover()`
+///   finishes a transaction, or the deadline passes; it returns false only for the
+///   deadline, and may return true spuriously. Every token is passed to `wait` once,
+///   in the order `watch` made them: `wait` also unregisters them.
+///
+/// Laws the compiler cannot check:
+/// - No lost wake-up: a commit that changes a watched object after the watcher read
+///   it wakes the watcher, even if it commits before the watcher starts waiting, and
+///   even across processes; `recover()` wakes every watcher, so a committer that dies
+///   before it wakes anyone is made up for by whoever recovers it.
+/// - No cost without waiters: a commit pays no system call, no locked instruction and
+///   no write to memory shared with other committers when nobody waits.
+template <class E>
+concept watchable_engine = engine<E> &&
+    requires(E& e, tx_id t, std::uint64_t off, std::span<const watch_token> tokens,
+             std::span<watch_token> out, std::chrono::steady_clock::time_point deadline) {
+  { e.watch(t, off) } -> std::same_as<watch_token>;
+  { e.watch_all(t, out) } -> std::same_as<std::size_t>;
+  { e.wait(tokens, deadline) } -> std::same_as<bool>;
+};
 
 }  // namespace ftm
 

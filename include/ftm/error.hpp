@@ -24,6 +24,7 @@ enum class errc {
   retry_limit,        ///< atomically() gave up after too many conflicts
   bad_pool,           ///< a pool file is damaged, truncated, foreign or from a newer ftm
   io_error,           ///< the system refused a file operation
+  port_full,          ///< a send found its port at capacity, and the port fails rather than waits
 };
 
 constexpr std::string_view to_string(errc c) noexcept {
@@ -37,6 +38,7 @@ constexpr std::string_view to_string(errc c) noexcept {
     case errc::retry_limit: return "retry limit";
     case errc::bad_pool: return "bad pool";
     case errc::io_error: return "i/o error";
+    case errc::port_full: return "port full";
   }
   return "unknown";
 }
@@ -107,6 +109,13 @@ class bad_pool : public error {
 class io_error : public error {
  public:
   explicit io_error(std::string_view m) : error(errc::io_error, m) {}
+};
+
+/// A send found its port holding as many messages as its capacity, and the port was
+/// made with `ftm::when_full::fail`. The transaction may only abort; nothing was sent.
+class port_full : public error {
+ public:
+  explicit port_full(std::string_view m) : error(errc::port_full, m) {}
 };
 
 }  // namespace ftm

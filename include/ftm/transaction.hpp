@@ -14,11 +14,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <new>
 #include <random>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -206,6 +209,61 @@ stable<T> root(transaction<E>& tx, std::string_view name) {
   return tx.template root<T>(name);
 }
 
+/// Thrown by an operation that cannot go on yet (a receive from an empty port, a send
+/// to a full one): `ftm::atomically` aborts the transaction, waits until one of the
+/// objects it watched changes (or the deadline passes), and runs it again. It is not
+/// an `ftm::error`, so that handlers of errors let it through. Needs an
+/// `ftm::watchable_engine`.
+class retry_request {
+ public:
+  static constexpr std::size_t max_watches = 32;
+  using clock = std::chrono::steady_clock;
+
+  retry_request() = default;
+  retry_request(watch_token t, clock::time_point deadline) : deadline_(deadline) { add(t); }
+
+  /// Watches one more object (its token from the engine's `watch`).
+  void add(watch_token t) {
+    if (count_ == max_watches) {
+      throw usage_error(
+          fmt::format("ftm: a transaction may wait on at most {} objects at once", max_watches));
+    }
+    tokens_[count_++] = t;
+  }
+  /// Waits for the changes `other` waits for too, until the earlier deadline.
+  void merge(const retry_request& other) {
+    for (const watch_token& t : other.tokens())
+      add(t);
+    deadline_ = std::min(deadline_, other.deadline_);
+  }
+  [[nodiscard]] std::span<const watch_token> tokens() const noexcept {
+    return {tokens_.data(), count_};
+  }
+  [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
+
+  /// Work to commit on its own before waiting, which the aborted transaction would
+  /// have undone: `tidy(engine, object, arg)` in a transaction of its own. A port uses
+  /// it to move poison messages to its dead-letter port while its receivers wait.
+  using tidy_function = void (*)(void* engine, std::uint64_t object, std::uint64_t arg) noexcept;
+  void set_tidy(tidy_function f, std::uint64_t object, std::uint64_t arg) noexcept {
+    tidy_ = f;
+    tidy_object_ = object;
+    tidy_arg_ = arg;
+  }
+  /// Runs the tidy-up work, if any, on `engine` (no transaction of this thread active).
+  void tidy(void* engine) const noexcept {
+    if (tidy_ != nullptr) tidy_(engine, tidy_object_, tidy_arg_);
+  }
+
+ private:
+  std::array<watch_token, max_watches> tokens_{};
+  std::size_t count_ = 0;
+  clock::time_point deadline_ = clock::time_point::max();
+  tidy_function tidy_ = nullptr;
+  std::uint64_t tidy_object_ = 0;
+  std::uint64_t tidy_arg_ = 0;
+};
+
 /// How `atomically()` retries a transaction that lost a conflict.
 struct retry_policy {
   std::uint32_t max_attempts = 100000;
@@ -217,6 +275,8 @@ namespace detail {
 /// The pools this thread is inside `atomically()` on, innermost first.
 class atomic_scope {
  public:
+  using clock = std::chrono::steady_clock;
+
   explicit atomic_scope(const void* engine) : engine_(engine), outer_(innermost()) {
     for (const atomic_scope* s = outer_; s != nullptr; s = s->outer_) {
       if (s->engine_ == engine) {
@@ -231,13 +291,34 @@ class atomic_scope {
   atomic_scope& operator=(const atomic_scope&) = delete;
   ~atomic_scope() { innermost() = outer_; }
 
+  /// The innermost `atomically()` of this thread, or null outside one: blocking
+  /// operations keep their deadline and time-out here across attempts.
+  static atomic_scope* current() noexcept { return innermost(); }
+
+  /// `timeout` after the first time an attempt of this `atomically()` asked for a
+  /// deadline (the clock is read then, not on every transaction).
+  clock::time_point deadline_after(clock::duration timeout) {
+    if (!started_) {
+      start_ = clock::now();
+      started_ = true;
+    }
+    return timeout >= clock::time_point::max() - start_ ? clock::time_point::max()
+                                                        : start_ + timeout;
+  }
+  /// Whether the last wait of this `atomically()` ran out of time.
+  [[nodiscard]] bool timed_out() const noexcept { return timed_out_; }
+  void set_timed_out() noexcept { timed_out_ = true; }
+
  private:
-  static const atomic_scope*& innermost() noexcept {
-    thread_local const atomic_scope* head = nullptr;
+  static atomic_scope*& innermost() noexcept {
+    thread_local atomic_scope* head = nullptr;
     return head;
   }
   const void* engine_;
-  const atomic_scope* outer_;
+  atomic_scope* outer_;
+  clock::time_point start_{};
+  bool started_ = false;
+  bool timed_out_ = false;
 };
 
 /// Randomised exponential backoff: spreads out transactions that keep colliding.
@@ -268,7 +349,7 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
                 "ftm::atomically: f must return a value, not a reference: a reference into "
                 "the pool dangles once the transaction ends");
   // An inner transaction on the same pool would wait for the outer one forever.
-  const atomic_scope scope(&engine);
+  atomic_scope scope(&engine);
 
   // A retry carries the age of its first conflict, so it wins against newcomers in
   // the end. The first attempt leaves the age to the engine, which takes it only if
@@ -296,6 +377,16 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
                         options.attempt, lost.what()));
       }
       backoff(options.attempt, policy.max_backoff);
+    } catch (const retry_request& wait) {
+      tx.abort();
+      if constexpr (watchable_engine<E>) {
+        wait.tidy(&engine);
+        if (!engine.wait(wait.tokens(), wait.deadline())) scope.set_timed_out();
+      } else {
+        throw usage_error(
+            "ftm: a blocking operation needs an engine that models "
+            "ftm::watchable_engine; use the try_ operation instead");
+      }
     }
   }
 }
@@ -308,7 +399,9 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
 /// again, after a randomised backoff, when it loses a lock conflict (`ftm::conflict`).
 /// `f` may therefore run more than once: its effects on stable objects happen once,
 /// its other side effects should be idempotent. Throws `ftm::retry_limit` after
-/// `policy.max_attempts` conflicts.
+/// `policy.max_attempts` conflicts. When `f` throws `ftm::retry_request` (a blocking
+/// receive found nothing), aborts, waits without locks for a watched object to
+/// change, and runs `f` again.
 template <engine E, class F>
 requires std::invocable < F&, transaction<E>
 & > auto atomically(E& engine, F&& f, retry_policy policy = {})

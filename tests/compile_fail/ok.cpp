@@ -3,6 +3,7 @@
 
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>
+#include <ftm/port.hpp>
 
 #include <boost/hana/define_struct.hpp>
 
@@ -45,4 +46,22 @@ long total(ftm::engines::dual_bank& pool, ftm::stable<account> a) {
     long sum = tx.open_read(a)->balance + tx.open_read(b)->balance;
     return sum;
   });
+}
+
+// A port gets its own message type or one of its alternatives, and a handler covers
+// every alternative (send_wrong_message_type, handler_missing_type).
+struct cancel {
+  long id;
+};
+
+long drain(ftm::transaction<ftm::engines::dual_bank>& tx, ftm::stable_port<account> accounts,
+           ftm::multi_port<account, cancel> mixed) {
+  ftm::send(tx, accounts, account{1});
+  ftm::send(tx, mixed, cancel{2});
+  long sum = 0;
+  if (auto m = ftm::try_receive(tx, mixed)) {
+    ftm::handle(*m, ftm::overloaded{[&](const account& a) { sum += a.balance; },
+                                    [&](const cancel& c) { sum -= c.id; }});
+  }
+  return sum;
 }

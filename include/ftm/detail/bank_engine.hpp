@@ -21,15 +21,21 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <chrono>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 namespace ftm::detail::bank_layout {
@@ -102,6 +108,25 @@ struct pool_header {
   std::uint64_t map_size;
   char boot_id[40];  // the boot the pool's owners belong to (for pools that outlive one)
 };
+
+/// The watchers' table, in the control page after the pool header (zero in a fresh
+/// pool and in pool files made before it existed). `global.changes` is the futex
+/// word watchers sleep on, bumped by every wake; `global.watchers` counts the
+/// watchers of the whole pool, so a commit with nobody waiting reads one word; each
+/// bucket counts the watchers of the objects that hash to it. Each on its own cache
+/// line: committers only read them unless someone waits.
+struct alignas(64) watch_line {
+  std::atomic<std::uint32_t> changes;
+  std::atomic<std::uint32_t> watchers;
+};
+inline constexpr std::uint32_t watch_buckets = 31;
+struct watch_table {
+  watch_line global;
+  watch_line buckets[watch_buckets];
+};
+inline constexpr std::uint64_t watch_begin = 2048;
+static_assert(sizeof(pool_header) <= watch_begin);
+static_assert(watch_begin + sizeof(watch_table) <= slots_begin);
 
 /// A named root: its name, its type's name and fingerprint, and the object.
 struct root_entry {
@@ -353,6 +378,7 @@ class bank_engine {
       FTM_FAULT_POINT("commit.before_release");
     }
     release_locks(d, (s.flags & locked_records) != 0);
+    notify_watchers(d);
     bump(s.commits);
     finish(s);
   }
@@ -453,6 +479,28 @@ class bank_engine {
   /// Tells the transaction layer that `close` has nothing to do.
   static constexpr bool close_is_noop = true;
 
+  /// Writes bytes `[at, at + n)` of the object at `off`, which `d` holds for writing,
+  /// in both banks: the second bank is what abort and recovery restore, so neither
+  /// undoes the write (models `ftm::unlogged_write_engine`). The second bank first:
+  /// a crash between the two copies is undone to the new bytes.
+  void write_through(tx_id d, std::uint64_t off, std::size_t at, const void* src, std::size_t n) {
+    using namespace bank_layout;
+    if (off < roots_offset || off >= bank_size_ || off % min_block != 0 ||
+        header(off).writer.load(std::memory_order_relaxed) != d + 1) {
+      throw usage_error(fmt::format(
+          "write_through: the transaction does not hold the object at offset {} for writing", off));
+    }
+    if (at > header(off).size || n > header(off).size - at) {
+      throw usage_error(
+          fmt::format("write_through: bytes {}..{} are outside the {}-byte object at "
+                      "offset {}",
+                      at, at + n, header(off).size, off));
+    }
+    std::memcpy(b_ + off + header_size + at, src, n);
+    store_barrier();
+    std::memcpy(a_ + off + header_size + at, src, n);
+  }
+
   std::uint64_t find_root(tx_id d, std::string_view name, const root_type& t) {
     using namespace bank_layout;
     check_root_name(name);
@@ -508,6 +556,89 @@ class bank_engine {
     r.offset = off;
     r.size = static_cast<std::uint32_t>(t.object.size);
     r.used = 1;
+  }
+
+  // ---- waiting for changes (ftm::watchable_engine) -----------------------------
+  //
+  // No lost wake-up, without a fence in commit: a watcher registers (two locked
+  // increments) and reads `changes` while its transaction still holds a lock on the
+  // object, and only then ends the transaction. A committer that changes the object
+  // later must take that lock after the watcher released it, so the release and the
+  // acquire order the registration before the committer's check of the counts (a
+  // plain load after its own release): it sees the watcher and bumps `changes`, and
+  // the watcher's futex wait, made with the value it read under the lock, returns at
+  // once or is woken. A committer that held the lock before the watcher took it made
+  // its change visible to the watcher's transaction, which then does not wait.
+
+  /// Registers interest in the object at `off`, which `d` holds a lock on.
+  watch_token watch(tx_id d, std::uint64_t off) {
+    using namespace bank_layout;
+    if (off < roots_offset || off >= bank_size_ || off % min_block != 0 ||
+        (header(off).writer.load(std::memory_order_relaxed) != d + 1 &&
+         (header(off).readers.load(std::memory_order_relaxed) & bit(d)) == 0)) {
+      throw usage_error(
+          fmt::format("watch: the transaction holds no lock on the object at offset {}", off));
+    }
+    watch_table& w = watches();
+    const std::uint32_t b = watch_bucket(off);
+    w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
+    w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
+    return {b, w.global.changes.load(std::memory_order_seq_cst)};
+  }
+
+  /// Registers interest in every object `d` holds a lock on (but the allocator's
+  /// records), one token per bucket; returns how many tokens it filled.
+  std::size_t watch_all(tx_id d, std::span<watch_token> out) {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    bool taken[watch_buckets] = {};
+    std::size_t n = 0;
+    const std::uint32_t count = slot_at(d).count.load(std::memory_order_relaxed);
+    const log_entry* log = entries(d);
+    for (std::uint32_t i = 0; i < count && n < out.size(); ++i) {
+      const std::uint64_t off = log[i].offset;
+      if (off >= metas_begin && off < chunks_offset_) continue;  // allocation, not data
+      const std::uint32_t b = watch_bucket(off);
+      if (taken[b]) continue;
+      taken[b] = true;
+      w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
+      w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
+      out[n++] = watch_token{b, 0};
+    }
+    // Read after every registration, while the locks are still held (see above).
+    const std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    for (std::size_t k = 0; k < n; ++k)
+      out[k].seen = seen;
+    return n;
+  }
+
+  /// Blocks, holding no lock, until a commit may have changed a watched object, or the
+  /// deadline passes (false); then unregisters the tokens.
+  bool wait(std::span<const watch_token> tokens, std::chrono::steady_clock::time_point deadline) {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    bool in_time = true;
+    if (!tokens.empty()) {
+      const std::uint32_t seen = tokens.front().seen;  // the oldest: any change since counts
+      while (w.global.changes.load(std::memory_order_acquire) == seen) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) {
+          in_time = false;
+          break;
+        }
+        const auto left = std::min<std::chrono::nanoseconds>(deadline - now, std::chrono::hours(1));
+        timespec ts{};
+        ts.tv_sec = static_cast<time_t>(left.count() / 1000000000);
+        ts.tv_nsec = static_cast<long>(left.count() % 1000000000);
+        // Not FUTEX_PRIVATE_FLAG: watchers and committers are in different processes.
+        if (::syscall(SYS_futex, futex_word(w), FUTEX_WAIT, seen, &ts, nullptr, 0) == 0) break;
+      }
+    }
+    for (const watch_token& t : tokens) {
+      w.buckets[t.slot % watch_buckets].watchers.fetch_sub(1, std::memory_order_release);
+      w.global.watchers.fetch_sub(1, std::memory_order_release);
+    }
+    return in_time;
   }
 
   /// Aborts the transactions of owners that died (undoing them from the second bank)
@@ -1326,7 +1457,49 @@ class bank_engine {
     }
     report.locks_released += release_locks(d);
     finish(s, /*release=*/true);
+    // Its commit may have changed what someone waits for, and it wakes no one now.
+    wake_watchers();
     return true;
+  }
+
+  // ---- waking watchers -----------------------------------------------------------
+
+  bank_layout::watch_table& watches() const noexcept {
+    return *std::launder(
+        reinterpret_cast<bank_layout::watch_table*>(base_ + bank_layout::watch_begin));
+  }
+  static std::uint32_t* futex_word(bank_layout::watch_table& w) noexcept {
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    return reinterpret_cast<std::uint32_t*>(&w.global.changes);
+  }
+  static std::uint32_t watch_bucket(std::uint64_t off) noexcept {
+    return static_cast<std::uint32_t>(((off >> 6) * 0x9e3779b97f4a7c15ull >> 32) %
+                                      bank_layout::watch_buckets);
+  }
+
+  /// After commit released `d`'s locks: wakes the watchers if it wrote an object that
+  /// hashes to a bucket with watchers. Without watchers, one plain load.
+  void notify_watchers(tx_id d) noexcept {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    if (w.global.watchers.load(std::memory_order_relaxed) == 0) return;
+    const std::uint32_t n = slot_at(d).count.load(std::memory_order_relaxed);
+    const log_entry* log = entries(d);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (log[i].kind == entry_kind::write &&
+          w.buckets[watch_bucket(log[i].offset)].watchers.load(std::memory_order_relaxed) != 0) {
+        wake_watchers();
+        return;
+      }
+    }
+  }
+
+  /// Wakes every watcher of the pool, if there is one.
+  void wake_watchers() noexcept {
+    bank_layout::watch_table& w = watches();
+    if (w.global.watchers.load(std::memory_order_seq_cst) == 0) return;
+    w.global.changes.fetch_add(1, std::memory_order_seq_cst);
+    ::syscall(SYS_futex, futex_word(w), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
   }
 
   commit_log* log_ = nullptr;  // pmem's `power` level: called between the phases

@@ -40,9 +40,9 @@ inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
 inline constexpr std::uint32_t wal_version = 1;
 inline constexpr std::uint64_t records_begin = 4096;  // the file header has the first page
 
-/// Where the log's shared state lives in the pool: in the header page, after the pool
-/// header.
-inline constexpr std::uint64_t control_offset = 2048;
+/// Where the log's shared state lives in the pool: in the header page, between the
+/// pool header and the watchers' table.
+inline constexpr std::uint64_t control_offset = 1024;
 
 /// The first bytes of the log file. Rewritten (and flushed) by every checkpoint with a
 /// new epoch, which makes every record already in the file stale.
@@ -84,7 +84,7 @@ struct control {
   std::atomic<std::uint64_t> epoch;
   std::atomic<std::uint32_t> in_flight[bank_layout::max_slots];  // logged, phase 2 not done
 };
-static_assert(control_offset + sizeof(control) <= bank_layout::slots_begin);
+static_assert(control_offset + sizeof(control) <= bank_layout::watch_begin);
 static_assert(sizeof(bank_layout::pool_header) <= control_offset);
 
 /// A 64-bit checksum of `n` bytes (a multiple of 8), seeded.

@@ -1,0 +1,573 @@
+// Stable ports on every engine: commit and abort, redelivery, dead letters, capacity,
+// messages of several types, statistics, and a receiver killed mid-transaction.
+#include "engines.hpp"
+
+#include <ftm/ftm.hpp>
+#include <ftm/port.hpp>
+#include <ftm/wait.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+#include <boost/hana/define_struct.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <variant>
+
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <csignal>
+
+namespace {
+
+struct order {
+  BOOST_HANA_DEFINE_STRUCT(order, (std::uint32_t, id), (std::int64_t, amount));
+};
+
+struct reply {
+  std::uint32_t id;
+  std::int64_t total;
+};
+
+struct request {
+  std::uint32_t id;
+  ftm::stable_port<reply> reply_to;  // a port handle travels inside a message
+};
+
+struct cancel {
+  std::uint32_t id;
+};
+
+/// A stable object that keeps a port handle.
+struct registry {
+  ftm::stable_port<order> orders;
+  std::uint32_t opened;
+};
+
+template <class E>
+ftm::stable_port<order> make_orders(E& pool, ftm::port_options o = {},
+                                    ftm::stable_port<order> dead = {}) {
+  return ftm::atomically(pool, [&](auto& tx) { return ftm::make_port<order>(tx, o, dead); });
+}
+
+template <class E>
+void send_order(E& pool, ftm::stable_port<order> p, std::uint32_t id) {
+  ftm::atomically(pool, [&](auto& tx) { ftm::send(tx, p, order{id, 10 * id}); });
+}
+
+template <class E, class Msg>
+std::optional<Msg> receive_now(E& pool, ftm::stable_port<Msg> p) {
+  return ftm::atomically(pool, [&](auto& tx) { return ftm::try_receive(tx, p); });
+}
+
+template <class E, class Msg>
+ftm::port_stats stats(E& pool, ftm::stable_port<Msg> p) {
+  return ftm::atomically(pool, [&](auto& tx) { return ftm::port_stats_of(tx, p); });
+}
+
+/// Receives in a transaction that then aborts; returns what it took.
+template <class E, class Msg>
+std::optional<Msg> receive_and_abort(E& pool, ftm::stable_port<Msg> p) {
+  ftm::transaction tx{pool};
+  tx.begin();
+  auto m = ftm::try_receive(tx, p);
+  tx.abort();
+  return m;
+}
+
+}  // namespace
+
+#define ENGINE_TEST(name) TEST_CASE_TEMPLATE(name, E, FTM_TEST_ENGINES)
+
+ENGINE_TEST("a send takes effect at commit; an aborted send sends nothing") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  CHECK_FALSE(receive_now(*pool, p).has_value());
+
+  ftm::transaction tx{*pool};
+  tx.begin();
+  ftm::send(tx, p, order{1, 10});
+  tx.abort();
+  CHECK_FALSE(receive_now(*pool, p).has_value());
+  CHECK(stats(*pool, p).sent == 0);
+
+  CHECK_THROWS_AS(ftm::atomically(*pool,
+                                  [&](auto& t) {
+                                    ftm::send(t, p, order{2, 20});
+                                    throw std::runtime_error("the sender fails");
+                                  }),
+                  std::runtime_error);
+  CHECK_FALSE(receive_now(*pool, p).has_value());
+
+  send_order(*pool, p, 3);
+  send_order(*pool, p, 4);
+  auto a = receive_now(*pool, p);
+  auto b = receive_now(*pool, p);
+  REQUIRE(a.has_value());
+  REQUIRE(b.has_value());
+  CHECK(a->id == 3);
+  CHECK(a->amount == 30);
+  CHECK(b->id == 4);
+  CHECK_FALSE(receive_now(*pool, p).has_value());
+  const auto s = stats(*pool, p);
+  CHECK(s.sent == 2);
+  CHECK(s.received == 2);
+  CHECK(s.depth == 0);
+}
+
+ENGINE_TEST("messages sent in one transaction are received in order, around the ring") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 3});
+  std::uint32_t next_sent = 0;
+  std::uint32_t next_received = 0;
+  for (int round = 0; round < 5; ++round) {  // wraps the ring several times
+    ftm::atomically(*pool, [&](auto& tx) {
+      for (std::uint32_t k = 0; k < 3; ++k)
+        ftm::send(tx, p, order{next_sent + k, 0});
+    });
+    next_sent += 3;
+    while (auto m = receive_now(*pool, p)) {
+      CHECK(m->id == next_received);
+      ++next_received;
+    }
+  }
+  CHECK(next_received == 15);
+}
+
+ENGINE_TEST("an aborted receive puts the message back at the head, counted") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  send_order(*pool, p, 1);
+  send_order(*pool, p, 2);
+
+  auto first = receive_and_abort(*pool, p);
+  REQUIRE(first.has_value());
+  CHECK(first->id == 1);
+  auto s = stats(*pool, p);
+  CHECK(s.depth == 2);
+  CHECK(s.in_flight == 1);  // delivered once, not completed
+  CHECK(s.deliveries == 1);
+  CHECK(s.redelivered == 0);
+  CHECK(s.received == 0);
+
+  // A receive in a transaction that throws puts it back too.
+  CHECK_THROWS_AS(ftm::atomically(*pool,
+                                  [&](auto& tx) {
+                                    auto m = ftm::try_receive(tx, p);
+                                    CHECK(m->id == 1);
+                                    throw std::runtime_error("the handler fails");
+                                  }),
+                  std::runtime_error);
+
+  auto again = receive_now(*pool, p);
+  REQUIRE(again.has_value());
+  CHECK(again->id == 1);  // still at the head: FIFO order kept
+  s = stats(*pool, p);
+  CHECK(s.deliveries == 3);
+  CHECK(s.redelivered == 2);
+  CHECK(s.received == 1);
+  CHECK(s.in_flight == 0);
+  CHECK(s.depth == 1);
+}
+
+ENGINE_TEST("a message delivered max_deliveries times goes to the dead-letter port") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto dead = make_orders(*pool, {.capacity = 4, .max_deliveries = 0});
+  auto p = make_orders(*pool, {.capacity = 8, .max_deliveries = 3}, dead);
+  send_order(*pool, p, 7);
+  send_order(*pool, p, 8);
+  for (int k = 0; k < 3; ++k) {
+    auto m = receive_and_abort(*pool, p);
+    REQUIRE(m.has_value());
+    CHECK(m->id == 7);
+  }
+  // The fourth attempt is not a delivery: 7 goes to the dead-letter port, 8 comes.
+  auto next = receive_now(*pool, p);
+  REQUIRE(next.has_value());
+  CHECK(next->id == 8);
+  auto buried = receive_now(*pool, dead);
+  REQUIRE(buried.has_value());
+  CHECK(buried->id == 7);
+  CHECK(buried->amount == 70);
+  const auto s = stats(*pool, p);
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.deliveries == 4);
+  CHECK(s.redelivered == 2);
+  CHECK(s.depth == 0);
+  CHECK(stats(*pool, dead).sent == 1);
+}
+
+ENGINE_TEST("without a dead-letter port, a poison message is dropped and counted") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 4, .max_deliveries = 1});
+  send_order(*pool, p, 5);
+  CHECK(receive_and_abort(*pool, p)->id == 5);
+  CHECK_FALSE(receive_now(*pool, p).has_value());
+  const auto s = stats(*pool, p);
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.depth == 0);
+}
+
+ENGINE_TEST("a full port fails the send with ftm::port_full, sending nothing") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 2, .on_full = ftm::when_full::fail});
+  send_order(*pool, p, 1);
+  send_order(*pool, p, 2);
+  try {
+    ftm::atomically(*pool, [&](auto& tx) {
+      ftm::send(tx, p, order{3, 0});
+      FAIL("the send to a full port returned");
+    });
+    FAIL("no ftm::port_full");
+  } catch (const ftm::port_full& e) {
+    CHECK(e.code() == ftm::errc::port_full);
+    CHECK(std::string(e.what()).find("is full (2 of 2 messages)") != std::string::npos);
+  }
+  // Room again after a receive; a transaction that makes room itself may send.
+  ftm::atomically(*pool, [&](auto& tx) {
+    CHECK(ftm::try_receive(tx, p)->id == 1);
+    ftm::send(tx, p, order{3, 0});
+  });
+  CHECK(receive_now(*pool, p)->id == 2);
+  CHECK(receive_now(*pool, p)->id == 3);
+}
+
+ENGINE_TEST("port handles live in stable objects and travel inside messages") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto made = ftm::atomically(*pool, [](auto& tx) {
+    auto orders = ftm::make_port<order>(tx, {.capacity = 4});
+    auto r = tx.create(registry{orders, 1});
+    auto q = ftm::make_port<request>(tx, {.capacity = 4});
+    return std::pair{r, q};
+  });
+  const auto reg = made.first;  // no structured bindings: lambdas capture them (clang 14)
+  const auto requests = made.second;
+  auto replies = ftm::atomically(*pool, [](auto& tx) { return ftm::make_port<reply>(tx); });
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, tx.open_read(reg)->orders, order{9, 90});
+    ftm::send(tx, requests, request{42, replies});
+  });
+  // The server answers on the port named in the request.
+  ftm::atomically(*pool, [&](auto& tx) {
+    auto req = ftm::try_receive(tx, requests);
+    REQUIRE(req.has_value());
+    auto o = ftm::try_receive(tx, tx.open_read(reg)->orders);
+    REQUIRE(o.has_value());
+    ftm::send(tx, req->reply_to, reply{req->id, o->amount});
+  });
+  auto r = receive_now(*pool, replies);
+  REQUIRE(r.has_value());
+  CHECK(r->id == 42);
+  CHECK(r->total == 90);
+  CHECK(fmt::format("{}", replies).find("stable_port<reply>@") == 0);
+}
+
+ENGINE_TEST("a port over several message types, with a handler for each") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  using msg = std::variant<order, cancel>;
+  auto p = ftm::atomically(*pool, [](auto& tx) { return ftm::make_port<msg>(tx); });
+  static_assert(std::is_same_v<decltype(p), ftm::multi_port<order, cancel>>);
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, p, order{1, 100});
+    ftm::send(tx, p, cancel{1});
+    ftm::send(tx, p, order{2, 5});
+  });
+  std::int64_t total = 0;
+  int cancels = 0;
+  for (;;) {
+    auto m = receive_now(*pool, p);
+    if (!m) break;
+    const std::string seen =
+        ftm::handle(*m, ftm::overloaded{[&](const order& o) {
+                                          total += o.amount;
+                                          return fmt::format("order {}", o.id);
+                                        },
+                                        [&](const cancel& c) {
+                                          ++cancels;
+                                          return fmt::format("cancel {}", c.id);
+                                        }});
+    CHECK(!seen.empty());
+  }
+  CHECK(total == 105);
+  CHECK(cancels == 1);
+}
+
+ENGINE_TEST("port statistics print with fmt") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 8});
+  send_order(*pool, p, 1);
+  send_order(*pool, p, 2);
+  receive_and_abort(*pool, p);
+  CHECK(fmt::format("{}", stats(*pool, p)) ==
+        "depth: 2/8, in flight: 1, sent: 2, received: 0, deliveries: 1, redelivered: 0, "
+        "dead-lettered: 0");
+}
+
+ENGINE_TEST("misused port handles are refused with ftm errors") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 4});
+  ftm::stable_port<order> null_port;
+  CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& tx) { ftm::send(tx, null_port, order{}); }),
+                  ftm::usage_error);
+  // The same object seen as a port of another message type.
+  const ftm::stable_port<reply> wrong{ftm::detail::from_offset, p.offset(), p.capacity()};
+  CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& tx) { return ftm::try_receive(tx, wrong); }),
+                  ftm::type_mismatch);
+  ftm::transaction tx{*pool};
+  CHECK_THROWS_AS(ftm::try_receive(tx, p), ftm::usage_error);  // not begun
+  CHECK_THROWS_AS(
+      ftm::atomically(*pool, [&](auto& t) { return ftm::make_port<order>(t, {.capacity = 0}); }),
+      ftm::invalid_argument);
+}
+
+ENGINE_TEST("the delivery count survives a receiver killed mid-transaction") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 4, .max_deliveries = 2});
+  send_order(*pool, p, 11);
+  send_order(*pool, p, 12);
+  auto kill_a_receiver = [&] {
+    int ready[2];
+    REQUIRE(::pipe(ready) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+      ftm::transaction tx{*pool};
+      tx.begin();
+      auto m = ftm::try_receive(tx, p);
+      const char c = m ? static_cast<char>(m->id) : 0;
+      (void)!::write(ready[1], &c, 1);
+      ::pause();  // killed here, holding the message
+      ::_exit(0);
+    }
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+    ::kill(child, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status));
+    ::close(ready[0]);
+    ::close(ready[1]);
+    CHECK(pool->recover().undone == 1);
+    return static_cast<std::uint32_t>(c);
+  };
+  CHECK(kill_a_receiver() == 11);
+  auto s = stats(*pool, p);
+  CHECK(s.depth == 2);      // the message is back ...
+  CHECK(s.in_flight == 1);  // ... counted as delivered once
+  CHECK(s.deliveries == 1);
+  CHECK(kill_a_receiver() == 11);  // at the head
+  CHECK(stats(*pool, p).redelivered == 1);
+  // Two deliveries, both lost: the next receive buries 11 and delivers 12.
+  CHECK(receive_now(*pool, p)->id == 12);
+  s = stats(*pool, p);
+  CHECK(s.dead_lettered == 1);
+  CHECK(s.deliveries == 3);
+}
+
+// ---- blocking ----------------------------------------------------------------------
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+ENGINE_TEST("receive waits for a committed message, not for an aborted one") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  std::atomic<std::uint32_t> got{0};
+  std::thread receiver([&] {
+    const order o = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive(tx, p); });
+    got = o.id;
+  });
+  std::this_thread::sleep_for(50ms);
+  CHECK(got == 0);
+  ftm::transaction tx{*pool};
+  tx.begin();
+  ftm::send(tx, p, order{1, 0});
+  tx.abort();  // wakes no one, sends nothing
+  std::this_thread::sleep_for(50ms);
+  CHECK(got == 0);
+  send_order(*pool, p, 2);
+  receiver.join();
+  CHECK(got == 2);
+  CHECK(stats(*pool, p).depth == 0);
+}
+
+ENGINE_TEST("receive_for gives up after its timeout, or returns what came in time") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  const auto t0 = steady::now();
+  auto none = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 80ms); });
+  CHECK_FALSE(none.has_value());
+  CHECK(steady::now() - t0 >= 80ms);
+
+  std::thread sender([&] {
+    std::this_thread::sleep_for(30ms);
+    send_order(*pool, p, 4);
+  });
+  const auto t1 = steady::now();
+  auto some = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 10s); });
+  sender.join();
+  REQUIRE(some.has_value());
+  CHECK(some->id == 4);
+  CHECK(steady::now() - t1 < 5s);
+}
+
+ENGINE_TEST("a send to a full port made with when_full::block waits for room") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 1, .on_full = ftm::when_full::block});
+  send_order(*pool, p, 1);
+  std::atomic<bool> sent{false};
+  std::thread sender([&] {
+    send_order(*pool, p, 2);  // blocks: the port is full
+    sent = true;
+  });
+  std::this_thread::sleep_for(50ms);
+  CHECK_FALSE(sent.load());
+  CHECK(receive_now(*pool, p)->id == 1);
+  sender.join();
+  CHECK(sent.load());
+  CHECK(receive_now(*pool, p)->id == 2);
+}
+
+ENGINE_TEST("blocking operations outside ftm::atomically are refused") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  ftm::transaction tx{*pool};
+  tx.begin();
+  CHECK_THROWS_AS(ftm::receive(tx, p), ftm::usage_error);
+  CHECK_THROWS_AS(ftm::receive_for(tx, p, 1ms), ftm::usage_error);
+  tx.abort();
+}
+
+ENGINE_TEST("a receiver in another process is woken by a commit") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool);
+  int out[2];
+  REQUIRE(::pipe(out) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+    const auto m = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 20s); });
+    const char c = m ? static_cast<char>(m->id) : 0;
+    (void)!::write(out[1], &c, 1);
+    ::_exit(0);
+  }
+  // Let the child go to sleep on the futex (it may also still be starting: either way
+  // it must get the message).
+  std::this_thread::sleep_for(100ms);
+  const auto t0 = steady::now();
+  send_order(*pool, p, 9);
+  char c = 0;
+  REQUIRE(::read(out[0], &c, 1) == 1);
+  CHECK(c == 9);
+  CHECK(steady::now() - t0 < 10s);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  ::close(out[0]);
+  ::close(out[1]);
+}
+
+ENGINE_TEST("or_else waits on whichever of two ports gets a message") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = make_orders(*pool);
+  auto b = make_orders(*pool);
+  auto take_either = [&] {
+    return ftm::atomically(*pool, [&](auto& tx) {
+      return ftm::or_else(
+          tx,
+          [&](auto& t) {
+            return std::pair{'a', ftm::receive(t, a)};
+          },
+          [&](auto& t) {
+            return std::pair{'b', ftm::receive(t, b)};
+          });
+    });
+  };
+  send_order(*pool, a, 1);
+  CHECK(take_either().first == 'a');
+  send_order(*pool, b, 2);
+  CHECK(take_either().first == 'b');
+  // Both empty: waits, and the second port's message wakes it.
+  std::thread sender([&] {
+    std::this_thread::sleep_for(50ms);
+    send_order(*pool, b, 3);
+  });
+  const auto got = take_either();
+  sender.join();
+  CHECK(got.first == 'b');
+  CHECK(got.second.id == 3);
+}
+
+ENGINE_TEST("retry waits for an object the transaction read to change") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto flag = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  std::thread setter([&] {
+    std::this_thread::sleep_for(50ms);
+    ftm::atomically(*pool, [&](auto& tx) { tx.open(flag)->opened = 7; });
+  });
+  int runs = 0;
+  const auto seen = ftm::atomically(*pool, [&](auto& tx) {
+    ++runs;
+    const std::uint32_t v = tx.open_read(flag)->opened;
+    if (v == 0) ftm::retry(tx, flag);
+    return v;
+  });
+  setter.join();
+  CHECK(seen == 7);
+  CHECK(runs >= 2);
+  CHECK(runs < 100);  // it waited, rather than spinning
+}
+
+ENGINE_TEST("a poison message reaches the dead-letter port while receivers wait") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto dead = make_orders(*pool, {.capacity = 4, .max_deliveries = 0});
+  auto p = make_orders(*pool, {.capacity = 4, .max_deliveries = 1}, dead);
+  send_order(*pool, p, 6);
+  CHECK(receive_and_abort(*pool, p)->id == 6);  // its one delivery
+  std::atomic<std::uint32_t> got{0};
+  std::thread receiver(
+      [&] { got = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive(tx, p); }).id; });
+  // The receiver finds only the poison message and waits; the move is committed anyway.
+  std::optional<order> buried;
+  for (int i = 0; i < 200 && !buried; ++i) {
+    std::this_thread::sleep_for(10ms);
+    buried = receive_now(*pool, dead);
+  }
+  REQUIRE(buried.has_value());
+  CHECK(buried->id == 6);
+  CHECK(got == 0);
+  send_order(*pool, p, 7);
+  receiver.join();
+  CHECK(got == 7);
+  CHECK(stats(*pool, p).dead_lettered == 1);
+}
+
+ENGINE_TEST("retry without objects waits for anything the transaction opened") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });
+  std::thread setter([&] {
+    std::this_thread::sleep_for(50ms);
+    ftm::atomically(*pool, [&](auto& tx) { tx.open(b)->opened = 3; });
+  });
+  int runs = 0;
+  const auto sum = ftm::atomically(*pool, [&](auto& tx) {
+    ++runs;
+    const std::uint32_t s = tx.open_read(a)->opened + tx.open_read(b)->opened;
+    if (s == 0) ftm::retry(tx);  // b was read second: its change must wake us
+    return s;
+  });
+  setter.join();
+  CHECK(sum == 3);
+  CHECK(runs >= 2);
+  CHECK(runs < 100);
+  CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& t) { ftm::retry(t); }), ftm::usage_error);
+}
