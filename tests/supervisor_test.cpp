@@ -290,8 +290,11 @@ bool eventually(F ready, std::chrono::milliseconds limit = 20s) {
 
 }  // namespace
 
+// Not on a `power` pool: the test expects more increments than kills, with kills
+// every 1.5 ms at most, and a power commit waits for a device flush (several ms on a
+// busy disk), so kills would mostly land while a commit waits.
 TEST_CASE_TEMPLATE("a task killed at random instants restarts and loses no committed increment", E,
-                   FTM_TEST_ENGINES) {
+                   ftm::engines::dual_bank, ftm::engines::pmem) {
   auto pool = ftm_test::engine_factory<E>::make();
   make_state(*pool);
   shared_page<progress> prog;
