@@ -651,3 +651,63 @@ TEST_CASE("exactly once: supervisors killed during recovery; a new one takes ove
   CHECK(recovery_kills >= 2);
 }
 #endif
+
+TEST_CASE("exactly once: a client killed after sending still has its request executed once") {
+  auto pool = ftm_test::engine_factory<dual_bank>::make(std::size_t{8} << 20);
+  const world w = make_world(*pool);
+  const replies r = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<answer>>(tx); });
+  const transfer lost{(std::uint64_t{9} << 32) | 1, 3, 0, 1, 0, 25};
+  // The client sends (its first transaction commits), then waits for the reply in a
+  // second one: it is killed there, before any server runs.
+  const pid_t c = ::fork();
+  REQUIRE(c >= 0);
+  if (c == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    static_cast<void>(ftm::call(*pool, w.port, r, lost));
+    std::_Exit(0);
+  }
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, w.port).depth; }) ==
+         0) {
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::sleep_for(100us);
+  }
+  REQUIRE(::kill(c, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(c, &status, 0) == c);
+  pool->recover();
+  shared_page<control> ctl;
+  ctl->arm_point.store(-1);
+  ftm::supervisor<dual_bank> sup(*pool, {.name = "server", .intensity = unlimited},
+                                 server_task{&*ctl});
+  running_supervisor<dual_bank> runner(sup);
+  // The request is executed once; its reply waits in the dead client's reply port.
+  auto logged = [&] {
+    return ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(w.log)->count; });
+  };
+  while (logged() == 0) {
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::sleep_for(100us);
+  }
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, r).depth; }) == 1);
+  // A later call on the same reply port discards the stale reply and gets its own.
+  transfer t{(std::uint64_t{1} << 32) | 1, 3, 1, 0, 0, 5};
+  const answer a = ftm::call(*pool, w.port, r, t);
+  sup.stop();
+  static_cast<void>(runner.join());
+  CHECK(a.id == t.id);
+  CHECK(a.count == 2);  // the lost call counted key 3 once, this one once
+  ftm::atomically(*pool, [&](auto& tx) {
+    const auto lg = tx.open_read(w.log);
+    REQUIRE(lg->count == 2);
+    const auto seg = tx.open_read(lg->segs[0]);
+    CHECK(seg->ids[0] == lost.id);
+    CHECK(seg->ids[1] == t.id);
+    CHECK(ftm::port_stats_of(tx, r).depth == 0);
+    CHECK(ftm::port_stats_of(tx, w.port).depth == 0);
+    const auto acc = tx.open_read(w.acc);
+    CHECK(acc->balance[0] == opening_balance - 25 + 5);
+    CHECK(acc->balance[1] == opening_balance + 25 - 5);
+  });
+}
