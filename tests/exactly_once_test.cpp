@@ -640,7 +640,14 @@ TEST_CASE("exactly once: supervisors killed during recovery; a new one takes ove
   REQUIRE(::kill(current, SIGKILL) == 0);
   REQUIRE(ended_within(current, 10s));
   ++supervisor_kills;
-  // The last supervisor's instance died with it; recover what it left before checking.
+  // The last supervisor's instance dies with it (PR_SET_PDEATHSIG, maybe still on its
+  // way): wait for its end, then recover what it left before checking.
+  const std::uint64_t last =
+      ftm::atomically(pool, [&](auto& tx) { return tx.open_read(w.marker)->running; });
+  if (const int fd = ftm::detail::pidfd_open(ftm::detail::owner_pid(last)); fd >= 0) {
+    if (ftm::detail::owner_alive(last)) ftm::detail::wait_pidfd(fd);
+    ::close(fd);
+  }
   pool.recover();
   const tally t = check_exactly_once(pool, {&c.calls()}, {c.reply_port()});
   MESSAGE(
