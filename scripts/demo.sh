@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Builds the examples in Release and runs the demos: segment, bank, persistent.
+# Builds the examples in Release and runs the demos: first the reliable page server
+# (its server killed at random intervals for a few seconds), then segment, bank,
+# persistent, ports and failover.
 #
 #   scripts/demo.sh
+#
+# FTM_DEMO_SECONDS sets how long the page server runs (default 5).
 #
 # Builds in $FTM_BUILD_ROOT/demo (default build/demo). Missing Debian packages are
 # installed first (scripts/install-deps.sh).
@@ -11,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 dir=${FTM_BUILD_ROOT:-build}/demo
 jobs=${FTM_JOBS:-2}
-demos=(segment bank persistent)
+demos=(page_server segment bank persistent ports failover)
 
 bash "$root/scripts/install-deps.sh"
 
@@ -22,5 +26,9 @@ cmake --build "$dir" -j "$jobs" --target "${demos[@]}"
 
 for demo in "${demos[@]}"; do
   printf '\n=== %s ===\n' "$demo"
-  "$dir/examples/$demo"
+  if [[ $demo == page_server ]]; then
+    "$dir/examples/$demo" --seconds "${FTM_DEMO_SECONDS:-5}"
+  else
+    "$dir/examples/$demo"
+  fi
 done

@@ -1,0 +1,721 @@
+// Exactly-once calls under kills. Client threads (in this process, which is never
+// killed) call a reliable server with unique request ids; the server runs as a stable
+// task under ftm::supervisor and handles each request in one transaction that appends
+// the id to a stable effect log, increments a per-key counter (the reply carries the
+// value it saw), moves an amount between two accounts, replaces a per-request receipt
+// object (an allocation and a free), and replies. The server is killed with SIGKILL at
+// random instants while calls are in flight, stopped with SIGSTOP (its lease expires
+// and it is killed before recovery), killed at the k-th hit of every fault point of
+// the engine, and, on a pool file, its supervisor is killed in the middle of recovery
+// and a new supervisor process takes over.
+//
+// The checker: every acknowledged id is in the effect log exactly once and got exactly
+// one reply (the reply ports are empty after the calls returned); the counter values
+// seen per key are exactly 1..n; every account holds what the acknowledged transfers
+// make it, so the total is conserved; the service port is empty; two server instances
+// never overlapped (a marker in the pool names the running instance); and the run was
+// not vacuous (requests were redelivered, recoveries undid transactions, every fault
+// point was hit).
+//
+// Scale with FTM_EO_KILLS (random kills per engine, default 1000).
+#include "engines.hpp"
+
+#include <ftm/detail/fault.hpp>
+#include <ftm/detail/process.hpp>
+#include <ftm/ftm.hpp>
+#include <ftm/port.hpp>
+#include <ftm/server.hpp>
+#include <ftm/supervisor.hpp>
+
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <random>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using namespace std::chrono_literals;
+using ftm::engines::dual_bank;
+using ftm::engines::pmem;
+
+constexpr std::size_t seg_ids = 500;
+constexpr std::size_t n_segments = 40;  // room for 20000 calls
+constexpr std::uint32_t n_keys = 8;
+constexpr std::uint32_t n_accounts = 8;
+constexpr std::int64_t opening_balance = 1000;
+
+struct log_segment {
+  std::uint64_t ids[seg_ids];
+};
+struct effect_log {
+  std::uint64_t count;
+  ftm::stable<log_segment> segs[n_segments];
+};
+struct counters {
+  std::uint64_t value[n_keys];
+};
+struct accounts {
+  std::int64_t balance[n_accounts];
+};
+struct receipt_object {
+  std::uint64_t id;
+};
+/// Which server instance runs: set by each instance when it starts.
+struct instance_marker {
+  std::uint64_t running;    // the owner id (pid and start time) of the running instance
+  std::uint64_t instances;  // instances that reached their first transaction
+  std::uint64_t overlaps;   // an instance found another one alive, or its mark overwritten
+};
+
+struct transfer {
+  std::uint64_t id;
+  std::uint32_t key;
+  std::uint32_t from;
+  std::uint32_t to;
+  std::uint32_t pad;
+  std::int64_t amount;
+};
+struct answer {
+  std::uint64_t id;
+  std::uint64_t count;  // the key's counter as the server's transaction left it
+};
+using service = ftm::service_port<transfer, answer>;
+using replies = ftm::reply_port<answer>;
+
+struct world {
+  ftm::stable<effect_log> log;
+  ftm::stable<counters> counts;
+  ftm::stable<accounts> acc;
+  ftm::stable<instance_marker> marker;
+  ftm::stable<receipt_object> receipt;
+  service port;
+};
+
+constexpr std::string_view world_root = "exactly_once.world";
+
+/// A page shared with every forked process, made before any fork.
+template <class T>
+class shared_page {
+ public:
+  shared_page() {
+    void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    ptr_ = ::new (p) T{};
+  }
+  shared_page(const shared_page&) = delete;
+  shared_page& operator=(const shared_page&) = delete;
+  ~shared_page() { ::munmap(ptr_, sizeof(T)); }
+  T* operator->() const { return ptr_; }
+  T& operator*() const { return *ptr_; }
+
+ private:
+  T* ptr_;
+};
+
+/// What the test tells the server instances, and what they tell it.
+struct control {
+  std::atomic<std::int32_t> arm_point;  // index in fault_point_names, or -1
+  std::atomic<std::uint64_t> arm_k;
+  std::atomic<std::uint32_t> arm_pending;  // the next request arms the point
+  std::atomic<std::uint32_t> heartbeats;   // 1: a thread of the instance keeps its lease
+  std::atomic<std::uint64_t> served;       // requests handled (not necessarily committed)
+};
+
+template <class E>
+world make_world(E& pool) {
+  return ftm::atomically(pool, [](auto& tx) {
+    auto w = tx.open(ftm::root<world>(tx, world_root));
+    effect_log fresh{};
+    for (auto& s : fresh.segs)
+      s = ftm::create<log_segment>(tx);
+    w->log = tx.create(fresh);
+    w->counts = ftm::create<counters>(tx);
+    accounts a{};
+    for (auto& b : a.balance)
+      b = opening_balance;
+    w->acc = tx.create(a);
+    w->marker = ftm::create<instance_marker>(tx);
+    w->receipt = ftm::create<receipt_object>(tx);
+    // No delivery limit: a request whose server is killed many times is still served.
+    w->port = ftm::make_port<ftm::call_request<transfer, answer>>(
+        tx, ftm::port_options{.capacity = 256, .max_deliveries = 0});
+    return *w;
+  });
+}
+
+template <class E>
+world read_world(E& pool) {
+  return ftm::atomically(pool,
+                         [](auto& tx) { return *tx.open_read(ftm::root<world>(tx, world_root)); });
+}
+
+/// Keeps the server busy for a moment inside its transaction, so kills land there.
+void pause_a_little() {
+  const auto until = std::chrono::steady_clock::now() + 3us;
+  while (std::chrono::steady_clock::now() < until) {
+  }
+}
+
+/// The server task: marks itself the running instance, then serves forever.
+struct server_task {
+  control* ctl;
+
+  template <class E>
+  void operator()(E& pool, ftm::task_context&) const {
+    std::jthread beats;
+    if (ctl->heartbeats.load() != 0) {
+      // A stopped process stops all its threads: the lease still catches SIGSTOP.
+      beats = std::jthread([](std::stop_token st) {
+        while (!st.stop_requested()) {
+          ftm::heartbeat();
+          std::this_thread::sleep_for(5ms);
+        }
+      });
+    }
+    const world w = read_world(pool);
+    const auto wroot =
+        ftm::atomically(pool, [](auto& tx) { return ftm::root<world>(tx, world_root); });
+    const std::uint64_t self = ftm::detail::self_owner_id();
+    ftm::atomically(pool, [&](auto& tx) {
+      auto m = tx.open(w.marker);
+      if (m->running != 0 && m->running != self && ftm::detail::owner_alive(m->running))
+        ++m->overlaps;
+      m->running = self;
+      ++m->instances;
+    });
+    std::uint64_t conflicted = 0;
+    auto handler = [&](ftm::transaction<E>& tx, const transfer& t) {
+#if FTM_FAULT_INJECTION
+      if (ctl->arm_pending.exchange(0) != 0) {
+        ftm::detail::arm_fault(ftm::detail::fault_point_names[ctl->arm_point.load()],
+                               ctl->arm_k.load());
+      }
+#endif
+      ctl->served.fetch_add(1);
+      if (tx.open_read(w.marker)->running != self) ++tx.open(w.marker)->overlaps;
+      auto lg = tx.open(w.log);
+      auto seg = tx.open(lg->segs[lg->count / seg_ids]);
+      seg->ids[lg->count % seg_ids] = t.id;
+      ++lg->count;
+      pause_a_little();
+      const std::uint64_t seen = ++tx.open(w.counts)->value[t.key];
+      auto a = tx.open(w.acc);
+      a->balance[t.from] -= t.amount;
+      pause_a_little();
+      a->balance[t.to] += t.amount;
+      // An allocation and a free per request, so the allocator's fault points are hit.
+      auto root = tx.open(wroot);
+      tx.destroy(root->receipt);
+      root->receipt = tx.create(receipt_object{t.id});
+      // Every fourth request loses a made-up conflict on its first try here, after
+      // its writes: the abort undoes them and the request is delivered again.
+      if (t.id % 4 == 0 && conflicted != t.id) {
+        conflicted = t.id;
+        throw ftm::conflict("exactly_once_test: a conflict made up to abort the writes");
+      }
+      return answer{t.id, seen};
+    };
+    ftm::serve(pool, w.port, handler);
+  }
+};
+
+/// One client's acknowledged calls.
+struct acked_call {
+  transfer request;
+  answer reply;
+};
+
+/// A client thread: calls until `stop`, or `limit` calls.
+template <class E>
+class client {
+ public:
+  client(E& pool, service port, std::uint32_t index, std::uint64_t seed)
+      : pool_(&pool), port_(port), index_(index), rng_(seed) {
+    replies_ = ftm::atomically(
+        pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<answer>>(tx); });
+  }
+
+  /// Makes one call and records it.
+  void call_once() {
+    std::uniform_int_distribution<std::uint32_t> key(0, n_keys - 1), acc(0, n_accounts - 1);
+    std::uniform_int_distribution<std::int64_t> amount(1, 50);
+    transfer t{};
+    t.id = (std::uint64_t{index_} + 1) << 32 | (calls_.size() + 1);
+    t.key = key(rng_);
+    t.from = acc(rng_);
+    t.to = acc(rng_);
+    t.amount = amount(rng_);
+    const answer a = ftm::call(*pool_, port_, replies_, t);
+    calls_.push_back({t, a});
+  }
+
+  void run(const std::atomic<bool>& stop, std::uint64_t limit) {
+    while (!stop.load() && calls_.size() < limit)
+      call_once();
+  }
+
+  [[nodiscard]] const std::vector<acked_call>& calls() const noexcept { return calls_; }
+  [[nodiscard]] replies reply_port() const noexcept { return replies_; }
+
+ private:
+  E* pool_;
+  service port_;
+  replies replies_;
+  std::uint32_t index_;
+  std::mt19937_64 rng_;
+  std::vector<acked_call> calls_;
+};
+
+/// What `check_exactly_once` counted.
+struct tally {
+  std::uint64_t calls = 0;
+  std::uint64_t redelivered = 0;
+  std::uint64_t checks = 0;
+};
+
+/// The checker (see the file comment). Returns what it counted.
+template <class E>
+tally check_exactly_once(E& pool, const std::vector<const std::vector<acked_call>*>& all,
+                         const std::vector<replies>& reply_ports) {
+  tally t;
+  const world w = read_world(pool);
+  std::map<std::uint64_t, int> acked;  // id -> replies received
+  std::map<std::uint32_t, std::vector<std::uint64_t>> seen_per_key;
+  std::int64_t expected[n_accounts];
+  std::fill(std::begin(expected), std::end(expected), opening_balance);
+  for (const auto* calls : all) {
+    for (const auto& c : *calls) {
+      ++acked[c.request.id];
+      ++t.checks;
+      if (c.reply.id != c.request.id)
+        FAIL_CHECK(fmt::format("call {:#x} got the reply to {:#x}", c.request.id, c.reply.id));
+      seen_per_key[c.request.key].push_back(c.reply.count);
+      expected[c.request.from] -= c.request.amount;
+      expected[c.request.to] += c.request.amount;
+      ++t.calls;
+    }
+  }
+  ftm::atomically(pool, [&](auto& tx) {
+    const auto lg = tx.open_read(w.log);
+    std::map<std::uint64_t, int> logged;
+    for (std::uint64_t i = 0; i < lg->count; ++i)
+      ++logged[tx.open_read(lg->segs[i / seg_ids])->ids[i % seg_ids]];
+    for (const auto& [id, n] : acked) {
+      ++t.checks;
+      if (n != 1) FAIL_CHECK(fmt::format("id {:#x} acknowledged {} times", id, n));
+      const auto it = logged.find(id);
+      const int in_log = it == logged.end() ? 0 : it->second;
+      if (in_log != 1)
+        FAIL_CHECK(fmt::format("acknowledged id {:#x} is {} times in the log", id, in_log));
+    }
+    for (const auto& [id, n] : logged) {
+      ++t.checks;
+      if (acked.count(id) == 0)
+        FAIL_CHECK(fmt::format("logged id {:#x} was never acknowledged", id));
+    }
+    CHECK(lg->count == t.calls);
+    const auto counts = tx.open_read(w.counts);
+    for (std::uint32_t k = 0; k < n_keys; ++k) {
+      auto& seen = seen_per_key[k];
+      std::sort(seen.begin(), seen.end());
+      for (std::size_t i = 0; i < seen.size(); ++i) {
+        ++t.checks;
+        if (seen[i] != i + 1) {
+          FAIL_CHECK(fmt::format("key {}: the replies saw {} where {} was due", k, seen[i], i + 1));
+          break;
+        }
+      }
+      CHECK(counts->value[k] == seen.size());
+    }
+    const auto acc = tx.open_read(w.acc);
+    std::int64_t total = 0;
+    for (std::uint32_t a = 0; a < n_accounts; ++a) {
+      ++t.checks;
+      CHECK(acc->balance[a] == expected[a]);
+      total += acc->balance[a];
+    }
+    CHECK(total == opening_balance * n_accounts);
+    const auto st = ftm::port_stats_of(tx, w.port);
+    CHECK(st.depth == 0);
+    CHECK(st.in_flight == 0);
+    CHECK(st.dead_lettered == 0);
+    t.redelivered = st.redelivered;
+    for (const auto& r : reply_ports) {
+      ++t.checks;
+      const auto rs = ftm::port_stats_of(tx, r);
+      CHECK(rs.depth == 0);  // no second reply to any call
+    }
+    CHECK(tx.open_read(w.marker)->overlaps == 0);
+    t.checks += 6;
+  });
+  return t;
+}
+
+std::uint64_t kills_wanted() {
+  if (const char* s = std::getenv("FTM_EO_KILLS")) return std::strtoull(s, nullptr, 10);
+  return 1000;
+}
+
+/// Runs `sup.run()` in a thread.
+template <class E>
+class running_supervisor {
+ public:
+  explicit running_supervisor(ftm::supervisor<E>& sup)
+      : thread_([this, &sup] {
+          try {
+            report_ = sup.run();
+          } catch (...) {
+            error_ = std::current_exception();
+          }
+        }) {}
+  running_supervisor(const running_supervisor&) = delete;
+  running_supervisor& operator=(const running_supervisor&) = delete;
+  ~running_supervisor() {
+    if (thread_.joinable()) thread_.join();
+  }
+  ftm::supervision_report join() {
+    thread_.join();
+    if (error_) std::rethrow_exception(error_);
+    REQUIRE(report_.has_value());
+    return *report_;
+  }
+
+ private:
+  std::optional<ftm::supervision_report> report_;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+constexpr ftm::restart_intensity unlimited{.max_restarts = 100'000'000, .period = 1s};
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls are in flight", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make(std::size_t{8} << 20);
+  const world w = make_world(*pool);
+  shared_page<control> ctl;
+  ctl->arm_point.store(-1);
+  ctl->heartbeats.store(1);
+  ftm::supervisor<E> sup(*pool, {.name = "server", .lease = 150ms, .intensity = unlimited},
+                         server_task{&*ctl});
+  const auto t0 = std::chrono::steady_clock::now();
+  running_supervisor<E> runner(sup);
+
+  constexpr std::uint32_t n_clients = 3;
+  std::vector<std::unique_ptr<client<E>>> clients;
+  for (std::uint32_t c = 0; c < n_clients; ++c)
+    clients.push_back(std::make_unique<client<E>>(*pool, w.port, c, 1000 + c));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (auto& c : clients)
+    threads.emplace_back([&c, &stop] { c->run(stop, seg_ids * n_segments / n_clients); });
+
+  // The killer: kills each instance once, at a random instant after it started
+  // serving; one kill in a hundred is a SIGSTOP that the lease must turn into a kill.
+  const std::uint64_t wanted = kills_wanted();
+  std::uint64_t kills = 0, stops = 0;
+  std::mt19937_64 rng(42);
+  std::uniform_int_distribution<int> delay_us(0, 1500);
+  std::uint64_t last_start = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 150s;
+  while (kills + stops < wanted && std::chrono::steady_clock::now() < deadline) {
+    const auto s = sup.stats();
+    if (s.starts == last_start || sup.task_pid() == 0) {
+      std::this_thread::sleep_for(50us);
+      continue;
+    }
+    const std::uint64_t served = ctl->served.load();
+    std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
+    if (ctl->served.load() == served) continue;  // let it serve something first
+    last_start = sup.stats().starts;
+    if (rng() % 100 == 0) {
+      if (sup.signal_task(SIGSTOP)) ++stops;
+    } else if (sup.signal_task(SIGKILL)) {
+      ++kills;
+    }
+  }
+  stop.store(true);
+  for (auto& t : threads)
+    t.join();
+  sup.stop();
+  const auto report = runner.join();
+  const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0);
+
+  std::vector<const std::vector<acked_call>*> all;
+  std::vector<replies> ports;
+  for (auto& c : clients) {
+    all.push_back(&c->calls());
+    ports.push_back(c->reply_port());
+  }
+  const tally t = check_exactly_once(*pool, all, ports);
+  const auto m = ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(w.marker); });
+  MESSAGE(fmt::format(
+      "{}: {} SIGKILLs and {} SIGSTOPs in {:.1f} s; {} calls acknowledged; {} restarts, {} "
+      "recoveries ({} transactions undone), {} lease kills; {} requests redelivered; {} "
+      "server instances, {} overlaps; {} checks",
+      ftm::detail::type_name<E>(), kills, stops, elapsed.count(), t.calls, report.stats.restarts,
+      report.stats.recoveries, report.stats.recovered.undone, report.stats.lease_kills,
+      t.redelivered, m.instances, m.overlaps, t.checks));
+  CHECK(kills + stops >= wanted);
+  CHECK(report.stats.lease_kills >= stops);  // each stopped instance was killed
+  CHECK(report.stats.recovered.undone > 0);  // kills landed inside transactions
+  CHECK(t.redelivered > 0);                  // and requests ran again
+  CHECK(t.calls > wanted);
+}
+
+#if FTM_FAULT_INJECTION
+TEST_CASE_TEMPLATE("exactly once: the server killed at the k-th hit of every fault point", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make(std::size_t{8} << 20);
+  const world w = make_world(*pool);
+  shared_page<control> ctl;
+  ctl->arm_point.store(-1);
+  ftm::supervisor<E> sup(*pool, {.name = "server", .intensity = unlimited}, server_task{&*ctl});
+  running_supervisor<E> runner(sup);
+  client<E> c(*pool, w.port, 0, 7);
+  std::uint64_t kills = 0;
+  std::vector<std::string> summary;
+  std::vector<std::string_view> missed;
+  for (std::size_t p = 0; p < ftm::detail::fault_point_names.size(); ++p) {
+    const std::string_view name = ftm::detail::fault_point_names[p];
+    // Recovery runs in the supervisor, this process: the pool-file test kills it there.
+    if (name.starts_with("recover.")) continue;
+    std::uint64_t k = 1;
+    for (;; ++k) {
+      ctl->arm_point.store(static_cast<std::int32_t>(p));
+      ctl->arm_k.store(k);
+      ctl->arm_pending.store(1);
+      const std::uint64_t starts = sup.stats().starts;
+      // A run: four calls, so one of them has an id divisible by 4 and aborts once
+      // (abort.mid_undo); the first arms the point in the instance that handles it.
+      for (int i = 0; i < 4; ++i)
+        c.call_once();
+      // The instance that took the plan may still be alive with the point armed.
+      if (sup.stats().starts == starts) {
+        static_cast<void>(sup.signal_task(SIGKILL));  // disarm it for the next run
+        while (sup.stats().starts == starts)
+          std::this_thread::sleep_for(100us);
+        break;
+      }
+      ++kills;
+      REQUIRE(k < 200);
+    }
+    summary.push_back(fmt::format("{} x{}", name, k - 1));
+    if (k == 1) missed.push_back(name);
+  }
+  sup.stop();
+  const auto report = runner.join();
+  const tally t = check_exactly_once(*pool, {&c.calls()}, {c.reply_port()});
+  MESSAGE(
+      fmt::format("{}: {} fault kills ({}); {} calls; {} recoveries, {} undone, {} redone; "
+                  "{} redelivered; {} checks",
+                  ftm::detail::type_name<E>(), kills, fmt::join(summary, ", "), t.calls,
+                  report.stats.recoveries, report.stats.recovered.undone,
+                  report.stats.recovered.redone, t.redelivered, t.checks));
+  CHECK(missed.empty());
+  if (!missed.empty())
+    FAIL_CHECK(fmt::format("fault points never hit: {}", fmt::join(missed, ", ")));
+  CHECK(t.redelivered > 0);
+}
+
+namespace {
+
+/// A supervisor process on the pool file: arms `recover_point` at its `k`-th hit in
+/// itself (recovery runs here), opens the pool and supervises the server; the server
+/// instance arms `server_point` at its first request.
+[[noreturn]] void supervisor_process(const std::filesystem::path& path, control* ctl,
+                                     std::string_view recover_point, std::uint64_t k) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+  int status = 1;
+  try {
+    if (!recover_point.empty()) ftm::detail::arm_fault(recover_point, k);
+    auto pool = pmem::open(path);
+    ftm::supervisor<pmem> sup(pool, {.name = "server", .intensity = unlimited}, server_task{ctl});
+    static_cast<void>(sup.run());
+    status = 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "supervisor process: %s\n", e.what());
+  }
+  std::_Exit(status);
+}
+
+/// True if `pid` ended within `limit`; reaps it.
+bool ended_within(pid_t pid, std::chrono::milliseconds limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  int status = 0;
+  while (::waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(200us);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("exactly once: supervisors killed during recovery; a new one takes over") {
+  // pmem only: a dual_bank pool dies with the last process that maps it.
+  const std::filesystem::path path = ftm_test::scratch_file("exactly-once");
+  auto pool = pmem::create(path, {.bank_size = std::size_t{8} << 20});
+  const world w = make_world(pool);
+  shared_page<control> ctl;
+  ctl->arm_point.store(-1);
+  client<pmem> c(pool, w.port, 0, 11);
+  std::uint64_t recovery_kills = 0, supervisor_kills = 0, takeovers = 0;
+  std::vector<std::string> summary;
+  // The server dies with an ACTIVE descriptor (undone by recovery) or a COMMITTING one
+  // (redone); its supervisor dies at the k-th step of that recovery.
+  const std::pair<std::string_view, std::string_view> rounds[] = {
+      {"recover.mid_undo", "commit.before_state"},
+      {"recover.mid_redo", "commit.mid_redo"},
+  };
+  auto index_of = [](std::string_view name) {
+    const auto& n = ftm::detail::fault_point_names;
+    return static_cast<std::int32_t>(std::find(n.begin(), n.end(), name) - n.begin());
+  };
+  pid_t current = ::fork();
+  REQUIRE(current >= 0);
+  if (current == 0) supervisor_process(path, &*ctl, {}, 0);
+  c.call_once();
+  for (const auto& [recover_point, server_point] : rounds) {
+    std::uint64_t k = 1;
+    for (;; ++k) {
+      // Kill the running supervisor (its instance dies with it), and start one armed
+      // to die in the recovery of the next server death.
+      REQUIRE(::kill(current, SIGKILL) == 0);
+      REQUIRE(ended_within(current, 10s));
+      ++supervisor_kills;
+      current = ::fork();
+      REQUIRE(current >= 0);
+      if (current == 0) supervisor_process(path, &*ctl, recover_point, k);
+      c.call_once();  // served by the new supervisor's instance: it took over
+      ++takeovers;
+      ctl->arm_point.store(index_of(server_point));
+      ctl->arm_k.store(1);
+      ctl->arm_pending.store(1);
+      std::atomic<bool> answered{false};
+      std::thread call([&] {
+        c.call_once();
+        answered.store(true);
+      });
+      // Either its recovery kills it, or it recovers, restarts the server and answers.
+      bool died = false;
+      int status = 0;
+      while (!answered.load() && !died) {
+        died = ::waitpid(current, &status, WNOHANG) == current;
+        std::this_thread::sleep_for(200us);
+      }
+      if (died) {
+        ++recovery_kills;
+        // Its successor recovers what it left half recovered, and serves the call.
+        current = ::fork();
+        REQUIRE(current >= 0);
+        if (current == 0) supervisor_process(path, &*ctl, {}, 0);
+        ++takeovers;
+      }
+      call.join();
+      if (!died) break;
+      REQUIRE(k < 100);
+    }
+    summary.push_back(fmt::format("{} x{}", recover_point, k - 1));
+    CHECK(k > 1);  // the point was hit
+  }
+  REQUIRE(::kill(current, SIGKILL) == 0);
+  REQUIRE(ended_within(current, 10s));
+  ++supervisor_kills;
+  // The last supervisor's instance dies with it (PR_SET_PDEATHSIG, maybe still on its
+  // way): wait for its end, then recover what it left before checking.
+  const std::uint64_t last =
+      ftm::atomically(pool, [&](auto& tx) { return tx.open_read(w.marker)->running; });
+  if (const int fd = ftm::detail::pidfd_open(ftm::detail::owner_pid(last)); fd >= 0) {
+    if (ftm::detail::owner_alive(last)) ftm::detail::wait_pidfd(fd);
+    ::close(fd);
+  }
+  pool.recover();
+  const tally t = check_exactly_once(pool, {&c.calls()}, {c.reply_port()});
+  MESSAGE(
+      fmt::format("pmem: {} supervisors killed, {} of them during recovery ({}); {} "
+                  "take-overs; {} calls; {} redelivered; {} checks",
+                  supervisor_kills, recovery_kills, fmt::join(summary, ", "), takeovers, t.calls,
+                  t.redelivered, t.checks));
+  CHECK(recovery_kills >= 2);
+}
+#endif
+
+TEST_CASE("exactly once: a client killed after sending still has its request executed once") {
+  auto pool = ftm_test::engine_factory<dual_bank>::make(std::size_t{8} << 20);
+  const world w = make_world(*pool);
+  const replies r = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<answer>>(tx); });
+  const transfer lost{(std::uint64_t{9} << 32) | 1, 3, 0, 1, 0, 25};
+  // The client sends (its first transaction commits), then waits for the reply in a
+  // second one: it is killed there, before any server runs.
+  const pid_t c = ::fork();
+  REQUIRE(c >= 0);
+  if (c == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    static_cast<void>(ftm::call(*pool, w.port, r, lost));
+    std::_Exit(0);
+  }
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, w.port).depth; }) ==
+         0) {
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::sleep_for(100us);
+  }
+  REQUIRE(::kill(c, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(c, &status, 0) == c);
+  pool->recover();
+  shared_page<control> ctl;
+  ctl->arm_point.store(-1);
+  ftm::supervisor<dual_bank> sup(*pool, {.name = "server", .intensity = unlimited},
+                                 server_task{&*ctl});
+  running_supervisor<dual_bank> runner(sup);
+  // The request is executed once; its reply waits in the dead client's reply port.
+  auto logged = [&] {
+    return ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(w.log)->count; });
+  };
+  while (logged() == 0) {
+    REQUIRE(std::chrono::steady_clock::now() < until);
+    std::this_thread::sleep_for(100us);
+  }
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, r).depth; }) == 1);
+  // A later call on the same reply port discards the stale reply and gets its own.
+  transfer t{(std::uint64_t{1} << 32) | 1, 3, 1, 0, 0, 5};
+  const answer a = ftm::call(*pool, w.port, r, t);
+  sup.stop();
+  static_cast<void>(runner.join());
+  CHECK(a.id == t.id);
+  CHECK(a.count == 2);  // the lost call counted key 3 once, this one once
+  ftm::atomically(*pool, [&](auto& tx) {
+    const auto lg = tx.open_read(w.log);
+    REQUIRE(lg->count == 2);
+    const auto seg = tx.open_read(lg->segs[0]);
+    CHECK(seg->ids[0] == lost.id);
+    CHECK(seg->ids[1] == t.id);
+    CHECK(ftm::port_stats_of(tx, r).depth == 0);
+    CHECK(ftm::port_stats_of(tx, w.port).depth == 0);
+    const auto acc = tx.open_read(w.acc);
+    CHECK(acc->balance[0] == opening_balance - 25 + 5);
+    CHECK(acc->balance[1] == opening_balance + 25 - 5);
+  });
+}
