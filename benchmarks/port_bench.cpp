@@ -213,7 +213,6 @@ struct pool_maker;
 
 template <>
 struct pool_maker<ftm::engines::dual_bank> {
-  static constexpr const char* name = "ftm";
   static std::shared_ptr<ftm::engines::dual_bank> make() {
     return std::make_shared<ftm::engines::dual_bank>(std::size_t{1} << 20);
   }
@@ -221,7 +220,6 @@ struct pool_maker<ftm::engines::dual_bank> {
 
 template <>
 struct pool_maker<ftm::engines::pmem> {
-  static constexpr const char* name = "ftm-pmem";
   static std::shared_ptr<ftm::engines::pmem> make() {
     static std::atomic<int> n{0};
     const auto path = std::filesystem::temp_directory_path() /
