@@ -266,8 +266,14 @@ struct service {
     return ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(counter)->field[0]; });
   }
 
-  /// Checks that the counter says `calls` and that both ports are empty.
+  /// Checks that the counter says `calls` and that both ports are empty; reports
+  /// the pool's transactions per call (commits, aborts: waits and lost conflicts).
   void verify(benchmark::State& state, std::int64_t calls) const {
+    const ftm::engine_stats st = pool->stats();
+    const double per_call = calls > 0 ? 1.0 / static_cast<double>(calls) : 0.0;
+    state.counters["commits/op"] = static_cast<double>(st.commits) * per_call;
+    state.counters["aborts/op"] = static_cast<double>(st.aborts) * per_call;
+    state.counters["conflicts/op"] = static_cast<double>(st.conflicts) * per_call;
     const std::int64_t n = handled();
     if (n != calls)
       fail(state, fmt::format("the server handled {} calls, {} were answered", n, calls));
