@@ -21,14 +21,15 @@ SYSTEMS = ["ftm", "ftm-session", "ftm-pmem", "mutex", "pthread"]
 def load_medians(path):
     with open(path) as f:
         data = json.load(f)
-    medians = {}
+    medians, cvs = {}, {}
     for b in data["benchmarks"]:
-        if b.get("aggregate_name") != "median":
-            continue
         # run_name looks like call/threads/ftm/real_time
-        kind, where, system = b["run_name"].split("/")[:3]
-        medians[(kind, where, system)] = b
-    return data["context"], medians
+        key = tuple(b["run_name"].split("/")[:3])
+        if b.get("aggregate_name") == "median":
+            medians[key] = b
+        elif b.get("aggregate_name") == "cv":
+            cvs[key] = b
+    return data["context"], medians, cvs
 
 
 def to_us(b, key):
@@ -39,11 +40,12 @@ def to_us(b, key):
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
-    context, medians = load_medians(sys.argv[1])
+    context, medians, cvs = load_medians(sys.argv[1])
     print(f"Load average at the start: {context.get('load_avg')}\n")
 
-    print("| benchmark | between | system | us/op (real) | CPU us/op (client) | ops/s |")
-    print("|---|---|---|---:|---:|---:|")
+    print("| benchmark | between | system | us/op (real) | CPU us/op (client) | ops/s | "
+          "spread (cv of real time) |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for kind in ["call", "oneway"]:
         for where in WHERE:
             for system in SYSTEMS:
@@ -52,7 +54,8 @@ def main():
                     continue
                 rate = b["items_per_second"]
                 print(f"| {kind} | {where} | {system} | {to_us(b, 'real_time'):.2f} | "
-                      f"{to_us(b, 'cpu_time'):.2f} | {rate / 1e3:.1f} k/s |")
+                      f"{to_us(b, 'cpu_time'):.2f} | {rate / 1e3:.1f} k/s | "
+                      f"{100 * cvs[(kind, where, system)]['real_time']:.0f}% |")
     print()
 
     print("| ratio (time per op, against the baseline) | goal | real time | met? |")
