@@ -291,13 +291,16 @@ struct service {
 template <class E, class Msg>
 bool await_on_session(ftm::session<E>& session, ftm::stable_port<Msg> port,
                       clock_type::time_point deadline) {
-  const auto token =
-      ftm::atomically(session, [&](ftm::transaction<E>& tx) -> std::optional<ftm::watch_token> {
-        if (ftm::port_stats_of(tx, port).depth != 0) return std::nullopt;
-        return tx.engine().watch(tx.id(), port.offset());
-      });
-  if (!token) return true;
-  return session.engine().wait(std::span<const ftm::watch_token>(&*token, 1), deadline);
+  for (;;) {
+    const auto token =
+        ftm::atomically(session, [&](ftm::transaction<E>& tx) -> std::optional<ftm::watch_token> {
+          if (ftm::port_stats_of(tx, port).depth != 0) return std::nullopt;
+          return tx.engine().watch(tx.id(), port.offset());
+        });
+    if (!token) return true;
+    if (!session.engine().wait(std::span<const ftm::watch_token>(&*token, 1), deadline))
+      return false;
+  }
 }
 
 /// The session server: `ftm::serve`'s loop on a session's descriptor.

@@ -80,15 +80,22 @@ namespace detail {
 template <watchable_engine E, class Msg>
 bool await_message(E& engine, stable_port<Msg> port,
                    std::chrono::steady_clock::time_point deadline) {
-  const std::optional<watch_token> token =
-      atomically(engine, [&](transaction<E>& tx) -> std::optional<watch_token> {
-        const auto access = open_port<Msg, false>(tx, port.offset(), port.capacity(), "receive");
-        if (access.depth() != 0) return std::nullopt;
-        // Last: nothing after it throws, so a registered watch always reaches wait().
-        return tx.engine().watch(tx.id(), port.offset());
-      });
-  if (!token) return true;
-  return engine.wait(std::span<const watch_token>(&*token, 1), deadline);
+  for (;;) {
+    const std::optional<watch_token> token =
+        atomically(engine, [&](transaction<E>& tx) -> std::optional<watch_token> {
+          const auto access = open_port<Msg, false>(tx, port.offset(), port.capacity(), "receive");
+          if (access.depth() != 0) return std::nullopt;
+          // Last: nothing after it throws, so a registered watch always reaches wait().
+          return tx.engine().watch(tx.id(), port.offset());
+        });
+    if (!token) return true;
+    if (!engine.wait(std::span<const watch_token>(&*token, 1), deadline)) return false;
+    // Woken, but not necessarily for this port: the pool's watchers share one futex
+    // word, and a committer's wake may arrive late, after an earlier wait had already
+    // seen its change. Looking again costs a read-only transaction; letting the
+    // receive find nothing costs a thrown `ftm::retry_request` (0.3 per call between
+    // threads in ftm_port_bench before this loop).
+  }
 }
 
 /// `now + timeout`, or the end of time if that overflows.
