@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <set>
 #include <stop_token>
 #include <thread>
@@ -96,6 +97,35 @@ TEST_CASE_TEMPLATE("servers: every call is answered once, with its own reply", E
   const auto st = ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, port); });
   CHECK(st.depth == 0);
   CHECK(st.received == clients * calls);
+}
+
+TEST_CASE_TEMPLATE("servers: call and serve wait for a message outside any transaction", E,
+                   FTM_TEST_ENGINES) {
+  // A blocking receive that finds its port empty aborts its transaction to wait. A
+  // client that waits for its reply, and a server that waits for its next request,
+  // look first in a read-only transaction that commits, and wait after it: with no
+  // conflict possible here, nothing aborts.
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(bank{}); });
+  const auto port = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::call_request<deposit, receipt>>(tx); });
+  const auto replies = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<receipt>>(tx); });
+  const ftm::engine_stats before = pool->stats();
+  std::optional<receipt> got;
+  std::thread client([&] { got = ftm::call(*pool, port, replies, deposit{2, 7}); });
+  std::this_thread::sleep_for(50ms);  // the client waits for its reply before a server runs
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, port, bank_handler<E>(b), stop); });
+  client.join();
+  std::this_thread::sleep_for(20ms);  // the server waits for the next request
+  server.request_stop();
+  server.join();
+  REQUIRE(got.has_value());
+  CHECK(got->balance == 7);
+  const ftm::engine_stats after = pool->stats();
+  CHECK(after.commits > before.commits);
+  CHECK(after.aborts == before.aborts);
 }
 
 TEST_CASE_TEMPLATE(

@@ -219,14 +219,17 @@ class port_access {
   std::byte* base_;
 };
 
+/// Checks that a port operation can run. The message type's name is asked for only
+/// to word an error: parsing it on every open was half the instructions of a call.
 inline void require_port(bool active, std::uint64_t offset, std::string_view what,
-                         std::string_view type) {
+                         std::string_view (*type)() noexcept) {
   if (!active) {
     throw usage_error(
         fmt::format("ftm::{}: the transaction is not active (call begin() first)", what));
   }
   if (offset == 0) {
-    throw usage_error(fmt::format("ftm::{}: the ftm::stable_port<{}> handle is null", what, type));
+    throw usage_error(
+        fmt::format("ftm::{}: the ftm::stable_port<{}> handle is null", what, type()));
   }
 }
 
@@ -235,7 +238,7 @@ inline void require_port(bool active, std::uint64_t offset, std::string_view wha
 template <class Msg, bool Write, class E>
 port_access<E> open_port(transaction<E>& tx, std::uint64_t offset, std::uint32_t capacity,
                          std::string_view what) {
-  require_port(tx.active(), offset, what, type_name<Msg>());
+  require_port(tx.active(), offset, what, &type_name<Msg>);
   const object_type ty = port_object_type<Msg>(capacity);
   std::byte* base;
   if constexpr (Write) {
@@ -418,7 +421,7 @@ stable_port<Msg> make_port(transaction<E>& tx, port_options options = {},
   static_assert(unlogged_write_engine<E>,
                 "ftm ports need an engine that models ftm::unlogged_write_engine, to count "
                 "the deliveries of receives that abort");
-  detail::require_port(tx.active(), 1, "make_port", detail::type_name<Msg>());
+  detail::require_port(tx.active(), 1, "make_port", &detail::type_name<Msg>);
   if (options.capacity == 0 || options.capacity > (std::uint32_t{1} << 24)) {
     throw invalid_argument(fmt::format(
         "ftm::make_port: capacity {} is out of range (1 to 16777216 messages)", options.capacity));
