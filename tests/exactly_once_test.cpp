@@ -57,7 +57,7 @@ using ftm::engines::dual_bank;
 using ftm::engines::pmem;
 
 constexpr std::size_t seg_ids = 500;
-constexpr std::size_t n_segments = 40;  // room for 20000 calls
+constexpr std::size_t n_segments = 160;  // room for 80000 calls
 constexpr std::uint32_t n_keys = 8;
 constexpr std::uint32_t n_accounts = 8;
 constexpr std::int64_t opening_balance = 1000;
@@ -429,9 +429,14 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
   for (std::uint32_t c = 0; c < n_clients; ++c)
     clients.push_back(std::make_unique<client<E>>(*pool, w.port, c, 1000 + c));
   std::atomic<bool> stop{false};
+  std::atomic<std::uint32_t> clients_done{0};  // used up their share of the log
   std::vector<std::thread> threads;
-  for (auto& c : clients)
-    threads.emplace_back([&c, &stop] { c->run(stop, seg_ids * n_segments / n_clients); });
+  for (auto& c : clients) {
+    threads.emplace_back([&c, &stop, &clients_done] {
+      c->run(stop, seg_ids * n_segments / n_clients);
+      ++clients_done;
+    });
+  }
 
   // The killer: kills each instance once, at a random instant after it started
   // serving; one kill in a hundred is a SIGSTOP that the lease must turn into a kill.
@@ -441,7 +446,9 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
   std::uniform_int_distribution<int> delay_us(0, 1500);
   std::uint64_t last_start = 0;
   const auto deadline = std::chrono::steady_clock::now() + 150s;
-  while (kills + stops < wanted && std::chrono::steady_clock::now() < deadline) {
+  // Ends early, failing the count below, if the clients run out of calls.
+  while (kills + stops < wanted && std::chrono::steady_clock::now() < deadline &&
+         clients_done.load() < n_clients) {
     const auto s = sup.stats();
     if (s.starts == last_start || sup.task_pid() == 0) {
       std::this_thread::sleep_for(50us);
