@@ -19,6 +19,7 @@
 //
 // Scale with FTM_EO_KILLS (random kills per engine, default 1000).
 #include "engines.hpp"
+#include "supervision.hpp"
 
 #include <ftm/detail/fault.hpp>
 #include <ftm/detail/process.hpp>
@@ -378,36 +379,6 @@ std::uint64_t kills_wanted() {
   return std::max<std::uint64_t>(1, n / ftm_test::transaction_divisor<E>);
 }
 
-/// Runs `sup.run()` in a thread.
-template <class E>
-class running_supervisor {
- public:
-  explicit running_supervisor(ftm::supervisor<E>& sup)
-      : thread_([this, &sup] {
-          try {
-            report_ = sup.run();
-          } catch (...) {
-            error_ = std::current_exception();
-          }
-        }) {}
-  running_supervisor(const running_supervisor&) = delete;
-  running_supervisor& operator=(const running_supervisor&) = delete;
-  ~running_supervisor() {
-    if (thread_.joinable()) thread_.join();
-  }
-  ftm::supervision_report join() {
-    thread_.join();
-    if (error_) std::rethrow_exception(error_);
-    REQUIRE(report_.has_value());
-    return *report_;
-  }
-
- private:
-  std::optional<ftm::supervision_report> report_;
-  std::exception_ptr error_;
-  std::thread thread_;
-};
-
 constexpr ftm::restart_intensity unlimited{.max_restarts = 100'000'000, .period = 1s};
 
 }  // namespace
@@ -422,7 +393,7 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
   ftm::supervisor<E> sup(*pool, {.name = "server", .lease = 150ms, .intensity = unlimited},
                          server_task{&*ctl});
   const auto t0 = std::chrono::steady_clock::now();
-  running_supervisor<E> runner(sup);
+  ftm_test::running_supervisor<E> runner(sup);
 
   constexpr std::uint32_t n_clients = 3;
   std::vector<std::unique_ptr<client<E>>> clients;
@@ -501,7 +472,7 @@ TEST_CASE_TEMPLATE("exactly once: the server killed at the k-th hit of every fau
   shared_page<control> ctl;
   ctl->arm_point.store(-1);
   ftm::supervisor<E> sup(*pool, {.name = "server", .intensity = unlimited}, server_task{&*ctl});
-  running_supervisor<E> runner(sup);
+  ftm_test::running_supervisor<E> runner(sup);
   client<E> c(*pool, w.port, 0, 7);
   std::uint64_t kills = 0;
   std::vector<std::string> summary;
@@ -718,7 +689,7 @@ TEST_CASE("exactly once: a client killed after sending still has its request exe
   ctl->arm_point.store(-1);
   ftm::supervisor<dual_bank> sup(*pool, {.name = "server", .intensity = unlimited},
                                  server_task{&*ctl});
-  running_supervisor<dual_bank> runner(sup);
+  ftm_test::running_supervisor<dual_bank> runner(sup);
   // The request is executed once; its reply waits in the dead client's reply port.
   auto logged = [&] {
     return ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(w.log)->count; });

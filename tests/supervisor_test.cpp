@@ -17,6 +17,7 @@
 /// Environment knob: FTM_SUPERVISOR_KILLS (random kills per engine, default 200).
 
 #include "engines.hpp"
+#include "supervision.hpp"
 
 #include <ftm/ftm.hpp>
 #include <ftm/supervisor.hpp>
@@ -246,37 +247,6 @@ std::uint64_t kills_wanted() {
   return 200;
 }
 
-/// Runs `sup.run()` in a thread; the report, or the exception it threw.
-template <class E>
-class running_supervisor {
- public:
-  explicit running_supervisor(ftm::supervisor<E>& sup,
-                              std::optional<ftm::claim_policy> backup = std::nullopt)
-      : thread_([this, &sup, backup] {
-          try {
-            report_ = backup ? sup.run_as_backup(*backup) : sup.run();
-          } catch (...) {
-            error_ = std::current_exception();
-          }
-        }) {}
-  running_supervisor(const running_supervisor&) = delete;
-  running_supervisor& operator=(const running_supervisor&) = delete;
-  ~running_supervisor() {
-    if (thread_.joinable()) thread_.join();
-  }
-  ftm::supervision_report join() {
-    thread_.join();
-    if (error_) std::rethrow_exception(error_);
-    REQUIRE(report_.has_value());
-    return *report_;
-  }
-
- private:
-  std::optional<ftm::supervision_report> report_;
-  std::exception_ptr error_;
-  std::thread thread_;
-};
-
 /// Waits up to `limit` for `ready()`.
 template <class F>
 bool eventually(F ready, std::chrono::milliseconds limit = 20s) {
@@ -301,7 +271,7 @@ TEST_CASE_TEMPLATE("a task killed at random instants restarts and loses no commi
   ftm::supervisor<E> sup(*pool,
                          {.name = "counter", .intensity = {.max_restarts = 1000000, .period = 1s}},
                          increment_task{&*prog});
-  running_supervisor<E> runner(sup);
+  ftm_test::running_supervisor<E> runner(sup);
 
   const std::uint64_t kills = kills_wanted();
   std::mt19937_64 rng(std::random_device{}());
@@ -413,7 +383,7 @@ TEST_CASE_TEMPLATE("a stopped task is killed and reaped before its transaction i
         sp->value.store(
             ftm::atomically(e, [&](auto& tx) { return tx.open_read(st.count)->value; }));
       });
-  running_supervisor<E> runner(sup);
+  ftm_test::running_supervisor<E> runner(sup);
   REQUIRE(eventually([&] { return s->in_tx.load() == 1; }));
   std::this_thread::sleep_for(300ms);  // two leases: heartbeats kept it alive
   CHECK(sup.stats().lease_kills == 0);
@@ -485,7 +455,7 @@ TEST_CASE("restart limits: N restarts within T, then a report that names the cau
                                      for (;;)
                                        std::this_thread::sleep_for(1s);
                                    });
-    running_supervisor<dual_bank> runner(sup);
+    ftm_test::running_supervisor<dual_bank> runner(sup);
     REQUIRE(eventually([&] { return sup.stats().starts == 3 && sup.task_pid() != 0; }));
     sup.stop();
     const auto report = runner.join();
@@ -540,7 +510,7 @@ TEST_CASE("restart limits: N restarts within T, then a report that names the cau
     CHECK(backup.stats().starts == 0);
 
     ftm::supervisor<dual_bank> waiting(*pool, {.name = "never"}, [](dual_bank&) {});
-    running_supervisor<dual_bank> runner(waiting, ftm::claim_policy::after_failure);
+    ftm_test::running_supervisor<dual_bank> runner(waiting, ftm::claim_policy::after_failure);
     std::this_thread::sleep_for(100ms);
     waiting.stop();
     CHECK(runner.join().outcome == ftm::supervision_outcome::stopped);
