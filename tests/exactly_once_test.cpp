@@ -268,9 +268,13 @@ class client {
     calls_.push_back({t, a});
   }
 
-  void run(const std::atomic<bool>& stop, std::uint64_t limit) {
-    while (!stop.load() && calls_.size() < limit)
+  /// Calls until `stop` or `limit` calls, counting each acknowledged call in `acked`.
+  void run(const std::atomic<bool>& stop, std::uint64_t limit,
+           std::atomic<std::uint64_t>& acked) {
+    while (!stop.load() && calls_.size() < limit) {
       call_once();
+      acked.fetch_add(1);
+    }
   }
 
   [[nodiscard]] const std::vector<acked_call>& calls() const noexcept { return calls_; }
@@ -401,27 +405,30 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
     clients.push_back(std::make_unique<client<E>>(*pool, w.port, c, 1000 + c));
   std::atomic<bool> stop{false};
   std::atomic<std::uint32_t> clients_done{0};  // used up their share of the log
+  std::atomic<std::uint64_t> acked{0};
   std::vector<std::thread> threads;
   for (auto& c : clients) {
-    threads.emplace_back([&c, &stop, &clients_done] {
-      c->run(stop, seg_ids * n_segments / n_clients);
+    threads.emplace_back([&c, &stop, &clients_done, &acked] {
+      c->run(stop, seg_ids * n_segments / n_clients, acked);
       ++clients_done;
     });
   }
 
   // The killer: kills each instance once, at a random instant after it started
-  // serving; one kill in a hundred is a SIGSTOP that the lease must turn into a kill.
+  // serving and after a call was acknowledged since the last kill (so calls complete
+  // between kills even where commits are slow, as at `power` under ASan); one kill in a
+  // hundred is a SIGSTOP that the lease must turn into a kill.
   const std::uint64_t wanted = kills_wanted<E>();
   std::uint64_t kills = 0, stops = 0;
   std::mt19937_64 rng(42);
   std::uniform_int_distribution<int> delay_us(0, 1500);
-  std::uint64_t last_start = 0;
+  std::uint64_t last_start = 0, acked_at_kill = 0;
   const auto deadline = std::chrono::steady_clock::now() + 150s;
   // Ends early, failing the count below, if the clients run out of calls.
   while (kills + stops < wanted && std::chrono::steady_clock::now() < deadline &&
          clients_done.load() < n_clients) {
     const auto s = sup.stats();
-    if (s.starts == last_start || sup.task_pid() == 0) {
+    if (s.starts == last_start || sup.task_pid() == 0 || acked.load() == acked_at_kill) {
       std::this_thread::sleep_for(50us);
       continue;
     }
@@ -429,6 +436,7 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
     std::this_thread::sleep_for(std::chrono::microseconds(delay_us(rng)));
     if (ctl->served.load() == served) continue;  // let it serve something first
     last_start = sup.stats().starts;
+    acked_at_kill = acked.load();
     if (rng() % 100 == 0) {
       if (sup.signal_task(SIGSTOP)) ++stops;
     } else if (sup.signal_task(SIGKILL)) {
@@ -461,7 +469,7 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
   CHECK(report.stats.lease_kills >= stops);  // each stopped instance was killed
   CHECK(report.stats.recovered.undone > 0);  // kills landed inside transactions
   CHECK(t.redelivered > 0);                  // and requests ran again
-  CHECK(t.calls > wanted);
+  CHECK(t.calls >= kills + stops);           // a call was acknowledged between kills
 }
 
 #if FTM_FAULT_INJECTION
