@@ -553,9 +553,9 @@ class power_loss_sim : public redo::observer {
     ++result_.images;
     ++images_here_;
     // Now and then, recovery itself dies once first, and the next one completes it:
-    // every 10th of the first 100 images of a crash point and every 1000th beyond (a
-    // fork costs more than a recovery, under ASan 10 times more).
-    if (crash_recovery_ && images_here_ % (images_here_ <= 100 ? 10 : 1000) == 0) {
+    // every 25th of the first 100 images of a crash point and every 1000th beyond (a
+    // fork costs more than a recovery, under ASan 20 times more).
+    if (crash_recovery_ && images_here_ % (images_here_ <= 100 ? 25 : 1000) == 0) {
       const char* point = result_.images % 2 == 0 ? "log.recover_replayed" : "log.recover_copied";
       const pid_t pid = ::fork();
       REQUIRE(pid >= 0);
