@@ -400,9 +400,8 @@ class power_loss_sim : public redo::observer {
       // from its append on.
       sim->cv_.wait(g, [&] { return sim->appended_ == t; });
       state next = sim->states_.back();
-      for (std::size_t i = 2 * static_cast<std::size_t>(t); i < 2 * static_cast<std::size_t>(t) + 2;
-           ++i)
-        next[i] = sim->round_;
+      const auto mine = 2 * static_cast<std::size_t>(t);  // its two slabs
+      next[mine] = next[mine + 1] = sim->round_;
       sim->states_.push_back(next);
       my_state() = sim->states_.size() - 1;
     }
