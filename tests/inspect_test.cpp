@@ -434,6 +434,12 @@ TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool
   patch(s.orders.offset(), offsetof(port_header, head), std::uint64_t{9});
   patch(s.jobs.offset(), offsetof(port_header, capacity), std::uint32_t{99});
   patch(s.dead.offset(), offsetof(port_header, fingerprint), std::uint64_t{0x5eed});
+  // The directory's own count of ports, too.
+  std::uint64_t directory = 0;
+  for (const auto& r : pmem::inspect(copy).roots())
+    if (r.name == "ftm.ports") directory = r.offset;
+  REQUIRE(directory != 0);
+  patch(directory, offsetof(ftm::detail::port_directory, ports), std::uint64_t{4});
   const auto d = inspect("--check " + copy.string());
   CHECK(d.status == 1);
   CHECK_MATCH(d.out, "\nports \\(3\\)\n");
@@ -452,7 +458,8 @@ TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool
       d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its header's message "
                          "fingerprint 0x0000000000005eed is not the directory's 0x[0-9a-f]{{16}}\n",
                          s.dead.offset()));
-  CHECK_MATCH(d.out, "check: 4 problems\n");
+  CHECK_MATCH(d.out, "  - the port directory counts 4 ports, but its blocks list 3\n");
+  CHECK_MATCH(d.out, "check: 5 problems\n");
   // Without --check the pool is shown, and the damage is not judged.
   CHECK(inspect(copy.string()).status == 0);
   // The original is untouched and sound.

@@ -65,10 +65,6 @@ concept closing_is_noop = requires {
   requires E::close_is_noop;
 };
 
-/// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
-/// `begin()` activates it, `commit()` or `abort()` ends it, and it can begin again.
-/// An active transaction that is destroyed aborts: a transaction never commits
-/// implicitly. All work on stable objects happens between `begin()` and its end.
 template <engine E>
 class transaction;
 
@@ -77,6 +73,10 @@ template <class T, engine E>
 stable<T> reserved_root(transaction<E>& tx, std::string_view name);
 }  // namespace detail
 
+/// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
+/// `begin()` activates it, `commit()` or `abort()` ends it, and it can begin again.
+/// An active transaction that is destroyed aborts: a transaction never commits
+/// implicitly. All work on stable objects happens between `begin()` and its end.
 template <engine E>
 class transaction : private detail::transaction_base {
  public:
