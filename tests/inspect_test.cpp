@@ -1,8 +1,10 @@
 // tools/ftm-inspect, run as a separate program on pool files made here: a fresh
-// pool, one with objects and roots, one left by a killed writer, and damaged files.
+// pool, one with objects and roots, one left by a killed writer, damaged files, and
+// pools with ports (listed from the port directory, with their depths and counts).
 #include "engines.hpp"
 
 #include <ftm/ftm.hpp>
+#include <ftm/port.hpp>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
@@ -31,6 +34,10 @@ namespace layout = ftm::detail::bank_layout;
 
 struct account {
   BOOST_HANA_DEFINE_STRUCT(account, (std::int64_t, balance), (std::uint32_t, ops));
+};
+
+struct order {
+  BOOST_HANA_DEFINE_STRUCT(order, (std::uint32_t, id), (std::int64_t, amount));
 };
 
 constexpr pmem::options small{.bank_size = std::size_t{1} << 20, .max_objects_per_transaction = 16};
@@ -272,4 +279,191 @@ TEST_CASE("ftm-inspect refuses a damaged file with an ftm error, and lists damag
   CHECK_MATCH(d.out, "check: [0-9]+ problems?\n");
   CHECK_MATCH(d.out, fmt::format("  - object at offset {} has size 1000 in a 64-byte block", acct));
   CHECK_MATCH(d.out, "  - root 'acct' names no live object of its size");
+}
+
+namespace {
+
+/// Three ports with history: `orders` with messages waiting, one of them delivered to
+/// an aborted receive, and one redelivered; `jobs`, whose poison message went to
+/// `dead`.
+struct port_scene {
+  ftm::stable_port<order> orders, jobs, dead;
+};
+
+template <class E>
+std::optional<order> receive_then(E& pool, ftm::stable_port<order> p, bool commit) {
+  ftm::transaction tx{pool};
+  tx.begin();
+  auto m = ftm::try_receive(tx, p);
+  if (commit) {
+    tx.commit();
+  } else {
+    tx.abort();
+  }
+  return m;
+}
+
+port_scene make_port_scene(pmem& pool) {
+  port_scene s;
+  s.orders = ftm::atomically(pool, [](auto& tx) {
+    return ftm::make_port<order>(tx, {.capacity = 4, .max_deliveries = 0});
+  });
+  s.dead =
+      ftm::atomically(pool, [](auto& tx) { return ftm::make_port<order>(tx, {.capacity = 8}); });
+  s.jobs = ftm::atomically(pool, [&](auto& tx) {
+    return ftm::make_port<order>(tx, {.capacity = 4, .max_deliveries = 1}, s.dead);
+  });
+  ftm::atomically(pool, [&](auto& tx) {
+    for (std::uint32_t id : {1, 2, 3})
+      ftm::send(tx, s.orders, order{id, 10});
+    for (std::uint32_t id : {7, 8})
+      ftm::send(tx, s.jobs, order{id, 70});
+  });
+  CHECK(receive_then(pool, s.orders, true)->id == 1);
+  CHECK(receive_then(pool, s.orders, false)->id == 2);
+  CHECK(receive_then(pool, s.orders, true)->id == 2);   // redelivered
+  CHECK(receive_then(pool, s.orders, false)->id == 3);  // in flight
+  CHECK(receive_then(pool, s.jobs, false)->id == 7);    // its one delivery
+  CHECK(receive_then(pool, s.jobs, true)->id == 8);     // 7 went to `dead`
+  return s;
+}
+
+/// The line ftm-inspect prints for `p`, as a pattern, from the port's own statistics.
+std::string port_line(pmem& pool, ftm::stable_port<order> p, std::uint64_t dead_letter = 0) {
+  const auto st = ftm::atomically(pool, [&](auto& tx) { return ftm::port_stats_of(tx, p); });
+  return fmt::format(
+      "  offset {}  [^\n]*order  depth {}/{}  in flight {}  sent {}  received {}  redelivered {}  "
+      "dead-lettered {}{}\n",
+      p.offset(), st.depth, st.capacity, st.in_flight, st.sent, st.received, st.redelivered,
+      st.dead_lettered,
+      dead_letter == 0 ? std::string() : fmt::format("  dead letters to offset {}", dead_letter));
+}
+
+}  // namespace
+
+TEST_CASE("ftm-inspect lists the ports with their depths and counts") {
+  const fs::path path = ftm_test::scratch_file();
+  std::string orders_line, jobs_line, dead_line;
+  port_scene s;
+  {
+    auto pool = pmem::create(path, small);
+    s = make_port_scene(pool);
+    const auto o =
+        ftm::atomically(pool, [&](auto& tx) { return ftm::port_stats_of(tx, s.orders); });
+    CHECK(fmt::format("{}", o) ==
+          "depth: 1/4, in flight: 1, sent: 3, received: 2, deliveries: 4, redelivered: 1, "
+          "dead-lettered: 0");
+    orders_line = port_line(pool, s.orders);
+    jobs_line = port_line(pool, s.jobs, s.dead.offset());
+    dead_line = port_line(pool, s.dead);
+    CHECK(jobs_line.find("depth 0/4  in flight 0  sent 2  received 1  redelivered 0  "
+                         "dead-lettered 1  dead letters to offset") != std::string::npos);
+    CHECK(dead_line.find("depth 1/8  in flight 0  sent 1  received 0") != std::string::npos);
+  }
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 0);
+  CHECK(r.err.empty());
+  CHECK_MATCH(r.out, "'ftm.ports'  type [^\n]*port_directory  size 32 ");
+  CHECK_MATCH(r.out, "\nports \\(3\\)\n");
+  CHECK_MATCH(r.out, orders_line);
+  CHECK_MATCH(r.out, jobs_line);
+  CHECK_MATCH(r.out, dead_line);
+  CHECK_MATCH(r.out, "check: ok\n");
+
+  // The tool reads committed bytes through a bounds-checked accessor.
+  const auto view = pmem::inspect(path);
+  CHECK(view.object(s.orders.offset()).size() ==
+        sizeof(ftm::detail::port_header) + 4 * ftm::detail::slot_size_of<order>());
+  CHECK_THROWS_AS(static_cast<void>(view.object(s.orders.offset() + 8)), ftm::bad_pool);
+  CHECK_THROWS_AS(static_cast<void>(view.object(small.bank_size)), ftm::bad_pool);
+  CHECK_THROWS_AS(static_cast<void>(view.object(small.bank_size - 64)), ftm::bad_pool);
+}
+
+TEST_CASE("ftm-inspect lists committed ports of other processes, and no aborted or killed one") {
+  const fs::path path = ftm_test::scratch_file();
+  { auto pool = pmem::create(path, small); }
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto pool = pmem::open(path);
+    ftm::atomically(pool, [](auto& tx) { return ftm::make_port<order>(tx, {.capacity = 5}); });
+    ftm::transaction tx{pool};
+    tx.begin();
+    static_cast<void>(ftm::make_port<order>(tx, {.capacity = 7}));  // never committed
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(0);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(WIFSIGNALED(status));
+  {
+    auto pool = pmem::open(path);  // recovers the killed transaction
+    ftm::transaction tx{pool};
+    tx.begin();
+    static_cast<void>(ftm::make_port<order>(tx, {.capacity = 9}));
+    tx.abort();
+  }
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 0);
+  CHECK_MATCH(r.out, "\nports \\(1\\)\n");
+  CHECK_MATCH(r.out, "  offset [0-9]+  [^\n]*order  depth 0/5  in flight 0  sent 0");
+  CHECK(r.out.find("/7 ") == std::string::npos);
+  CHECK(r.out.find("/9 ") == std::string::npos);
+  CHECK_MATCH(r.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool") {
+  const fs::path path = ftm_test::scratch_file();
+  port_scene s;
+  {
+    auto pool = pmem::create(path, small);
+    s = make_port_scene(pool);
+  }
+  const fs::path copy = ftm_test::scratch_file("copy");
+  fs::copy_file(path, copy);
+  const std::uint64_t control = fs::file_size(copy) - 2 * small.bank_size;
+  auto patch = [&](std::uint64_t port, std::size_t field, auto value) {
+    std::fstream f(copy, std::ios::in | std::ios::out | std::ios::binary);
+    for (const std::uint64_t bank : {control, control + small.bank_size}) {
+      f.seekp(static_cast<std::streamoff>(bank + port + layout::header_size + field));
+      f.write(reinterpret_cast<const char*>(&value), sizeof value);
+    }
+  };
+  using ftm::detail::port_header;
+  patch(s.orders.offset(), offsetof(port_header, head), std::uint64_t{9});
+  patch(s.jobs.offset(), offsetof(port_header, capacity), std::uint32_t{99});
+  patch(s.dead.offset(), offsetof(port_header, fingerprint), std::uint64_t{0x5eed});
+  // The directory's own count of ports, too.
+  std::uint64_t directory = 0;
+  for (const auto& r : pmem::inspect(copy).roots())
+    if (r.name == "ftm.ports") directory = r.offset;
+  REQUIRE(directory != 0);
+  patch(directory, offsetof(ftm::detail::port_directory, ports), std::uint64_t{4});
+  const auto d = inspect("--check " + copy.string());
+  CHECK(d.status == 1);
+  CHECK_MATCH(d.out, "\nports \\(3\\)\n");
+  CHECK_MATCH(d.out, fmt::format("  offset {}  [^\n]*order  capacity 4  \\(damaged: see --check\\)",
+                                 s.jobs.offset()));
+  CHECK_MATCH(d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its head 9 is past its "
+                                 "tail 3\n",
+                                 s.orders.offset()));
+  CHECK_MATCH(d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): it counts 2 receives "
+                                 "and 0 dead letters, but its head is 9\n",
+                                 s.orders.offset()));
+  CHECK_MATCH(d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its header's capacity "
+                                 "99 is not the directory's 4\n",
+                                 s.jobs.offset()));
+  CHECK_MATCH(
+      d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its header's message "
+                         "fingerprint 0x0000000000005eed is not the directory's 0x[0-9a-f]{{16}}\n",
+                         s.dead.offset()));
+  CHECK_MATCH(d.out, "  - the port directory counts 4 ports, but its blocks list 3\n");
+  CHECK_MATCH(d.out, "check: 5 problems\n");
+  // Without --check the pool is shown, and the damage is not judged.
+  CHECK(inspect(copy.string()).status == 0);
+  // The original is untouched and sound.
+  const auto ok = inspect("--check " + path.string());
+  CHECK(ok.status == 0);
+  CHECK_MATCH(ok.out, "check: ok\n");
 }

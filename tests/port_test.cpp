@@ -16,8 +16,10 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <variant>
+#include <vector>
 
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -570,4 +572,59 @@ ENGINE_TEST("retry without objects waits for anything the transaction opened") {
   CHECK(runs >= 2);
   CHECK(runs < 100);
   CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& t) { ftm::retry(t); }), ftm::usage_error);
+}
+
+ENGINE_TEST("the port directory lists every committed port, and no aborted one") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto entries = [&] {
+    return ftm::atomically(*pool, [](auto& tx) { return ftm::detail::port_directory_entries(tx); });
+  };
+  CHECK(entries().empty());  // no port made: no directory either
+  auto dead = make_orders(*pool, {.capacity = 2});
+  auto p = make_orders(*pool, {.capacity = 8}, dead);
+  {
+    ftm::transaction tx{*pool};
+    tx.begin();
+    const auto gone = ftm::make_port<reply>(tx, {.capacity = 16});
+    CHECK(ftm::detail::port_directory_entries(tx).size() == 3);  // its own entry, until...
+    CHECK(ftm::detail::port_directory_entries(tx).back().offset == gone.offset());
+    tx.abort();
+  }
+  auto listed = entries();
+  REQUIRE(listed.size() == 2);  // ...the abort takes it out again
+  CHECK(listed[0].offset == dead.offset());
+  CHECK(listed[0].capacity == 2);
+  CHECK(listed[1].offset == p.offset());
+  CHECK(listed[1].capacity == 8);
+  CHECK(listed[1].fingerprint == ftm::layout_fingerprint<order>());
+  CHECK(listed[1].slot_size == ftm::detail::slot_size_of<order>());
+  CHECK(std::string_view(listed[1].type).ends_with("order"));
+  // Blocks chain: more ports than one block holds are all listed, in order.
+  constexpr std::uint32_t many = 2 * ftm::detail::port_directory_block_entries + 3;
+  std::vector<std::uint64_t> made;
+  for (std::uint32_t i = 0; i < many; ++i)
+    made.push_back(make_orders(*pool, {.capacity = 1}).offset());
+  listed = entries();
+  REQUIRE(listed.size() == many + 2);
+  for (std::uint32_t i = 0; i < many; ++i)
+    CHECK(listed[i + 2].offset == made[i]);
+  CHECK(pool->check().ok());
+}
+
+ENGINE_TEST("programs cannot bind or read roots under ftm's reserved prefix") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  make_orders(*pool);  // the directory exists under 'ftm.ports'
+  for (const char* name : {"ftm.ports", "ftm.mine"}) {
+    try {
+      ftm::atomically(*pool, [&](auto& tx) { static_cast<void>(ftm::root<registry>(tx, name)); });
+      FAIL("a reserved root name was accepted: ", name);
+    } catch (const ftm::usage_error& e) {
+      CHECK(std::string(e.what()).find(fmt::format("the root name '{}' is reserved", name)) !=
+            std::string::npos);
+    }
+  }
+  // Other names, even close ones, are the program's.
+  ftm::atomically(*pool, [](auto& tx) { static_cast<void>(ftm::root<registry>(tx, "ftm_ports")); });
+  CHECK(ftm::atomically(
+            *pool, [](auto& tx) { return ftm::detail::port_directory_entries(tx).size(); }) == 1);
 }

@@ -482,7 +482,8 @@ TEST_CASE("restart limits: N restarts within T, then a report that names the cau
     // The first supervisor has started its instance once the pool counts a start.
     REQUIRE(eventually([&] {
       return ftm::atomically(*pool, [](auto& tx) {
-               const auto rec = ftm::root<ftm::detail::task_record>(tx, "ftm.task.twice");
+               const auto rec =
+                   ftm::detail::reserved_root<ftm::detail::task_record>(tx, "ftm.task.twice");
                return tx.open_read(rec)->starts;
              }) == 1;
     }));

@@ -2,12 +2,15 @@
 //
 //   ftm-inspect [--check] POOL
 //
-// Prints the header, the named roots, the space used and free, and the descriptors in
-// use. With --check, also verifies the pool's structures and lists what is wrong.
+// Prints the header, the named roots, the space used and free, the descriptors in use,
+// and the ports (from the port directory, root `ftm.ports`) with their depths and
+// counts. With --check, also verifies the pool's structures and its ports, and lists
+// what is wrong.
 // Exit status: 0 fine; 1 --check found problems; 2 the file is not a usable pool (or
 // the command line is wrong), with an ftm error message on stderr.
 #include <ftm/engines/pmem.hpp>
 #include <ftm/error.hpp>
+#include <ftm/port.hpp>
 
 #include <fmt/format.h>
 
@@ -16,6 +19,7 @@
 #include <exception>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace {
 
@@ -25,7 +29,8 @@ constexpr int exit_bad_file = 2;
 void usage(std::FILE* to) {
   fmt::print(to,
              "usage: ftm-inspect [--check] POOL\n"
-             "  Shows the header, roots, space and descriptors of an ftm pool file, read-only.\n"
+             "  Shows the header, roots, space, descriptors and ports of an ftm pool file,\n"
+             "  read-only.\n"
              "  --check  also verify its structures; exit 1 if any is wrong\n");
 }
 
@@ -45,6 +50,29 @@ std::string_view kind_name(ftm::detail::bank_layout::entry_kind k) {
     case ftm::detail::bank_layout::entry_kind::write: return "write";
   }
   return "unknown";
+}
+
+/// The ports the pool's port directory lists; adds what is wrong with them to `problems`.
+std::vector<ftm::detail::port_report> list_ports(
+    const ftm::engines::pmem_view& pool,
+    const std::vector<ftm::engines::pmem_view::root_report>& roots,
+    std::vector<std::string>& problems) {
+  namespace fd = ftm::detail;
+  for (const auto& r : roots) {
+    if (r.name != fd::port_directory_name) continue;
+    if (r.fingerprint != ftm::layout_fingerprint<fd::port_directory>() ||
+        r.size != sizeof(fd::port_directory)) {
+      problems.push_back(
+          fmt::format("root '{}' holds a {} ({} bytes), not the port directory of this ftm", r.name,
+                      r.type, r.size));
+      return {};
+    }
+    auto found =
+        fd::read_port_directory(r.offset, [&](std::uint64_t off) { return pool.object(off); });
+    problems.insert(problems.end(), found.problems.begin(), found.problems.end());
+    return std::move(found.ports);
+  }
+  return {};  // no port was ever made in this pool
 }
 
 int inspect(const std::string& path, bool check) {
@@ -90,17 +118,33 @@ int inspect(const std::string& path, bool check) {
       fmt::print("      {:<5}  offset {}  length {}\n", kind_name(e.kind), e.offset, e.length);
     }
   }
-  // Ports (queues between processes) will be listed here, with their depths, once
-  // ftm has them.
+
+  std::vector<std::string> problems = report.problems;
+  const auto ports = list_ports(pool, roots, problems);
+  fmt::print("ports ({})\n", ports.size());
+  for (const auto& p : ports) {
+    if (!p.readable) {
+      fmt::print("  offset {}  {}  capacity {}  (damaged: see --check)\n", p.offset, p.type,
+                 p.capacity);
+      continue;
+    }
+    const auto& h = p.header;
+    fmt::print(
+        "  offset {}  {}  depth {}/{}  in flight {}  sent {}  received {}  redelivered {}  "
+        "dead-lettered {}",
+        p.offset, p.type, p.depth(), h.capacity, p.in_flight, h.sent, h.received, h.redelivered,
+        h.dead_lettered);
+    if (h.dead_letter != 0) fmt::print("  dead letters to offset {}", h.dead_letter);
+    fmt::print("\n");
+  }
 
   if (!check) return 0;
-  if (report.ok()) {
+  if (problems.empty()) {
     fmt::print("check: ok\n");
     return 0;
   }
-  fmt::print("check: {} problem{}\n", report.problems.size(),
-             report.problems.size() == 1 ? "" : "s");
-  for (const auto& p : report.problems)
+  fmt::print("check: {} problem{}\n", problems.size(), problems.size() == 1 ? "" : "s");
+  for (const auto& p : problems)
     fmt::print("  - {}\n", p);
   return exit_problems;
 }

@@ -379,7 +379,7 @@ class supervisor {
     const detail::owner_id self = detail::self_owner_id();
     const bool backup = policy != claim_policy::now;
     return atomically(*engine_, [&](transaction<E>& tx) {
-      auto rec = tx.open(tx.template root<detail::task_record>(record_name_));
+      auto rec = tx.open(detail::reserved_root<detail::task_record>(tx, record_name_));
       if (rec->supervisor != 0 && rec->supervisor != self && detail::owner_alive(rec->supervisor)) {
         return claim{rec->supervisor, rec->owner, 0};
       }
@@ -415,7 +415,7 @@ class supervisor {
   supervision_report finish(supervision_outcome outcome) {
     if (outcome != supervision_outcome::stopped) {
       atomically(*engine_, [&](transaction<E>& tx) {
-        tx.open(tx.template root<detail::task_record>(record_name_))->finished =
+        tx.open(detail::reserved_root<detail::task_record>(tx, record_name_))->finished =
             outcome == supervision_outcome::completed ? 1 : 2;
       });
     }
@@ -525,7 +525,7 @@ class supervisor {
       const detail::owner_id owner =
           detail::make_owner_id(pid, detail::read_proc_stat(pid).start_time);
       start_number = atomically(*engine_, [&](transaction<E>& tx) {
-        auto rec = tx.open(tx.template root<detail::task_record>(record_name_));
+        auto rec = tx.open(detail::reserved_root<detail::task_record>(tx, record_name_));
         rec->owner = owner;
         return ++rec->starts;
       });

@@ -41,6 +41,21 @@ root_type root_type_of() {
   return {object_type_of<T>, layout_fingerprint<T>(), layout};
 }
 
+/// Root names that begin with this are ftm's own records (the port directory
+/// `ftm.ports`, supervisors' `ftm.task.<name>`): `transaction::root` refuses them, so
+/// no program binds one with a type of its own, and ftm's layers reach theirs through
+/// `detail::reserved_root`.
+inline constexpr std::string_view reserved_root_prefix = "ftm.";
+
+inline void refuse_reserved_root(std::string_view name) {
+  if (name.starts_with(reserved_root_prefix)) {
+    throw usage_error(fmt::format(
+        "transaction::root: the root name '{}' is reserved: names beginning with '{}' are "
+        "ftm's own records (the port directory, supervised tasks); choose another name",
+        name, reserved_root_prefix));
+  }
+}
+
 }  // namespace detail
 
 /// An engine whose `close` does nothing says so with `static constexpr bool
@@ -49,6 +64,14 @@ template <class E>
 concept closing_is_noop = requires {
   requires E::close_is_noop;
 };
+
+template <engine E>
+class transaction;
+
+namespace detail {
+template <class T, engine E>
+stable<T> reserved_root(transaction<E>& tx, std::string_view name);
+}  // namespace detail
 
 /// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
 /// `begin()` activates it, `commit()` or `abort()` ends it, and it can begin again.
@@ -160,6 +183,19 @@ class transaction : private detail::transaction_base {
   stable<T> root(std::string_view name) {
     static_assert(detail::check_stable_type<T>());
     require_active("root");
+    detail::refuse_reserved_root(name);
+    return find_or_bind_root<T>(name);
+  }
+
+  /// This transaction's descriptor in its engine (valid while active).
+  [[nodiscard]] tx_id id() const noexcept { return id_; }
+
+ private:
+  template <class T, ::ftm::engine F>
+  friend stable<T> detail::reserved_root(transaction<F>& tx, std::string_view name);
+
+  template <class T>
+  stable<T> find_or_bind_root(std::string_view name) {
     const root_type type = detail::root_type_of<T>();
     if (auto off = engine_->find_root(id_, name, type); off != 0) return {detail::from_offset, off};
     stable<T> ref = create<T>();
@@ -167,10 +203,6 @@ class transaction : private detail::transaction_base {
     return ref;
   }
 
-  /// This transaction's descriptor in its engine (valid while active).
-  [[nodiscard]] tx_id id() const noexcept { return id_; }
-
- private:
   static void close_thunk(detail::transaction_base& base, std::uint64_t offset) noexcept {
     auto& self = static_cast<transaction&>(base);
     self.engine_->close(self.id_, offset);
@@ -208,6 +240,17 @@ template <class T, engine E>
 stable<T> root(transaction<E>& tx, std::string_view name) {
   return tx.template root<T>(name);
 }
+
+namespace detail {
+/// `tx.root<T>(name)` without the refusal of reserved names: for ftm's own records
+/// (`reserved_root_prefix`), never for programs' roots.
+template <class T, engine E>
+stable<T> reserved_root(transaction<E>& tx, std::string_view name) {
+  static_assert(check_stable_type<T>());
+  tx.require_active("root");
+  return tx.template find_or_bind_root<T>(name);
+}
+}  // namespace detail
 
 /// Thrown by an operation that cannot go on yet (a receive from an empty port, a send
 /// to a full one): `ftm::atomically` aborts the transaction, waits until one of the

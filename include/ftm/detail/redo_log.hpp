@@ -18,11 +18,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -30,8 +32,10 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace ftm::detail::redo {
@@ -83,6 +87,8 @@ struct control {
   std::atomic<std::uint64_t> base;     // position of the current epoch's first record
   std::atomic<std::uint64_t> epoch;
   std::atomic<std::uint32_t> in_flight[bank_layout::max_slots];  // logged, phase 2 not done
+  std::atomic<std::uint32_t> flushes;   // futex word: bumped after every flush of the log
+  std::atomic<std::uint32_t> sleepers;  // committers asleep on `flushes`
 };
 static_assert(control_offset + sizeof(control) <= bank_layout::watch_begin);
 static_assert(sizeof(bank_layout::pool_header) <= control_offset);
@@ -301,6 +307,8 @@ class redo_log {
     ctl_->epoch.store(epoch);
     for (auto& f : ctl_->in_flight)
       f.store(0);
+    ctl_->flushes.store(0);
+    ctl_->sleepers.store(0);
   }
 
   /// Starts a new epoch: the header, flushed, makes every record in the file stale.
@@ -434,25 +442,63 @@ class redo_log {
     return pos + buf.size();
   }
 
-  /// Group commit: the first waiter to get the flush lock flushes everything written
-  /// before it started; the others find their record durable when they get it.
+  /// Group commit: a committer whose record is not yet durable flushes the log itself
+  /// if nobody is flushing, and otherwise sleeps until the running flush ends. Every
+  /// sleeper wakes at once then: those the flush covered return, and one of the others
+  /// leads the next flush for all of them. (Queueing on the flush lock instead woke the
+  /// covered committers one at a time, each wake a scheduling round trip, so the next
+  /// flush started late and covered few records.)
   void wait_durable(std::uint64_t end) noexcept {
-    if (ctl_->durable.load(std::memory_order_acquire) >= end) return;
-    const int r = pthread_mutex_lock(&ctl_->flush);
-    if (r == EOWNERDEAD) {
-      pthread_mutex_consistent(&ctl_->flush);
-    } else if (r != 0) {
-      errno = r;
-      fatal("lock", path_);
-    }
-    if (ctl_->durable.load(std::memory_order_acquire) < end) {
-      const std::uint64_t t = ctl_->tail.load(std::memory_order_acquire);
-      flush_file();
-      std::uint64_t cur = ctl_->durable.load(std::memory_order_relaxed);
-      while (cur < t && !ctl_->durable.compare_exchange_weak(cur, t, std::memory_order_release)) {
+    for (;;) {
+      const std::uint32_t seen = ctl_->flushes.load(std::memory_order_seq_cst);
+      if (ctl_->durable.load(std::memory_order_acquire) >= end) return;
+      const int r = pthread_mutex_trylock(&ctl_->flush);
+      if (r == 0 || r == EOWNERDEAD) {
+        if (r == EOWNERDEAD) pthread_mutex_consistent(&ctl_->flush);
+        const bool flushed = ctl_->durable.load(std::memory_order_acquire) < end;
+        if (flushed) flush_log_locked();
+        pthread_mutex_unlock(&ctl_->flush);
+        if (flushed) announce_flush();
+        continue;
       }
+      if (r != EBUSY) {
+        errno = r;
+        fatal("lock", path_);
+      }
+      // A flush is running. The timeout bounds the wait if its flusher dies: the robust
+      // lock then lets the next committer take over.
+      ctl_->sleepers.fetch_add(1, std::memory_order_seq_cst);
+      timespec ts{0, 2'000'000};
+      // Not FUTEX_PRIVATE_FLAG: the committers may be in different processes.
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&ctl_->flushes), FUTEX_WAIT, seen, &ts,
+                nullptr, 0);
+      ctl_->sleepers.fetch_sub(1, std::memory_order_relaxed);
     }
-    pthread_mutex_unlock(&ctl_->flush);
+  }
+
+  /// Flushes every record written so far. The caller holds the flush lock.
+  void flush_log_locked() noexcept {
+    // Committers just woken by the last flush are about to append: letting them run
+    // first puts their records in this flush (8 threads: 36k -> 40k commits/s).
+    std::this_thread::yield();
+    const std::uint64_t t = ctl_->tail.load(std::memory_order_acquire);
+    flush_file();
+    FTM_FAULT_POINT("log.mid_flush");
+    std::uint64_t cur = ctl_->durable.load(std::memory_order_relaxed);
+    while (cur < t && !ctl_->durable.compare_exchange_weak(cur, t, std::memory_order_release)) {
+    }
+  }
+
+  /// Wakes the committers that slept through a flush, after the flush lock is released:
+  /// one that found the lock taken had read `flushes` before, so it sees the change. A
+  /// sleeper counts itself before the kernel reads `flushes` again: either it is counted
+  /// here, or it sees the new value and does not sleep.
+  void announce_flush() noexcept {
+    ctl_->flushes.fetch_add(1, std::memory_order_seq_cst);
+    if (ctl_->sleepers.load(std::memory_order_seq_cst) != 0) {
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&ctl_->flushes), FUTEX_WAKE, INT_MAX,
+                nullptr, nullptr, 0);
+    }
   }
 
   void write_at(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {

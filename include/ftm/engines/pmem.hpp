@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -290,6 +291,31 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   /// descriptors of dead ones are problems (opening the pool for writing recovers them).
   [[nodiscard]] check_report check() const {
     return bank_engine::check({.in_use = true, .earlier_boot = header_.earlier_boot});
+  }
+
+  /// The bytes of the object at `offset` as last committed (the second bank, which
+  /// `roots()` reads too), for a tool that knows the object's layout (ftm-inspect
+  /// reads the port directory and the ports with it). Throws `ftm::bad_pool` if no
+  /// object can start at `offset`, or the size recorded there is 0 or runs past the bank.
+  [[nodiscard]] std::span<const std::byte> object(std::uint64_t offset) const {
+    namespace layout = detail::bank_layout;
+    const auto& g = region_geometry();
+    if (offset < layout::roots_offset || offset % layout::min_block != 0 ||
+        offset > g.bank_size - layout::header_size) {
+      throw bad_pool(
+          fmt::format("'{}': no object can start at offset {} (banks of {} bytes, "
+                      "objects at multiples of {})",
+                      region_path().string(), offset, g.bank_size, layout::min_block));
+    }
+    const std::byte* bank = region() + g.control_size + g.bank_size;
+    std::uint32_t size = 0;
+    std::memcpy(&size, bank + offset + offsetof(layout::object_header, size), sizeof size);
+    if (size == 0 || size > g.bank_size - offset - layout::header_size) {
+      throw bad_pool(fmt::format("'{}': no live object at offset {} (its recorded size is {}{})",
+                                 region_path().string(), offset, size,
+                                 size == 0 ? "" : ", past the end of the bank"));
+    }
+    return {bank + offset + layout::header_size, size};
   }
 
   static constexpr std::size_t chunk_size = bank_engine::chunk_size;
