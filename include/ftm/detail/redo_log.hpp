@@ -305,12 +305,16 @@ class redo_log {
   std::uint64_t replay(std::uint64_t lo, std::uint64_t hi, object_visitor visit, void* ctx) const {
     std::uint64_t records = 0;
     std::vector<std::byte> rec;
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) io_fail("stat", path_);
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
     for (std::uint64_t off = records_begin;;) {
       record_header rh{};
       if (::pread(fd_, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh))
         break;
+      // A header torn by 8-byte words may hold any size: it must fit in the file.
       if (rh.epoch != file_epoch_ || rh.bytes < sizeof rh || rh.bytes % 8 != 0 ||
-          rh.bytes > (std::uint64_t{1} << 40)) {
+          rh.bytes > file_size - off) {
         break;
       }
       rec.resize(rh.bytes);
