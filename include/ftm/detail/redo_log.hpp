@@ -166,12 +166,22 @@ inline bool broken_ack_before_flush = false;    // commit does not wait for the 
 inline bool broken_redo_before_append = false;  // phase 2 runs before the record is written
 inline bool broken_short_flush = false;         // cache lines: a record's last line is not flushed
 inline bool broken_single_header = false;  // cache lines: no second copy of a new epoch's header
+#endif
 
-/// The cache-line mode on a file system without `MAP_SYNC` (tests only): an explicit
-/// `flush_request::cache_lines` maps the log with plain `MAP_SHARED` when `MAP_SYNC`
-/// is refused. Its stores then sit in the page cache, which a power loss does not
-/// keep: the power-loss test checks the order of the stores and fences, not the medium.
+/// Whether `force_cache_lines_on_page_cache` exists: in the fault-injection builds of
+/// the tests, and where `FTM_FORCEABLE_CACHE_LINES` is 1 (the benchmark, which must not
+/// have the fault points). Never in a program's build.
+#if (defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION) || \
+    (defined(FTM_FORCEABLE_CACHE_LINES) && FTM_FORCEABLE_CACHE_LINES)
+#define FTM_DETAIL_FORCEABLE_CACHE_LINES 1
+/// The cache-line mode on a file system without `MAP_SYNC` (tests and benchmarks): an
+/// explicit `flush_request::cache_lines` maps the log with plain `MAP_SHARED` when
+/// `MAP_SYNC` is refused. Its stores then sit in the page cache, which a power loss
+/// does not keep: NOT durable. The power-loss test checks the order of the stores and
+/// fences, not the medium; the benchmark compares the cost with PMDK's, as forced.
 inline bool force_cache_lines_on_page_cache = false;
+#else
+#define FTM_DETAIL_FORCEABLE_CACHE_LINES 0
 #endif
 
 /// The process dies: a log it cannot write leaves committed transactions without
@@ -526,7 +536,7 @@ class redo_log {
 #if defined(MAP_SYNC) && defined(MAP_SHARED_VALIDATE)
       p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd_, 0);
       const int e = errno;
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+#if FTM_DETAIL_FORCEABLE_CACHE_LINES
       if (p == MAP_FAILED && force_cache_lines_on_page_cache &&
           flush == flush_request::cache_lines) {
         p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
