@@ -108,11 +108,12 @@ struct object_entry {
 /// header page. Positions are absolute byte counts that only grow; a record at position
 /// p is at file offset `records_begin + p - base`.
 struct control {
-  std::uint32_t level;     // the durability of the pool's current users: 0 process, 1 power
-  std::uint32_t method;    // `flush_mode` of the pool's current (or last) `power` users
-  pthread_mutex_t append;  // serialises appends and checkpoints (robust, process-shared)
-  pthread_mutex_t flush;   // one flusher at a time; the others wait for its result
-  std::atomic<std::uint64_t> tail;     // end of the last record written
+  std::uint32_t level;  // the durability of the pool's current users: 0 process, 1 power
+  /// The `flush_mode` of the pool's current (or last) `power` users.
+  std::uint32_t method;
+  pthread_mutex_t append;           // serialises appends and checkpoints (robust, process-shared)
+  pthread_mutex_t flush;            // one flusher at a time; the others wait for its result
+  std::atomic<std::uint64_t> tail;  // end of the last record written
   std::atomic<std::uint64_t> durable;  // the log is on the medium up to here
   std::atomic<std::uint64_t> base;     // position of the current epoch's first record
   std::atomic<std::uint64_t> epoch;
