@@ -18,10 +18,10 @@
 
 namespace ftm::detail::persist {
 
-/// The instruction that writes a cache line back, best first.
+/// The instruction that writes a cache line back, from none to the best.
 enum class line_flush : std::uint8_t {
   none,        ///< not x86-64: no cache-line flushes
-  clflush,     ///< every x86-64 processor; serialising and evicts the line
+  clflush,     ///< every x86-64 processor; ordered with stores and other CLFLUSHes, evicts
   clflushopt,  ///< unordered among themselves, evicts the line
   clwb,        ///< unordered, keeps the line in the cache
 };
