@@ -18,6 +18,11 @@
 ///                    transaction, the floor for one sync per commit.
 ///   ftm_power        `ftm::engines::pmem`, durability `power`: a redo log beside the
 ///                    pool, one shared fdatasync per group of concurrent commits.
+///   ftm_power_lines_shm_forced_nondurable
+///                    `power` with the redo log flushed by cache lines
+///                    (`ftm::flush_method::cache_lines`), forced on /dev/shm: NOT
+///                    durable (tmpfs has no MAP_SYNC; the stores, CLWB and SFENCE of a
+///                    DAX file system, on DRAM). The row beside pmdk_shm_forced_nondurable.
 ///
 /// Every system keeps its files in one directory (`--dir=PATH`, or the environment
 /// variable FTM_DURABLE_BENCH_DIR, or by default a directory under the build tree),
@@ -262,6 +267,33 @@ class ftm_power_system final : public ftm_system<ftm::engines::pmem> {
               work_dir() / "ftm-power.pool",
               {.bank_size = ftm_bank_size, .level = ftm::durability::power});
         }) {}
+};
+
+/// A directory of its own under /dev/shm, made once and removed at exit.
+const fs::path& shm_dir() {
+  static const fs::path dir = [] {
+    char dir_template[] = "/dev/shm/ftm-durable-bench-lines.XXXXXX";
+    if (::mkdtemp(dir_template) == nullptr) fail_errno("cannot create", "/dev/shm");
+    return fs::path(dir_template);
+  }();
+  return dir;
+}
+
+class ftm_power_lines_forced_system final : public ftm_system<ftm::engines::pmem> {
+ public:
+  ftm_power_lines_forced_system()
+      : ftm_system("ftm_power_lines_shm_forced_nondurable", [] {
+          // Not durable: see the file comment. `cache_lines` throws unless it is used.
+          ftm::detail::redo::force_cache_lines_on_page_cache = true;
+          return ftm::engines::pmem::create(shm_dir() / "ftm-power-lines.pool",
+                                            {.bank_size = ftm_bank_size,
+                                             .level = ftm::durability::power,
+                                             .flush = ftm::flush_method::cache_lines});
+        }) {}
+  ~ftm_power_lines_forced_system() override {
+    std::error_code ignored;
+    fs::remove_all(shm_dir(), ignored);
+  }
 };
 
 class dual_bank_system final : public ftm_system<ftm::engines::dual_bank> {
@@ -980,6 +1012,7 @@ void register_all() {
   register_updates<pmdk_fs_system>("pmdk_fs", {1});
   benchmark::RegisterBenchmark("update/pmdk_shm_forced_nondurable", run_pmdk_forced)
       ->UseManualTime();
+  register_updates<ftm_power_lines_forced_system>("ftm_power_lines_shm_forced_nondurable", {1});
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {1});
   register_updates<sqlite_wal_off_system>("sqlite_wal_off", {1});
   register_updates<lmdb_sync_system>("lmdb_sync", {1});
@@ -988,6 +1021,8 @@ void register_all() {
   // Eight committing threads, each on its own records: does a commit share its sync?
   register_updates<ftm_process_system>("ftm_process", {max_threads});
   register_updates<ftm_power_system>("ftm_power", {max_threads});
+  register_updates<ftm_power_lines_forced_system>("ftm_power_lines_shm_forced_nondurable",
+                                                  {max_threads});
   register_updates<dual_bank_system>("dual_bank", {max_threads});
   register_updates<pmdk_fs_system>("pmdk_fs", {max_threads});
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {max_threads});

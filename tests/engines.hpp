@@ -98,6 +98,52 @@ struct engine_factory<pmem_power> {
   }
 };
 
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+/// `pmem_power` with its redo log flushed by cache lines (`ftm::flush_method::
+/// cache_lines`). No file system here maps with MAP_SYNC, so the mode is forced on the
+/// page cache (a switch of the fault-injection builds): what runs is its order of
+/// stores, flushes and fences, on memory a power loss would not keep.
+class pmem_power_lines : public ftm::engines::pmem {
+ public:
+  pmem_power_lines(const std::filesystem::path& path, std::size_t bank_size,
+                   std::uint32_t max_objects)
+      : pmem(path, options_for(bank_size, max_objects)) {}
+
+  /// Opens a pool as its other users do: `power`, by cache lines.
+  static ftm::engines::pmem open(const std::filesystem::path& path) {
+    return ftm::engines::pmem::open(path, options_for(std::size_t{4} << 20, 1024));
+  }
+
+ private:
+  static options options_for(std::size_t bank_size, std::uint32_t max_objects) {
+    ftm::detail::redo::force_cache_lines_on_page_cache = true;
+    return {.bank_size = bank_size,
+            .max_objects_per_transaction = max_objects,
+            .level = ftm::durability::power,
+            .log_size = std::size_t{1} << 20,
+            .flush = ftm::flush_method::cache_lines};
+  }
+};
+
+template <>
+struct engine_factory<pmem_power_lines> {
+  struct deleter {
+    void operator()(pmem_power_lines* p) const {
+      const auto path = p->path();
+      delete p;
+      std::filesystem::remove(path);
+      std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));
+    }
+  };
+  static std::unique_ptr<pmem_power_lines, deleter> make(std::size_t bank_size = std::size_t{4}
+                                                                                 << 20,
+                                                         std::uint32_t max_objects = 1024) {
+    return std::unique_ptr<pmem_power_lines, deleter>(
+        new pmem_power_lines(scratch_file(), bank_size, max_objects));
+  }
+};
+#endif
+
 template <>
 struct engine_factory<ftm::engines::pmem> {
   static std::unique_ptr<ftm::engines::pmem, pmem_deleter> make(
@@ -114,10 +160,21 @@ template <class E>
 inline constexpr unsigned transaction_divisor = 1;
 template <>
 inline constexpr unsigned transaction_divisor<pmem_power> = 10;
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+/// Its commits flush no file, but each crash test's recovery rebuilds the pool from
+/// the log in a fresh process: a fifth, to keep the suites short.
+template <>
+inline constexpr unsigned transaction_divisor<pmem_power_lines> = 5;
+#endif
 
 }  // namespace ftm_test
 
 // The list TEST_CASE_TEMPLATE instantiates.
 #define FTM_TEST_ENGINES ftm::engines::dual_bank, ftm::engines::pmem, ftm_test::pmem_power
+
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+// With the cache-line mode too, which only the fault-injection builds can force.
+#define FTM_TEST_ENGINES_AND_LINES FTM_TEST_ENGINES, ftm_test::pmem_power_lines
+#endif
 
 #endif

@@ -95,6 +95,7 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   CHECK_MATCH(r.out, "log capacity +16 objects per transaction");
   CHECK_MATCH(r.out, fmt::format("file size +{} bytes", fs::file_size(path)));
   CHECK_MATCH(r.out, "\\(this boot\\)");
+  CHECK_MATCH(r.out, "durability +process\n");
   CHECK_MATCH(r.out, "roots \\(0\\)\n");
   CHECK_MATCH(r.out, fmt::format("chunks +{0} in all, 0 in use, {0} free", chunks));
   CHECK_MATCH(r.out, "objects +0 live, 0 bytes");
@@ -105,6 +106,22 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   const auto c = inspect("--check " + path.string());
   CHECK(c.status == 0);
   CHECK_MATCH(c.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect shows a power pool's durability and how its redo log is flushed") {
+  const fs::path path = ftm_test::scratch_file();
+  auto opts = small;
+  opts.level = ftm::durability::power;
+  opts.flush = ftm::flush_method::fdatasync;
+  {
+    auto pool = pmem::create(path, opts);
+    const auto r = inspect(path.string());  // while it is open
+    CHECK(r.status == 0);
+    CHECK_MATCH(r.out, "durability +power, redo log flushed by fdatasync\n");
+  }
+  const auto r = inspect(path.string());  // its last users'
+  CHECK_MATCH(r.out, "durability +power, redo log flushed by fdatasync\n");
+  fs::remove(ftm::detail::redo::redo_log::path_for(path));
 }
 
 TEST_CASE("ftm-inspect shows the roots and the space of a pool with objects") {

@@ -1,7 +1,9 @@
 // ftm::engines::pmem with durability `power`: what survives a power loss, simulated
 // by recording the redo log's writes and flushes and the pool's checkpoints, then
-// recovering every crash image those allow; group commit across processes; a killed
-// committer; the refusal of a second durability level. Built with FTM_FAULT_INJECTION.
+// recovering every crash image those allow, with the log flushed by fdatasync and by
+// cache lines; group commit across processes; a killed committer; the refusal of a
+// second durability level; the cache-line mode's refusal without MAP_SYNC. Built with
+// FTM_FAULT_INJECTION.
 #include "engines.hpp"
 
 #include <ftm/ftm.hpp>
@@ -24,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -127,24 +130,29 @@ digest hash_bytes(const char* p, std::size_t n) noexcept {
 /// Runs transactions on a `power` pool and, at each point where a crash could happen,
 /// recovers every crash image the recorded writes and flushes allow.
 ///
-/// The log's unit of persistence is the 512-byte sector: the log is written with
-/// `pwrite` through the page cache, whose writeback may send any dirty page at any
-/// time and in any order, and a disk writes a request of several sectors sector by
-/// sector, so a power loss may keep any subset of the sectors written since the last
+/// The log's unit of persistence (`tear_`) is the smallest part of a write that a power
+/// loss keeps or loses whole. With `fdatasync` it is the 512-byte sector: the log is
+/// written with `pwrite` through the page cache, whose writeback may send any dirty page
+/// at any time and in any order, and a disk writes a request of several sectors sector
+/// by sector, so a power loss may keep any subset of the sectors written since the last
 /// flush. A sector is the smallest unit a disk writes atomically (a 4 KiB-sector disk
-/// gives a subset of these images). So a write is one pending unit per sector it
-/// touches, each the whole sector as it was right after that write; a sector written
-/// twice since the flush has two units, and the later one chosen wins, which is every
-/// content the sector had. No unit is torn within itself.
+/// gives a subset of these images). With cache lines it is the aligned 8-byte word, the
+/// only store x86 makes power-fail atomic: a line may reach the medium in parts, any
+/// time after its store, and a fence makes exactly the lines it flushed durable. So a
+/// write is one pending unit per unit-sized block it touches, each the whole block as it
+/// was right after that write; a block written twice since it was last made durable has
+/// two units, and the later one chosen wins, which is every content the block had. No
+/// unit is torn within itself.
 ///
 /// At a crash point with n pending units every subset is recovered when n <= 16 at a
-/// flush, n <= 12 elsewhere (`exhaustive_limit`), each subset with one pool image: in
-/// turn the pool as flushed, as written, and a mix of its pages' versions (with all
-/// three when n <= 8). Beyond that: every prefix in write order (none to all) with the
-/// three pools, and 64 random subsets (between flushes: each prefix with one, and 16). Images
-/// byte-identical to one already recovered with the same expectations are counted but not recovered
-/// again; every other image is recovered by the real `pmem::open`, nothing about recovery is
-/// predicted.
+/// flush or fence, n <= 12 elsewhere (`exhaustive_limit`, `between_limit`), each subset with one
+/// pool image: in turn the pool as flushed, as written, and a mix of its pages' versions (with all
+/// three when n <= 8). Beyond that: prefixes in write order (none to all; beyond 64 units 32 evenly
+/// spread, and all but the last unit) with the three pools, and 64 random subsets (between flushes:
+/// each prefix with one, and 16). A record in the cache-line mode is hundreds of words, so its
+/// fence is always sampled. Images byte-identical to one already recovered with the same
+/// expectations are counted but not recovered again; every other image is recovered by the real
+/// `pmem::open`, nothing about recovery is predicted.
 class power_loss_sim : public redo::observer {
  public:
   struct result {
@@ -156,16 +164,20 @@ class power_loss_sim : public redo::observer {
     std::uint64_t sampled_points = 0;     // crash points with more pending units
     std::size_t max_exhaustive_n = 0;     // the most pending units enumerated exhaustively
     std::size_t max_n = 0;                // the most pending units at a crash point
+    std::uint64_t line_fences = 0;        // cache lines: fences that made log bytes durable
+    std::size_t unit = 0;                 // bytes in a pending unit
     std::uint64_t failures = 0;
     std::string first_failure;
 
     [[nodiscard]] std::string summary() const {
       return fmt::format(
-          "{} crash points enumerated exhaustively (up to n = {} pending 512-byte units, "
-          "{} subsets), {} sampled (n up to {}); {} crash images recovered ({} with a crash "
-          "inside recovery), {} duplicate images skipped; {} checkpoints",
-          exhaustive_points, max_exhaustive_n, std::uint64_t{1} << max_exhaustive_n, sampled_points,
-          max_n, images, recovery_crashes, duplicates, checkpoints);
+          "{} crash points enumerated exhaustively (up to n = {} pending {}-byte units, "
+          "{} subsets), {} sampled by prefixes and random subsets (n up to {}); {} crash images "
+          "recovered ({} with a crash inside recovery), {} duplicate images skipped; {} "
+          "checkpoints{}",
+          exhaustive_points, max_exhaustive_n, unit, std::uint64_t{1} << max_exhaustive_n,
+          sampled_points, max_n, images, recovery_crashes, duplicates, checkpoints,
+          line_fences == 0 ? std::string() : fmt::format(", {} line fences", line_fences));
     }
   };
 
@@ -175,10 +187,24 @@ class power_loss_sim : public redo::observer {
   /// images are among that flush's (with other pools).
   static constexpr std::size_t exhaustive_limit = 16;
   static constexpr std::size_t between_limit = 12;
+  /// Beyond the exhaustive limit, every prefix of up to `all_prefixes` units, and
+  /// `spread_prefixes` of more (a cache-line record has hundreds of units).
+  static constexpr std::size_t all_prefixes = 64;
+  static constexpr std::size_t spread_prefixes = 32;
 
   /// `crash_recovery`: now and then, a first recovery of an image is killed midway.
-  explicit power_loss_sim(std::uint64_t seed, bool crash_recovery = true)
-      : rng_(seed), mix_seed_(rng_()), crash_recovery_(crash_recovery) {}
+  /// `flush`: how the log is flushed; `cache_lines` is forced on the page cache, and a
+  /// write may then reach the medium in parts of 8 bytes (the only stores x86 makes
+  /// power-fail atomic), not of a 512-byte sector.
+  explicit power_loss_sim(std::uint64_t seed, bool crash_recovery = true,
+                          ftm::flush_method flush = ftm::flush_method::fdatasync)
+      : rng_(seed),
+        mix_seed_(rng_()),
+        crash_recovery_(crash_recovery),
+        flush_(flush),
+        tear_(flush == ftm::flush_method::cache_lines ? 8 : 512) {
+    result_.unit = tear_;
+  }
 
   /// `transactions` transactions, one at a time, each on two to four of four blobs.
   result run(int transactions) {
@@ -187,7 +213,8 @@ class power_loss_sim : public redo::observer {
       auto pool = pmem::create(pool_path(), {.bank_size = 256 * 1024,
                                              .max_objects_per_transaction = 16,
                                              .level = durability::power,
-                                             .log_size = 64 * 1024});
+                                             .log_size = 64 * 1024,
+                                             .flush = flush_});
       start<blob>(pool, names);
       std::mt19937_64 work(rng_());
       for (int k = 1; k <= transactions; ++k) {
@@ -236,7 +263,8 @@ class power_loss_sim : public redo::observer {
       auto pool = pmem::create(pool_path(), {.bank_size = 192 * 1024,
                                              .max_objects_per_transaction = 32,
                                              .level = durability::power,
-                                             .log_size = log_size});
+                                             .log_size = log_size,
+                                             .flush = flush_});
       start<slab>(pool, names);
       for (int r = 1; r <= rounds; ++r) {
         {
@@ -276,13 +304,12 @@ class power_loss_sim : public redo::observer {
     const std::lock_guard g(m_);
     const char* p = reinterpret_cast<const char*>(data);
     apply(wal_now_, offset, p, n);
-    for (std::uint64_t s = offset / sector; s <= (offset + n - 1) / sector; ++s) {
-      const std::size_t at = static_cast<std::size_t>(s * sector);
-      const std::size_t len = std::min<std::size_t>(sector, wal_now_.size() - at);
+    for (std::uint64_t s = offset / tear_; s <= (offset + n - 1) / tear_; ++s) {
+      const std::size_t at = static_cast<std::size_t>(s * tear_);
+      const std::size_t len = std::min<std::size_t>(tear_, wal_now_.size() - at);
       pending_.push_back(
-          {s * sector,
-           std::vector<char>(wal_now_.begin() + static_cast<std::ptrdiff_t>(at),
-                             wal_now_.begin() + static_cast<std::ptrdiff_t>(at + len))});
+          {s * tear_, std::vector<char>(wal_now_.begin() + static_cast<std::ptrdiff_t>(at),
+                                        wal_now_.begin() + static_cast<std::ptrdiff_t>(at + len))});
     }
   }
   void log_flushed() override {
@@ -298,9 +325,33 @@ class power_loss_sim : public redo::observer {
     ++result_.checkpoints;
     note_pool_versions(true);
   }
+  void log_lines_flushed(std::uint64_t offset, std::size_t n) override {
+    if (checking()) return;
+    const std::lock_guard g(m_);
+    ++result_.line_fences;
+    crash_here("fence");  // before the fence: any subset of the pending units
+    // The bytes in these lines are durable as last written; the units outside stay
+    // pending. A unit only partly inside (not with 8-byte units in 64-byte lines) stays
+    // pending with the durable bytes in it, so choosing it changes only the others.
+    const std::uint64_t end = offset + n;
+    if (end > offset) {
+      if (wal_durable_.size() < end) wal_durable_.resize(end, 0);
+      const auto b = static_cast<std::ptrdiff_t>(offset);
+      const auto e = static_cast<std::ptrdiff_t>(std::min<std::uint64_t>(end, wal_now_.size()));
+      if (e > b) std::copy(wal_now_.begin() + b, wal_now_.begin() + e, wal_durable_.begin() + b);
+    }
+    std::erase_if(pending_, [&](write& w) {
+      const std::uint64_t w_end = w.offset + w.bytes.size();
+      if (w.offset >= offset && w_end <= end) return true;
+      const std::uint64_t from = std::max(w.offset, offset), to = std::min(w_end, end);
+      for (std::uint64_t i = from; i < to; ++i)
+        w.bytes[static_cast<std::size_t>(i - w.offset)] = wal_now_[static_cast<std::size_t>(i)];
+      return false;
+    });
+  }
 
  private:
-  /// One pending unit: the sector at `offset` as it was right after a write.
+  /// One pending unit: the block (sector or word) at `offset` as it was right after a write.
   struct write {
     std::uint64_t offset;
     std::vector<char> bytes;
@@ -328,8 +379,11 @@ class power_loss_sim : public redo::observer {
     return i;
   }
 
-  /// Where the simulated pool is created.
+  /// Where the simulated pool is created. From here until `finish()` the cache-line mode
+  /// is forced on the page cache when it is the one simulated.
   const fs::path& pool_path() {
+    forced_ = redo::force_cache_lines_on_page_cache;
+    redo::force_cache_lines_on_page_cache = flush_ == ftm::flush_method::cache_lines;
     // The simulation needs no real flush: on tmpfs, when there is one, they cost nothing.
     dir_ = ftm_test::scratch_dir();
     std::error_code ec;
@@ -347,6 +401,7 @@ class power_loss_sim : public redo::observer {
   /// Creates the objects `names` in the new pool at `pool_path()` and starts recording.
   template <class T>
   void start(pmem& pool, const std::vector<std::string>& names) {
+    REQUIRE(pool.log_flush() == flush_);
     names_ = names;
     reader_ = &read_state<T>;
     ftm::atomically(pool, [&](auto& tx) {
@@ -380,6 +435,7 @@ class power_loss_sim : public redo::observer {
   }
 
   result finish() {
+    redo::force_cache_lines_on_page_cache = forced_;
     image_pool_.close();
     image_wal_.close();
     for (const auto& p : {path_, wal_, image_, redo::redo_log::path_for(image_)})
@@ -444,30 +500,30 @@ class power_loss_sim : public redo::observer {
     note_pool_versions(false);
     const std::size_t n = pending_.size();
     result_.max_n = std::max(result_.max_n, n);
-    // The pending sectors, each with its units in write order and its durable content.
-    sectors_.clear();
+    // The pending blocks, each with its units in write order and its durable content.
+    blocks_.clear();
+    std::unordered_map<std::uint64_t, std::size_t> block_at;  // offset -> index in blocks_
     for (std::size_t i = 0; i < n; ++i) {
-      auto it = std::find_if(sectors_.begin(), sectors_.end(),
-                             [&](const sector_units& s) { return s.offset == pending_[i].offset; });
-      if (it == sectors_.end()) {
+      const auto [it, added] = block_at.try_emplace(pending_[i].offset, blocks_.size());
+      if (added) {
         const std::size_t at = static_cast<std::size_t>(pending_[i].offset);
-        const std::size_t len = std::min<std::size_t>(sector, wal_durable_.size() - at);
-        sectors_.push_back({pending_[i].offset, {}, hash_bytes(wal_durable_.data() + at, len)});
-        it = sectors_.end() - 1;
+        const std::size_t len = std::min<std::size_t>(tear_, wal_durable_.size() - at);
+        blocks_.push_back({pending_[i].offset, {}, hash_bytes(wal_durable_.data() + at, len)});
       }
-      it->units.push_back({i, hash_bytes(pending_[i].bytes.data(), pending_[i].bytes.size())});
+      blocks_[it->second].units.push_back(
+          {i, hash_bytes(pending_[i].bytes.data(), pending_[i].bytes.size())});
     }
     durable_hash_ = hash_bytes(wal_durable_.data(), wal_durable_.size());
     images_here_ = 0;
-    std::vector<bool> pick(n);
-    const bool fence = where == "flush";
+    std::vector<char> pick(n);  // not vector<bool>, slow in Debug: a record may have thousands
+    const bool fence = where == "flush" || where == "fence";
     if (n <= (fence ? exhaustive_limit : between_limit)) {
       ++result_.exhaustive_points;
       result_.max_exhaustive_n = std::max(result_.max_exhaustive_n, n);
       const std::uint64_t subsets = std::uint64_t{1} << n;
       for (std::uint64_t mask = 0; mask < subsets; ++mask) {
         for (std::size_t i = 0; i < n; ++i)
-          pick[i] = (mask >> i & 1) != 0;
+          pick[i] = static_cast<char>(mask >> i & 1);
         // The random mix of pool pages depends on the subset only: the same subset at
         // a later crash point with nothing new written is the same image.
         const std::uint64_t seed = mix(mix_seed_, mask);
@@ -480,12 +536,22 @@ class power_loss_sim : public redo::observer {
       }
     } else {
       ++result_.sampled_points;
-      // The writes persisted in order up to some point (every prefix: none to all),
-      // and random subsets. At a flush, each prefix with the three pools; between
-      // flushes, whose log images are among the next flush's, one, and fewer subsets.
-      for (std::size_t j = 0; j <= n; ++j) {
+      // The writes persisted in order up to some point (prefixes: none to all; evenly
+      // spread beyond `all_prefixes` units, and all but the last unit), and
+      // random subsets. At a flush, each prefix with the three pools; between flushes,
+      // whose log images are among the next flush's, one, and fewer subsets.
+      std::vector<std::size_t> lengths;
+      if (n <= all_prefixes) {
+        for (std::size_t j = 0; j <= n; ++j)
+          lengths.push_back(j);
+      } else {
+        for (std::size_t k = 0; k < spread_prefixes; ++k)
+          lengths.push_back(k * n / (spread_prefixes - 1));
+        lengths.push_back(n - 1);
+      }
+      for (const std::size_t j : lengths) {
         for (std::size_t i = 0; i < n; ++i)
-          pick[i] = i < j;
+          pick[i] = static_cast<char>(i < j);
         for (int variant = 0; variant < 3; ++variant) {
           if (fence || variant == static_cast<int>(j % 3))
             check_image(where, pick, variant, rng_());
@@ -493,7 +559,7 @@ class power_loss_sim : public redo::observer {
       }
       for (int k = 0; k < (fence ? 64 : 16); ++k) {
         for (std::size_t i = 0; i < n; ++i)
-          pick[i] = rng_() % 2 == 0;
+          pick[i] = static_cast<char>(rng_() % 2);
         check_image(where, pick, k % 3, rng_());
       }
     }
@@ -502,12 +568,12 @@ class power_loss_sim : public redo::observer {
 
   /// Recovers the image of the durable log plus the units in `pick`, with the pool's
   /// pages 0 all as flushed, 1 all current, 2 each from a version drawn from `seed`.
-  void check_image(std::string_view where, const std::vector<bool>& pick, int variant,
+  void check_image(std::string_view where, const std::vector<char>& pick, int variant,
                    std::uint64_t seed) {
-    // What the image holds, before building it: each pending sector's content, and
+    // What the image holds, before building it: each pending block's content, and
     // each pool page's version.
     digest key = mix(mix(durable_hash_, acked_), states_.size());
-    for (const auto& s : sectors_) {
+    for (const auto& s : blocks_) {
       digest content = s.durable;
       for (auto u = s.units.rbegin(); u != s.units.rend(); ++u) {
         if (pick[u->index]) {
@@ -566,7 +632,7 @@ class power_loss_sim : public redo::observer {
       if (pid == 0) {
         ftm::detail::arm_fault(point, 1);
         try {
-          auto p = pmem::open(image_, durability::power);
+          auto p = pmem::open(image_, reopen_options());
         } catch (...) {
         }
         ::_exit(3);
@@ -577,7 +643,7 @@ class power_loss_sim : public redo::observer {
     }
     std::string why;
     try {
-      auto p = pmem::open(image_, durability::power);
+      auto p = pmem::open(image_, reopen_options());
       state s;
       if (!reader_(p, names_, s, why)) {
         // why is set
@@ -606,10 +672,18 @@ class power_loss_sim : public redo::observer {
       if (result_.failures == 0) {
         result_.first_failure = fmt::format(
             "image {} at '{}' ({} of {} pending units, pool variant {}): {}", result_.images, where,
-            std::count(pick.begin(), pick.end(), true), pick.size(), variant, why);
+            std::count(pick.begin(), pick.end(), 1), pick.size(), variant, why);
       }
       ++result_.failures;
     }
+  }
+
+  /// Recovery of an image flushes the log as the run did.
+  pmem::options reopen_options() const {
+    pmem::options o;
+    o.level = durability::power;
+    o.flush = flush_;
+    return o;
   }
 
   /// A file of a crash image, mapped while the simulation runs.
@@ -640,8 +714,8 @@ class power_loss_sim : public redo::observer {
     }
   };
 
-  /// A pending sector: its units, and the hash of its durable content.
-  struct sector_units {
+  /// A pending block (a sector, or a word): its units, and the hash of its durable content.
+  struct block_units {
     std::uint64_t offset;
     struct unit {
       std::size_t index;  // in pending_
@@ -652,7 +726,6 @@ class power_loss_sim : public redo::observer {
   };
 
   static constexpr std::size_t page = 4096;
-  static constexpr std::size_t sector = 512;
   static inline power_loss_sim* current_ = nullptr;
 
   std::mutex m_;  // the committers' threads and the checks take turns
@@ -670,13 +743,16 @@ class power_loss_sim : public redo::observer {
   std::vector<std::vector<page_version>> versions_;  // per page, since the last flush
   std::vector<char> wal_durable_, wal_now_;          // the log as flushed, and as written
   std::vector<write> pending_;                       // units written since the flush
-  std::vector<sector_units> sectors_;                // crash_here: pending_ by sector
+  std::vector<block_units> blocks_;                  // crash_here: pending_ by block
   digest durable_hash_;
   std::uint64_t images_here_ = 0;  // recovered at this crash point
   std::uint64_t mix_seed_ = 0;     // of the pool pages' random mixes
   std::vector<std::size_t> chosen_;
   std::unordered_set<digest, digest_hash> seen_;  // with acked_ and states_.size()
   bool crash_recovery_ = true;
+  ftm::flush_method flush_ = ftm::flush_method::fdatasync;
+  std::size_t tear_ = 512;  // the unit in which a write may be torn
+  bool forced_ = false;     // force_cache_lines_on_page_cache before the run
   result result_;
 };
 
@@ -1088,4 +1164,255 @@ TEST_CASE(
   });
   CHECK(WIFEXITED(fresh));
   CHECK(WEXITSTATUS(fresh) == 0);
+}
+
+// ---- the cache-line mode (ftm::flush_method::cache_lines) ------------------------------
+//
+// No file system here maps with MAP_SYNC (no DAX device): these tests force the mode
+// on the page cache (redo::force_cache_lines_on_page_cache), where its stores are not
+// durable, and check what it does and in which order: which bytes each fence makes
+// durable, in the simulator above.
+
+namespace {
+
+/// Turns the forced cache-line mode on (or off) for a scope.
+class forced_cache_lines {
+ public:
+  explicit forced_cache_lines(bool on = true) : was_(redo::force_cache_lines_on_page_cache) {
+    redo::force_cache_lines_on_page_cache = on;
+  }
+  forced_cache_lines(const forced_cache_lines&) = delete;
+  forced_cache_lines& operator=(const forced_cache_lines&) = delete;
+  ~forced_cache_lines() { redo::force_cache_lines_on_page_cache = was_; }
+
+ private:
+  bool was_;
+};
+
+constexpr pmem::options lines_small{.bank_size = std::size_t{1} << 20,
+                                    .max_objects_per_transaction = 64,
+                                    .level = durability::power,
+                                    .log_size = 256 * 1024,
+                                    .flush = ftm::flush_method::cache_lines};
+
+/// Whether a file in `dir` maps with MAP_SYNC (a DAX file system).
+bool maps_with_map_sync(const fs::path& dir) {
+  const fs::path probe = dir / fmt::format("ftm-map-sync-probe-{}", ::getpid());
+  const int fd = ::open(probe.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(::ftruncate(fd, 4096) == 0);
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd, 0);
+  const bool ok = p != MAP_FAILED;
+  if (ok) ::munmap(p, 4096);
+  ::close(fd);
+  fs::remove(probe);
+  return ok;
+}
+
+}  // namespace
+
+TEST_CASE("power, cache lines: every crash image of a simulated power loss recovers to a prefix") {
+  power_loss_sim sim(20261128, true, ftm::flush_method::cache_lines);
+  const auto r = sim.run(30);
+  MESSAGE(fmt::format("power loss, cache lines: {}", r.summary()));
+  CHECK_MESSAGE(r.failures == 0, r.first_failure);
+  CHECK(r.unit == 8);
+  CHECK(r.images > 800);
+  CHECK(r.recovery_crashes > 50);
+  CHECK(r.checkpoints > 3);
+  CHECK(r.line_fences > 30);  // one per record, two per new epoch: the mode was used
+  // A record is hundreds of words: its fence is sampled, a new epoch's header enumerated.
+  CHECK(r.sampled_points > 0);
+  CHECK(r.max_n > 100);
+}
+
+TEST_CASE("power, cache lines: a group commit's crash images recover to a prefix") {
+  // Each append fences its own record: the round's records are never pending together.
+  power_loss_sim sim(20261129, true, ftm::flush_method::cache_lines);
+  const auto r = sim.run_group(1, 4);
+  MESSAGE(fmt::format("power loss, cache lines, group commit: {}", r.summary()));
+  CHECK_MESSAGE(r.failures == 0, r.first_failure);
+  CHECK(r.line_fences >= 4);
+}
+
+TEST_CASE("power, cache lines: the power-loss checker catches a record's last line not flushed") {
+  redo::broken_short_flush = true;
+  power_loss_sim sim(13, false, ftm::flush_method::cache_lines);
+  const auto r = sim.run(4);
+  redo::broken_short_flush = false;
+  MESSAGE(fmt::format("broken flush (last line left out): {} of {} images failed, e.g. {}",
+                      r.failures, r.images, r.first_failure));
+  CHECK(r.failures > 0);
+}
+
+TEST_CASE("power, cache lines: the power-loss checker catches an epoch header torn with no copy") {
+  redo::broken_single_header = true;
+  power_loss_sim sim(17, false, ftm::flush_method::cache_lines);
+  const auto r = sim.run(20);
+  redo::broken_single_header = false;
+  MESSAGE(fmt::format("broken header (no second copy): {} of {} images failed, e.g. {}", r.failures,
+                      r.images, r.first_failure));
+  CHECK(r.checkpoints > 1);
+  CHECK(r.failures > 0);
+}
+
+TEST_CASE(
+    "power: flush_method::cache_lines where the log cannot map with MAP_SYNC is an io_error, "
+    "and automatic flushes with fdatasync there") {
+  const forced_cache_lines off(false);
+  std::vector<fs::path> dirs{ftm_test::scratch_dir()};
+  if (fs::is_directory("/dev/shm")) dirs.emplace_back("/dev/shm");  // tmpfs
+  for (const auto& dir : dirs) {
+    CAPTURE(dir);
+    const fs::path path = dir / fmt::format("ftm-lines-{}.ftm", ::getpid());
+    const fs::path wal = redo::redo_log::path_for(path);
+    if (maps_with_map_sync(dir)) {
+      // A DAX file system: the mode is there, and automatic takes it.
+      MESSAGE(fmt::format("{} maps with MAP_SYNC: cache lines are used", dir.string()));
+      auto pool = pmem::create(path, lines_small);
+      CHECK(pool.log_flush() == ftm::flush_method::cache_lines);
+      auto other = pmem::open(path, durability::power);
+      CHECK(other.log_flush() == ftm::flush_method::cache_lines);
+    } else {
+      const std::string names_log =
+          fmt::format("cannot flush the redo log '{}' by cache lines", wal.string());
+      CHECK_THROWS_WITH_AS(pmem::create(path, lines_small), doctest::Contains(names_log.c_str()),
+                           ftm::io_error);
+      CHECK_THROWS_WITH_AS(pmem::create(path, lines_small), doctest::Contains("MAP_SYNC"),
+                           ftm::io_error);
+      CHECK(!fs::exists(path));  // nothing made
+      CHECK(!fs::exists(wal));
+      {
+        auto pool = pmem::create(path, power_small);  // automatic
+        CHECK(pool.log_flush() == ftm::flush_method::fdatasync);
+        ftm::atomically(pool, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 3; });
+      }
+      // Alone on the pool, a cache-line opener recovers it and then cannot flush: the
+      // pool is left as the log says.
+      CHECK_THROWS_WITH_AS(pmem::open(path, lines_small), doctest::Contains("MAP_SYNC"),
+                           ftm::io_error);
+      auto pool = pmem::open(path, durability::power);
+      CHECK(pool.log_flush() == ftm::flush_method::fdatasync);
+      CHECK(value_of(pool, "x") == 3);
+      CHECK(pool.check().ok());
+    }
+    fs::remove(path);
+    fs::remove(wal);
+  }
+  // A `process` pool has no log to flush.
+  const fs::path path = ftm_test::scratch_file("process");
+  auto pool = pmem::create(path);
+  CHECK(!pool.log_flush().has_value());
+}
+
+TEST_CASE("power, cache lines: every process of a pool flushes its log the same way") {
+  const forced_cache_lines on;
+  const fs::path path = ftm_test::scratch_file("power");
+  auto pool = pmem::create(path, lines_small);
+  CHECK(pool.log_flush() == ftm::flush_method::cache_lines);
+  ftm::atomically(pool, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 1; });
+  auto by_sync = power_small;
+  by_sync.flush = ftm::flush_method::fdatasync;
+  CHECK_THROWS_WITH_AS(pmem::open(path, by_sync),
+                       doctest::Contains("redo log flushed by cache_lines in other processes"),
+                       ftm::usage_error);
+  auto second = pmem::open(path, durability::power);  // automatic: as the others do
+  CHECK(second.log_flush() == ftm::flush_method::cache_lines);
+  ftm::atomically(second, [](auto& tx) { ++tx.open(tx.template root<counter>("x"))->value; });
+  CHECK(value_of(pool, "x") == 2);
+  const auto seen = pmem::inspect(path).header();
+  CHECK(seen.level == durability::power);
+  CHECK(seen.log_flush == ftm::flush_method::cache_lines);
+}
+
+TEST_CASE("power, cache lines: two processes commit at once, without a log fdatasync") {
+  const forced_cache_lines on;
+  const char* const names[4] = {"p0", "p1", "c0", "c1"};
+  const fs::path path = ftm_test::scratch_file("power");
+  {
+    auto pool = pmem::create(path, lines_small);
+    ftm::atomically(pool, [&](auto& tx) {
+      for (const char* name : names)
+        static_cast<void>(tx.template root<counter>(name));
+    });
+  }
+  struct counts : redo::observer {
+    std::atomic<std::uint64_t> syncs{0}, fences{0};
+    void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
+    void log_flushed() override { syncs.fetch_add(1); }
+    void pool_flushed() override {}
+    void log_lines_flushed(std::uint64_t, std::size_t) override { fences.fetch_add(1); }
+  };
+  void* mem =
+      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  auto* shared = ::new (mem) counts;
+  redo::io_observer = shared;
+  constexpr int per_thread = 300;
+  auto work = [&](int first) {
+    auto pool = pmem::open(path, lines_small);
+    std::vector<std::thread> ts;
+    for (int t = first; t < first + 2; ++t) {
+      ts.emplace_back([&, t] {
+        for (int i = 0; i < per_thread; ++i) {
+          ftm::atomically(pool,
+                          [&](auto& tx) { ++tx.open(tx.template root<counter>(names[t]))->value; });
+        }
+      });
+    }
+    for (auto& t : ts)
+      t.join();
+  };
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    work(2);
+    ::_exit(0);
+  }
+  work(0);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  redo::io_observer = nullptr;
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  MESSAGE(fmt::format("cache lines: {} commits by 4 threads in 2 processes, {} fences, {} syncs",
+                      4 * per_thread, shared->fences.load(), shared->syncs.load()));
+  CHECK(shared->syncs.load() == 0);
+  CHECK(shared->fences.load() >= 4 * per_thread);
+  // A fresh process alone on the pool rebuilds it from the log: no record was lost
+  // or mixed with another.
+  const int fresh = in_child([&] {
+    auto pool = pmem::open(path, lines_small);
+    bool ok = pool.check().ok() && pool.log_flush() == ftm::flush_method::cache_lines;
+    for (const char* name : names)
+      ok = ok && value_of(pool, name) == per_thread;
+    return ok && pool.opening_recovery().redone > 0 ? 0 : 1;
+  });
+  CHECK(WIFEXITED(fresh));
+  CHECK(WEXITSTATUS(fresh) == 0);
+  ::munmap(mem, sizeof(counts));
+}
+
+TEST_CASE("power, cache lines: a committer killed mid-commit is completed by another process") {
+  const forced_cache_lines on;
+  for (const char* point : {"log.before_append", "log.after_append"}) {
+    CAPTURE(point);
+    const fs::path path = ftm_test::scratch_file("power");
+    auto pool = pmem::create(path, lines_small);
+    ftm::atomically(pool, [](auto& tx) { tx.template root<counter>("x"); });
+    const std::uint64_t before = records_in_log(pool);
+    const int status = in_child([&] {
+      auto mine = pmem::open(path, durability::power);
+      ftm::detail::arm_fault(point, 1);
+      ftm::atomically(mine, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 7; });
+      return 0;
+    });
+    REQUIRE(WIFSIGNALED(status));
+    const auto report = pool.recover();
+    CHECK(report.redone == 1);
+    CHECK(value_of(pool, "x") == 7);
+    CHECK(records_in_log(pool) == before + 1);
+    CHECK(pool.check().ok());
+  }
 }

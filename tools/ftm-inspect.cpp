@@ -91,6 +91,12 @@ int inspect(const std::string& path, bool check) {
   fmt::print("  file size       {} bytes\n", h.file_size);
   fmt::print("  boot id         {} ({})\n", h.boot_id.empty() ? "(none)" : h.boot_id,
              h.earlier_boot ? "an earlier boot: every owner is dead" : "this boot");
+  // The level of its current users, or of its last ones.
+  if (h.level == ftm::durability::power) {
+    fmt::print("  durability      power, redo log flushed by {}\n", ftm::to_string(h.log_flush));
+  } else {
+    fmt::print("  durability      process\n");
+  }
 
   const auto roots = pool.roots();
   fmt::print("roots ({})\n", roots.size());

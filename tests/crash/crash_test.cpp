@@ -135,6 +135,12 @@ struct engine_traits<ftm_test::pmem_power> {
   static constexpr bool fresh_process = true;
 };
 
+template <>
+struct engine_traits<ftm_test::pmem_power_lines> {
+  static constexpr std::string_view name = "pmem (durability power, cache lines forced)";
+  static constexpr bool fresh_process = true;
+};
+
 void fill_blob(blob& b, std::uint64_t seq) {
   b.seq = seq;
   b.words[0] = seq;
@@ -614,7 +620,7 @@ constexpr std::string_view recoverer() {
 // ---- random kills ---------------------------------------------------------------------
 
 TEST_CASE_TEMPLATE("crash: a worker killed by SIGKILL at random instants is recovered", E,
-                   FTM_TEST_ENGINES) {
+                   FTM_TEST_ENGINES_AND_LINES) {
   rig<E> r;
   E& pool = r.pool();
   // A power pool's commits wait for the disk: a fifth of the kills there (200, the
@@ -676,7 +682,7 @@ TEST_CASE_TEMPLATE("crash: a worker killed by SIGKILL at random instants is reco
 // ---- named fault points -------------------------------------------------------------
 
 TEST_CASE_TEMPLATE("crash: a worker killed at every hit of every named fault point is recovered", E,
-                   FTM_TEST_ENGINES) {
+                   FTM_TEST_ENGINES_AND_LINES) {
   rig<E> r;
   E& pool = r.pool();
   constexpr std::uint64_t max_k = 80;
@@ -762,8 +768,9 @@ TEST_CASE_TEMPLATE("crash: a worker killed at every hit of every named fault poi
 
 // ---- the redo log's own points (durability power) --------------------------------------
 
-TEST_CASE("crash: a power worker killed at every hit of the redo log's points is recovered") {
-  using E = ftm_test::pmem_power;
+TEST_CASE_TEMPLATE(
+    "crash: a power worker killed at every hit of the redo log's points is recovered", E,
+    ftm_test::pmem_power, ftm_test::pmem_power_lines) {
   rig<E> r;
   E& pool = r.pool();
   constexpr std::uint64_t max_k = 40;
@@ -818,7 +825,7 @@ TEST_CASE("crash: a power worker killed at every hit of the redo log's points is
 // ---- kills during recovery ----------------------------------------------------------
 
 TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed by the next one", E,
-                   FTM_TEST_ENGINES) {
+                   FTM_TEST_ENGINES_AND_LINES) {
   rig<E> r;
   E& pool = r.pool();
 
@@ -901,7 +908,7 @@ TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed 
 
 TEST_CASE_TEMPLATE(
     "crash: workers killed one at a time while the others run, recovered beside them", E,
-    FTM_TEST_ENGINES) {
+    FTM_TEST_ENGINES_AND_LINES) {
   rig<E> r;
   E& pool = r.pool();
   const snapshot before = r.recover_and_verify("setup").s;

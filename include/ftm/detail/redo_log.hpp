@@ -8,8 +8,15 @@
 /// between its two phases and waits until the log is on the medium up to the record's
 /// end; concurrent committers share one `fdatasync` (group commit). The file is written
 /// with `pwrite`, never through a mapping, so a flush writes the log's pages only.
+///
+/// On a DAX file system (persistent memory) the log can instead be mapped with
+/// `MAP_SYNC` and flushed by cache line (`flush_mode::cache_lines`): a record is stored
+/// into the mapping, its lines are written back and fenced while the append lock is
+/// held, so the log is durable up to its tail whenever the lock is free, and commit
+/// makes no system call.
 
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/persist.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 
@@ -34,6 +41,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -43,6 +51,28 @@ namespace ftm::detail::redo {
 inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
 inline constexpr std::uint32_t wal_version = 1;
 inline constexpr std::uint64_t records_begin = 4096;  // the file header has the first page
+
+/// Where the cache-line mode keeps a second copy of the file header, written and fenced
+/// before the first: only aligned 8-byte stores are sure to reach persistent memory
+/// whole, so a power loss may tear the first copy, and the second is then whole.
+inline constexpr std::uint64_t header_copy_offset = 64;
+
+/// How the log reaches the medium.
+enum class flush_mode : std::uint32_t {
+  fdatasync = 0,    ///< `pwrite`, then `fdatasync` shared by concurrent committers
+  cache_lines = 1,  ///< stores into a `MAP_SYNC` mapping, cache-line flushes, SFENCE
+};
+
+constexpr std::string_view to_string(flush_mode m) noexcept {
+  return m == flush_mode::cache_lines ? "cache_lines" : "fdatasync";
+}
+
+/// What an opener of the log asks for.
+enum class flush_request {
+  fdatasync,    ///< `flush_mode::fdatasync`
+  automatic,    ///< `cache_lines` if the file maps with `MAP_SYNC`, `fdatasync` otherwise
+  cache_lines,  ///< `cache_lines`, or `io_error` naming why it cannot be
+};
 
 /// Where the log's shared state lives in the pool: in the header page, between the
 /// pool header and the watchers' table.
@@ -79,7 +109,8 @@ struct object_entry {
 /// p is at file offset `records_begin + p - base`.
 struct control {
   std::uint32_t level;  // the durability of the pool's current users: 0 process, 1 power
-  std::uint32_t reserved;
+  /// The `flush_mode` of the pool's current (or last) `power` users.
+  std::uint32_t method;
   pthread_mutex_t append;           // serialises appends and checkpoints (robust, process-shared)
   pthread_mutex_t flush;            // one flusher at a time; the others wait for its result
   std::atomic<std::uint64_t> tail;  // end of the last record written
@@ -118,6 +149,13 @@ struct observer {
   virtual void log_written(std::uint64_t offset, const std::byte* data, std::size_t n) = 0;
   virtual void log_flushed() = 0;
   virtual void pool_flushed() = 0;
+  /// The cache-line mode fenced the flushes of the lines `[offset, offset + n)`: those
+  /// bytes of the log, and no others, are on the medium. Counts as a flush by default.
+  virtual void log_lines_flushed(std::uint64_t offset, std::size_t n) {
+    static_cast<void>(offset);
+    static_cast<void>(n);
+    log_flushed();
+  }
 
  protected:
   ~observer() = default;
@@ -127,6 +165,24 @@ inline observer* io_observer = nullptr;
 /// Deliberately wrong orders, for the test of the power-loss tester.
 inline bool broken_ack_before_flush = false;    // commit does not wait for the flush
 inline bool broken_redo_before_append = false;  // phase 2 runs before the record is written
+inline bool broken_short_flush = false;         // cache lines: a record's last line is not flushed
+inline bool broken_single_header = false;  // cache lines: no second copy of a new epoch's header
+#endif
+
+/// Whether `force_cache_lines_on_page_cache` exists: in the fault-injection builds of
+/// the tests, and where `FTM_FORCEABLE_CACHE_LINES` is 1 (the benchmark, which must not
+/// have the fault points). Never in a program's build.
+#if (defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION) || \
+    (defined(FTM_FORCEABLE_CACHE_LINES) && FTM_FORCEABLE_CACHE_LINES)
+#define FTM_DETAIL_FORCEABLE_CACHE_LINES 1
+/// The cache-line mode on a file system without `MAP_SYNC` (tests and benchmarks): an
+/// explicit `flush_request::cache_lines` maps the log with plain `MAP_SHARED` when
+/// `MAP_SYNC` is refused. Its stores then sit in the page cache, which a power loss
+/// does not keep: NOT durable. The power-loss test checks the order of the stores and
+/// fences, not the medium; the benchmark compares the cost with PMDK's, as forced.
+inline bool force_cache_lines_on_page_cache = false;
+#else
+#define FTM_DETAIL_FORCEABLE_CACHE_LINES 0
 #endif
 
 /// The process dies: a log it cannot write leaves committed transactions without
@@ -196,10 +252,12 @@ class redo_log {
   }
 
   /// Opens the log file at `path` of the pool `pool_id` whose file is `pool_fd` and
-  /// whose shared state is `ctl`. Its capacity is the file's size (`capacity` if the
-  /// file is smaller). Throws `bad_pool` if it is missing or foreign.
+  /// whose shared state is `ctl`, to be flushed as `flush` asks. Its capacity is the
+  /// file's size (`capacity` if the file is smaller). Throws `bad_pool` if it is
+  /// missing or foreign, and `io_error` if `flush` is `cache_lines` and the file
+  /// cannot be mapped for it.
   redo_log(std::filesystem::path path, std::uint64_t pool_id, int pool_fd, control* ctl,
-           std::uint64_t capacity)
+           std::uint64_t capacity, flush_request flush = flush_request::fdatasync)
       : path_(std::move(path)),
         pool_fd_(pool_fd),
         ctl_(ctl),
@@ -215,8 +273,7 @@ class redo_log {
       io_fail("open", path_);
     }
     file_header h{};
-    if (::pread(fd_, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h) || h.magic != wal_magic ||
-        h.checksum != header_checksum(h)) {
+    if (!read_header(h)) {
       ::close(fd_);
       throw bad_pool(
           fmt::format("'{}' is not an ftm redo log (or its header is damaged)", path_.string()));
@@ -234,12 +291,19 @@ class redo_log {
     if (::fstat(fd_, &st) == 0 && static_cast<std::uint64_t>(st.st_size) > records_begin) {
       capacity_ = static_cast<std::uint64_t>(st.st_size);
     }
+    if (flush != flush_request::fdatasync) map_for_cache_lines(flush);
   }
 
   redo_log(const redo_log&) = delete;
   redo_log& operator=(const redo_log&) = delete;
   ~redo_log() {
+    if (map_ != nullptr) ::munmap(map_, map_size_);
     if (fd_ >= 0) ::close(fd_);
+  }
+
+  /// How this process flushes the log.
+  [[nodiscard]] flush_mode mode() const noexcept {
+    return map_ != nullptr ? flush_mode::cache_lines : flush_mode::fdatasync;
   }
 
   /// The epoch in the file's header when it was opened.
@@ -252,12 +316,16 @@ class redo_log {
   std::uint64_t replay(std::uint64_t lo, std::uint64_t hi, object_visitor visit, void* ctx) const {
     std::uint64_t records = 0;
     std::vector<std::byte> rec;
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) io_fail("stat", path_);
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
     for (std::uint64_t off = records_begin;;) {
       record_header rh{};
       if (::pread(fd_, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh))
         break;
+      // A header torn by 8-byte words may hold any size: it must fit in the file.
       if (rh.epoch != file_epoch_ || rh.bytes < sizeof rh || rh.bytes % 8 != 0 ||
-          rh.bytes > (std::uint64_t{1} << 40)) {
+          rh.bytes > file_size - off) {
         break;
       }
       rec.resize(rh.bytes);
@@ -316,8 +384,22 @@ class redo_log {
   void new_epoch() {
     file_header h{wal_magic, wal_version, 0, pool_id_, ctl_->epoch.load() + 1, 0};
     h.checksum = header_checksum(h);
-    write_at(0, reinterpret_cast<const std::byte*>(&h), sizeof h);
-    flush_file();
+    const auto* bytes = reinterpret_cast<const std::byte*>(&h);
+    if (map_ != nullptr) {
+      // A sector holds the header whole; a cache line may reach the medium in parts.
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+      if (!broken_single_header)
+#endif
+      {
+        write_at(header_copy_offset, bytes, sizeof h);
+        persist_range(header_copy_offset, sizeof h);
+      }
+      write_at(0, bytes, sizeof h);
+      persist_range(0, sizeof h);
+    } else {
+      write_at(0, bytes, sizeof h);
+      flush_file();
+    }
     ctl_->epoch.store(h.epoch);
     ctl_->base.store(ctl_->tail.load());
     ctl_->durable.store(std::max(ctl_->durable.load(), ctl_->tail.load()));
@@ -353,7 +435,7 @@ class redo_log {
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
     if (broken_ack_before_flush) return;
 #endif
-    wait_durable(end);
+    if (map_ == nullptr) wait_durable(end);  // cache lines: durable when appended
     FTM_FAULT_POINT("log.after_flush");
   }
 
@@ -361,7 +443,7 @@ class redo_log {
   /// is durable (true); otherwise false, and the caller appends it again.
   bool settle_logged(tx_id d) noexcept {
     if (ctl_->in_flight[d].load(std::memory_order_acquire) == 0) return false;
-    wait_durable(ctl_->tail.load(std::memory_order_acquire));
+    if (map_ == nullptr) wait_durable(ctl_->tail.load(std::memory_order_acquire));
     return true;
   }
 
@@ -411,10 +493,80 @@ class redo_log {
     new_epoch();
   }
 
+  /// The later epoch of the file's two headers (a checkpointer may have died between
+  /// writing them).
   std::uint64_t file_epoch_on_disk() const noexcept {
-    file_header h{};
-    if (::pread(fd_, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) fatal("read", path_);
-    return h.epoch;
+    std::uint64_t epoch = 0;
+    for (const std::uint64_t off : {std::uint64_t{0}, header_copy_offset}) {
+      file_header h{};
+      if (::pread(fd_, &h, sizeof h, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof h)) {
+        fatal("read", path_);
+      }
+      if (h.magic == wal_magic && h.checksum == header_checksum(h))
+        epoch = std::max(epoch, h.epoch);
+    }
+    return epoch;
+  }
+
+  /// Reads the file's header into `h`: the first copy if it is whole, else the second
+  /// (the cache-line mode's, written first). False if neither is.
+  bool read_header(file_header& h) const noexcept {
+    for (const std::uint64_t off : {std::uint64_t{0}, header_copy_offset}) {
+      if (::pread(fd_, &h, sizeof h, static_cast<off_t>(off)) == static_cast<ssize_t>(sizeof h) &&
+          h.magic == wal_magic && h.checksum == header_checksum(h)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /// Maps the whole file for `flush_mode::cache_lines`, with `MAP_SYNC`: the kernel
+  /// then keeps the file's blocks and metadata durable for every page written
+  /// through the mapping, so flushing the stored lines is all a write needs. Without
+  /// it (not a DAX file system, or not x86-64) `automatic` stays with `fdatasync`.
+  void map_for_cache_lines(flush_request flush) {
+    std::string why;
+    void* p = MAP_FAILED;
+    struct stat st {};
+    if (!persist::available()) {
+      why = "this processor has no cache-line flush instructions that ftm uses (x86-64 only)";
+    } else if (::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) <= records_begin) {
+      why = "the file is too small";
+    } else {
+      const auto size = static_cast<std::size_t>(st.st_size);
+#if defined(MAP_SYNC) && defined(MAP_SHARED_VALIDATE)
+      p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED_VALIDATE | MAP_SYNC, fd_, 0);
+      const int e = errno;
+#if FTM_DETAIL_FORCEABLE_CACHE_LINES
+      if (p == MAP_FAILED && force_cache_lines_on_page_cache &&
+          flush == flush_request::cache_lines) {
+        p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+      }
+#endif
+      if (p == MAP_FAILED) {
+        why = fmt::format(
+            "its file system refuses to map it with MAP_SYNC ({}): it is not a DAX file system "
+            "(persistent memory mounted with -o dax)",
+            std::strerror(e));
+      }
+#else
+      why = "this system's <sys/mman.h> has no MAP_SYNC";
+#endif
+      if (p != MAP_FAILED) {
+        map_ = static_cast<std::byte*>(p);
+        map_size_ = size;
+        capacity_ = size;
+        return;
+      }
+    }
+    if (flush == flush_request::cache_lines) {
+      ::close(fd_);
+      fd_ = -1;
+      throw io_error(fmt::format(
+          "cannot flush the redo log '{}' by cache lines: {}; use ftm::flush_method::fdatasync "
+          "(or automatic, which chooses it here)",
+          path_.string(), why));
+    }
   }
 
   /// Writes the record in `buf` at the tail; returns its end position.
@@ -431,9 +583,23 @@ class redo_log {
     std::memcpy(buf.data(), &rh, sizeof rh);
     rh.checksum = checksum(buf.data() + 8, buf.size() - 8, rh.epoch);
     std::memcpy(buf.data(), &rh.checksum, 8);
-    write_at(records_begin + (pos - ctl_->base.load()), buf.data(), buf.size());
+    const std::uint64_t at = records_begin + (pos - ctl_->base.load());
+    write_at(at, buf.data(), buf.size());
+    if (map_ != nullptr) {
+      // Under the lock: no record is ever durable before the ones ahead of it, which
+      // recovery needs (it stops at the first record that is not whole).
+      std::size_t n = buf.size();
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+      if (broken_short_flush) {
+        const std::uint64_t last = persist::line_start(at + n - 1);
+        n = last > at ? last - at : 0;
+      }
+#endif
+      persist_range(at, n);
+    }
     // Only now: a dead appender leaves no hole, its bytes are overwritten.
     ctl_->tail.store(pos + buf.size(), std::memory_order_release);
+    if (map_ != nullptr) ctl_->durable.store(pos + buf.size(), std::memory_order_release);
     ctl_->in_flight[d].store(1, std::memory_order_release);
     if (!nested) {
       pthread_mutex_unlock(&ctl_->append);
@@ -505,6 +671,12 @@ class redo_log {
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
     if (io_observer != nullptr) io_observer->log_written(off, p, n);
 #endif
+    if (map_ != nullptr && off + n <= map_size_) {
+      std::memcpy(map_ + off, p, n);
+      return;
+    }
+    // The cache-line mode past the mapping's end (a checkpoint recovering a dead
+    // committer appends without room): `persist_range` flushes it with `fdatasync`.
     for (std::size_t done = 0; done < n;) {
       const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
       if (w < 0 && errno == EINTR) continue;
@@ -517,6 +689,21 @@ class redo_log {
     if (::fdatasync(fd_) != 0) fatal("flush", path_);
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
     if (io_observer != nullptr) io_observer->log_flushed();
+#endif
+  }
+
+  /// The cache-line mode: `[off, off + n)` of the log, stored by `write_at`, reaches
+  /// the medium before this returns.
+  void persist_range(std::uint64_t off, std::size_t n) noexcept {
+    if (off + n > map_size_) {
+      flush_file();  // written with pwrite; on DAX this also flushes the mapping's lines
+      return;
+    }
+    persist::flush_lines(map_ + off, n);
+    persist::fence();
+#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
+    if (io_observer != nullptr)
+      io_observer->log_lines_flushed(persist::line_start(off), persist::line_span(off, n));
 #endif
   }
 
@@ -540,6 +727,8 @@ class redo_log {
   std::uint64_t capacity_ = 0;
   std::uint64_t file_epoch_ = 0;
   std::uint64_t pool_id_ = 0;
+  std::byte* map_ = nullptr;  // the cache-line mode: the whole file, mapped with MAP_SYNC
+  std::size_t map_size_ = 0;
 };
 
 }  // namespace ftm::detail::redo

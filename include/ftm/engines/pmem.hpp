@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -233,6 +234,29 @@ enum class durability {
   power,
 };
 
+/// How a `power` pool's commits put the redo log on the medium, chosen when the pool
+/// is created or opened (`pmem::options::flush`).
+enum class flush_method {
+  /// `cache_lines` where the log's file system maps it with `MAP_SYNC` (a DAX file
+  /// system on persistent memory, x86-64), `fdatasync` everywhere else.
+  automatic,
+  /// `pwrite` and `fdatasync`; concurrent committers share one `fdatasync`.
+  fdatasync,
+  /// The log mapped with `MAP_SYNC`; commit stores its record, flushes its cache lines
+  /// (CLWB, CLFLUSHOPT or CLFLUSH) and fences (SFENCE), without a system call.
+  /// `ftm::io_error` where the file system or the processor cannot.
+  cache_lines,
+};
+
+constexpr std::string_view to_string(flush_method m) noexcept {
+  switch (m) {
+    case flush_method::automatic: return "automatic";
+    case flush_method::fdatasync: return "fdatasync";
+    case flush_method::cache_lines: return "cache_lines";
+  }
+  return "unknown";
+}
+
 }  // namespace ftm
 
 namespace ftm::engines {
@@ -257,8 +281,11 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
     std::uint64_t chunks = 0;        ///< allocation chunks per bank
     std::uint64_t control_size = 0;  ///< bytes before the banks
     std::uint64_t file_size = 0;
-    std::string boot_id;        ///< the boot its owners ran in
-    bool earlier_boot = false;  ///< not this boot: every owner is dead
+    std::string boot_id;                     ///< the boot its owners ran in
+    bool earlier_boot = false;               ///< not this boot: every owner is dead
+    durability level = durability::process;  ///< of its current users, or its last ones
+    /// `power`: how those users flush the redo log (`fdatasync` or `cache_lines`).
+    flush_method log_flush = flush_method::fdatasync;
   };
 
   /// Opens the pool file at `path` for reading. Throws `ftm::io_error` if it cannot be
@@ -277,6 +304,13 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
     header_.file_size = h.map_size;
     header_.boot_id.assign(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id));
     header_.earlier_boot = header_.boot_id != detail::current_boot_id();
+    const auto& ctl =
+        *reinterpret_cast<const detail::redo::control*>(region() + detail::redo::control_offset);
+    header_.level = ctl.level == 1 ? durability::power : durability::process;
+    header_.log_flush =
+        ctl.method == static_cast<std::uint32_t>(detail::redo::flush_mode::cache_lines)
+            ? flush_method::cache_lines
+            : flush_method::fdatasync;
   }
 
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
@@ -337,8 +371,9 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
 /// default) survives the death of every process using the pool, not an OS crash or a
 /// power loss: nothing is flushed at commit. `power` survives those too: a writing
 /// transaction's commit appends its after-images to a redo log beside the pool and
-/// returns once it is on the medium; concurrent committers share one flush. Every
-/// process that has a pool open uses the same level.
+/// returns once it is on the medium; concurrent committers share one flush, or on a
+/// DAX file system the record's cache lines are flushed (`ftm::flush_method`). Every
+/// process that has a pool open uses the same level and the same flush method.
 class pmem : private detail::file_region, public detail::bank_engine {
  public:
   /// How a pool is made and opened.
@@ -348,6 +383,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     durability level = durability::process;            ///< what a commit survives
     /// `power`: bytes of the redo log; a full log is checkpointed (the pool flushed).
     std::size_t log_size = std::size_t{8} << 20;
+    /// `power`: how commits put the redo log on the medium. A process opening a pool
+    /// that others use with `automatic` takes their method.
+    flush_method flush = flush_method::automatic;
   };
 
   /// Creates a new pool file at `path` (and its redo log, for `durability::power`).
@@ -364,7 +402,10 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// Throws `ftm::io_error` if the file cannot be opened for reading and writing (a
   /// read-only file: the message says so), and
   /// `ftm::bad_pool`, changing nothing, if it is not a whole pool of this format.
-  /// Throws `ftm::usage_error` if other processes have it open with another `level`.
+  /// Throws `ftm::usage_error` if other processes have it open with another `level`,
+  /// or with `power` and another `flush` than `opts.flush` (unless it is `automatic`).
+  /// Throws `ftm::io_error` if `opts.flush` is `cache_lines` and the redo log's file
+  /// system cannot map it with `MAP_SYNC` (see `flush_method`).
   static pmem open(const std::filesystem::path& path, durability level = durability::process) {
     options opts;
     opts.level = level;
@@ -393,6 +434,14 @@ class pmem : private detail::file_region, public detail::bank_engine {
     return power_ ? durability::power : durability::process;
   }
 
+  /// How this pool's commits put the redo log on the medium: `fdatasync` or
+  /// `cache_lines` (what `automatic` chose); empty at durability `process`.
+  [[nodiscard]] std::optional<flush_method> log_flush() const noexcept {
+    if (!power_) return std::nullopt;
+    return power_->log.mode() == detail::redo::flush_mode::cache_lines ? flush_method::cache_lines
+                                                                       : flush_method::fdatasync;
+  }
+
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
   /// A number chosen when the pool was created.
   [[nodiscard]] std::uint64_t pool_id() const noexcept { return region_header().pool_id; }
@@ -417,7 +466,12 @@ class pmem : private detail::file_region, public detail::bank_engine {
       const auto wal = detail::redo::redo_log::path_for(path);
       std::filesystem::remove(wal);  // a stale log of a pool that no longer exists
       detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
-      start_power(opts);
+      try {
+        start_power(opts);
+      } catch (...) {
+        std::filesystem::remove(wal);  // the pool is not made: no log beside nothing
+        throw;
+      }
     }
     publish();
     if (opts.level == durability::power) detail::redo::redo_log::sync_directory(path);
@@ -439,6 +493,14 @@ class pmem : private detail::file_region, public detail::bank_engine {
           "the same level (open it with ftm::durability::{})",
           path.string(), name(in_use), name(in_use)));
     }
+    if (!first && in_use == durability::power && opts.flush != flush_method::automatic &&
+        opts.flush != method_in_use()) {
+      users_.release();
+      throw usage_error(fmt::format(
+          "the pool '{}' is open with the redo log flushed by {} in other processes; every "
+          "process must flush it the same way (open it with ftm::flush_method::{} or automatic)",
+          path.string(), to_string(method_in_use()), to_string(method_in_use())));
+    }
     // After a power loss the descriptors' pages may be stale: a `power` pool without
     // users does not read them (below).
     if (!(first && in_use == durability::power)) {
@@ -453,7 +515,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
       // Its owners ran before a reboot: none is alive, whatever their pids name now.
       opened_ = recover_from_earlier_boot();
     } else if (!first && opts.level == durability::power) {
-      attach_power(opts);
+      attach_power(opts, /*first=*/false);
       opened_ = recover();
     } else {
       opened_ = recover();
@@ -488,7 +550,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// (stale records of an earlier `power` period must never be replayed), then the
   /// level and the whole pool on the medium.
   void start_power(const options& opts) {
-    attach_power(opts);
+    attach_power(opts, /*first=*/true);
     power_->log.init_control(power_->log.file_epoch());
     power_->log.new_epoch();
     control().level = 1;
@@ -496,9 +558,26 @@ class pmem : private detail::file_region, public detail::bank_engine {
     power_->log.flush_pool();
   }
 
-  void attach_power(const options& opts) {
-    power_ = std::make_unique<power_state>(*this, opts.log_size);
+  /// The redo log of this process. The `first` user of the pool chooses how it is
+  /// flushed (and records it for the others); the others flush it the same way.
+  void attach_power(const options& opts, bool first) {
+    namespace redo = detail::redo;
+    redo::flush_request request = redo::flush_request::automatic;
+    switch (first ? opts.flush : method_in_use()) {
+      case flush_method::automatic: request = redo::flush_request::automatic; break;
+      case flush_method::fdatasync: request = redo::flush_request::fdatasync; break;
+      case flush_method::cache_lines: request = redo::flush_request::cache_lines; break;
+    }
+    power_ = std::make_unique<power_state>(*this, opts.log_size, request);
     set_commit_log(power_.get());
+    if (first) control().method = static_cast<std::uint32_t>(power_->log.mode());
+  }
+
+  /// How the pool's current `power` users flush the redo log.
+  flush_method method_in_use() const noexcept {
+    return control().method == static_cast<std::uint32_t>(detail::redo::flush_mode::cache_lines)
+               ? flush_method::cache_lines
+               : flush_method::fdatasync;
   }
 
   /// Recovery of a `power` pool that no process has open (after a power loss, an OS
@@ -530,7 +609,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
     FTM_FAULT_POINT("log.recover_copied");
     log.init_control(log.file_epoch());
     if (opts.level == durability::power) {
-      attach_power(opts);
+      attach_power(opts, /*first=*/true);
       power_->log.flush_pool();  // the second bank as replayed, on the medium
       power_->log.new_epoch();
     } else {
@@ -547,10 +626,10 @@ class pmem : private detail::file_region, public detail::bank_engine {
 
   /// The redo log, called by commit between its phases.
   struct power_state final : detail::commit_log {
-    power_state(pmem& p, std::size_t log_size)
+    power_state(pmem& p, std::size_t log_size, detail::redo::flush_request flush)
         : pool(p),
           log(detail::redo::redo_log::path_for(p.path()), p.pool_id(), p.region_fd(), &p.control(),
-              log_size) {}
+              log_size, flush) {}
 
     void make_durable(tx_id d, bool recovering) noexcept override {
       if (recovering && log.settle_logged(d)) return;
