@@ -7,6 +7,7 @@
 /// k-th hit, which is how a processor failure looks to the pool.
 
 #include <array>
+#include <atomic>
 #include <string_view>
 
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
@@ -36,10 +37,11 @@ inline constexpr std::array<std::string_view, 12> fault_point_names{
 
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
 
+/// Atomic counts: the points are reached from several threads at once (group commit).
 struct fault_state {
-  std::string_view armed;       // empty: nothing armed
-  std::uint64_t countdown = 0;  // hits left before the kill
-  std::array<std::uint64_t, fault_point_names.size()> hits{};
+  std::string_view armed;                   // empty: nothing armed (set by one thread)
+  std::atomic<std::uint64_t> countdown{0};  // hits left before the kill
+  std::array<std::atomic<std::uint64_t>, fault_point_names.size()> hits{};
 };
 
 inline fault_state& faults() noexcept {
@@ -50,7 +52,7 @@ inline fault_state& faults() noexcept {
 /// Arms `name`: the process kills itself on the `k`-th hit (k >= 1).
 inline void arm_fault(std::string_view name, std::uint64_t k) noexcept {
   faults().armed = name;
-  faults().countdown = k;
+  faults().countdown.store(k);
 }
 
 inline void disarm_faults() noexcept { faults().armed = {}; }
@@ -59,7 +61,7 @@ inline void disarm_faults() noexcept { faults().armed = {}; }
 /// parent's counts.
 inline std::uint64_t fault_hits(std::string_view name) noexcept {
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
-    if (fault_point_names[i] == name) return faults().hits[i];
+    if (fault_point_names[i] == name) return faults().hits[i].load(std::memory_order_relaxed);
   }
   return 0;
 }
@@ -72,9 +74,9 @@ inline void fault_point(std::string_view name) noexcept {
   auto& f = faults();
   if (fault_observer != nullptr) fault_observer(name);
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
-    if (fault_point_names[i] == name) ++f.hits[i];
+    if (fault_point_names[i] == name) f.hits[i].fetch_add(1, std::memory_order_relaxed);
   }
-  if (!f.armed.empty() && f.armed == name && --f.countdown == 0) {
+  if (!f.armed.empty() && f.armed == name && f.countdown.fetch_sub(1) == 1) {
     ::kill(::getpid(), SIGKILL);
   }
 }
