@@ -269,8 +269,7 @@ class client {
   }
 
   /// Calls until `stop` or `limit` calls, counting each acknowledged call in `acked`.
-  void run(const std::atomic<bool>& stop, std::uint64_t limit,
-           std::atomic<std::uint64_t>& acked) {
+  void run(const std::atomic<bool>& stop, std::uint64_t limit, std::atomic<std::uint64_t>& acked) {
     while (!stop.load() && calls_.size() < limit) {
       call_once();
       acked.fetch_add(1);
