@@ -89,9 +89,9 @@ inline void flush_lines(const void* p, std::size_t n) noexcept {
   for (std::uintptr_t a = begin; a < end; a += c.line) {
     auto* line = reinterpret_cast<volatile char*>(a);
     switch (c.flush) {
-      case line_flush::clwb: asm volatile("clwb %0" : "+m"(*line)); break;
-      case line_flush::clflushopt: asm volatile("clflushopt %0" : "+m"(*line)); break;
-      case line_flush::clflush: asm volatile("clflush %0" : "+m"(*line)); break;
+      case line_flush::clwb: asm volatile("clwb %0" : "+m"(*line) : : "memory"); break;
+      case line_flush::clflushopt: asm volatile("clflushopt %0" : "+m"(*line) : : "memory"); break;
+      case line_flush::clflush: asm volatile("clflush %0" : "+m"(*line) : : "memory"); break;
       case line_flush::none: break;
     }
   }

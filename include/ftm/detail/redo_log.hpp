@@ -6,8 +6,8 @@
 /// pool (`<pool>.wal`) that holds, for every committed writing transaction since the
 /// last checkpoint, the after-images of the objects it wrote. Commit appends one record
 /// between its two phases and waits until the log is on the medium up to the record's
-/// end; concurrent committers share one `fdatasync` (group commit). The file is written
-/// with `pwrite`, never through a mapping, so a flush writes the log's pages only.
+/// end; concurrent committers share one `fdatasync` (group commit). The file is then
+/// written with `pwrite`, not through a mapping, so a flush writes the log's pages only.
 ///
 /// On a DAX file system (persistent memory) the log can instead be mapped with
 /// `MAP_SYNC` and flushed by cache line (`flush_mode::cache_lines`): a record is stored
@@ -397,6 +397,10 @@ class redo_log {
       write_at(0, bytes, sizeof h);
       persist_range(0, sizeof h);
     } else {
+      // One flush makes both durable. The copy must be current should the pool later
+      // be flushed by cache lines: a header torn then falls back to it, and an older
+      // epoch's copy could replay records long superseded. (A new log has no copy.)
+      write_at(header_copy_offset, bytes, sizeof h);
       write_at(0, bytes, sizeof h);
       flush_file();
     }
@@ -621,10 +625,11 @@ class redo_log {
       const int r = pthread_mutex_trylock(&ctl_->flush);
       if (r == 0 || r == EOWNERDEAD) {
         if (r == EOWNERDEAD) pthread_mutex_consistent(&ctl_->flush);
-        const bool flushed = ctl_->durable.load(std::memory_order_acquire) < end;
-        if (flushed) flush_log_locked();
+        if (ctl_->durable.load(std::memory_order_acquire) < end) flush_log_locked();
         pthread_mutex_unlock(&ctl_->flush);
-        if (flushed) announce_flush();
+        // Even without a flush: a committer that found the lock taken just now sleeps
+        // until `flushes` changes, and its record may need a flush nobody else leads.
+        announce_flush();
         continue;
       }
       if (r != EBUSY) {
