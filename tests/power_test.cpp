@@ -1028,6 +1028,71 @@ TEST_CASE("power: checkpoints keep the log header's copy current, whatever the f
   fs::remove(redo::redo_log::path_for(path));
 }
 
+TEST_CASE("power: of two processes creating one pool at once, the loser leaves the winner's log") {
+  struct race {
+    std::atomic<int> ready{0}, go{0}, tried{0};
+    std::atomic<int> result[2]{};  // 1 created, 2 refused: the file exists, 3 other
+  };
+  void* mem =
+      ::mmap(nullptr, sizeof(race), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  int wins = 0;
+  for (int round = 0; round < 20; ++round) {
+    auto* r = ::new (mem) race;
+    const fs::path path = ftm_test::scratch_file("race");
+    pid_t kids[2];
+    for (int c = 0; c < 2; ++c) {
+      kids[c] = ::fork();
+      REQUIRE(kids[c] >= 0);
+      if (kids[c] != 0) continue;
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ++r->ready;
+      while (r->go.load() == 0) {
+      }
+      try {
+        auto pool = pmem::create(path, power_small);
+        r->result[c] = 1;
+        ++r->tried;
+        while (r->tried.load() < 2)  // the loser has done all it does
+          std::this_thread::yield();
+        ftm::atomically(pool,
+                        [&](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 40 + c; });
+        ::_exit(0);  // no close: the next opener rebuilds from the log
+      } catch (const ftm::io_error& e) {
+        r->result[c] =
+            std::string_view(e.what()).find("the file exists") != std::string_view::npos ? 2 : 3;
+      } catch (...) {
+        r->result[c] = 3;
+      }
+      ++r->tried;
+      ::_exit(0);
+    }
+    while (r->ready.load() < 2)
+      std::this_thread::yield();
+    r->go = 1;
+    for (const pid_t k : kids)
+      ::waitpid(k, nullptr, 0);
+    const int first = r->result[0].load(), second = r->result[1].load();
+    CAPTURE(round);
+    CAPTURE(first);
+    CAPTURE(second);
+    const int winner = first == 1 ? 0 : 1;
+    REQUIRE((winner == 0 ? first : second) == 1);
+    REQUIRE((winner == 0 ? second : first) == 2);
+    const int status = in_child([&] {
+      auto pool = pmem::open(path, durability::power);
+      return value_of(pool, "x") == static_cast<std::uint64_t>(40 + winner) ? 0 : 1;
+    });
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    wins += winner;
+    fs::remove(path);
+    fs::remove(redo::redo_log::path_for(path));
+  }
+  MESSAGE(fmt::format("20 creation races, the second process won {} of them", wins));
+  ::munmap(mem, sizeof(race));
+}
+
 TEST_CASE("power: a pool open with one durability level refuses an opener asking for the other") {
   const fs::path path = ftm_test::scratch_file("power");
   {

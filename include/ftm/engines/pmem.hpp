@@ -112,6 +112,36 @@ class file_region {
     temp_.clear();
   }
 
+  /// Holds an exclusive `flock` on the directory of `file`: creators of `power` pools
+  /// there take turns, so one that loses the race for a name never replaces the
+  /// winner's redo log with its own.
+  class directory_lock {
+   public:
+    explicit directory_lock(const std::filesystem::path& file) {
+      const auto dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+      fd_ = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (fd_ < 0) fail_lock(file);
+      while (::flock(fd_, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+          const int e = errno;
+          ::close(fd_);
+          errno = e;
+          fail_lock(file);
+        }
+      }
+    }
+    directory_lock(const directory_lock&) = delete;
+    directory_lock& operator=(const directory_lock&) = delete;
+    ~directory_lock() { ::close(fd_); }  // and the lock with it
+
+   private:
+    [[noreturn]] static void fail_lock(const std::filesystem::path& file) {
+      throw io_error(fmt::format("cannot create the pool '{}': cannot lock its directory: {}",
+                                 file.string(), std::strerror(errno)));
+    }
+    int fd_ = -1;
+  };
+
   /// Holds an exclusive `flock` on the pool file while openers decide what to recover,
   /// so two of them never both take the other's descriptors for an earlier boot's.
   class opening_lock {
@@ -462,19 +492,27 @@ class pmem : private detail::file_region, public detail::bank_engine {
       : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true) {
     // Held before the name is published: no opener may take this pool for unused.
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
-    if (opts.level == durability::power) {
-      const auto wal = detail::redo::redo_log::path_for(path);
-      std::filesystem::remove(wal);  // a stale log of a pool that no longer exists
-      detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
-      try {
-        start_power(opts);
-      } catch (...) {
-        std::filesystem::remove(wal);  // the pool is not made: no log beside nothing
-        throw;
-      }
+    if (opts.level != durability::power) {
+      publish();
+      return;
     }
-    publish();
-    if (opts.level == durability::power) detail::redo::redo_log::sync_directory(path);
+    // From the check of the name to its publication: another creator that passed the
+    // first check too must not replace this pool's log once it is in use.
+    const directory_lock turn(path);
+    if (std::filesystem::exists(path)) {
+      throw io_error(fmt::format("cannot create the pool '{}': the file exists", path.string()));
+    }
+    const auto wal = detail::redo::redo_log::path_for(path);
+    std::filesystem::remove(wal);  // a stale log of a pool that no longer exists
+    detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
+    try {
+      start_power(opts);
+      publish();
+    } catch (...) {
+      std::filesystem::remove(wal);  // the pool is not made: no log beside nothing
+      throw;
+    }
+    detail::redo::redo_log::sync_directory(path);
   }
 
   pmem(open_tag tag, const std::filesystem::path& path, const options& opts)
