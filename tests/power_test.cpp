@@ -845,32 +845,28 @@ TEST_CASE("power: the power-loss checker catches phase 2 run before the append")
   CHECK(r.failures > 0);
 }
 
-TEST_CASE("power: two processes commit at once and share flushes (group commit)") {
-  // Each thread its own counter: transactions that conflict wait for each other's
-  // whole commit, flush included, and could not share one.
+namespace {
+
+/// Makes a pool at `path` with `opts` and four counters, then has two processes, two
+/// threads each, add `per_thread` to a counter of their own (transactions that conflict
+/// wait for each other's whole commit, flush included, and could not share one).
+/// `observe`, in memory shared by the processes, sees the log's writes and flushes.
+/// Returns whether a fresh process alone on the pool, opened with `opts`, rebuilt
+/// every count and passes `also`.
+bool commit_from_two_processes(const fs::path& path, const pmem::options& opts, int per_thread,
+                               redo::observer* observe,
+                               const std::function<bool(pmem&)>& also = {}) {
   const char* const names[4] = {"p0", "p1", "c0", "c1"};
-  const fs::path path = ftm_test::scratch_file("power");
   {
-    auto pool = pmem::create(path, power_small);
+    auto pool = pmem::create(path, opts);
     ftm::atomically(pool, [&](auto& tx) {
       for (const char* name : names)
         static_cast<void>(tx.template root<counter>(name));
     });
   }
-  struct counts : redo::observer {
-    std::atomic<std::uint64_t> flushes{0};
-    void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
-    void log_flushed() override { flushes.fetch_add(1); }
-    void pool_flushed() override {}
-  };
-  void* mem =
-      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* shared = ::new (mem) counts;
-  redo::io_observer = shared;
-  constexpr int per_thread = 150;
+  redo::io_observer = observe;
   auto work = [&](int first) {
-    auto pool = pmem::open(path, durability::power);
+    auto pool = pmem::open(path, opts);
     std::vector<std::thread> ts;
     for (int t = first; t < first + 2; ++t) {
       ts.emplace_back([&, t] {
@@ -896,31 +892,25 @@ TEST_CASE("power: two processes commit at once and share flushes (group commit)"
   redo::io_observer = nullptr;
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) == 0);
-  const std::uint64_t commits = 4 * per_thread;
-  const std::uint64_t flushes = shared->flushes.load();
-  MESSAGE(fmt::format("group commit: {} commits by 4 threads in 2 processes, {} log flushes",
-                      commits, flushes));
-  CHECK(flushes < commits);
-  // A fresh process opens the pool that no one uses: the log is replayed.
   const int fresh = in_child([&] {
-    auto pool = pmem::open(path, durability::power);
+    auto pool = pmem::open(path, opts);
     bool ok = pool.check().ok();
     for (const char* name : names)
-      ok = ok && value_of(pool, name) == per_thread;
-    return ok ? 0 : 1;
+      ok = ok && value_of(pool, name) == static_cast<std::uint64_t>(per_thread);
+    return ok && (!also || also(pool)) ? 0 : 1;
   });
-  CHECK(WIFEXITED(fresh));
-  CHECK(WEXITSTATUS(fresh) == 0);
-  ::munmap(mem, sizeof(counts));
   fs::remove(path);
   fs::remove(redo::redo_log::path_for(path));
+  return WIFEXITED(fresh) && WEXITSTATUS(fresh) == 0;
 }
 
-TEST_CASE("power: a committer killed mid-commit is made durable and completed by another process") {
+/// A committer killed before and after its append, in a child; the parent's recovery
+/// makes it durable and completes it, with exactly one record for it in the log.
+void check_killed_committer(const pmem::options& opts) {
   for (const char* point : {"log.before_append", "log.after_append"}) {
     CAPTURE(point);
     const fs::path path = ftm_test::scratch_file("power");
-    auto pool = pmem::create(path, power_small);
+    auto pool = pmem::create(path, opts);
     ftm::atomically(pool, [](auto& tx) { tx.template root<counter>("x"); });
     const std::uint64_t before = records_in_log(pool);
     const int status = in_child([&] {
@@ -937,6 +927,35 @@ TEST_CASE("power: a committer killed mid-commit is made durable and completed by
     CHECK(records_in_log(pool) == before + 1);
     CHECK(pool.check().ok());
   }
+}
+
+}  // namespace
+
+TEST_CASE("power: two processes commit at once and share flushes (group commit)") {
+  struct counts : redo::observer {
+    std::atomic<std::uint64_t> flushes{0};
+    void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
+    void log_flushed() override { flushes.fetch_add(1); }
+    void pool_flushed() override {}
+  };
+  void* mem =
+      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mem != MAP_FAILED);
+  auto* shared = ::new (mem) counts;
+  constexpr int per_thread = 150;
+  // The fresh process replays the log of a pool no one uses.
+  CHECK(
+      commit_from_two_processes(ftm_test::scratch_file("power"), power_small, per_thread, shared));
+  const std::uint64_t commits = 4 * per_thread;
+  const std::uint64_t flushes = shared->flushes.load();
+  MESSAGE(fmt::format("group commit: {} commits by 4 threads in 2 processes, {} log flushes",
+                      commits, flushes));
+  CHECK(flushes < commits);
+  ::munmap(mem, sizeof(counts));
+}
+
+TEST_CASE("power: a committer killed mid-commit is made durable and completed by another process") {
+  check_killed_committer(power_small);
 }
 
 TEST_CASE("power: committers asleep behind a flusher that dies take the flush over") {
@@ -1420,15 +1439,6 @@ TEST_CASE("power, cache lines: every process of a pool flushes its log the same 
 
 TEST_CASE("power, cache lines: two processes commit at once, without a log fdatasync") {
   const forced_cache_lines on;
-  const char* const names[4] = {"p0", "p1", "c0", "c1"};
-  const fs::path path = ftm_test::scratch_file("power");
-  {
-    auto pool = pmem::create(path, lines_small);
-    ftm::atomically(pool, [&](auto& tx) {
-      for (const char* name : names)
-        static_cast<void>(tx.template root<counter>(name));
-    });
-  }
   struct counts : redo::observer {
     std::atomic<std::uint64_t> syncs{0}, fences{0};
     void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
@@ -1440,72 +1450,22 @@ TEST_CASE("power, cache lines: two processes commit at once, without a log fdata
       ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mem != MAP_FAILED);
   auto* shared = ::new (mem) counts;
-  redo::io_observer = shared;
   constexpr int per_thread = 300;
-  auto work = [&](int first) {
-    auto pool = pmem::open(path, lines_small);
-    std::vector<std::thread> ts;
-    for (int t = first; t < first + 2; ++t) {
-      ts.emplace_back([&, t] {
-        for (int i = 0; i < per_thread; ++i) {
-          ftm::atomically(pool,
-                          [&](auto& tx) { ++tx.open(tx.template root<counter>(names[t]))->value; });
-        }
-      });
-    }
-    for (auto& t : ts)
-      t.join();
-  };
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    work(2);
-    ::_exit(0);
-  }
-  work(0);
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  redo::io_observer = nullptr;
-  REQUIRE(WIFEXITED(status));
-  REQUIRE(WEXITSTATUS(status) == 0);
+  // The fresh process alone on the pool rebuilds it from the log: no record was lost
+  // or mixed with another.
+  CHECK(commit_from_two_processes(ftm_test::scratch_file("power"), lines_small, per_thread, shared,
+                                  [](pmem& pool) {
+                                    return pool.log_flush() == ftm::flush_method::cache_lines &&
+                                           pool.opening_recovery().redone > 0;
+                                  }));
   MESSAGE(fmt::format("cache lines: {} commits by 4 threads in 2 processes, {} fences, {} syncs",
                       4 * per_thread, shared->fences.load(), shared->syncs.load()));
   CHECK(shared->syncs.load() == 0);
   CHECK(shared->fences.load() >= 4 * per_thread);
-  // A fresh process alone on the pool rebuilds it from the log: no record was lost
-  // or mixed with another.
-  const int fresh = in_child([&] {
-    auto pool = pmem::open(path, lines_small);
-    bool ok = pool.check().ok() && pool.log_flush() == ftm::flush_method::cache_lines;
-    for (const char* name : names)
-      ok = ok && value_of(pool, name) == per_thread;
-    return ok && pool.opening_recovery().redone > 0 ? 0 : 1;
-  });
-  CHECK(WIFEXITED(fresh));
-  CHECK(WEXITSTATUS(fresh) == 0);
   ::munmap(mem, sizeof(counts));
 }
 
 TEST_CASE("power, cache lines: a committer killed mid-commit is completed by another process") {
   const forced_cache_lines on;
-  for (const char* point : {"log.before_append", "log.after_append"}) {
-    CAPTURE(point);
-    const fs::path path = ftm_test::scratch_file("power");
-    auto pool = pmem::create(path, lines_small);
-    ftm::atomically(pool, [](auto& tx) { tx.template root<counter>("x"); });
-    const std::uint64_t before = records_in_log(pool);
-    const int status = in_child([&] {
-      auto mine = pmem::open(path, durability::power);
-      ftm::detail::arm_fault(point, 1);
-      ftm::atomically(mine, [](auto& tx) { tx.open(tx.template root<counter>("x"))->value = 7; });
-      return 0;
-    });
-    REQUIRE(WIFSIGNALED(status));
-    const auto report = pool.recover();
-    CHECK(report.redone == 1);
-    CHECK(value_of(pool, "x") == 7);
-    CHECK(records_in_log(pool) == before + 1);
-    CHECK(pool.check().ok());
-  }
+  check_killed_committer(lines_small);
 }
