@@ -19,6 +19,7 @@
 //
 // Scale with FTM_EO_KILLS (random kills per engine, default 1000).
 #include "engines.hpp"
+#include "process.hpp"
 #include "supervision.hpp"
 
 #include <ftm/detail/fault.hpp>
@@ -52,6 +53,8 @@
 #include <unistd.h>
 
 namespace {
+
+using ftm_test::shared_page;
 
 using namespace std::chrono_literals;
 using ftm::engines::dual_bank;
@@ -111,25 +114,6 @@ struct world {
 };
 
 constexpr std::string_view world_root = "exactly_once.world";
-
-/// A page shared with every forked process, made before any fork.
-template <class T>
-class shared_page {
- public:
-  shared_page() {
-    void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    ptr_ = ::new (p) T{};
-  }
-  shared_page(const shared_page&) = delete;
-  shared_page& operator=(const shared_page&) = delete;
-  ~shared_page() { ::munmap(ptr_, sizeof(T)); }
-  T* operator->() const { return ptr_; }
-  T& operator*() const { return *ptr_; }
-
- private:
-  T* ptr_;
-};
 
 /// What the test tells the server instances, and what they tell it.
 struct control {

@@ -1,6 +1,7 @@
 // ftm::engines::pmem: what a pool file adds to the conformance suite. The pool
 // outlives its processes, is checked before it is trusted, and recovers on open.
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -29,6 +30,8 @@
 #include <csignal>
 
 namespace {
+
+using ftm_test::in_child;
 
 using ftm::engines::pmem;
 namespace fs = std::filesystem;
@@ -66,25 +69,6 @@ fs::path make_pool() {
 std::int64_t balance_in(pmem& pool) {
   return ftm::atomically(
       pool, [](auto& tx) { return tx.open_read(ftm::root<account>(tx, "acct"))->balance; });
-}
-
-/// Runs `body` in a forked child that dies with its parent; returns its wait status.
-int in_child(const std::function<int()>& body) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int code = 1;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child: %s\n", e.what());
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return status;
 }
 
 }  // namespace

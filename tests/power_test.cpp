@@ -5,6 +5,7 @@
 // second durability level; the cache-line mode's refusal without MAP_SYNC. Built with
 // FTM_FAULT_INJECTION.
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -38,6 +39,8 @@
 #include <csignal>
 
 namespace {
+
+using ftm_test::in_child;
 
 using ftm::durability;
 using ftm::engines::pmem;
@@ -756,25 +759,6 @@ class power_loss_sim : public redo::observer {
   result result_;
 };
 
-/// Runs `body` in a forked child that dies with its parent; returns its wait status.
-int in_child(const std::function<int()>& body) {
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int code = 1;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child: %s\n", e.what());
-    }
-    ::_exit(code);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return status;
-}
-
 struct counter {
   std::uint64_t value;
 };
@@ -938,10 +922,8 @@ TEST_CASE("power: two processes commit at once and share flushes (group commit)"
     void log_flushed() override { flushes.fetch_add(1); }
     void pool_flushed() override {}
   };
-  void* mem =
-      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* shared = ::new (mem) counts;
+  const ftm_test::shared_page<counts> page;
+  counts* shared = page.get();
   constexpr int per_thread = 150;
   // The fresh process replays the log of a pool no one uses.
   CHECK(
@@ -951,7 +933,6 @@ TEST_CASE("power: two processes commit at once and share flushes (group commit)"
   MESSAGE(fmt::format("group commit: {} commits by 4 threads in 2 processes, {} log flushes",
                       commits, flushes));
   CHECK(flushes < commits);
-  ::munmap(mem, sizeof(counts));
 }
 
 TEST_CASE("power: a committer killed mid-commit is made durable and completed by another process") {
@@ -1052,12 +1033,10 @@ TEST_CASE("power: of two processes creating one pool at once, the loser leaves t
     std::atomic<int> ready{0}, go{0}, tried{0};
     std::atomic<int> result[2]{};  // 1 created, 2 refused: the file exists, 3 other
   };
-  void* mem =
-      ::mmap(nullptr, sizeof(race), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
   int wins = 0;
   for (int round = 0; round < 20; ++round) {
-    auto* r = ::new (mem) race;
+    const ftm_test::shared_page<race> page;
+    race* r = page.get();
     const fs::path path = ftm_test::scratch_file("race");
     pid_t kids[2];
     for (int c = 0; c < 2; ++c) {
@@ -1109,7 +1088,6 @@ TEST_CASE("power: of two processes creating one pool at once, the loser leaves t
     fs::remove(redo::redo_log::path_for(path));
   }
   MESSAGE(fmt::format("20 creation races, the second process won {} of them", wins));
-  ::munmap(mem, sizeof(race));
 }
 
 TEST_CASE("power: a pool open with one durability level refuses an opener asking for the other") {
@@ -1446,10 +1424,8 @@ TEST_CASE("power, cache lines: two processes commit at once, without a log fdata
     void pool_flushed() override {}
     void log_lines_flushed(std::uint64_t, std::size_t) override { fences.fetch_add(1); }
   };
-  void* mem =
-      ::mmap(nullptr, sizeof(counts), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  REQUIRE(mem != MAP_FAILED);
-  auto* shared = ::new (mem) counts;
+  const ftm_test::shared_page<counts> page;
+  counts* shared = page.get();
   constexpr int per_thread = 300;
   // The fresh process alone on the pool rebuilds it from the log: no record was lost
   // or mixed with another.
@@ -1462,7 +1438,6 @@ TEST_CASE("power, cache lines: two processes commit at once, without a log fdata
                       4 * per_thread, shared->fences.load(), shared->syncs.load()));
   CHECK(shared->syncs.load() == 0);
   CHECK(shared->fences.load() >= 4 * per_thread);
-  ::munmap(mem, sizeof(counts));
 }
 
 TEST_CASE("power, cache lines: a committer killed mid-commit is completed by another process") {

@@ -17,6 +17,7 @@
 /// Environment knob: FTM_SUPERVISOR_KILLS (random kills per engine, default 200).
 
 #include "engines.hpp"
+#include "process.hpp"
 #include "supervision.hpp"
 
 #include <ftm/ftm.hpp>
@@ -45,6 +46,8 @@
 #include <unistd.h>
 
 namespace {
+
+using ftm_test::shared_page;
 
 using namespace std::chrono_literals;
 using ftm::engines::dual_bank;
@@ -90,25 +93,6 @@ struct progress {
   std::atomic<std::int32_t> parent_pid;        // its supervisor's process
   std::atomic<std::uint32_t> log_full;         // the task found no room left in the log
   std::atomic<std::uint8_t> acked[max_tickets];
-};
-
-/// A `MAP_SHARED` anonymous mapping of a `T`, shared with every child forked later.
-template <class T>
-class shared_page {
- public:
-  shared_page() {
-    void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    REQUIRE(p != MAP_FAILED);
-    ptr_ = ::new (p) T{};
-  }
-  shared_page(const shared_page&) = delete;
-  shared_page& operator=(const shared_page&) = delete;
-  ~shared_page() { ::munmap(ptr_, sizeof(T)); }
-  T* operator->() const { return ptr_; }
-  T& operator*() const { return *ptr_; }
-
- private:
-  T* ptr_;
 };
 
 /// True if `pid` still runs (or is stopped): a zombie or a vanished pid is dead.
