@@ -916,7 +916,7 @@ void check_killed_committer(const pmem::options& opts) {
 }  // namespace
 
 TEST_CASE("power: two processes commit at once and share flushes (group commit)") {
-  struct counts : redo::observer {
+  struct counts final : redo::observer {
     std::atomic<std::uint64_t> flushes{0};
     void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
     void log_flushed() override { flushes.fetch_add(1); }
@@ -1122,7 +1122,7 @@ TEST_CASE("power: a pool open with one durability level refuses an opener asking
 }
 
 TEST_CASE("power: read-only transactions, and every transaction at process, touch no log") {
-  struct counts : redo::observer {
+  struct counts final : redo::observer {
     std::uint64_t writes = 0, flushes = 0, pool_flushes = 0;
     void log_written(std::uint64_t, const std::byte*, std::size_t) override { ++writes; }
     void log_flushed() override { ++flushes; }
@@ -1193,7 +1193,7 @@ TEST_CASE("power: a missing or foreign redo log is a bad pool, and the pool is l
 
 TEST_CASE(
     "power: a checkpoint completes a dead committer, and one killed mid-checkpoint is redone") {
-  struct counts : redo::observer {
+  struct counts final : redo::observer {
     std::uint64_t pool_flushes = 0;
     void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
     void log_flushed() override {}
@@ -1417,7 +1417,7 @@ TEST_CASE("power, cache lines: every process of a pool flushes its log the same 
 
 TEST_CASE("power, cache lines: two processes commit at once, without a log fdatasync") {
   const forced_cache_lines on;
-  struct counts : redo::observer {
+  struct counts final : redo::observer {
     std::atomic<std::uint64_t> syncs{0}, fences{0};
     void log_written(std::uint64_t, const std::byte*, std::size_t) override {}
     void log_flushed() override { syncs.fetch_add(1); }
