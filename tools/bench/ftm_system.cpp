@@ -1,0 +1,508 @@
+/// \file
+/// ftm as a system under test: the tiny, bank and rpc workloads on a `dual_bank` or
+/// `pmem` pool, with or without a session per worker thread.
+
+#include "system.hpp"
+
+#include <ftm/engines/dual_bank.hpp>
+#include <ftm/engines/pmem.hpp>
+#include <ftm/ftm.hpp>
+#include <ftm/port.hpp>
+#include <ftm/server.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <vector>
+
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace bench {
+namespace {
+
+using ftm::engines::dual_bank;
+using ftm::engines::pmem;
+
+/// The tiny workload's object: `Size` bytes of 8-byte fields.
+template <std::size_t Size>
+struct blob {
+  std::int64_t field[Size / 8];
+};
+
+struct account {
+  std::int64_t balance;
+};
+inline constexpr std::int64_t initial_balance = 1000;
+
+struct add_request {
+  std::int64_t amount;
+};
+struct counter_value {
+  std::int64_t value;
+};
+
+/// Keeps the compiler from dropping a read whose result nobody uses.
+inline void keep(std::int64_t v) noexcept { asm volatile("" : : "r"(v) : "memory"); }
+
+/// Bytes per bank for `objects` objects of `size` bytes, with room for the
+/// allocator's records and the roots.
+std::size_t bank_bytes(const options& o, std::uint64_t objects, std::uint64_t size) {
+  if (o.pool_size != 0) return o.pool_size;
+  constexpr std::uint64_t chunk = dual_bank::chunk_size;
+  const std::uint64_t total = size + 16;
+  const std::uint64_t per_object =
+      total > chunk / 2 ? (total + chunk - 1) / chunk * chunk : std::bit_ceil(total);
+  const std::uint64_t need = objects * per_object * 5 / 4 + (std::uint64_t{4} << 20);
+  return static_cast<std::size_t>((need + chunk - 1) / chunk * chunk);
+}
+
+/// An engine made in place by `make()`: engines are neither copied nor moved, and
+/// `pmem::create` returns its pool by value.
+template <class E>
+struct boxed {
+  template <class Make>
+  explicit boxed(Make&& make) : value(make()) {}
+  E value;
+};
+
+/// The pool of one run, and in each worker process the engine that process uses: a
+/// `dual_bank` pool's mapping is shared with forked children, a `pmem` pool is opened
+/// again by each child (its redo log state belongs to the process that opened it).
+template <class E>
+class pool_owner {
+ public:
+  pool_owner(const options& o, std::size_t bank) : options_(o) {
+    if constexpr (std::is_same_v<E, dual_bank>) {
+      pool_ = std::make_unique<boxed<E>>([&] { return E(dual_bank::options{.bank_size = bank}); });
+    } else {
+      remove_files();
+      opts_.bank_size = bank;
+      opts_.level =
+          o.durability == level::power ? ftm::durability::power : ftm::durability::process;
+      pool_ = std::make_unique<boxed<E>>([&] { return pmem::create(o.path, opts_); });
+    }
+    creator_ = ::getpid();
+  }
+  pool_owner(const pool_owner&) = delete;
+  pool_owner& operator=(const pool_owner&) = delete;
+  ~pool_owner() {
+    if (::getpid() != creator_) return;  // a child leaves the pool to its parent
+    mine_.reset();
+    pool_.reset();
+    if constexpr (!std::is_same_v<E, dual_bank>) remove_files();
+  }
+
+  /// The engine this process uses.
+  E& engine() {
+    if constexpr (std::is_same_v<E, dual_bank>) {
+      return pool_->value;
+    } else {
+      if (::getpid() == creator_) return pool_->value;
+      const std::lock_guard lock(mutex_);
+      if (!mine_)
+        mine_ = std::make_unique<boxed<E>>([&] { return pmem::open(options_.path, opts_); });
+      return mine_->value;
+    }
+  }
+
+ private:
+  void remove_files() {
+    std::error_code ignored;
+    std::filesystem::remove(options_.path, ignored);
+    std::filesystem::remove(options_.path + ".wal", ignored);
+  }
+
+  const options& options_;
+  pmem::options opts_{};
+  std::unique_ptr<boxed<E>> pool_;
+  std::unique_ptr<boxed<E>> mine_;  // a child's own opening of a pmem pool
+  std::mutex mutex_;
+  pid_t creator_ = 0;
+};
+
+/// Runs a transaction on a worker's session, or on the engine.
+template <class E>
+class runner {
+ public:
+  runner(E& engine, bool sessions) : engine_(&engine) {
+    if (sessions) session_.emplace(engine);
+  }
+  template <class F>
+  decltype(auto) operator()(F&& f) {
+    if (session_) return ftm::atomically(*session_, std::forward<F>(f));
+    return ftm::atomically(*engine_, std::forward<F>(f));
+  }
+
+ private:
+  E* engine_;
+  std::optional<ftm::session<E>> session_;
+};
+
+/// Creates `n` objects with `make(tx)`, 512 per transaction (a transaction locks at
+/// most 1,024 objects).
+template <class E, class T, class Make>
+std::vector<ftm::stable<T>> create_many(E& engine, std::uint64_t n, Make make) {
+  std::vector<ftm::stable<T>> out;
+  out.reserve(n);
+  while (out.size() < n) {
+    const auto batch = std::min<std::uint64_t>(512, n - out.size());
+    auto made = ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
+      std::vector<ftm::stable<T>> v;
+      for (std::uint64_t i = 0; i < batch; ++i)
+        v.push_back(make(tx));
+      return v;
+    });
+    out.insert(out.end(), made.begin(), made.end());
+  }
+  return out;
+}
+
+template <class E>
+std::string engine_name(const options& o) {
+  if constexpr (std::is_same_v<E, dual_bank>) {
+    return "ftm dual_bank";
+  } else {
+    return fmt::format("ftm pmem/{}", o.durability == level::power ? "power" : "process");
+  }
+}
+
+template <class E>
+abort_counts counts_of(E& engine) {
+  const auto s = engine.stats();
+  return {s.aborts, s.conflicts, s.retries};
+}
+
+template <class E>
+check_result pool_check(E& engine) {
+  const auto report = engine.check();
+  if (report.ok()) return {};
+  return {false, fmt::format("pool.check(): {}", fmt::join(report.problems, "; "))};
+}
+
+// ---- tiny ------------------------------------------------------------------------
+
+template <class E, std::size_t Size>
+class tiny_system final : public system {
+ public:
+  explicit tiny_system(const options& o) : o_(o) {}
+  std::string name() const override { return engine_name<E>(o_); }
+
+  void setup(int workers) override {
+    own_ = o_.objects == 0;
+    const std::uint64_t n = own_ ? static_cast<std::uint64_t>(workers) : o_.objects;
+    pool_.reset();
+    pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, n, Size));
+    objects_ = create_many<E, blob<Size>>(pool_->engine(), n,
+                                          [](auto& tx) { return tx.create(blob<Size>{}); });
+  }
+
+  std::unique_ptr<worker> make_worker(int index) override {
+    return std::make_unique<tiny_worker>(*this, index);
+  }
+
+  std::optional<abort_counts> aborts() override { return counts_of(pool_->engine()); }
+
+  check_result check(std::uint64_t writes) override {
+    auto& engine = pool_->engine();
+    const std::uint32_t fields = o_.fields;
+    std::uint64_t counted = 0;
+    std::uint64_t unbalanced = 0;
+    for (std::size_t at = 0; at < objects_.size(); at += 512) {
+      const auto end = std::min(objects_.size(), at + 512);
+      ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
+        for (std::size_t i = at; i < end; ++i) {
+          const auto v = tx.open_read(objects_[i]);
+          std::int64_t sum = 0;
+          for (std::uint32_t k = 0; k < fields; ++k)
+            sum += v->field[k];
+          if (sum != 0) ++unbalanced;
+          counted += static_cast<std::uint64_t>(v->field[0]);
+        }
+      });
+    }
+    if (unbalanced != 0) {
+      return {false, fmt::format("{} objects' fields do not sum to 0 (a torn write)", unbalanced)};
+    }
+    if (counted != writes) {
+      return {false, fmt::format("the objects count {} writes, the workers committed {}", counted,
+                                 writes)};
+    }
+    if (auto r = pool_check(engine); !r.ok) return r;
+    return {true, fmt::format("{} writes in {} objects, every object balanced, pool consistent",
+                              writes, objects_.size())};
+  }
+
+  void teardown() override {
+    objects_.clear();
+    pool_.reset();
+  }
+
+ private:
+  class tiny_worker final : public worker {
+   public:
+    tiny_worker(tiny_system& s, int index)
+        : s_(s),
+          index_(static_cast<std::uint64_t>(index)),
+          run_(s.pool_->engine(), s.o_.sessions) {}
+
+    bool run_one(random& r) override {
+      const auto& o = s_.o_;
+      const auto& objects = s_.objects_;
+      const std::uint64_t i = s_.own_ ? index_ % objects.size() : pick(r, objects.size(), o);
+      const std::uint32_t fields = o.fields;
+      if (o.read_ratio > 0 && r.unit() < o.read_ratio) {
+        keep(run_([&](ftm::transaction<E>& tx) {
+          const auto v = tx.open_read(objects[i]);
+          std::int64_t sum = 0;
+          for (std::uint32_t k = 0; k < fields; ++k)
+            sum += v->field[k];
+          return sum;
+        }));
+        return true;
+      }
+      run_([&](ftm::transaction<E>& tx) {
+        auto v = tx.open(objects[i]);
+        for (std::uint32_t k = 0; k + 1 < fields; ++k)
+          v->field[k] += 1;
+        v->field[fields - 1] -= static_cast<std::int64_t>(fields - 1);
+      });
+      return false;
+    }
+
+   private:
+    tiny_system& s_;
+    std::uint64_t index_;
+    runner<E> run_;
+  };
+
+  const options& o_;
+  bool own_ = true;
+  std::unique_ptr<pool_owner<E>> pool_;
+  std::vector<ftm::stable<blob<Size>>> objects_;
+};
+
+// ---- bank ------------------------------------------------------------------------
+
+template <class E>
+class bank_system final : public system {
+ public:
+  explicit bank_system(const options& o) : o_(o) {}
+  std::string name() const override { return engine_name<E>(o_); }
+
+  void setup(int) override {
+    const std::uint64_t n = o_.objects == 0 ? 1000 : o_.objects;
+    pool_.reset();
+    pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, n, sizeof(account)));
+    accounts_ = create_many<E, account>(
+        pool_->engine(), n, [](auto& tx) { return tx.create(account{initial_balance}); });
+  }
+
+  std::unique_ptr<worker> make_worker(int) override { return std::make_unique<bank_worker>(*this); }
+
+  std::optional<abort_counts> aborts() override { return counts_of(pool_->engine()); }
+
+  check_result check(std::uint64_t writes) override {
+    auto& engine = pool_->engine();
+    std::int64_t total = 0;
+    for (std::size_t at = 0; at < accounts_.size(); at += 512) {
+      const auto end = std::min(accounts_.size(), at + 512);
+      total += ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
+        std::int64_t sum = 0;
+        for (std::size_t i = at; i < end; ++i)
+          sum += tx.open_read(accounts_[i])->balance;
+        return sum;
+      });
+    }
+    const auto expected = static_cast<std::int64_t>(accounts_.size()) * initial_balance;
+    if (total != expected) {
+      return {false, fmt::format("the accounts hold {} in all, {} was put in", total, expected)};
+    }
+    if (auto r = pool_check(engine); !r.ok) return r;
+    return {true, fmt::format("{} transfers among {} accounts, total {} conserved, pool consistent",
+                              writes, accounts_.size(), total)};
+  }
+
+  void teardown() override {
+    accounts_.clear();
+    pool_.reset();
+  }
+
+ private:
+  class bank_worker final : public worker {
+   public:
+    explicit bank_worker(bank_system& s) : s_(s), run_(s.pool_->engine(), s.o_.sessions) {}
+
+    bool run_one(random& r) override {
+      const auto& o = s_.o_;
+      const auto& accounts = s_.accounts_;
+      const std::uint64_t n = accounts.size();
+      const std::uint64_t from = pick(r, n, o);
+      std::uint64_t to = pick(r, n, o);
+      if (to == from) to = (from + 1) % n;
+      if (o.read_ratio > 0 && r.unit() < o.read_ratio) {
+        keep(run_([&](ftm::transaction<E>& tx) {
+          return tx.open_read(accounts[from])->balance + tx.open_read(accounts[to])->balance;
+        }));
+        return true;
+      }
+      const auto amount = static_cast<std::int64_t>(1 + r.below(100));
+      run_([&](ftm::transaction<E>& tx) {
+        tx.open(accounts[from])->balance -= amount;
+        tx.open(accounts[to])->balance += amount;
+      });
+      return false;
+    }
+
+   private:
+    bank_system& s_;
+    runner<E> run_;
+  };
+
+  const options& o_;
+  std::unique_ptr<pool_owner<E>> pool_;
+  std::vector<ftm::stable<account>> accounts_;
+};
+
+// ---- rpc -------------------------------------------------------------------------
+
+template <class E>
+class rpc_system final : public system {
+ public:
+  using service = ftm::service_port<add_request, counter_value>;
+
+  explicit rpc_system(const options& o) : o_(o) {}
+  std::string name() const override { return engine_name<E>(o_) + " rpc"; }
+
+  void setup(int workers) override {
+    pool_.reset();
+    pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, 64 + 2 * workers, 8192));
+    auto& engine = pool_->engine();
+    using tx_t = ftm::transaction<E>;
+    requests_ = ftm::atomically(engine, [](tx_t& tx) {
+      return ftm::make_port<ftm::call_request<add_request, counter_value>>(tx, {.capacity = 256});
+    });
+    replies_.clear();
+    for (int i = 0; i < workers; ++i) {
+      replies_.push_back(ftm::atomically(
+          engine, [](tx_t& tx) { return ftm::make_port<ftm::reply_to_call<counter_value>>(tx); }));
+    }
+    counter_ = ftm::atomically(engine, [](tx_t& tx) { return tx.create(counter_value{0}); });
+    server_ = ::fork();
+    if (server_ < 0) throw std::system_error(errno, std::generic_category(), "fork the server");
+    if (server_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      try {
+        const auto counter = counter_;
+        ftm::serve(pool_->engine(), requests_, [counter](tx_t& tx, const add_request& r) {
+          auto c = tx.open(counter);
+          c->value += r.amount;
+          return counter_value{c->value};
+        });
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "ftm-bench: the rpc server failed: {}\n", e.what());
+        ::_exit(1);
+      }
+      ::_exit(0);
+    }
+  }
+
+  std::unique_ptr<worker> make_worker(int index) override {
+    return std::make_unique<rpc_worker>(*this, index);
+  }
+
+  std::optional<abort_counts> aborts() override { return counts_of(pool_->engine()); }
+
+  check_result check(std::uint64_t writes) override {
+    auto& engine = pool_->engine();
+    const auto value = ftm::atomically(
+        engine, [&](ftm::transaction<E>& tx) { return tx.open_read(counter_)->value; });
+    if (value != static_cast<std::int64_t>(writes)) {
+      return {false,
+              fmt::format("the server counted {} calls, the clients made {}", value, writes)};
+    }
+    stop_server();
+    if (auto r = pool_check(engine); !r.ok) return r;
+    return {true, fmt::format("{} calls, each applied once, pool consistent", writes)};
+  }
+
+  void teardown() override {
+    stop_server();
+    pool_.reset();
+  }
+
+  int server_pid() const override { return server_; }
+
+ private:
+  void stop_server() {
+    if (server_ <= 0) return;
+    ::kill(server_, SIGKILL);
+    ::waitpid(server_, nullptr, 0);
+    server_ = 0;
+    pool_->engine().recover();  // the server's descriptor, if it died in a transaction
+  }
+
+  class rpc_worker final : public worker {
+   public:
+    rpc_worker(rpc_system& s, int index)
+        : s_(s),
+          engine_(s.pool_->engine()),
+          replies_(s.replies_[static_cast<std::size_t>(index)]) {}
+    bool run_one(random&) override {
+      keep(ftm::call(engine_, s_.requests_, replies_, add_request{1}).value);
+      return false;
+    }
+
+   private:
+    rpc_system& s_;
+    E& engine_;
+    ftm::reply_port<counter_value> replies_;
+  };
+
+  const options& o_;
+  std::unique_ptr<pool_owner<E>> pool_;
+  service requests_;
+  std::vector<ftm::reply_port<counter_value>> replies_;
+  ftm::stable<counter_value> counter_;
+  pid_t server_ = 0;
+};
+
+template <class E>
+std::unique_ptr<system> make_for(const options& o) {
+  switch (o.load) {
+    case workload::bank: return std::make_unique<bank_system<E>>(o);
+    case workload::rpc: return std::make_unique<rpc_system<E>>(o);
+    case workload::tiny: break;
+  }
+  switch (o.object_size) {
+    case 16: return std::make_unique<tiny_system<E, 16>>(o);
+    case 64: return std::make_unique<tiny_system<E, 64>>(o);
+    case 256: return std::make_unique<tiny_system<E, 256>>(o);
+    case 1024: return std::make_unique<tiny_system<E, 1024>>(o);
+    case 4096: return std::make_unique<tiny_system<E, 4096>>(o);
+    case 16384: return std::make_unique<tiny_system<E, 16384>>(o);
+    case 65536: return std::make_unique<tiny_system<E, 65536>>(o);
+    case 262144: return std::make_unique<tiny_system<E, 262144>>(o);
+    case 1048576: return std::make_unique<tiny_system<E, 1048576>>(o);
+    default: break;
+  }
+  throw usage_error(fmt::format("--object-size {} is not one of {}", o.object_size,
+                                "16, 64, 256, 1K, 4K, 16K, 64K, 256K, 1M"));
+}
+
+}  // namespace
+
+std::unique_ptr<system> make_ftm_system(const options& o) {
+  if (o.engine == engine_kind::pmem) return make_for<pmem>(o);
+  return make_for<dual_bank>(o);
+}
+
+}  // namespace bench
