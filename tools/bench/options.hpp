@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <bit>
 #include <charconv>
 #include <cstdint>
 #include <optional>
@@ -47,8 +48,9 @@ struct options {
   std::size_t pool_size = 0;       // bytes per bank; 0: from objects and sizes
   std::vector<std::string> peers;  // sqlite, lmdb: run beside ftm, same workload
   bool check = true;
-  bool progress = true;         // live line on stderr, only if it is a terminal
-  std::string json, csv, plot;  // output files ("-": standard output)
+  bool miscount_for_test = false;  // tells each check one write more: every check must fail
+  bool progress = true;            // live line on stderr, only if it is a terminal
+  std::string json, csv, plot;     // output files ("-": standard output)
 };
 
 inline constexpr std::string_view usage_text = R"(usage: ftm-bench [options]
@@ -61,7 +63,8 @@ workload
                       checked), rpc (ftm::call to a reliable server in another process)
   --objects N         objects or accounts (default: tiny 1 per worker, bank 1000,
                       rpc 1 counter)
-  --object-size B     bytes per object for tiny (default 64; a multiple of 8, >= 16)
+  --object-size B     bytes per object for tiny: 16, 64, 256, 1K, 4K, 16K, 64K,
+                      256K or 1M (default 64)
   --fields N          tiny: 8-byte fields changed per write (default 2, >= 2)
   --read-ratio R      share of read-only transactions, 0..1 (default 0)
   --hot F:P           contention: a share P of transactions pick among the first
@@ -203,6 +206,9 @@ inline options parse_options(int argc, char** argv) {
       }
     } else if (flag == "--pool-size") {
       o.pool_size = to_count(flag, next(), /*suffixes=*/true);
+      if (o.pool_size == 0 || o.pool_size % (64 * 1024) != 0) {
+        throw usage_error("--pool-size must be a multiple of 64K");
+      }
     } else if (flag == "--sessions") {
       o.sessions = to_switch(flag, next());
     } else if (flag == "--threads") {
@@ -234,8 +240,11 @@ inline options parse_options(int argc, char** argv) {
       if (o.objects == 0) throw usage_error("--objects must be at least 1");
     } else if (flag == "--object-size") {
       const auto n = to_count(flag, next(), /*suffixes=*/true);
-      if (n < 16 || n % 8 != 0 || n > (std::uint64_t{1} << 24)) {
-        throw usage_error("--object-size must be a multiple of 8 from 16 to 16M bytes");
+      // Powers of 4: each size is a type the tool was compiled with.
+      if (n < 16 || n > (std::uint64_t{1} << 20) || !std::has_single_bit(n) ||
+          std::countr_zero(n) % 2 != 0) {
+        throw usage_error(fmt::format(
+            "--object-size {} is not one of 16, 64, 256, 1K, 4K, 16K, 64K, 256K, 1M", n));
       }
       o.object_size = static_cast<std::uint32_t>(n);
     } else if (flag == "--fields") {
@@ -268,6 +277,8 @@ inline options parse_options(int argc, char** argv) {
       }
     } else if (flag == "--check") {
       o.check = to_switch(flag, next());
+    } else if (flag == "--test-miscount") {  // for ftm-bench's own tests; not in the usage
+      o.miscount_for_test = true;
     } else if (flag == "--no-progress") {
       o.progress = false;
     } else if (flag == "--json") {
@@ -295,6 +306,12 @@ inline options parse_options(int argc, char** argv) {
   }
   if (o.load == workload::rpc && !o.peers.empty()) {
     throw usage_error("--peers: the rpc workload has no peers");
+  }
+  if (o.load == workload::rpc && o.read_ratio > 0) {
+    throw usage_error("--read-ratio: every call of the rpc workload writes");
+  }
+  if (o.load == workload::bank && o.objects == 1) {
+    throw usage_error("--objects: a transfer needs at least 2 accounts");
   }
   if (o.json == "-" && o.csv == "-") throw usage_error("--json - and --csv - both want stdout");
   return o;

@@ -71,7 +71,8 @@ std::string svg(const std::vector<run_result>& results, const options& o) {
     if (!runs.contains(r.system)) systems.push_back(r.system);
     runs[r.system].push_back(&r);
   }
-  const double width = 1000, height = 460;
+  const double legend_rows = static_cast<double>((systems.size() + 2) / 3);
+  const double width = 1000, height = 430 + 20 * legend_rows;
   const panel left{80, 70, 380, 300};
   const panel right{580, 70, 380, 300};
   std::string out = fmt::format(
@@ -88,19 +89,40 @@ std::string svg(const std::vector<run_result>& results, const options& o) {
       : o.durability == level::process ? " at process durability"
                                        : " (in memory)");
 
-  // Left: throughput against workers.
-  double max_workers = 1, max_tx = 1;
+  // Left: throughput against workers; on a log scale when the systems differ by more
+  // than 30x, so that the slower ones are not flat lines on the floor.
+  double max_workers = 1, max_tx = 1, min_tx = 1e300;
   for (const auto& r : results) {
     max_workers = std::max(max_workers, static_cast<double>(r.workers));
     max_tx = std::max(max_tx, r.throughput());
+    if (r.throughput() > 0) min_tx = std::min(min_tx, r.throughput());
   }
-  const double tx_step = nice_step(max_tx, 5);
-  const double tx_top = std::ceil(max_tx / tx_step) * tx_step;
+  const bool log_tx = min_tx < 1e300 && max_tx / min_tx > 30;
   const double w_top = std::max(2.0, max_workers);
   auto lx = [&](double workers) { return left.x + (workers - 1) / (w_top - 1) * left.w; };
-  auto ly = [&](double tx) { return left.y + left.h - tx / tx_top * left.h; };
+  std::vector<double> tx_ticks;
+  double tx_lo = 0, tx_hi = 1;
+  if (log_tx) {
+    tx_lo = std::floor(std::log10(min_tx));
+    tx_hi = std::ceil(std::log10(max_tx));
+    if (tx_hi <= tx_lo) tx_hi = tx_lo + 1;
+    for (double d = tx_lo; d <= tx_hi + 0.01; d += 1)
+      tx_ticks.push_back(std::pow(10.0, d));
+  } else {
+    const double tx_step = nice_step(max_tx, 5);
+    tx_hi = std::ceil(max_tx / tx_step) * tx_step;
+    for (double v = 0; v <= tx_hi + tx_step / 2; v += tx_step)
+      tx_ticks.push_back(v);
+  }
+  auto ly = [&](double tx) {
+    if (log_tx) {
+      const double l = std::log10(std::max(tx, std::pow(10.0, tx_lo)));
+      return left.y + left.h - (l - tx_lo) / (tx_hi - tx_lo) * left.h;
+    }
+    return left.y + left.h - tx / tx_hi * left.h;
+  };
   out += "<g class=\"axes\" stroke=\"#999\" stroke-width=\"1\">\n";
-  for (double v = 0; v <= tx_top + tx_step / 2; v += tx_step) {
+  for (const double v : tx_ticks) {
     out += fmt::format(
         "<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#e5e5e5\"/>"
         "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\" stroke=\"none\" "
@@ -119,8 +141,10 @@ std::string svg(const std::vector<run_result>& results, const options& o) {
                      left.x, left.y, left.w, left.h);
   out += fmt::format(
       "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-weight=\"bold\">throughput "
-      "(transactions/s)</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">workers</text>\n",
-      left.x + left.w / 2, left.y - 10, left.x + left.w / 2, left.y + left.h + 36);
+      "(transactions/s{})</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">workers "
+      "(threads x processes)</text>\n",
+      left.x + left.w / 2, left.y - 10, log_tx ? ", log scale" : "", left.x + left.w / 2,
+      left.y + left.h + 34);
 
   // Right: latency percentiles on a log scale.
   const char* labels[] = {"p50", "p90", "p99", "p99.9", "max"};
@@ -196,7 +220,7 @@ std::string svg(const std::vector<run_result>& results, const options& o) {
           ry(values[static_cast<std::size_t>(i)]), escape(name), labels[i],
           time_label(values[static_cast<std::size_t>(i)]));
     }
-    const double legend_y = 418 + 18 * static_cast<double>(s / 3);
+    const double legend_y = 436 + 20 * static_cast<double>(s / 3);
     const double legend_x = 80 + 300 * static_cast<double>(s % 3);
     out += fmt::format(
         "<rect x=\"{}\" y=\"{}\" width=\"14\" height=\"14\"/>"
