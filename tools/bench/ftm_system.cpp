@@ -38,8 +38,11 @@ struct blob {
   std::int64_t field[Size / 8];
 };
 
+/// An account, and how many transfers it took part in (so that the check can count
+/// the committed transfers without a counter every transfer would contend on).
 struct account {
   std::int64_t balance;
+  std::int64_t transfers;
 };
 inline constexpr std::int64_t initial_balance = 1000;
 
@@ -302,8 +305,9 @@ class bank_system final : public system {
     const std::uint64_t n = o_.objects == 0 ? 1000 : o_.objects;
     pool_.reset();
     pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, n, sizeof(account)));
-    accounts_ = create_many<E, account>(
-        pool_->engine(), n, [](auto& tx) { return tx.create(account{initial_balance}); });
+    accounts_ = create_many<E, account>(pool_->engine(), n, [](auto& tx) {
+      return tx.create(account{initial_balance, 0});
+    });
   }
 
   std::unique_ptr<worker> make_worker(int) override { return std::make_unique<bank_worker>(*this); }
@@ -313,18 +317,25 @@ class bank_system final : public system {
   check_result check(std::uint64_t writes) override {
     auto& engine = pool_->engine();
     std::int64_t total = 0;
+    std::int64_t legs = 0;
     for (std::size_t at = 0; at < accounts_.size(); at += 512) {
       const auto end = std::min(accounts_.size(), at + 512);
-      total += ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
-        std::int64_t sum = 0;
-        for (std::size_t i = at; i < end; ++i)
-          sum += tx.open_read(accounts_[i])->balance;
-        return sum;
+      ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
+        for (std::size_t i = at; i < end; ++i) {
+          const auto a = tx.open_read(accounts_[i]);
+          total += a->balance;
+          legs += a->transfers;
+        }
       });
     }
     const auto expected = static_cast<std::int64_t>(accounts_.size()) * initial_balance;
     if (total != expected) {
       return {false, fmt::format("the accounts hold {} in all, {} was put in", total, expected)};
+    }
+    if (legs != 2 * static_cast<std::int64_t>(writes)) {
+      return {false, fmt::format("the accounts took part in {} transfers' legs, the workers "
+                                 "committed {} transfers",
+                                 legs, writes)};
     }
     if (auto r = pool_check(engine); !r.ok) return r;
     return {true, fmt::format("{} transfers among {} accounts, total {} conserved, pool consistent",
@@ -356,8 +367,12 @@ class bank_system final : public system {
       }
       const auto amount = static_cast<std::int64_t>(1 + r.below(100));
       run_([&](ftm::transaction<E>& tx) {
-        tx.open(accounts[from])->balance -= amount;
-        tx.open(accounts[to])->balance += amount;
+        auto a = tx.open(accounts[from]);
+        auto b = tx.open(accounts[to]);
+        a->balance -= amount;
+        b->balance += amount;
+        ++a->transfers;
+        ++b->transfers;
       });
       return false;
     }

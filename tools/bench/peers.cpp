@@ -54,7 +54,7 @@ namespace {
 
 /// The value of object `i`: `size` bytes, 8-byte fields.
 [[maybe_unused]] std::uint32_t value_size(const options& o) {
-  return o.load == workload::bank ? 8 : o.object_size;
+  return o.load == workload::bank ? 16 : o.object_size;  // bank: balance, transfers
 }
 [[maybe_unused]] std::uint64_t object_count(const options& o, int workers) {
   if (o.load == workload::bank) return o.objects == 0 ? 1000 : o.objects;
@@ -67,6 +67,8 @@ namespace {
   if (o.load == workload::bank) {
     a[0] -= amount;
     b[0] += amount;
+    ++a[1];
+    ++b[1];
     return;
   }
   for (std::uint32_t k = 0; k + 1 < o.fields; ++k)
@@ -81,6 +83,7 @@ class invariant {
   void add(const std::int64_t* v) {
     if (o_.load == workload::bank) {
       total_ += v[0];
+      legs_ += v[1];
       return;
     }
     std::int64_t sum = 0;
@@ -96,6 +99,11 @@ class invariant {
       if (total_ != expected) {
         return {false, fmt::format("the accounts hold {} in all, {} was put in", total_, expected)};
       }
+      if (legs_ != 2 * static_cast<std::int64_t>(writes)) {
+        return {false, fmt::format("the accounts took part in {} transfers' legs, the workers "
+                                   "committed {} transfers",
+                                   legs_, writes)};
+      }
       return {true, fmt::format("{} transfers among {} accounts, total conserved", writes, n)};
     }
     if (unbalanced_ != 0) return {false, fmt::format("{} objects unbalanced", unbalanced_)};
@@ -109,6 +117,7 @@ class invariant {
  private:
   const options& o_;
   std::int64_t total_ = 0;
+  std::int64_t legs_ = 0;  // bank: transfers counted by both their accounts
   std::uint64_t unbalanced_ = 0;
   std::uint64_t objects_ = 0;
 };
