@@ -3,6 +3,7 @@
 /// `pmem` pool, with or without a session per worker thread.
 
 #include "system.hpp"
+#include "workload.hpp"
 
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/engines/pmem.hpp>
@@ -38,13 +39,11 @@ struct blob {
   std::int64_t field[Size / 8];
 };
 
-/// An account, and how many transfers it took part in (so that the check can count
-/// the committed transfers without a counter every transfer would contend on).
+/// An account: its balance, and how many transfers it took part in (so that the check
+/// counts the committed transfers without a counter every transfer would contend on).
 struct account {
-  std::int64_t balance;
-  std::int64_t transfers;
+  std::int64_t value[2];
 };
-inline constexpr std::int64_t initial_balance = 1000;
 
 struct add_request {
   std::int64_t amount;
@@ -184,11 +183,16 @@ abort_counts counts_of(E& engine) {
   return {s.aborts, s.conflicts, s.retries};
 }
 
+/// `workload`'s verdict, then `pool.check()` if it passed.
 template <class E>
-check_result pool_check(E& engine) {
+check_result with_pool_check(check_result workload, E& engine) {
+  if (!workload.ok) return workload;
   const auto report = engine.check();
-  if (report.ok()) return {};
-  return {false, fmt::format("pool.check(): {}", fmt::join(report.problems, "; "))};
+  if (!report.ok()) {
+    return {false, fmt::format("pool.check(): {}", fmt::join(report.problems, "; "))};
+  }
+  workload.message += ", pool consistent";
+  return workload;
 }
 
 // ---- tiny ------------------------------------------------------------------------
@@ -200,8 +204,7 @@ class tiny_system final : public system {
   std::string name() const override { return engine_name<E>(o_); }
 
   void setup(int workers) override {
-    own_ = o_.objects == 0;
-    const std::uint64_t n = own_ ? static_cast<std::uint64_t>(workers) : o_.objects;
+    const std::uint64_t n = object_count(o_, workers);
     pool_.reset();
     pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, n, Size));
     objects_ = create_many<E, blob<Size>>(pool_->engine(), n,
@@ -216,32 +219,15 @@ class tiny_system final : public system {
 
   check_result check(std::uint64_t writes) override {
     auto& engine = pool_->engine();
-    const std::uint32_t fields = o_.fields;
-    std::uint64_t counted = 0;
-    std::uint64_t unbalanced = 0;
+    invariant all(o_);
     for (std::size_t at = 0; at < objects_.size(); at += 512) {
       const auto end = std::min(objects_.size(), at + 512);
       ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
-        for (std::size_t i = at; i < end; ++i) {
-          const auto v = tx.open_read(objects_[i]);
-          std::int64_t sum = 0;
-          for (std::uint32_t k = 0; k < fields; ++k)
-            sum += v->field[k];
-          if (sum != 0) ++unbalanced;
-          counted += static_cast<std::uint64_t>(v->field[0]);
-        }
+        for (std::size_t i = at; i < end; ++i)
+          all.add(tx.open_read(objects_[i])->field);
       });
     }
-    if (unbalanced != 0) {
-      return {false, fmt::format("{} objects' fields do not sum to 0 (a torn write)", unbalanced)};
-    }
-    if (counted != writes) {
-      return {false, fmt::format("the objects count {} writes, the workers committed {}", counted,
-                                 writes)};
-    }
-    if (auto r = pool_check(engine); !r.ok) return r;
-    return {true, fmt::format("{} writes in {} objects, every object balanced, pool consistent",
-                              writes, objects_.size())};
+    return with_pool_check(all.result(objects_.size(), writes), engine);
   }
 
   void teardown() override {
@@ -258,13 +244,12 @@ class tiny_system final : public system {
           run_(s.pool_->engine(), s.o_.sessions) {}
 
     bool run_one(random& r) override {
-      const auto& o = s_.o_;
       const auto& objects = s_.objects_;
-      const std::uint64_t i = s_.own_ ? index_ % objects.size() : pick(r, objects.size(), o);
-      const std::uint32_t fields = o.fields;
-      if (o.read_ratio > 0 && r.unit() < o.read_ratio) {
+      const step st = next_step(r, s_.o_, objects.size(), index_);
+      const std::uint32_t fields = s_.o_.fields;
+      if (st.read_only) {
         keep(run_([&](ftm::transaction<E>& tx) {
-          const auto v = tx.open_read(objects[i]);
+          const auto v = tx.open_read(objects[st.a]);
           std::int64_t sum = 0;
           for (std::uint32_t k = 0; k < fields; ++k)
             sum += v->field[k];
@@ -273,10 +258,7 @@ class tiny_system final : public system {
         return true;
       }
       run_([&](ftm::transaction<E>& tx) {
-        auto v = tx.open(objects[i]);
-        for (std::uint32_t k = 0; k + 1 < fields; ++k)
-          v->field[k] += 1;
-        v->field[fields - 1] -= static_cast<std::int64_t>(fields - 1);
+        apply_write(s_.o_, tx.open(objects[st.a])->field, nullptr, st.amount);
       });
       return false;
     }
@@ -288,7 +270,6 @@ class tiny_system final : public system {
   };
 
   const options& o_;
-  bool own_ = true;
   std::unique_ptr<pool_owner<E>> pool_;
   std::vector<ftm::stable<blob<Size>>> objects_;
 };
@@ -302,7 +283,7 @@ class bank_system final : public system {
   std::string name() const override { return engine_name<E>(o_); }
 
   void setup(int) override {
-    const std::uint64_t n = o_.objects == 0 ? 1000 : o_.objects;
+    const std::uint64_t n = object_count(o_, 0);
     pool_.reset();
     pool_ = std::make_unique<pool_owner<E>>(o_, bank_bytes(o_, n, sizeof(account)));
     accounts_ = create_many<E, account>(pool_->engine(), n, [](auto& tx) {
@@ -316,30 +297,15 @@ class bank_system final : public system {
 
   check_result check(std::uint64_t writes) override {
     auto& engine = pool_->engine();
-    std::int64_t total = 0;
-    std::int64_t legs = 0;
+    invariant all(o_);
     for (std::size_t at = 0; at < accounts_.size(); at += 512) {
       const auto end = std::min(accounts_.size(), at + 512);
       ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
-        for (std::size_t i = at; i < end; ++i) {
-          const auto a = tx.open_read(accounts_[i]);
-          total += a->balance;
-          legs += a->transfers;
-        }
+        for (std::size_t i = at; i < end; ++i)
+          all.add(tx.open_read(accounts_[i])->value);
       });
     }
-    const auto expected = static_cast<std::int64_t>(accounts_.size()) * initial_balance;
-    if (total != expected) {
-      return {false, fmt::format("the accounts hold {} in all, {} was put in", total, expected)};
-    }
-    if (legs != 2 * static_cast<std::int64_t>(writes)) {
-      return {false, fmt::format("the accounts took part in {} transfers' legs, the workers "
-                                 "committed {} transfers",
-                                 legs, writes)};
-    }
-    if (auto r = pool_check(engine); !r.ok) return r;
-    return {true, fmt::format("{} transfers among {} accounts, total {} conserved, pool consistent",
-                              writes, accounts_.size(), total)};
+    return with_pool_check(all.result(accounts_.size(), writes), engine);
   }
 
   void teardown() override {
@@ -353,26 +319,17 @@ class bank_system final : public system {
     explicit bank_worker(bank_system& s) : s_(s), run_(s.pool_->engine(), s.o_.sessions) {}
 
     bool run_one(random& r) override {
-      const auto& o = s_.o_;
       const auto& accounts = s_.accounts_;
-      const std::uint64_t n = accounts.size();
-      const std::uint64_t from = pick(r, n, o);
-      std::uint64_t to = pick(r, n, o);
-      if (to == from) to = (from + 1) % n;
-      if (o.read_ratio > 0 && r.unit() < o.read_ratio) {
+      const step st = next_step(r, s_.o_, accounts.size(), 0);
+      if (st.read_only) {
         keep(run_([&](ftm::transaction<E>& tx) {
-          return tx.open_read(accounts[from])->balance + tx.open_read(accounts[to])->balance;
+          return tx.open_read(accounts[st.a])->value[0] + tx.open_read(accounts[st.b])->value[0];
         }));
         return true;
       }
-      const auto amount = static_cast<std::int64_t>(1 + r.below(100));
       run_([&](ftm::transaction<E>& tx) {
-        auto a = tx.open(accounts[from]);
-        auto b = tx.open(accounts[to]);
-        a->balance -= amount;
-        b->balance += amount;
-        ++a->transfers;
-        ++b->transfers;
+        apply_write(s_.o_, tx.open(accounts[st.a])->value, tx.open(accounts[st.b])->value,
+                    st.amount);
       });
       return false;
     }
@@ -445,8 +402,7 @@ class rpc_system final : public system {
               fmt::format("the server counted {} calls, the clients made {}", value, writes)};
     }
     stop_server();
-    if (auto r = pool_check(engine); !r.ok) return r;
-    return {true, fmt::format("{} calls, each applied once, pool consistent", writes)};
+    return with_pool_check({true, fmt::format("{} calls, each applied once", writes)}, engine);
   }
 
   void teardown() override {
