@@ -185,6 +185,25 @@ abort_counts counts_of(E& engine) {
 
 /// `workload`'s verdict, then `pool.check()` if it passed.
 template <class E>
+check_result with_pool_check(check_result workload, E& engine);
+
+/// The workload's invariant over the words `words(view)` of every object, read 512 per
+/// transaction, then `pool.check()`.
+template <class E, class T, class Words>
+check_result check_objects(E& engine, const std::vector<ftm::stable<T>>& objects, const options& o,
+                           std::uint64_t writes, Words words) {
+  invariant all(o);
+  for (std::size_t at = 0; at < objects.size(); at += 512) {
+    const auto end = std::min(objects.size(), at + 512);
+    ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
+      for (std::size_t i = at; i < end; ++i)
+        all.add(words(tx.open_read(objects[i])));
+    });
+  }
+  return with_pool_check(all.result(objects.size(), writes), engine);
+}
+
+template <class E>
 check_result with_pool_check(check_result workload, E& engine) {
   if (!workload.ok) return workload;
   const auto report = engine.check();
@@ -218,16 +237,8 @@ class tiny_system final : public system {
   std::optional<abort_counts> aborts() override { return counts_of(pool_->engine()); }
 
   check_result check(std::uint64_t writes) override {
-    auto& engine = pool_->engine();
-    invariant all(o_);
-    for (std::size_t at = 0; at < objects_.size(); at += 512) {
-      const auto end = std::min(objects_.size(), at + 512);
-      ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
-        for (std::size_t i = at; i < end; ++i)
-          all.add(tx.open_read(objects_[i])->field);
-      });
-    }
-    return with_pool_check(all.result(objects_.size(), writes), engine);
+    return check_objects(pool_->engine(), objects_, o_, writes,
+                         [](const auto& v) { return v->field; });
   }
 
   void teardown() override {
@@ -296,16 +307,8 @@ class bank_system final : public system {
   std::optional<abort_counts> aborts() override { return counts_of(pool_->engine()); }
 
   check_result check(std::uint64_t writes) override {
-    auto& engine = pool_->engine();
-    invariant all(o_);
-    for (std::size_t at = 0; at < accounts_.size(); at += 512) {
-      const auto end = std::min(accounts_.size(), at + 512);
-      ftm::atomically(engine, [&](ftm::transaction<E>& tx) {
-        for (std::size_t i = at; i < end; ++i)
-          all.add(tx.open_read(accounts_[i])->value);
-      });
-    }
-    return with_pool_check(all.result(accounts_.size(), writes), engine);
+    return check_objects(pool_->engine(), accounts_, o_, writes,
+                         [](const auto& v) { return v->value; });
   }
 
   void teardown() override {
