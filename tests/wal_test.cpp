@@ -80,7 +80,8 @@ std::string snapshot(const fs::path& path) {
   std::string s;
   for (const auto& r : view.roots()) {
     const auto bytes = view.object(r.offset);
-    s += r.name + "=" + std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()) + ";";
+    s +=
+        r.name + "=" + std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()) + ";";
   }
   return s;
 }
@@ -92,7 +93,8 @@ std::vector<std::uint64_t> record_ends(const fs::path& wal) {
   REQUIRE(bytes.size() >= redo::records_begin);
   std::memcpy(&h, bytes.data(), sizeof h);
   std::vector<std::uint64_t> ends;
-  for (std::uint64_t off = redo::records_begin; off + sizeof(redo::record_header) <= bytes.size();) {
+  for (std::uint64_t off = redo::records_begin;
+       off + sizeof(redo::record_header) <= bytes.size();) {
     redo::record_header rh{};
     std::memcpy(&rh, bytes.data() + off, sizeof rh);
     if (rh.epoch != h.epoch || rh.bytes < sizeof rh || rh.bytes > bytes.size() - off) break;
@@ -157,8 +159,9 @@ TEST_CASE("wal: a bit flipped in a record is refused, naming the record and its 
     auto bytes = clean;
     bytes[redo::records_begin + sizeof(redo::record_header) + 100] ^= 0x10;
     write_file(wal, bytes);
-    check_refused(path, fmt::format("breaks off at record 1 (offset {}: its checksum does not match",
-                                    redo::records_begin));
+    check_refused(path,
+                  fmt::format("breaks off at record 1 (offset {}: its checksum does not match",
+                              redo::records_begin));
   }
   {
     // In the second record's header: its size no longer leads to the third.
@@ -289,9 +292,10 @@ TEST_CASE("wal: every cut and a sample of bit flips of a log opens as committed 
       flips_in_records_refused += r ? 1 : 0;
     }
   }
-  MESSAGE(fmt::format("{} mutated logs: {} opened as committed, {} refused ({} cuts before the "
-                      "end, {} flips in records)",
-                      opened + refused, opened, refused, cut_refused, flips_in_records_refused));
+  MESSAGE(
+      fmt::format("{} mutated logs: {} opened as committed, {} refused ({} cuts before the "
+                  "end, {} flips in records)",
+                  opened + refused, opened, refused, cut_refused, flips_in_records_refused));
   CHECK(cuts_before_end > 80);
   CHECK(cut_refused == cuts_before_end);
   CHECK(flips_in_records_refused == 434);

@@ -167,7 +167,8 @@ inline std::uint64_t header_checksum(const file_header& h) noexcept {
 inline std::uint64_t new_log_id() {
   std::random_device rd;
   const std::uint64_t r = (std::uint64_t{rd()} << 32) ^ rd();
-  const auto t = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  const auto t =
+      static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   return (r ^ (t * 0x9e3779b97f4a7c15ull) ^ static_cast<std::uint64_t>(::getpid())) | 1;  // never 0
 }
 
@@ -213,7 +214,8 @@ inline scan_result scan(int fd, const std::filesystem::path& path, const file_he
   }
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
-    res.problem = fmt::format("cannot stat its redo log '{}': {}", path.string(), std::strerror(errno));
+    res.problem =
+        fmt::format("cannot stat its redo log '{}': {}", path.string(), std::strerror(errno));
     return res;
   }
   const auto file_size = static_cast<std::uint64_t>(st.st_size);
@@ -234,9 +236,10 @@ inline scan_result scan(int fd, const std::filesystem::path& path, const file_he
     }
     if (rh.epoch != h.epoch) {
       stop = rh.epoch == 0 && rh.checksum == 0 ? std::string("there is no record there")
-                                               : fmt::format("the record there is of epoch {}, "
-                                                             "the log's is {}",
-                                                             rh.epoch, h.epoch);
+                                               : fmt::format(
+                                                     "the record there is of epoch {}, "
+                                                     "the log's is {}",
+                                                     rh.epoch, h.epoch);
       break;
     }
     if (rh.seq != seq) {
@@ -515,7 +518,7 @@ class redo_log {
       if (errno == ENOENT) {
         return fmt::format(
             "it was used with durability power, but its redo log '{}' is missing (pmem::open "
-            "refuses it; the data here is as of its last checkpoint)",
+            "refuses the pool; what its file holds can still be read)",
             path.string());
       }
       return fmt::format("cannot open its redo log '{}': {}", path.string(), std::strerror(errno));
@@ -583,8 +586,8 @@ class redo_log {
   /// The caller holds the append lock, or no other process has the pool open.
   void new_epoch(std::uint64_t after = 0) {
     const std::uint64_t epoch = std::max({ctl_->epoch.load(), header_.epoch, after}) + 1;
-    file_header h{wal_magic,      wal_version, 0, pool_id_, epoch, header_.log_id,
-                  ctl_->tail_seq.load() + 1, 0};
+    file_header h{
+        wal_magic, wal_version, 0, pool_id_, epoch, header_.log_id, ctl_->tail_seq.load() + 1, 0};
     h.checksum = header_checksum(h);
     const auto* bytes = reinterpret_cast<const std::byte*>(&h);
     if (map_ != nullptr) {
@@ -874,8 +877,7 @@ class redo_log {
     FTM_FAULT_POINT("log.mid_flush");
     // Before `durable`: a committer that sees its record durable finds it recorded so.
     std::uint64_t seq = ctl_->durable_seq.load(std::memory_order_relaxed);
-    while (seq < s &&
-           !ctl_->durable_seq.compare_exchange_weak(seq, s, std::memory_order_release)) {
+    while (seq < s && !ctl_->durable_seq.compare_exchange_weak(seq, s, std::memory_order_release)) {
     }
     std::uint64_t cur = ctl_->durable.load(std::memory_order_relaxed);
     while (cur < t && !ctl_->durable.compare_exchange_weak(cur, t, std::memory_order_release)) {
@@ -947,7 +949,7 @@ class redo_log {
   std::uint64_t capacity_ = 0;
   std::uint64_t file_epoch_ = 0;
   std::uint64_t pool_id_ = 0;
-  file_header header_{};  // as read at open, or as last written by this process
+  file_header header_{};      // as read at open, or as last written by this process
   std::byte* map_ = nullptr;  // the cache-line mode: the whole file, mapped with MAP_SYNC
   std::size_t map_size_ = 0;
 };

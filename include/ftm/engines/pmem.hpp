@@ -211,7 +211,8 @@ class file_region {
     }
     if (h.version < 1) bad(fmt::format("its format version {} is unknown", h.version));
     if (h.version < bank_layout::format_version) {
-      bad(fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
+      bad(
+          fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
                       "it: recreate the pool",
                       h.version, bank_layout::format_version));
     }
