@@ -16,7 +16,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -41,8 +40,11 @@ constexpr pmem::options power_pool{.bank_size = std::size_t{256} * 1024,
                                    .flush = ftm::flush_method::fdatasync};
 
 std::vector<char> read_file(const fs::path& p) {
+  std::vector<char> bytes(fs::file_size(p));
   std::ifstream in(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(in.gcount() == static_cast<std::streamsize>(bytes.size()));
+  return bytes;
 }
 
 void write_file(const fs::path& p, const std::vector<char>& bytes) {
