@@ -486,10 +486,16 @@ class redo_log {
     scan_result res = scan(fd_, path_, header_, r, lo, hi);
     if (!res.problem.empty()) throw bad_pool(fmt::format("{}{}", refusal, res.problem));
     std::vector<std::byte> rec;
+    // Read again, as checked; still bounded, should someone write the file meanwhile.
+    const auto changed = [&](std::uint64_t off) {
+      return bad_pool(fmt::format("{}its redo log '{}' changed at offset {} while it was replayed",
+                                  refusal, path_.string(), off));
+    };
     for (std::uint64_t off = records_begin; off < res.end;) {
       record_header rh{};
       if (::pread(fd_, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh))
         io_fail("read", path_);
+      if (rh.bytes < sizeof rh || rh.bytes > res.end - off) throw changed(off);
       rec.resize(rh.bytes);
       if (::pread(fd_, rec.data(), rh.bytes, static_cast<off_t>(off)) !=
           static_cast<ssize_t>(rh.bytes)) {
@@ -498,8 +504,13 @@ class redo_log {
       std::uint64_t at = sizeof rh;
       for (std::uint32_t i = 0; i < rh.objects; ++i) {
         object_entry oe{};
+        if (at + sizeof oe > rh.bytes) throw changed(off);
         std::memcpy(&oe, rec.data() + at, sizeof oe);
         at += sizeof oe;
+        if (oe.offset < lo || oe.offset > hi || oe.length > hi - oe.offset ||
+            oe.length > rh.bytes - at) {
+          throw changed(off);
+        }
         visit(ctx, oe.offset, oe.length, rec.data() + at);
         at += (std::uint64_t{oe.length} + 7) / 8 * 8;
       }
