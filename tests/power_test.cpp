@@ -57,7 +57,7 @@ constexpr int nblobs = 4;
 const char* const blob_names[nblobs] = {"b0", "b1", "b2", "b3"};
 
 /// The objects of the group-commit scenario: a transaction writes two, and their record
-/// (32 + 2 * (16 + 720) bytes) covers 3 or 4 sectors of the log.
+/// (40 + 2 * (16 + 720) bytes) covers 3 or 4 sectors of the log.
 struct slab {
   std::uint64_t words[90];
 };
