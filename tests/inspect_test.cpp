@@ -88,7 +88,7 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   CHECK(r.status == 0);
   CHECK(r.err.empty());
   CHECK_MATCH(r.out, "magic +0x66746d2d64756131 \\(ftm-dua1\\)");
-  CHECK_MATCH(r.out, "format version +1\n");
+  CHECK_MATCH(r.out, fmt::format("format version +{}\n", layout::format_version));
   CHECK_MATCH(r.out, fmt::format("pool id +{:#018x}\n", id));
   CHECK_MATCH(r.out,
               fmt::format("bank size +1048576 bytes \\({} chunks of 65536 bytes\\)", chunks));
@@ -122,6 +122,42 @@ TEST_CASE("ftm-inspect shows a power pool's durability and how its redo log is f
   const auto r = inspect(path.string());  // its last users'
   CHECK_MATCH(r.out, "durability +power, redo log flushed by fdatasync\n");
   fs::remove(ftm::detail::redo::redo_log::path_for(path));
+}
+
+TEST_CASE("ftm-inspect --check reports a power pool's missing or cut redo log") {
+  const fs::path path = ftm_test::scratch_file();
+  const auto wal = ftm::detail::redo::redo_log::path_for(path);
+  auto opts = small;
+  opts.level = ftm::durability::power;
+  {
+    auto pool = pmem::create(path, opts);
+    for (int i = 0; i < 3; ++i) {
+      ftm::atomically(pool, [](auto& tx) { ++tx.open(ftm::root<account>(tx, "acct"))->ops; });
+    }
+  }
+  const auto ok = inspect("--check " + path.string());
+  CHECK(ok.status == 0);
+  CHECK_MATCH(ok.out, "check: ok\n");
+  const std::string log = read_text(wal);
+  {
+    // Cut after its first record: recovery would take the pool back two transactions.
+    ftm::detail::redo::record_header rh{};
+    std::memcpy(&rh, log.data() + ftm::detail::redo::records_begin, sizeof rh);
+    fs::resize_file(wal, ftm::detail::redo::records_begin + rh.bytes);
+    const auto r = inspect("--check " + path.string());
+    CHECK(r.status == 1);
+    CHECK_MATCH(r.out, "check: 1 problem\n");
+    CHECK_MATCH(r.out, "breaks off at record 2 .*the log was truncated, damaged or replaced");
+  }
+  fs::remove(wal);
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 1);
+  CHECK(r.out.find("check: ok") == std::string::npos);
+  CHECK_MATCH(r.out, "redo log +.*\\.wal MISSING \\(pmem::open refuses the pool\\)\n");
+  CHECK_MATCH(r.out, "check: 1 problem\n");
+  CHECK_MATCH(r.out, "its redo log '.*\\.wal' is missing");
+  // The data is there to rescue.
+  CHECK_MATCH(r.out, "'acct' +type");
 }
 
 TEST_CASE("ftm-inspect shows the roots and the space of a pool with objects") {

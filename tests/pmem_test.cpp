@@ -16,6 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -404,4 +405,72 @@ TEST_CASE("pmem::inspect maps the pool read-only and recovers nothing") {
   auto pool = pmem::open(path);
   CHECK(pool.opening_recovery().undone == 1);
   CHECK(balance_in(pool) == 42);
+}
+
+TEST_CASE("pmem::open without a level keeps the level recorded in the pool") {
+  const fs::path path = ftm_test::scratch_file();
+  const auto wal = ftm::detail::redo::redo_log::path_for(path);
+  auto power = small;
+  power.level = ftm::durability::power;
+  {
+    auto pool = pmem::create(path, power);
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 1; });
+  }
+  {
+    auto pool = pmem::open(path);  // nobody has it open, and it was power: still power
+    CHECK(pool.level() == ftm::durability::power);
+    CHECK(pool.log_flush().has_value());
+    auto second = pmem::open(path);  // as its users
+    CHECK(second.level() == ftm::durability::power);
+  }
+  {
+    pmem::options no_level;
+    no_level.bank_size = small.bank_size;
+    auto pool = pmem::open(path, no_level);
+    CHECK(pool.level() == ftm::durability::power);
+  }
+  CHECK(pmem::open_or_create(path).level() == ftm::durability::power);
+  // Only an explicit level downgrades; then the pool records process.
+  CHECK(pmem::open(path, ftm::durability::process).level() == ftm::durability::process);
+  CHECK(pmem::open(path).level() == ftm::durability::process);
+  CHECK(pmem::create(ftm_test::scratch_file()).level() == ftm::durability::process);
+  fs::remove(wal);
+}
+
+TEST_CASE("a power pool whose redo log is missing: open refuses, naming it; inspect reads it") {
+  const fs::path path = ftm_test::scratch_file();
+  const auto wal = ftm::detail::redo::redo_log::path_for(path);
+  auto power = small;
+  power.level = ftm::durability::power;
+  {
+    auto pool = pmem::create(path, power);
+    ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 7; });
+  }
+  fs::remove(wal);
+  const auto before = read_all(path);
+  for (const auto level : {std::optional<ftm::durability>{}, std::optional{ftm::durability::power},
+                           std::optional{ftm::durability::process}}) {
+    CHECK_THROWS_WITH_AS(
+        pmem::open(path, level),
+        doctest::Contains(fmt::format("its redo log '{}' is missing", wal.string()).c_str()),
+        ftm::bad_pool);
+  }
+  CHECK(read_all(path) == before);
+  CHECK_FALSE(fs::exists(wal));
+  // Read-only, its data can be rescued, and its check says what is wrong.
+  const auto view = pmem::inspect(path);
+  CHECK(view.header().level == ftm::durability::power);
+  CHECK(view.header().log_missing);
+  CHECK(view.header().log_path == wal);
+  REQUIRE(view.roots().size() == 1);
+  const auto bytes = view.object(view.roots()[0].offset);
+  account a{};
+  REQUIRE(bytes.size() == sizeof a);
+  std::memcpy(&a, bytes.data(), sizeof a);
+  CHECK(a.balance == 7);
+  const auto report = view.check();
+  REQUIRE(report.problems.size() == 1);
+  CHECK(report.problems[0].find(fmt::format("redo log '{}' is missing", wal.string())) !=
+        std::string::npos);
+  CHECK(read_all(path) == before);
 }

@@ -4,8 +4,9 @@
 //
 // Prints the header, the named roots, the space used and free, the descriptors in use,
 // and the ports (from the port directory, root `ftm.ports`) with their depths and
-// counts. With --check, also verifies the pool's structures and its ports, and lists
-// what is wrong.
+// counts. With --check, also verifies the pool's structures, its ports and, for a
+// `power` pool, its redo log (missing, not the pool's, or cut short), and lists what is
+// wrong.
 // Exit status: 0 fine; 1 --check found problems; 2 the file is not a usable pool (or
 // the command line is wrong), with an ftm error message on stderr.
 #include <ftm/engines/pmem.hpp>
@@ -94,6 +95,10 @@ int inspect(const std::string& path, bool check) {
   // The level of its current users, or of its last ones.
   if (h.level == ftm::durability::power) {
     fmt::print("  durability      power, redo log flushed by {}\n", ftm::to_string(h.log_flush));
+    if (h.log_missing) {
+      fmt::print("  redo log        {} MISSING (pmem::open refuses the pool)\n",
+                 h.log_path.string());
+    }
   } else {
     fmt::print("  durability      process\n");
   }

@@ -91,7 +91,9 @@ inline constexpr std::uint32_t max_slots = 64;                 // one bit each i
 inline constexpr std::uint64_t slots_begin = 4096;
 inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
 
-inline constexpr std::uint32_t format_version = 1;
+/// 2: the redo log's state in the header page (`redo::control`) records the log's id
+/// and the last record on the medium.
+inline constexpr std::uint32_t format_version = 2;
 
 /// The first bytes of the mapping (and of a pool file): what the pool is and how it
 /// is laid out, so that a pool file can be checked before it is trusted.

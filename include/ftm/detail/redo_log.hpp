@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +34,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -49,7 +51,9 @@
 namespace ftm::detail::redo {
 
 inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
-inline constexpr std::uint32_t wal_version = 1;
+/// 2: records carry a sequence number and chain their checksums to the file header,
+/// whose log id and first sequence number the pool records (`control`).
+inline constexpr std::uint32_t wal_version = 2;
 inline constexpr std::uint64_t records_begin = 4096;  // the file header has the first page
 
 /// Where the cache-line mode keeps a second copy of the file header, written and fenced
@@ -86,14 +90,22 @@ struct file_header {
   std::uint32_t reserved;
   std::uint64_t pool_id;
   std::uint64_t epoch;
-  std::uint64_t checksum;  // of the fields above
+  /// Chosen at random when the file is made; the pool records it, so a log file put in
+  /// the place of another (an old copy, another pool's period) is refused.
+  std::uint64_t log_id;
+  std::uint64_t first_seq;  // the sequence number of the epoch's first record
+  std::uint64_t checksum;   // of the fields above
 };
+static_assert(sizeof(file_header) <= header_copy_offset);
 
 /// One committed transaction: `objects` entries follow, each an `object_entry` and its
-/// bytes padded to 8. `checksum` covers everything after itself, up to `bytes`.
+/// bytes padded to 8. `checksum` covers everything after itself, up to `bytes`, seeded
+/// with the checksum of the record before it (of the file header for the epoch's first):
+/// a record is valid only as the successor of the records before it.
 struct record_header {
   std::uint64_t checksum;
   std::uint64_t epoch;
+  std::uint64_t seq;    // the record before it has seq - 1; they only grow, across epochs
   std::uint64_t bytes;  // the whole record, a multiple of 8
   std::uint32_t objects;
   std::uint32_t reserved;
@@ -120,6 +132,15 @@ struct control {
   std::atomic<std::uint32_t> in_flight[bank_layout::max_slots];  // logged, phase 2 not done
   std::atomic<std::uint32_t> flushes;   // futex word: bumped after every flush of the log
   std::atomic<std::uint32_t> sleepers;  // committers asleep on `flushes`
+  /// What recovery checks the log against, read from the pool as it reached the medium:
+  /// `log_id` (of the log file in use), `epoch` (above, stored only once the file's
+  /// header has it on the medium) and `durable_seq`, the last record the log holds on
+  /// the medium (stored only after the flush). A pool page written back late holds
+  /// older values, which ask less of the log: never more than it holds.
+  std::atomic<std::uint64_t> log_id;
+  std::atomic<std::uint64_t> durable_seq;
+  std::atomic<std::uint64_t> tail_seq;  // the last record written
+  std::atomic<std::uint64_t> chain;     // its checksum (the header's before the first)
 };
 static_assert(control_offset + sizeof(control) <= bank_layout::watch_begin);
 static_assert(sizeof(bank_layout::pool_header) <= control_offset);
@@ -140,6 +161,140 @@ inline std::uint64_t checksum(const std::byte* p, std::size_t n, std::uint64_t s
 
 inline std::uint64_t header_checksum(const file_header& h) noexcept {
   return checksum(reinterpret_cast<const std::byte*>(&h), offsetof(file_header, checksum), 0);
+}
+
+/// A new log file's id: random, so that no two log files of a pool share one.
+inline std::uint64_t new_log_id() {
+  std::random_device rd;
+  const std::uint64_t r = (std::uint64_t{rd()} << 32) ^ rd();
+  const auto t =
+      static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return (r ^ (t * 0x9e3779b97f4a7c15ull) ^ static_cast<std::uint64_t>(::getpid())) | 1;  // never 0
+}
+
+/// What the pool records about its log (`control`), as read before recovery.
+struct recorded_state {
+  std::uint64_t log_id = 0;
+  std::uint64_t epoch = 0;
+  std::uint64_t durable_seq = 0;
+};
+
+/// A log file checked against its pool before anything in it is replayed.
+struct scan_result {
+  std::uint64_t records = 0;          ///< valid records, chained from the file header
+  std::uint64_t last_seq = 0;         ///< the last one's sequence number (first_seq - 1 if none)
+  std::uint64_t end = records_begin;  ///< the file offset after the last one
+  std::string problem;                ///< why the log must not be replayed; empty if it may
+};
+
+/// Checks the log in `fd` (named `path`), whose header `h` is whole and of this pool,
+/// against what its pool recorded (`r`); objects must lie in `[lo, hi)`. The chain of
+/// valid records ends at the first record that is not whole, is of another epoch, has
+/// the wrong sequence number or fails its chained checksum: after a power loss that is
+/// where the log's tail was torn, and nothing after it was acknowledged. Unless the
+/// pool recorded a later record as on the medium: then the log was cut, damaged or
+/// replaced, and replaying it would take the pool back in time.
+inline scan_result scan(int fd, const std::filesystem::path& path, const file_header& h,
+                        const recorded_state& r, std::uint64_t lo, std::uint64_t hi) {
+  scan_result res;
+  res.last_seq = h.first_seq - 1;
+  if (h.log_id != r.log_id) {
+    res.problem = fmt::format(
+        "its redo log '{}' is not the log it was last used with (log id {:#x}, the pool records "
+        "{:#x}): the log was replaced; nothing was replayed",
+        path.string(), h.log_id, r.log_id);
+    return res;
+  }
+  if (h.epoch < r.epoch) {
+    res.problem = fmt::format(
+        "its redo log '{}' is older than the pool (epoch {}, the pool has checkpointed up to "
+        "epoch {}): an old copy of the log; nothing was replayed",
+        path.string(), h.epoch, r.epoch);
+    return res;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    res.problem =
+        fmt::format("cannot stat its redo log '{}': {}", path.string(), std::strerror(errno));
+    return res;
+  }
+  const auto file_size = static_cast<std::uint64_t>(st.st_size);
+  std::vector<std::byte> rec;
+  std::uint64_t prev = h.checksum;
+  std::string stop;  // why the chain ends where it does
+  std::uint64_t off = records_begin;
+  for (;; ++res.records) {
+    const std::uint64_t seq = res.last_seq + 1;
+    record_header rh{};
+    if (off > file_size || file_size - off < sizeof rh) {
+      stop = fmt::format("the file ends at offset {}", file_size);
+      break;
+    }
+    if (::pread(fd, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh)) {
+      stop = fmt::format("cannot read it: {}", std::strerror(errno));
+      break;
+    }
+    if (rh.epoch != h.epoch) {
+      stop = rh.epoch == 0 && rh.checksum == 0 ? std::string("there is no record there")
+                                               : fmt::format(
+                                                     "the record there is of epoch {}, "
+                                                     "the log's is {}",
+                                                     rh.epoch, h.epoch);
+      break;
+    }
+    if (rh.seq != seq) {
+      stop = fmt::format("the record there has sequence number {}", rh.seq);
+      break;
+    }
+    // A header torn by 8-byte words may hold any size: it must fit in the file.
+    if (rh.bytes < sizeof rh || rh.bytes % 8 != 0 || rh.bytes > file_size - off) {
+      stop = fmt::format("its size {} does not fit ({} bytes of the file are left)", rh.bytes,
+                         file_size - off);
+      break;
+    }
+    rec.resize(rh.bytes);
+    if (::pread(fd, rec.data(), rh.bytes, static_cast<off_t>(off)) !=
+        static_cast<ssize_t>(rh.bytes)) {
+      stop = fmt::format("cannot read it: {}", std::strerror(errno));
+      break;
+    }
+    if (checksum(rec.data() + 8, rh.bytes - 8, prev) != rh.checksum) {
+      stop = "its checksum does not match its bytes (or the records before it)";
+      break;
+    }
+    // The record is whole: every object must lie in the bank.
+    std::uint64_t at = sizeof rh;
+    for (std::uint32_t i = 0; i < rh.objects; ++i) {
+      object_entry oe{};
+      bool fits = at + sizeof oe <= rh.bytes;
+      if (fits) {
+        std::memcpy(&oe, rec.data() + at, sizeof oe);
+        at += sizeof oe;
+        fits = oe.offset >= lo && oe.offset <= hi && oe.length <= hi - oe.offset &&
+               oe.length <= rh.bytes - at;
+        at += (std::uint64_t{oe.length} + 7) / 8 * 8;
+      }
+      if (!fits) {
+        res.problem = fmt::format(
+            "its redo log '{}' has a record (number {}, at offset {}) whose checksum is right "
+            "but whose objects lie outside the bank; nothing was replayed",
+            path.string(), seq, off);
+        return res;
+      }
+    }
+    prev = rh.checksum;
+    res.last_seq = seq;
+    off += rh.bytes;
+    res.end = off;
+  }
+  if (r.durable_seq > res.last_seq) {
+    res.problem = fmt::format(
+        "its redo log '{}' breaks off at record {} (offset {}: {}), but the pool recorded every "
+        "record up to {} as on the medium: the log was truncated, damaged or replaced by an "
+        "older copy; nothing was replayed",
+        path.string(), res.last_seq + 1, off, stop, r.durable_seq);
+  }
+  return res;
 }
 
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
@@ -225,7 +380,7 @@ class redo_log {
           static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), capacity - off));
       ok = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
     }
-    file_header h{wal_magic, wal_version, 0, pool_id, 1, 0};
+    file_header h{wal_magic, wal_version, 0, pool_id, 1, new_log_id(), 1, 0};
     h.checksum = header_checksum(h);
     ok = ok && ::pwrite(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
          ::fdatasync(fd) == 0;
@@ -267,23 +422,31 @@ class redo_log {
     if (fd_ < 0) {
       if (errno == ENOENT) {
         throw bad_pool(fmt::format(
-            "the pool was in use with durability power, but its redo log '{}' is missing",
+            "the pool was used with durability power, but its redo log '{}' is missing: the "
+            "pool cannot be recovered without it (pmem::inspect and ftm-inspect read it "
+            "read-only, to rescue its data)",
             path_.string()));
       }
       io_fail("open", path_);
     }
-    file_header h{};
+    file_header& h = header_;
     if (!read_header(h)) {
       ::close(fd_);
-      throw bad_pool(
-          fmt::format("'{}' is not an ftm redo log (or its header is damaged)", path_.string()));
+      throw bad_pool(fmt::format(
+          "'{}' is not an ftm redo log (its header is damaged, or the file is truncated)",
+          path_.string()));
     }
-    if (h.version != wal_version || h.pool_id != pool_id) {
+    if (h.version != wal_version) {
       ::close(fd_);
       throw bad_pool(fmt::format(
-          "the redo log '{}' belongs to another pool (pool id {:#x}, version {}; expected pool "
-          "id {:#x}, version {})",
-          path_.string(), h.pool_id, h.version, pool_id, wal_version));
+          "the redo log '{}' has version {}; this ftm reads version {} only (recreate the pool)",
+          path_.string(), h.version, wal_version));
+    }
+    if (h.pool_id != pool_id) {
+      ::close(fd_);
+      throw bad_pool(
+          fmt::format("the redo log '{}' belongs to another pool (pool id {:#x}, expected {:#x})",
+                      path_.string(), h.pool_id, pool_id));
     }
     file_epoch_ = h.epoch;
     // The size it was made with: every process checkpoints at the same point.
@@ -308,56 +471,100 @@ class redo_log {
 
   /// The epoch in the file's header when it was opened.
   [[nodiscard]] std::uint64_t file_epoch() const noexcept { return file_epoch_; }
+  /// The id of the log file.
+  [[nodiscard]] std::uint64_t log_id() const noexcept { return header_.log_id; }
+  /// The sequence number of the first record of the file's epoch, when it was opened.
+  [[nodiscard]] std::uint64_t first_seq() const noexcept { return header_.first_seq; }
 
-  /// Visits, in log order, every object of every valid record of the file's epoch (a
-  /// record whose checksum or epoch is wrong ends the log: nothing after it was
-  /// acknowledged). Objects outside `[lo, hi)` make the pool `bad_pool`. Returns the
-  /// number of records.
-  std::uint64_t replay(std::uint64_t lo, std::uint64_t hi, object_visitor visit, void* ctx) const {
-    std::uint64_t records = 0;
+  /// Checks the log against what the pool recorded (`scan`) and only then visits, in
+  /// log order, every object of every valid record. Throws `bad_pool`, having visited
+  /// nothing, with `scan`'s reason (which names the log file, the record and its offset)
+  /// prefixed by `refusal`.
+  scan_result replay(std::uint64_t lo, std::uint64_t hi, object_visitor visit, void* ctx,
+                     std::string_view refusal) const {
+    const recorded_state r{ctl_->log_id.load(), ctl_->epoch.load(), ctl_->durable_seq.load()};
+    scan_result res = scan(fd_, path_, header_, r, lo, hi);
+    if (!res.problem.empty()) throw bad_pool(fmt::format("{}{}", refusal, res.problem));
     std::vector<std::byte> rec;
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) io_fail("stat", path_);
-    const auto file_size = static_cast<std::uint64_t>(st.st_size);
-    for (std::uint64_t off = records_begin;;) {
+    // Read again, as checked; still bounded, should someone write the file meanwhile.
+    const auto changed = [&](std::uint64_t off) {
+      return bad_pool(fmt::format("{}its redo log '{}' changed at offset {} while it was replayed",
+                                  refusal, path_.string(), off));
+    };
+    for (std::uint64_t off = records_begin; off < res.end;) {
       record_header rh{};
       if (::pread(fd_, &rh, sizeof rh, static_cast<off_t>(off)) != static_cast<ssize_t>(sizeof rh))
-        break;
-      // A header torn by 8-byte words may hold any size: it must fit in the file.
-      if (rh.epoch != file_epoch_ || rh.bytes < sizeof rh || rh.bytes % 8 != 0 ||
-          rh.bytes > file_size - off) {
-        break;
-      }
+        io_fail("read", path_);
+      if (rh.bytes < sizeof rh || rh.bytes > res.end - off) throw changed(off);
       rec.resize(rh.bytes);
       if (::pread(fd_, rec.data(), rh.bytes, static_cast<off_t>(off)) !=
           static_cast<ssize_t>(rh.bytes)) {
-        break;
+        io_fail("read", path_);
       }
-      if (checksum(rec.data() + 8, rh.bytes - 8, rh.epoch) != rh.checksum) break;
-      // The record is whole: check every object before applying any.
-      for (int pass = 0; pass < 2; ++pass) {
-        std::uint64_t at = sizeof rh;
-        for (std::uint32_t i = 0; i < rh.objects; ++i) {
-          object_entry oe{};
-          if (at + sizeof oe > rh.bytes) malformed(off);
-          std::memcpy(&oe, rec.data() + at, sizeof oe);
-          at += sizeof oe;
-          if (oe.offset < lo || oe.offset > hi || oe.length > hi - oe.offset ||
-              at + oe.length > rh.bytes) {
-            malformed(off);
-          }
-          if (pass == 1) visit(ctx, oe.offset, oe.length, rec.data() + at);
-          at += (oe.length + 7) / 8 * 8;
+      std::uint64_t at = sizeof rh;
+      for (std::uint32_t i = 0; i < rh.objects; ++i) {
+        object_entry oe{};
+        if (at + sizeof oe > rh.bytes) throw changed(off);
+        std::memcpy(&oe, rec.data() + at, sizeof oe);
+        at += sizeof oe;
+        if (oe.offset < lo || oe.offset > hi || oe.length > hi - oe.offset ||
+            oe.length > rh.bytes - at) {
+          throw changed(off);
         }
+        visit(ctx, oe.offset, oe.length, rec.data() + at);
+        at += (std::uint64_t{oe.length} + 7) / 8 * 8;
       }
-      ++records;
       off += rh.bytes;
     }
-    return records;
+    return res;
   }
 
-  /// Makes the shared state new: no process has the pool open.
-  void init_control(std::uint64_t epoch) {
+  /// Checks the log file at `path` of the pool `pool_id` against what the pool recorded,
+  /// reading only: why recovery would refuse it (`scan`), or empty if it would not.
+  static std::string verify(const std::filesystem::path& path, std::uint64_t pool_id,
+                            const recorded_state& r, std::uint64_t lo, std::uint64_t hi) {
+    // O_NONBLOCK: a FIFO in the log's place must not hang the reader.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+      if (errno == ENOENT) {
+        return fmt::format(
+            "it was used with durability power, but its redo log '{}' is missing (pmem::open "
+            "refuses the pool; what its file holds can still be read)",
+            path.string());
+      }
+      return fmt::format("cannot open its redo log '{}': {}", path.string(), std::strerror(errno));
+    }
+    std::string problem;
+    file_header h{};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+      problem = fmt::format("its redo log '{}' is not a regular file", path.string());
+    } else if (!read_header_at(fd, h)) {
+      problem = fmt::format(
+          "its redo log '{}' is not an ftm redo log (its header is damaged, or the file is "
+          "truncated)",
+          path.string());
+    } else if (h.version != wal_version) {
+      problem = fmt::format("its redo log '{}' has version {}; this ftm reads version {} only",
+                            path.string(), h.version, wal_version);
+    } else if (h.pool_id != pool_id) {
+      problem = fmt::format("its redo log '{}' belongs to another pool (pool id {:#x})",
+                            path.string(), h.pool_id);
+    } else {
+      problem = scan(fd, path, h, r, lo, hi).problem;
+    }
+    ::close(fd);
+    return problem;
+  }
+
+  /// Makes the shared state new: no process has the pool open. `last_seq` is the last
+  /// record of the file's epoch (recovery replayed up to it; `first_seq() - 1` if none).
+  /// The pool's record of its log (`log_id`, `epoch`, `durable_seq`) is replaced for a
+  /// `new_log` only, just made and flushed. Otherwise it is kept, as recovery checked
+  /// it: what recovery read may not be on the medium yet (the death of a checkpointer
+  /// leaves a header unflushed), and `new_epoch`, which follows, brings it up to date
+  /// once the new header is.
+  void init_control(std::uint64_t last_seq, bool new_log) {
     for (pthread_mutex_t* m : {&ctl_->append, &ctl_->flush}) {
       pthread_mutexattr_t a;
       pthread_mutexattr_init(&a);
@@ -372,17 +579,26 @@ class redo_log {
     ctl_->tail.store(0);
     ctl_->durable.store(0);
     ctl_->base.store(0);
-    ctl_->epoch.store(epoch);
+    if (new_log) {
+      ctl_->epoch.store(header_.epoch);
+      ctl_->durable_seq.store(last_seq);
+      ctl_->log_id.store(header_.log_id);  // last (seq_cst): a page with it has the others
+    }
+    ctl_->tail_seq.store(last_seq);
+    ctl_->chain.store(0);  // new_epoch follows
     for (auto& f : ctl_->in_flight)
       f.store(0);
     ctl_->flushes.store(0);
     ctl_->sleepers.store(0);
   }
 
-  /// Starts a new epoch: the header, flushed, makes every record in the file stale.
+  /// Starts a new epoch, after the later of the pool's and `after`: the header, flushed,
+  /// makes every record in the file stale; the next record continues the sequence.
   /// The caller holds the append lock, or no other process has the pool open.
-  void new_epoch() {
-    file_header h{wal_magic, wal_version, 0, pool_id_, ctl_->epoch.load() + 1, 0};
+  void new_epoch(std::uint64_t after = 0) {
+    const std::uint64_t epoch = std::max({ctl_->epoch.load(), header_.epoch, after}) + 1;
+    file_header h{
+        wal_magic, wal_version, 0, pool_id_, epoch, header_.log_id, ctl_->tail_seq.load() + 1, 0};
     h.checksum = header_checksum(h);
     const auto* bytes = reinterpret_cast<const std::byte*>(&h);
     if (map_ != nullptr) {
@@ -404,9 +620,13 @@ class redo_log {
       write_at(0, bytes, sizeof h);
       flush_file();
     }
+    // Every record so far is applied and the pool flushed: the new epoch needs none.
     ctl_->epoch.store(h.epoch);
+    ctl_->chain.store(h.checksum);
     ctl_->base.store(ctl_->tail.load());
+    ctl_->durable_seq.store(std::max(ctl_->durable_seq.load(), ctl_->tail_seq.load()));
     ctl_->durable.store(std::max(ctl_->durable.load(), ctl_->tail.load()));
+    header_ = h;
     file_epoch_ = h.epoch;
   }
 
@@ -492,9 +712,9 @@ class redo_log {
     }
     flush_pool();
     FTM_FAULT_POINT("log.mid_checkpoint");
-    // The file's epoch, if a checkpointer died after writing it, must not be reused.
-    ctl_->epoch.store(std::max(ctl_->epoch.load(), file_epoch_on_disk()));
-    new_epoch();
+    // The file's epoch, if a checkpointer died after writing it, must not be reused
+    // (nor stored in the pool before a header holding it is on the medium).
+    new_epoch(file_epoch_on_disk());
   }
 
   /// The later epoch of the file's two headers (a checkpointer may have died between
@@ -514,9 +734,10 @@ class redo_log {
 
   /// Reads the file's header into `h`: the first copy if it is whole, else the second
   /// (the cache-line mode's, written first). False if neither is.
-  bool read_header(file_header& h) const noexcept {
+  bool read_header(file_header& h) const noexcept { return read_header_at(fd_, h); }
+  static bool read_header_at(int fd, file_header& h) noexcept {
     for (const std::uint64_t off : {std::uint64_t{0}, header_copy_offset}) {
-      if (::pread(fd_, &h, sizeof h, static_cast<off_t>(off)) == static_cast<ssize_t>(sizeof h) &&
+      if (::pread(fd, &h, sizeof h, static_cast<off_t>(off)) == static_cast<ssize_t>(sizeof h) &&
           h.magic == wal_magic && h.checksum == header_checksum(h)) {
         return true;
       }
@@ -583,9 +804,11 @@ class redo_log {
       checkpoint_locked(settle, ctx);
       pos = ctl_->tail.load(std::memory_order_relaxed);
     }
-    record_header rh{0, ctl_->epoch.load(std::memory_order_relaxed), buf.size(), objects, 0};
+    const std::uint64_t seq = ctl_->tail_seq.load(std::memory_order_relaxed) + 1;
+    record_header rh{0, ctl_->epoch.load(std::memory_order_relaxed), seq, buf.size(), objects, 0};
     std::memcpy(buf.data(), &rh, sizeof rh);
-    rh.checksum = checksum(buf.data() + 8, buf.size() - 8, rh.epoch);
+    rh.checksum =
+        checksum(buf.data() + 8, buf.size() - 8, ctl_->chain.load(std::memory_order_relaxed));
     std::memcpy(buf.data(), &rh.checksum, 8);
     const std::uint64_t at = records_begin + (pos - ctl_->base.load());
     write_at(at, buf.data(), buf.size());
@@ -601,9 +824,16 @@ class redo_log {
 #endif
       persist_range(at, n);
     }
-    // Only now: a dead appender leaves no hole, its bytes are overwritten.
+    // Only now: a dead appender leaves no hole, its bytes are overwritten (the next
+    // holder of the lock starts a new epoch, which resets the chain). `tail_seq` before
+    // `tail`: a flusher that sees the tail sees its record's number too.
+    ctl_->chain.store(rh.checksum, std::memory_order_relaxed);
+    ctl_->tail_seq.store(seq, std::memory_order_release);
     ctl_->tail.store(pos + buf.size(), std::memory_order_release);
-    if (map_ != nullptr) ctl_->durable.store(pos + buf.size(), std::memory_order_release);
+    if (map_ != nullptr) {
+      ctl_->durable_seq.store(seq, std::memory_order_release);
+      ctl_->durable.store(pos + buf.size(), std::memory_order_release);
+    }
     ctl_->in_flight[d].store(1, std::memory_order_release);
     if (!nested) {
       pthread_mutex_unlock(&ctl_->append);
@@ -653,8 +883,13 @@ class redo_log {
     // first puts their records in this flush (8 threads: 36k -> 40k commits/s).
     std::this_thread::yield();
     const std::uint64_t t = ctl_->tail.load(std::memory_order_acquire);
+    const std::uint64_t s = ctl_->tail_seq.load(std::memory_order_acquire);
     flush_file();
     FTM_FAULT_POINT("log.mid_flush");
+    // Before `durable`: a committer that sees its record durable finds it recorded so.
+    std::uint64_t seq = ctl_->durable_seq.load(std::memory_order_relaxed);
+    while (seq < s && !ctl_->durable_seq.compare_exchange_weak(seq, s, std::memory_order_release)) {
+    }
     std::uint64_t cur = ctl_->durable.load(std::memory_order_relaxed);
     while (cur < t && !ctl_->durable.compare_exchange_weak(cur, t, std::memory_order_release)) {
     }
@@ -712,13 +947,6 @@ class redo_log {
 #endif
   }
 
-  [[noreturn]] void malformed(std::uint64_t off) const {
-    throw bad_pool(fmt::format(
-        "the redo log '{}' has a record at offset {} whose checksum is right but whose objects "
-        "lie outside the bank",
-        path_.string(), off));
-  }
-
   [[noreturn]] static void io_fail(std::string_view what, const std::filesystem::path& file) {
     const int e = errno;
     throw io_error(
@@ -732,6 +960,7 @@ class redo_log {
   std::uint64_t capacity_ = 0;
   std::uint64_t file_epoch_ = 0;
   std::uint64_t pool_id_ = 0;
+  file_header header_{};      // as read at open, or as last written by this process
   std::byte* map_ = nullptr;  // the cache-line mode: the whole file, mapped with MAP_SYNC
   std::size_t map_size_ = 0;
 };

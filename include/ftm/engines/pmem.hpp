@@ -210,6 +210,12 @@ class file_region {
                       h.version, bank_layout::format_version));
     }
     if (h.version < 1) bad(fmt::format("its format version {} is unknown", h.version));
+    if (h.version < bank_layout::format_version) {
+      bad(
+          fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
+                      "it: recreate the pool",
+                      h.version, bank_layout::format_version));
+    }
     // Deriving the layout of a damaged, enormous bank size would take hours (or
     // overflow): no bank is larger than a 64-bit address space allows in practice.
     if (h.bank_size > max_bank_size) {
@@ -316,6 +322,10 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
     durability level = durability::process;  ///< of its current users, or its last ones
     /// `power`: how those users flush the redo log (`fdatasync` or `cache_lines`).
     flush_method log_flush = flush_method::fdatasync;
+    /// `power`: the redo log (`<pool>.wal`), and whether it is missing: `pmem::open` then
+    /// refuses the pool, and `check()` reports it.
+    std::filesystem::path log_path;
+    bool log_missing = false;
   };
 
   /// Opens the pool file at `path` for reading. Throws `ftm::io_error` if it cannot be
@@ -341,6 +351,11 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
         ctl.method == static_cast<std::uint32_t>(detail::redo::flush_mode::cache_lines)
             ? flush_method::cache_lines
             : flush_method::fdatasync;
+    if (header_.level == durability::power) {
+      header_.log_path = detail::redo::redo_log::path_for(path);
+      struct stat st {};
+      header_.log_missing = ::lstat(header_.log_path.c_str(), &st) != 0 && errno == ENOENT;
+    }
   }
 
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
@@ -353,8 +368,30 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   }
   /// Verifies the pool's structures, allowing for transactions of living processes;
   /// descriptors of dead ones are problems (opening the pool for writing recovers them).
+  /// A `power` pool's redo log is verified too, as `pmem::open` would before recovery:
+  /// a log that is missing, not the pool's, or that holds fewer records than the pool
+  /// recorded as on the medium is a problem.
   [[nodiscard]] check_report check() const {
-    return bank_engine::check({.in_use = true, .earlier_boot = header_.earlier_boot});
+    auto report = bank_engine::check({.in_use = true, .earlier_boot = header_.earlier_boot});
+    if (auto problem = log_problem(); !problem.empty()) report.problems.push_back(problem);
+    return report;
+  }
+
+  /// `power`: what is wrong with the redo log (see `check()`), or empty.
+  [[nodiscard]] std::string log_problem() const {
+    if (header_.level != durability::power) return {};
+    namespace redo = detail::redo;
+    const auto& ctl = *reinterpret_cast<const redo::control*>(region() + redo::control_offset);
+    // Its users may checkpoint meanwhile, rewriting the log: a problem counts only if
+    // the pool's record of its log did not change during the check.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const redo::recorded_state r{ctl.log_id.load(), ctl.epoch.load(), ctl.durable_seq.load()};
+      auto problem = redo::redo_log::verify(header_.log_path, header_.pool_id, r,
+                                            detail::bank_layout::roots_offset, header_.bank_size);
+      if (problem.empty() || (ctl.log_id.load() == r.log_id && ctl.epoch.load() == r.epoch))
+        return problem;
+    }
+    return {};  // checkpointing all the while: its users are alive and well
   }
 
   /// The bytes of the object at `offset` as last committed (the second bank, which
@@ -410,7 +447,10 @@ class pmem : private detail::file_region, public detail::bank_engine {
   struct options {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
     std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
-    durability level = durability::process;            ///< what a commit survives
+    /// What a commit survives. Empty: `open` keeps the level recorded in the pool (that
+    /// of its current users, or of its last ones); `create` makes a `process` pool. Only
+    /// an explicit `process` opens a `power` pool without its redo log's protection.
+    std::optional<durability> level = std::nullopt;
     /// `power`: bytes of the redo log; a full log is checkpointed (the pool flushed).
     std::size_t log_size = std::size_t{8} << 20;
     /// `power`: how commits put the redo log on the medium. A process opening a pool
@@ -428,7 +468,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
                 opts);
   }
 
-  /// Opens the pool file at `path` and recovers the transactions its dead users left.
+  /// Opens the pool file at `path` and recovers the transactions its dead users left,
+  /// at `level`, or without one at the level recorded in the pool (a `power` pool stays
+  /// `power`: only an explicit `durability::process` gives up its power-loss safety).
   /// Throws `ftm::io_error` if the file cannot be opened for reading and writing (a
   /// read-only file: the message says so), and
   /// `ftm::bad_pool`, changing nothing, if it is not a whole pool of this format.
@@ -436,7 +478,11 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// or with `power` and another `flush` than `opts.flush` (unless it is `automatic`).
   /// Throws `ftm::io_error` if `opts.flush` is `cache_lines` and the redo log's file
   /// system cannot map it with `MAP_SYNC` (see `flush_method`).
-  static pmem open(const std::filesystem::path& path, durability level = durability::process) {
+  /// Throws `ftm::bad_pool` naming the cause, changing nothing, if a `power` pool's redo
+  /// log is missing, is not its log, or holds fewer records than the pool recorded as
+  /// on the medium (truncated, damaged, or an old copy).
+  static pmem open(const std::filesystem::path& path,
+                   std::optional<durability> level = std::nullopt) {
     options opts;
     opts.level = level;
     return pmem(open_tag{}, path, opts);
@@ -449,7 +495,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// without recovery.
   static pmem_view inspect(const std::filesystem::path& path) { return pmem_view(path); }
 
-  /// Opens the pool at `path` with `opts.level`, or creates it with `opts` if there is
+  /// Opens the pool at `path` with `opts.level` (without one, the level it records), or
+  /// creates it with `opts` (without a level, `process`) if there is
   /// no such file.
   static pmem open_or_create(const std::filesystem::path& path) {
     return open_or_create(path, options{});
@@ -515,7 +562,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
     detail::redo::redo_log::sync_directory(path);
   }
 
-  pmem(open_tag tag, const std::filesystem::path& path, const options& opts)
+  pmem(open_tag tag, const std::filesystem::path& path, const options& asked)
       : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
     const opening_lock lock(region_fd());
     auto& h = region_header();
@@ -524,6 +571,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
         std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot;
     const bool first = users_.take(region_fd(), /*exclusive=*/true, /*wait=*/false);
     const durability in_use = control().level == 1 ? durability::power : durability::process;
+    // Without a level: the one recorded (never a silent downgrade from power).
+    options opts = asked;
+    if (!opts.level) opts.level = in_use;
     if (!first && in_use != opts.level) {
       users_.release();
       throw usage_error(fmt::format(
@@ -589,7 +639,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// level and the whole pool on the medium.
   void start_power(const options& opts) {
     attach_power(opts, /*first=*/true);
-    power_->log.init_control(power_->log.file_epoch());
+    power_->log.init_control(power_->log.first_seq() - 1, /*new_log=*/true);
     power_->log.new_epoch();
     control().level = 1;
     detail::bank_layout::store_barrier();
@@ -633,19 +683,21 @@ class pmem : private detail::file_region, public detail::bank_engine {
     detail::redo::redo_log log(detail::redo::redo_log::path_for(path()), pool_id(), region_fd(),
                                &control(), opts.log_size);
     std::byte* b = second_bank();
-    report.redone = log.replay(
+    // Refused, changing nothing, unless the log holds every record the pool recorded.
+    const auto replayed = log.replay(
         layout::roots_offset, region_geometry().bank_size,
         [](void* ctx, std::uint64_t off, std::uint32_t len, const std::byte* bytes) {
           std::memcpy(static_cast<std::byte*>(ctx) + off, bytes, len);
         },
-        b);
+        b, fmt::format("'{}' cannot be used: ", path().string()));
+    report.redone = replayed.records;
     FTM_FAULT_POINT("log.recover_replayed");
     // The lock words of the second bank are always zero: the copy frees every lock.
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
     for (tx_id d = 0; d < layout::max_slots; ++d)
       ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
     FTM_FAULT_POINT("log.recover_copied");
-    log.init_control(log.file_epoch());
+    log.init_control(replayed.last_seq, /*new_log=*/false);
     if (opts.level == durability::power) {
       attach_power(opts, /*first=*/true);
       power_->log.flush_pool();  // the second bank as replayed, on the medium
