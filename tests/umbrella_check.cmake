@@ -5,6 +5,8 @@
 #
 #   FTM_SOURCE_DIR   the ftm source tree
 
+cmake_policy(VERSION 3.23)
+
 if(NOT FTM_SOURCE_DIR)
   message(FATAL_ERROR "umbrella_check.cmake: FTM_SOURCE_DIR is not set")
 endif()

@@ -20,6 +20,8 @@
 #   FTM_WORK_DIR             scratch directory (wiped first)
 #   FTM_GENERATOR, FTM_MAKE_PROGRAM, FTM_CXX_COMPILER, FTM_CONFIG   as in the ftm build
 
+cmake_policy(VERSION 3.23)  # if() compares quoted words as strings (CMP0054)
+
 foreach(var FTM_MODE FTM_SOURCE_DIR FTM_CONSUMER_SOURCE_DIR FTM_WORK_DIR FTM_GENERATOR
             FTM_CXX_COMPILER)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
@@ -94,7 +96,7 @@ function(copy_source dest)
 endfunction()
 
 set(project "${FTM_WORK_DIR}/project")
-set(build "${FTM_WORK_DIR}/build")
+set(consumer_build "${FTM_WORK_DIR}/build")
 file(COPY "${FTM_CONSUMER_SOURCE_DIR}/CMakeLists.txt" "${FTM_CONSUMER_SOURCE_DIR}/main.cpp"
      DESTINATION "${project}")
 
@@ -187,7 +189,7 @@ message(STATUS "README.md's CMake block:\n${snippet}")
 file(WRITE "${project}/readme_snippet.cmake" "${snippet}")
 
 set(configure "${CMAKE_COMMAND}"
-  -S "${project}" -B "${build}"
+  -S "${project}" -B "${consumer_build}"
   -G "${FTM_GENERATOR}"
   "-DCMAKE_CXX_COMPILER=${FTM_CXX_COMPILER}"
   "-DCMAKE_BUILD_TYPE=${FTM_CONFIG}"
@@ -196,11 +198,11 @@ if(FTM_MAKE_PROGRAM)
   list(APPEND configure "-DCMAKE_MAKE_PROGRAM=${FTM_MAKE_PROGRAM}")
 endif()
 step("configuring the consumer" ${configure})
-step("building the consumer" "${CMAKE_COMMAND}" --build "${build}" --config "${FTM_CONFIG}")
+step("building the consumer" "${CMAKE_COMMAND}" --build "${consumer_build}" --config "${FTM_CONFIG}")
 
-set(app "${build}/app")
+set(app "${consumer_build}/app")
 if(NOT EXISTS "${app}")
-  set(app "${build}/${FTM_CONFIG}/app")  # multi-config generators
+  set(app "${consumer_build}/${FTM_CONFIG}/app")  # multi-config generators
 endif()
 execute_process(COMMAND "${app}" RESULT_VARIABLE result OUTPUT_VARIABLE out)
 message(STATUS "the consumer printed: ${out}")
