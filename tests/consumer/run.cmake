@@ -82,13 +82,38 @@ function(readme_block out lang marker)
   set(${out} "${found}" PARENT_SCOPE)
 endfunction()
 
-# Copies the source tree (not .git, nor build trees) to `dest`.
+# Copies the source tree to `dest`: in a git checkout, the files git lists (tracked,
+# and new ones not ignored, as they are now); otherwise every top-level entry but
+# .git and build trees (build*/, or any directory with a CMakeCache.txt).
+find_program(git git)
 function(copy_source dest)
   file(MAKE_DIRECTORY "${dest}")
+  set(files "")
+  if(git)
+    execute_process(COMMAND "${git}" -C "${FTM_SOURCE_DIR}" ls-files --cached --others
+                            --exclude-standard
+                    RESULT_VARIABLE result OUTPUT_VARIABLE listing ERROR_QUIET)
+    if(result EQUAL 0)
+      string(REPLACE "\n" ";" files "${listing}")
+    endif()
+  endif()
+  if(files)
+    foreach(file IN LISTS files)
+      if(file STREQUAL "" OR NOT EXISTS "${FTM_SOURCE_DIR}/${file}"
+         OR IS_DIRECTORY "${FTM_SOURCE_DIR}/${file}")
+        continue()  # deleted in the work tree, or a submodule
+      endif()
+      get_filename_component(dir "${dest}/${file}" DIRECTORY)
+      file(MAKE_DIRECTORY "${dir}")
+      file(COPY_FILE "${FTM_SOURCE_DIR}/${file}" "${dest}/${file}")
+    endforeach()
+    return()
+  endif()
   file(GLOB entries LIST_DIRECTORIES true RELATIVE "${FTM_SOURCE_DIR}" "${FTM_SOURCE_DIR}/*"
        "${FTM_SOURCE_DIR}/.[a-z]*")
   foreach(entry IN LISTS entries)
-    if(entry STREQUAL ".git" OR EXISTS "${FTM_SOURCE_DIR}/${entry}/CMakeCache.txt")
+    set(cache "${FTM_SOURCE_DIR}/${entry}/CMakeCache.txt")
+    if(entry STREQUAL ".git" OR entry MATCHES "^build" OR EXISTS "${cache}")
       continue()
     endif()
     file(COPY "${FTM_SOURCE_DIR}/${entry}" DESTINATION "${dest}")
@@ -159,7 +184,9 @@ elseif(FTM_MODE STREQUAL "fetchcontent")
   readme_block(snippet cmake "FetchContent_Declare(ftm")
   # A git repository of the source tree as it is (with uncommitted changes), its
   # branch `main`.
-  find_program(git git REQUIRED)
+  if(NOT git)
+    message(FATAL_ERROR "consumer test (fetchcontent): git is not installed")
+  endif()
   set(repo "${FTM_WORK_DIR}/ftm.git")
   copy_source("${repo}")
   step("git init" "${git}" -C "${repo}" init -q -b main)
