@@ -167,6 +167,15 @@ template <>
 inline constexpr unsigned transaction_divisor<pmem_power_lines> = 5;
 #endif
 
+/// By how much the longest tests divide their work in a sanitizer build (ASan, UBSan,
+/// TSan: FTM_TEST_SANITIZED), which runs several times slower, so that the CI stages
+/// stay within their time budget on a loaded 2-core machine.
+#if defined(FTM_TEST_SANITIZED) && FTM_TEST_SANITIZED
+inline constexpr unsigned sanitizer_divisor = 4;
+#else
+inline constexpr unsigned sanitizer_divisor = 1;
+#endif
+
 }  // namespace ftm_test
 
 // The list TEST_CASE_TEMPLATE instantiates.

@@ -3,6 +3,7 @@
 #include "engines.hpp"
 
 #include <ftm/detail/fault.hpp>
+#include <ftm/detail/process.hpp>
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
 
@@ -52,12 +53,22 @@ TEST_CASE_TEMPLATE("ports: recovery wakes a receiver whose sender died while com
   }
   std::optional<job> got;
   std::chrono::steady_clock::duration waited{};
+  std::atomic<pid_t> receiver_tid{0};
   std::thread receiver([&] {
+    receiver_tid.store(::gettid());
     const auto t0 = std::chrono::steady_clock::now();
-    got = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 20s); });
+    got = ftm::atomically(*pool, [&](auto& tx) { return ftm::receive_for(tx, p, 60s); });
     waited = std::chrono::steady_clock::now() - t0;
   });
-  std::this_thread::sleep_for(100ms);  // the receiver sleeps on the empty port
+  // The receiver sleeps on the empty port before the sender starts: waited for by its
+  // state, not for a time a loaded machine may not keep (bounded: it fails, not hangs).
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (receiver_tid.load() == 0 ||
+         ftm::detail::read_proc_stat(receiver_tid.load()).state != 'S') {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until,
+                    "the receiver did not go to sleep on the empty port within 30 s");
+    std::this_thread::sleep_for(1ms);
+  }
   const char c = 1;
   REQUIRE(::write(go[1], &c, 1) == 1);
   int status = 0;
@@ -69,8 +80,8 @@ TEST_CASE_TEMPLATE("ports: recovery wakes a receiver whose sender died while com
   receiver.join();
   REQUIRE(got.has_value());
   CHECK(got->id == 42);
-  // Woken by recovery, not by its 20 s timeout.
-  CHECK(waited < 10s);
+  // Woken by recovery, not by its 60 s timeout.
+  CHECK(waited < 30s);
   ::close(go[0]);
   ::close(go[1]);
 }

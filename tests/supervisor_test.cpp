@@ -231,6 +231,10 @@ std::uint64_t kills_wanted() {
   return 200;
 }
 
+/// How long a task may go without committing before a test calls it stuck: a commit
+/// takes milliseconds, even in a sanitizer build on a loaded machine.
+constexpr std::chrono::milliseconds progress_limit = 120s;
+
 /// Waits up to `limit` for `ready()`.
 template <class F>
 bool eventually(F ready, std::chrono::milliseconds limit = 20s) {
@@ -259,9 +263,15 @@ TEST_CASE_TEMPLATE("a task killed at random instants restarts and loses no commi
 
   const std::uint64_t kills = kills_wanted();
   std::mt19937_64 rng(std::random_device{}());
+  // Kills are paced by progress, not by time: each instance is killed at a random
+  // instant after it acknowledged an increment, so every instance commits even on a
+  // loaded machine.
   for (std::uint64_t k = 0; k < kills; ++k) {
-    // Instance k + 1 is the one to kill; it may still be waiting to be released.
+    // Instance k + 1 is the one to kill; it may still be waiting to be released. Its
+    // predecessor is reaped by then: later acknowledgements are its own.
     REQUIRE(eventually([&] { return sup.stats().starts == k + 1 && sup.task_pid() != 0; }));
+    const std::uint64_t acked = prog->acked_total.load();
+    REQUIRE(eventually([&] { return prog->acked_total.load() > acked; }, progress_limit));
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 1500));
     REQUIRE(sup.signal_task(SIGKILL));
   }
@@ -269,7 +279,8 @@ TEST_CASE_TEMPLATE("a task killed at random instants restarts and loses no commi
   const std::uint64_t acked_before_stop = prog->acked_total.load();
   // The last instance commits too (unless the log is full).
   REQUIRE(eventually(
-      [&] { return prog->acked_total.load() > acked_before_stop || prog->log_full.load() != 0; }));
+      [&] { return prog->acked_total.load() > acked_before_stop || prog->log_full.load() != 0; },
+      progress_limit));
   ftm::atomically(*pool, [](auto& tx) {
     const state st = *tx.open_read(ftm::root<state>(tx, state_root));
     tx.open(st.count)->stop = 1;
@@ -286,7 +297,7 @@ TEST_CASE_TEMPLATE("a task killed at random instants restarts and loses no commi
   const verdict v = check_pool(*pool, *prog, kills);
   MESSAGE(fmt::format("{} kills, {} committed increments, {} acknowledged, {} transactions undone",
                       kills, v.committed, v.acked, report.stats.recovered.undone));
-  CHECK(v.committed > kills);
+  CHECK(v.acked > kills);  // each of the kills + 1 instances acknowledged an increment
   // Not vacuous: kills landed inside transactions, and recovery undid them.
   CHECK(report.stats.recovered.undone > 0);
   CHECK(report.stats.recovered.undone <= kills);
@@ -300,17 +311,20 @@ TEST_CASE_TEMPLATE("a hung task is killed when its lease expires, and restarted"
     std::atomic<std::int64_t> started_at[4];
   };
   shared_page<timing> t;
-  static constexpr auto lease = 150ms;
+  // Heartbeats every sixth of the lease: a beat late by 5 periods on a loaded machine
+  // still keeps the task alive.
+  static constexpr auto lease = 300ms;
   ftm::supervisor<E> sup(
       *pool, {.name = "hangs", .lease = lease, .intensity = {.max_restarts = 1, .period = 60s}},
       [tp = &*t](E&, ftm::task_context& ctx) {
         const auto n = std::min<std::uint64_t>(ctx.start_number(), 3);
         tp->started_at[n].store(ftm::detail::steady_now_ns());
-        for (int i = 0; i < 5; ++i) {
-          std::this_thread::sleep_for(lease / 3);
+        for (int i = 0; i < 8; ++i) {
+          std::this_thread::sleep_for(lease / 6);
+          // Taken before the beat: the lease expires a lease after it at the earliest.
+          if (i == 7) tp->hung_at[n].store(ftm::detail::steady_now_ns());
           ftm::heartbeat();  // the free function, as deep code would call it
         }
-        tp->hung_at[n].store(ftm::detail::steady_now_ns());
         for (;;)
           std::this_thread::sleep_for(1s);  // hangs: no more heartbeats
       });
@@ -330,7 +344,7 @@ TEST_CASE_TEMPLATE("a hung task is killed when its lease expires, and restarted"
   REQUIRE(restarted.count() != 0);
   CHECK(hung - std::chrono::nanoseconds(t->started_at[1].load()) > lease);
   CHECK(restarted - hung >= lease - 2ms);
-  CHECK(restarted - hung < lease + 1s);
+  CHECK(restarted - hung < lease + 10s);  // and a restart takes well under 10 s
 }
 
 TEST_CASE_TEMPLATE("a stopped task is killed and reaped before its transaction is recovered", E,

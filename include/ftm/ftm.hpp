@@ -7,10 +7,13 @@
 
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
+#include <ftm/port.hpp>
 #include <ftm/reflect.hpp>
+#include <ftm/server.hpp>
 #include <ftm/session.hpp>
 #include <ftm/stable.hpp>
 #include <ftm/supervisor.hpp>
 #include <ftm/transaction.hpp>
+#include <ftm/wait.hpp>
 
 #endif  // FTM_FTM_HPP
