@@ -412,17 +412,18 @@ class bank_engine {
         if (!try_lock_meta(d, c, held)) continue;
         chunk_meta& m = meta(c);
         class_hint_[c].store(static_cast<std::uint8_t>(m.cls), std::memory_order_relaxed);
-        // A chunk this transaction emptied keeps its old layout until commit: blocks of
-        // another size would start inside the freed objects, whose bytes abort restores.
-        if (m.cls == cls_free && held && !committed_free(c)) {
-          continue;
-        }
+        // A chunk this transaction emptied keeps its old layout until it ends: blocks of
+        // another size would start inside the freed objects, whose bytes abort restores,
+        // and the freed objects' lock words, which commit releases, would lie inside the
+        // new blocks' data.
+        if (m.cls == cls_free && held) continue;
         if (m.cls == cls_free) {
           m.cls = cls;
           m.nblocks = static_cast<std::uint32_t>(chunk_size / block_size(cls));
           m.used = 0;
           m.head = 0;
           std::memset(m.bitmap, 0, sizeof m.bitmap);
+          clear_headers(c, block_size(cls));
           class_hint_[c].store(static_cast<std::uint8_t>(cls), std::memory_order_relaxed);
         }
         if (m.cls == cls && m.used < m.nblocks) {
@@ -1286,6 +1287,21 @@ class bank_engine {
     return place_object(d, chunk_base(c) + idx * block_size(m.cls), t);
   }
 
+  /// Zeroes, in both banks, the header of every block of chunk `c` cut in blocks of
+  /// `block` bytes, as the chunk is given to objects. The chunk is free in the committed
+  /// state and this transaction holds its record, so the bytes are no object's; they
+  /// may be an earlier object's data, and no header may be taken from them: not the
+  /// lock words (which commits never copy between the banks), nor the size that abort
+  /// restores from the second bank (a handle whose creation was undone would find a
+  /// stray size).
+  void clear_headers(std::uint64_t c, std::uint64_t block) noexcept {
+    using namespace bank_layout;
+    for (std::uint64_t off = chunk_base(c); off < chunk_base(c) + chunk_size; off += block) {
+      std::memset(b_ + off, 0, header_size);
+      std::memset(a_ + off, 0, header_size);
+    }
+  }
+
   /// Makes a new object at `off`, write-locked by `d`, so that abort and recovery
   /// treat its creation like any other write.
   allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
@@ -1311,7 +1327,8 @@ class bank_engine {
         bool held = false;
         usable = try_lock_meta(d, c + i, held);
         if (usable && !held) locked.push_back(c + i);
-        usable = usable && meta(c + i).cls == cls_free && committed_free(c + i);
+        // Not a chunk this transaction emptied (see allocate()): free since it began.
+        usable = usable && !held && meta(c + i).cls == cls_free && committed_free(c + i);
       }
       if (!usable) {
         for (; !locked.empty(); locked.pop_back())
@@ -1324,6 +1341,7 @@ class bank_engine {
         meta(c + i) = chunk_meta{cls_large_tail, 0, 0, static_cast<std::uint32_t>(c), {}};
         class_hint_[c + i].store(cls_large_tail, std::memory_order_relaxed);
       }
+      clear_headers(c, chunk_size);
       FTM_FAULT_POINT("alloc.after_bitmap");
       return place_object(d, chunk_base(c), t);
     }

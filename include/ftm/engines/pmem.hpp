@@ -34,6 +34,36 @@
 
 namespace ftm::detail {
 
+/// Frees every lock word of the bank at `bank` (laid out as `g`): the roots table's,
+/// every chunk record's, and those of every block of the chunks that hold small objects
+/// and of every large object's first chunk. Commits copy an object between the banks
+/// from its `size` field on, so the second bank's lock words are never written: where
+/// a header lies on bytes that an earlier object's data used, they hold that data. A
+/// bank copied from the second one must not trust them. Reads nothing but the chunk
+/// records' classes, each bounded: a damaged record frees fewer words, never a word
+/// outside the bank.
+inline void clear_lock_words(std::byte* bank, const bank_layout::geometry& g) noexcept {
+  namespace layout = bank_layout;
+  auto clear = [&](std::uint64_t off) { std::memset(bank + off, 0, layout::tracked_offset); };
+  clear(layout::roots_offset);
+  for (std::uint64_t c = 0; c < g.nchunks; ++c) {
+    const std::uint64_t record = layout::metas_begin + c * layout::meta_stride;
+    clear(record);
+    std::uint32_t cls = 0;
+    std::memcpy(&cls, bank + record + layout::header_size + offsetof(layout::chunk_meta, cls),
+                sizeof cls);
+    const std::uint64_t base = g.chunks_offset + c * layout::chunk_size;
+    if (cls >= 1 && cls <= layout::nclasses) {
+      // Every block, used or not: a damaged bitmap must not leave a live one locked.
+      const std::uint64_t block = layout::min_block << (cls - 1);
+      for (std::uint64_t off = base; off < base + layout::chunk_size; off += block)
+        clear(off);
+    } else if (cls == layout::cls_large_head) {
+      clear(base);
+    }
+  }
+}
+
 /// A pool file mapped with `MAP_SHARED`: every process that maps it shares its pages,
 /// and the kernel keeps them when the processes die.
 class file_region {
@@ -640,8 +670,11 @@ class pmem : private detail::file_region, public detail::bank_engine {
         },
         b);
     FTM_FAULT_POINT("log.recover_replayed");
-    // The lock words of the second bank are always zero: the copy frees every lock.
+    // The copy takes the second bank's lock words too, which commits never write (they
+    // may hold an earlier object's bytes): every lock is freed after it, in both banks.
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
+    detail::clear_lock_words(region() + region_geometry().control_size, region_geometry());
+    detail::clear_lock_words(b, region_geometry());
     for (tx_id d = 0; d < layout::max_slots; ++d)
       ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
     FTM_FAULT_POINT("log.recover_copied");
