@@ -183,6 +183,13 @@ inline void store_barrier() noexcept {
 #endif
 }
 
+/// 128 TiB: no bank is larger (a pool header that says so is damaged).
+inline constexpr std::uint64_t max_bank_size = std::uint64_t{1} << 47;
+
+/// The largest object: its size, and its size with the 4 bytes of the header that
+/// commits copy, are recorded in 32 bits.
+inline constexpr std::uint64_t max_object_size = std::uint64_t{UINT32_MAX} - header_size;
+
 /// Sizes and offsets of a pool, derived from its bank size and log capacity.
 struct geometry {
   std::uint64_t bank_size = 0;
@@ -205,11 +212,15 @@ struct geometry {
       throw invalid_argument(fmt::format(
           "{}: max_objects_per_transaction is {}, at least 4 are needed", who, max_entries));
     }
-    // The largest chunk count whose metadata and chunks fit in the bank.
-    std::uint64_t n = bank_size / chunk_size;
-    while (n > 0 &&
-           align_up(metas_begin + n * meta_stride, chunk_size) + n * chunk_size > bank_size)
-      --n;
+    if (bank_size > max_bank_size) {
+      throw invalid_argument(fmt::format("{}: bank size {} is more than the largest, {} bytes", who,
+                                         bank_size, max_bank_size));
+    }
+    // The largest n whose records and chunks fit: align_up(M + n S, C) + n C <= B, with
+    // B a multiple of C, holds exactly when M + n S <= B - n C (a ceiling is at most
+    // an integer when its argument is), that is n <= (B - M) / (C + S).
+    const std::uint64_t n =
+        bank_size < metas_begin ? 0 : (bank_size - metas_begin) / (chunk_size + meta_stride);
     if (n < 2) {
       throw invalid_argument(
           fmt::format("{}: bank size {} is too small: at least {} bytes are needed", who, bank_size,
@@ -397,6 +408,12 @@ class bank_engine {
       throw invalid_argument(
           fmt::format("dual_bank: {} needs alignment {}, at most {} is supported", t.name, t.align,
                       header_size));
+    }
+    if (t.size > max_object_size) {
+      throw invalid_argument(
+          fmt::format("dual_bank: a {} has {} bytes, more than the largest object ({} bytes: an "
+                      "object's size is recorded in 32 bits)",
+                      t.name, t.size, max_object_size));
     }
     const std::uint64_t total = t.size + header_size;
     if (total > chunk_size / 2) return allocate_large(d, t);
