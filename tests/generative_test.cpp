@@ -216,6 +216,9 @@ const std::array<kind<E>, sizes.size()>& kinds() {
 }
 
 constexpr std::size_t bank_size = std::size_t{1} << 20;  // 15 chunks
+// Enough for the longest sequence in one transaction; smaller descriptor logs make each
+// pool smaller, and the run faster.
+constexpr std::uint32_t max_objects = 256;
 
 /// Where the pmem runs keep their pools: a RAM file system when there is one (a
 /// `power` commit flushes its log), the scratch directory otherwise.
@@ -252,7 +255,8 @@ class pool_handle {
  public:
   explicit pool_handle(target t) : target_(t) {
     if (t == target::dual_bank) {
-      bank_ = std::make_unique<dual_bank>(dual_bank::options{.bank_size = bank_size});
+      bank_ = std::make_unique<dual_bank>(
+          dual_bank::options{.bank_size = bank_size, .max_objects_per_transaction = max_objects});
       return;
     }
     path_ = pool_dir() / fmt::format("pool-{}.ftm", counter()++);
@@ -284,6 +288,7 @@ class pool_handle {
   pmem::options options() const {
     return {
         .bank_size = bank_size,
+        .max_objects_per_transaction = max_objects,
         .level = target_ == target::pmem_power ? ftm::durability::power : ftm::durability::process,
         .log_size = std::size_t{256} << 10};
   }
