@@ -1,7 +1,8 @@
 // Random sequences of transactions, checked against a model. Each sequence creates,
 // writes and destroys objects of every size class and of several chunks (across chunk
-// boundaries), writes named roots, commits and aborts, and (pmem) closes and reopens
-// the pool; after every commit, abort and reopen, every object the model holds is read
+// boundaries), writes named roots, commits and aborts, kills a child process in the
+// middle of a transaction, and (pmem) closes and reopens the pool; after every commit,
+// abort, kill and reopen, every object the model holds is read
 // back by its handle and by its root, and `check()` must be ok.
 //
 // The seed is printed; FTM_SEED repeats a run, FTM_GENERATIVE_SEQUENCES sets how many
@@ -31,7 +32,11 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <cerrno>
+#include <csignal>
 
 namespace {
 
@@ -80,7 +85,16 @@ std::optional<std::uint64_t> value_of(const std::uint8_t* p, std::size_t n) {
   return v;
 }
 
-enum class op_kind : std::uint8_t { create, write, destroy, root_write, commit, abort, reopen };
+enum class op_kind : std::uint8_t {
+  create,
+  write,
+  destroy,
+  root_write,
+  commit,
+  abort,
+  reopen,
+  kill,  // a child process writes, creates and destroys in a transaction, and is killed
+};
 
 /// One step of a sequence. `id` names an object (the one its `create` made) or a root.
 struct op {
@@ -99,6 +113,7 @@ std::string to_string(const op& o) {
     case op_kind::commit: return "commit";
     case op_kind::abort: return "abort";
     case op_kind::reopen: return "reopen";
+    case op_kind::kill: return fmt::format("killed writer {}", o.value);
   }
   return "?";
 }
@@ -149,8 +164,10 @@ std::vector<op> generate(std::mt19937_64& rng, std::size_t length, bool reopen) 
       ops.push_back({op_kind::abort});
       current = committed;
       in_tx = false;
-    } else if (reopen && !in_tx) {
+    } else if (r < 98 && reopen && !in_tx) {
       ops.push_back({op_kind::reopen});
+    } else if (r >= 98 && !in_tx) {
+      ops.push_back({op_kind::kill, 0, 0, rng() % 1000});
     }
   }
   return ops;
@@ -407,8 +424,56 @@ class runner {
         tx_.reset();
         pool_.reopen();
         return verify(table);
+      case op_kind::kill: {
+        if (tx_ && tx_->active()) tx_->abort();
+        current_ = committed_;
+        tx_.reset();
+        const pid_t pid = ::fork();
+        if (pid < 0) return fmt::format("fork: {}", std::strerror(errno));
+        if (pid == 0) die_in_transaction(table, o.value);
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
+          return fmt::format("the writer was not killed (wait status {})", status);
+        }
+        // Its transaction is undone: by recover() in memory, by the next opener of a file.
+        if (pool_.file() == nullptr) {
+          engine().recover();
+        } else {
+          pool_.reopen();
+        }
+        return verify(table);
+      }
     }
     return {};
+  }
+
+  /// In a child: changes every committed object and root, destroys one, creates two,
+  /// all in one transaction, and is killed before it commits.
+  [[noreturn]] void die_in_transaction(const kinds_t& table, std::uint64_t seed) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // Never destroyed: its destructor would abort the transaction.
+    auto* t = new ftm::transaction<E>(engine());
+    try {
+      t->begin();
+      std::uint64_t v = 5000 + seed;
+      for (const auto& [id, obj] : committed_.objects)
+        table[obj.size].write(*t, obj.offset, ++v);
+      for (const auto& [r, value] : committed_.roots) {
+        const kind<E>& k = table[root_sizes[r]];
+        k.write(*t, k.root(*t, root_name(r)), ++v);
+      }
+      if (!committed_.objects.empty()) {
+        const auto& first = committed_.objects.begin()->second;
+        table[first.size].destroy(*t, first.offset);
+      }
+      table[seed % first_large].create(*t, ++v);
+      table[first_large + seed % (sizes.size() - first_large)].create(*t, ++v);
+    } catch (const std::exception&) {
+      // pool_full: killed as it is, holding what it took
+    }
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(1);
   }
 
   static std::string root_name(std::uint32_t i) { return fmt::format("g{}", i); }
