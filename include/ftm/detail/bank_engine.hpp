@@ -185,6 +185,13 @@ inline void store_barrier() noexcept {
 #endif
 }
 
+/// 128 TiB: no bank is larger (a pool header that says so is damaged).
+inline constexpr std::uint64_t max_bank_size = std::uint64_t{1} << 47;
+
+/// The largest object: its size, and its size with the 4 bytes of the header that
+/// commits copy, are recorded in 32 bits.
+inline constexpr std::uint64_t max_object_size = std::uint64_t{UINT32_MAX} - header_size;
+
 /// Sizes and offsets of a pool, derived from its bank size and log capacity.
 struct geometry {
   std::uint64_t bank_size = 0;
@@ -207,11 +214,15 @@ struct geometry {
       throw invalid_argument(fmt::format(
           "{}: max_objects_per_transaction is {}, at least 4 are needed", who, max_entries));
     }
-    // The largest chunk count whose metadata and chunks fit in the bank.
-    std::uint64_t n = bank_size / chunk_size;
-    while (n > 0 &&
-           align_up(metas_begin + n * meta_stride, chunk_size) + n * chunk_size > bank_size)
-      --n;
+    if (bank_size > max_bank_size) {
+      throw invalid_argument(fmt::format("{}: bank size {} is more than the largest, {} bytes", who,
+                                         bank_size, max_bank_size));
+    }
+    // The largest n whose records and chunks fit: align_up(M + n S, C) + n C <= B, with
+    // B a multiple of C, holds exactly when M + n S <= B - n C (a ceiling is at most
+    // an integer when its argument is), that is n <= (B - M) / (C + S).
+    const std::uint64_t n =
+        bank_size < metas_begin ? 0 : (bank_size - metas_begin) / (chunk_size + meta_stride);
     if (n < 2) {
       throw invalid_argument(
           fmt::format("{}: bank size {} is too small: at least {} bytes are needed", who, bank_size,
@@ -400,6 +411,12 @@ class bank_engine {
           fmt::format("dual_bank: {} needs alignment {}, at most {} is supported", t.name, t.align,
                       header_size));
     }
+    if (t.size > max_object_size) {
+      throw invalid_argument(
+          fmt::format("dual_bank: a {} has {} bytes, more than the largest object ({} bytes: an "
+                      "object's size is recorded in 32 bits)",
+                      t.name, t.size, max_object_size));
+    }
     const std::uint64_t total = t.size + header_size;
     if (total > chunk_size / 2) return allocate_large(d, t);
     const std::uint32_t cls = class_for(total);
@@ -414,17 +431,18 @@ class bank_engine {
         if (!try_lock_meta(d, c, held)) continue;
         chunk_meta& m = meta(c);
         class_hint_[c].store(static_cast<std::uint8_t>(m.cls), std::memory_order_relaxed);
-        // A chunk this transaction emptied keeps its old layout until commit: blocks of
-        // another size would start inside the freed objects, whose bytes abort restores.
-        if (m.cls == cls_free && held && !committed_free(c)) {
-          continue;
-        }
+        // A chunk this transaction emptied keeps its old layout until it ends: blocks of
+        // another size would start inside the freed objects, whose bytes abort restores,
+        // and the freed objects' lock words, which commit releases, would lie inside the
+        // new blocks' data.
+        if (m.cls == cls_free && held) continue;
         if (m.cls == cls_free) {
           m.cls = cls;
           m.nblocks = static_cast<std::uint32_t>(chunk_size / block_size(cls));
           m.used = 0;
           m.head = 0;
           std::memset(m.bitmap, 0, sizeof m.bitmap);
+          clear_headers(c, block_size(cls));
           class_hint_[c].store(static_cast<std::uint8_t>(cls), std::memory_order_relaxed);
         }
         if (m.cls == cls && m.used < m.nblocks) {
@@ -1288,6 +1306,21 @@ class bank_engine {
     return place_object(d, chunk_base(c) + idx * block_size(m.cls), t);
   }
 
+  /// Zeroes, in both banks, the header of every block of chunk `c` cut in blocks of
+  /// `block` bytes, as the chunk is given to objects. The chunk is free in the committed
+  /// state and this transaction holds its record, so the bytes are no object's; they
+  /// may be an earlier object's data, and no header may be taken from them: not the
+  /// lock words (which commits never copy between the banks), nor the size that abort
+  /// restores from the second bank (a handle whose creation was undone would find a
+  /// stray size).
+  void clear_headers(std::uint64_t c, std::uint64_t block) noexcept {
+    using namespace bank_layout;
+    for (std::uint64_t off = chunk_base(c); off < chunk_base(c) + chunk_size; off += block) {
+      std::memset(b_ + off, 0, header_size);
+      std::memset(a_ + off, 0, header_size);
+    }
+  }
+
   /// Makes a new object at `off`, write-locked by `d`, so that abort and recovery
   /// treat its creation like any other write.
   allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
@@ -1313,7 +1346,8 @@ class bank_engine {
         bool held = false;
         usable = try_lock_meta(d, c + i, held);
         if (usable && !held) locked.push_back(c + i);
-        usable = usable && meta(c + i).cls == cls_free && committed_free(c + i);
+        // Not a chunk this transaction emptied (see allocate()): free since it began.
+        usable = usable && !held && meta(c + i).cls == cls_free && committed_free(c + i);
       }
       if (!usable) {
         for (; !locked.empty(); locked.pop_back())
@@ -1326,6 +1360,7 @@ class bank_engine {
         meta(c + i) = chunk_meta{cls_large_tail, 0, 0, static_cast<std::uint32_t>(c), {}};
         class_hint_[c + i].store(cls_large_tail, std::memory_order_relaxed);
       }
+      clear_headers(c, chunk_size);
       FTM_FAULT_POINT("alloc.after_bitmap");
       return place_object(d, chunk_base(c), t);
     }

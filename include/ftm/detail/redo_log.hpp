@@ -372,26 +372,37 @@ class redo_log {
     temp += fmt::format(".creating.{}", ::getpid());
     const int fd = ::open(temp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) io_fail("create", temp);
-    // Zeros written now keep later flushes to data only (no block allocation).
+    // Zeros written now keep later flushes to data only (no block allocation), and a
+    // file system without room for the log says so here.
     std::vector<std::byte> zeros(std::size_t{1} << 20);
-    bool ok = true;
-    for (std::uint64_t off = 0; ok && off < capacity; off += zeros.size()) {
-      const auto n =
-          static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), capacity - off));
-      ok = ::pwrite(fd, zeros.data(), n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
-    }
+    std::string why;  // the first failure, named when it happens
+    // Writes all `n` bytes: a short write is retried, and the call that fails says why.
+    auto write_all = [&](const void* p, std::size_t n, std::uint64_t at) {
+      for (std::size_t done = 0; why.empty() && done < n;) {
+        const ssize_t w = ::pwrite(fd, static_cast<const std::byte*>(p) + done, n - done,
+                                   static_cast<off_t>(at + done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) {
+          why = std::strerror(errno);
+        } else if (w == 0) {
+          why = fmt::format("short write ({} of {} bytes at offset {})", done, n, at);
+        }
+        done += w > 0 ? static_cast<std::size_t>(w) : 0;
+      }
+    };
+    for (std::uint64_t off = 0; why.empty() && off < capacity; off += zeros.size())
+      write_all(zeros.data(),
+                static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), capacity - off)),
+                off);
     file_header h{wal_magic, wal_version, 0, pool_id, 1, new_log_id(), 1, 0};
     h.checksum = header_checksum(h);
-    ok = ok && ::pwrite(fd, &h, sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
-         ::fdatasync(fd) == 0;
-    const int e = errno;
+    if (why.empty()) write_all(&h, sizeof h, 0);
+    if (why.empty() && ::fdatasync(fd) != 0) why = std::strerror(errno);
     ::close(fd);
-    if (!ok || ::rename(temp.c_str(), path.c_str()) != 0) {
-      errno = ok ? errno : e;
-      const int saved = errno;
+    if (why.empty() && ::rename(temp.c_str(), path.c_str()) != 0) why = std::strerror(errno);
+    if (!why.empty()) {
       ::unlink(temp.c_str());
-      errno = saved;
-      io_fail("write", path);
+      throw io_error(fmt::format("cannot write the redo log '{}': {}", path.string(), why));
     }
     sync_directory(path);
   }

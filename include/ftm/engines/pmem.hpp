@@ -34,6 +34,36 @@
 
 namespace ftm::detail {
 
+/// Frees every lock word of the bank at `bank` (laid out as `g`): the roots table's,
+/// every chunk record's, and those of every block of the chunks that hold small objects
+/// and of every large object's first chunk. Commits copy an object between the banks
+/// from its `size` field on, so the second bank's lock words are never written: where
+/// a header lies on bytes that an earlier object's data used, they hold that data. A
+/// bank copied from the second one must not trust them. Reads nothing but the chunk
+/// records' classes, each bounded: a damaged record frees fewer words, never a word
+/// outside the bank.
+inline void clear_lock_words(std::byte* bank, const bank_layout::geometry& g) noexcept {
+  namespace layout = bank_layout;
+  auto clear = [&](std::uint64_t off) { std::memset(bank + off, 0, layout::tracked_offset); };
+  clear(layout::roots_offset);
+  for (std::uint64_t c = 0; c < g.nchunks; ++c) {
+    const std::uint64_t record = layout::metas_begin + c * layout::meta_stride;
+    clear(record);
+    std::uint32_t cls = 0;
+    std::memcpy(&cls, bank + record + layout::header_size + offsetof(layout::chunk_meta, cls),
+                sizeof cls);
+    const std::uint64_t base = g.chunks_offset + c * layout::chunk_size;
+    if (cls >= 1 && cls <= layout::nclasses) {
+      // Every block, used or not: a damaged bitmap must not leave a live one locked.
+      const std::uint64_t block = layout::min_block << (cls - 1);
+      for (std::uint64_t off = base; off < base + layout::chunk_size; off += block)
+        clear(off);
+    } else if (cls == layout::cls_large_head) {
+      clear(base);
+    }
+  }
+}
+
 /// A pool file mapped with `MAP_SHARED`: every process that maps it shares its pages,
 /// and the kernel keeps them when the processes die.
 class file_region {
@@ -42,15 +72,15 @@ class file_region {
   struct open_tag {};
   struct inspect_tag {};
 
-  /// 128 TiB: larger banks in a pool header are damage.
-  static constexpr std::uint64_t max_bank_size = std::uint64_t{1} << 47;
+  /// Larger banks in a pool header are damage.
+  static constexpr std::uint64_t max_bank_size = bank_layout::max_bank_size;
 
   /// A new pool file is made under a temporary name and renamed into place once it is
   /// formatted (`publish()`), so no process ever opens a half-made pool.
   file_region(create_tag, std::filesystem::path path, const bank_layout::geometry& g)
       : file_region(std::move(path)) {
     geometry_ = g;
-    if (std::filesystem::exists(path_)) {
+    if (names_file(path_, "create")) {
       throw io_error(fmt::format("cannot create the pool '{}': the file exists", path_.string()));
     }
     temp_ = path_;
@@ -58,12 +88,14 @@ class file_region {
     fd_ = ::open(temp_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ < 0) fail("create", temp_);
     if (::ftruncate(fd_, static_cast<off_t>(g.map_size)) != 0) fail("size", temp_);
+    reserve();
     map();
   }
 
   /// An existing pool file, checked before anything in it is trusted.
   file_region(open_tag, std::filesystem::path path) : file_region(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (check_header refuses it).
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) {
       const int e = errno;
       if ((e == EACCES || e == EPERM || e == EROFS) && readable()) {
@@ -85,7 +117,7 @@ class file_region {
   /// An existing pool file, checked as above and mapped read-only: nothing in it can
   /// change through this mapping.
   file_region(inspect_tag, std::filesystem::path path) : file_region(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) fail("open", path_);
     check_header();
     map(PROT_READ);
@@ -173,6 +205,19 @@ class file_region {
     throw bad_pool(fmt::format("'{}' cannot be used: {}", path_.string(), why));
   }
 
+  /// Whether something has the name `path` (a dangling symbolic link does not);
+  /// `io_error` naming the path and the cause if that cannot be known (a loop of
+  /// symbolic links, a name too long, a directory without permission), for `doing`.
+  static bool names_file(const std::filesystem::path& path, std::string_view doing) {
+    std::error_code ec;
+    const bool found = std::filesystem::exists(path, ec);
+    if (ec) {
+      throw io_error(
+          fmt::format("cannot {} the pool '{}': {}", doing, path.string(), ec.message()));
+    }
+    return found;
+  }
+
  private:
   /// The constructors above delegate to this one, so that once it has returned the
   /// destructor runs if they throw: a pool refused leaks no descriptor, no mapping and
@@ -181,7 +226,7 @@ class file_region {
 
   /// Whether the file can be opened for reading (when it cannot be for writing).
   [[nodiscard]] bool readable() const noexcept {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return false;
     ::close(fd);
     return true;
@@ -192,6 +237,14 @@ class file_region {
   void check_header() {
     struct stat st {};
     if (::fstat(fd_, &st) != 0) fail("stat", path_);
+    if (!S_ISREG(st.st_mode)) {
+      bad(fmt::format("it is {}, not a regular file", S_ISFIFO(st.st_mode)   ? "a FIFO"
+                                                      : S_ISDIR(st.st_mode)  ? "a directory"
+                                                      : S_ISCHR(st.st_mode)  ? "a character device"
+                                                      : S_ISBLK(st.st_mode)  ? "a block device"
+                                                      : S_ISSOCK(st.st_mode) ? "a socket"
+                                                                             : "not a file"));
+    }
     const auto file_size = static_cast<std::uint64_t>(st.st_size);
     bank_layout::pool_header h{};
     if (file_size < sizeof h) {
@@ -235,6 +288,20 @@ class file_region {
     if (file_size != geometry_.map_size) {
       bad(fmt::format("it has {} bytes, but its header says {} ({})", file_size, geometry_.map_size,
                       file_size < geometry_.map_size ? "truncated" : "grown"));
+    }
+  }
+
+  /// Gives the new file its blocks: a file system without room refuses the pool here,
+  /// instead of killing the first process that touches a page of the mapping that has
+  /// no block (SIGBUS). Where the file system cannot reserve blocks, `posix_fallocate`
+  /// writes zeros, as good.
+  void reserve() {
+    int e = 0;
+    while ((e = ::posix_fallocate(fd_, 0, static_cast<off_t>(geometry_.map_size))) == EINTR) {
+    }
+    if (e != 0) {
+      throw io_error(fmt::format("cannot create the pool '{}': cannot reserve its {} bytes: {}",
+                                 path_.string(), geometry_.map_size, std::strerror(e)));
     }
   }
 
@@ -502,7 +569,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
     return open_or_create(path, options{});
   }
   static pmem open_or_create(const std::filesystem::path& path, options opts) {
-    if (std::filesystem::exists(path)) return open(path, opts);
+    if (names_file(path, "open or create")) return open(path, opts);
     return create(path, opts);
   }
 
@@ -546,17 +613,18 @@ class pmem : private detail::file_region, public detail::bank_engine {
     // From the check of the name to its publication: another creator that passed the
     // first check too must not replace this pool's log once it is in use.
     const directory_lock turn(path);
-    if (std::filesystem::exists(path)) {
+    if (names_file(path, "create")) {
       throw io_error(fmt::format("cannot create the pool '{}': the file exists", path.string()));
     }
     const auto wal = detail::redo::redo_log::path_for(path);
-    std::filesystem::remove(wal);  // a stale log of a pool that no longer exists
+    remove_stale_log(wal);  // of a pool that no longer exists
     detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
     try {
       start_power(opts);
       publish();
     } catch (...) {
-      std::filesystem::remove(wal);  // the pool is not made: no log beside nothing
+      std::error_code ignored;
+      std::filesystem::remove(wal, ignored);  // the pool is not made: no log beside nothing
       throw;
     }
     detail::redo::redo_log::sync_directory(path);
@@ -616,11 +684,30 @@ class pmem : private detail::file_region, public detail::bank_engine {
       // From process to power: a new log (an old one holds nothing the pool needs, and
       // may be foreign), then the pool's current state must reach the medium.
       const auto wal = detail::redo::redo_log::path_for(path);
-      std::filesystem::remove(wal);
+      remove_stale_log(wal);
       detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
       start_power(opts);
     }
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
+  }
+
+  /// Removes the redo log file `wal` that a new one replaces. `io_error` naming it and
+  /// the cause if it cannot be, or if a directory has its name (never removed).
+  static void remove_stale_log(const std::filesystem::path& wal) {
+    std::error_code ec;
+    const auto type = std::filesystem::symlink_status(wal, ec).type();
+    if (type == std::filesystem::file_type::not_found) return;
+    if (!ec && type == std::filesystem::file_type::directory) {
+      throw io_error(fmt::format(
+          "cannot create the redo log '{}': a directory has its name (remove it, or name the "
+          "pool otherwise)",
+          wal.string()));
+    }
+    if (!ec) std::filesystem::remove(wal, ec);
+    if (ec) {
+      throw io_error(
+          fmt::format("cannot replace the redo log '{}': {}", wal.string(), ec.message()));
+    }
   }
 
   static std::string_view name(durability d) noexcept {
@@ -692,8 +779,11 @@ class pmem : private detail::file_region, public detail::bank_engine {
         b, fmt::format("'{}' cannot be used: ", path().string()));
     report.redone = replayed.records;
     FTM_FAULT_POINT("log.recover_replayed");
-    // The lock words of the second bank are always zero: the copy frees every lock.
+    // The copy takes the second bank's lock words too, which commits never write (they
+    // may hold an earlier object's bytes): every lock is freed after it, in both banks.
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
+    detail::clear_lock_words(region() + region_geometry().control_size, region_geometry());
+    detail::clear_lock_words(b, region_geometry());
     for (tx_id d = 0; d < layout::max_slots; ++d)
       ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
     FTM_FAULT_POINT("log.recover_copied");
