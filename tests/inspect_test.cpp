@@ -88,7 +88,7 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   CHECK(r.status == 0);
   CHECK(r.err.empty());
   CHECK_MATCH(r.out, "magic +0x66746d2d64756131 \\(ftm-dua1\\)");
-  CHECK_MATCH(r.out, "format version +1\n");
+  CHECK_MATCH(r.out, "format version +2\n");
   CHECK_MATCH(r.out, fmt::format("pool id +{:#018x}\n", id));
   CHECK_MATCH(r.out,
               fmt::format("bank size +1048576 bytes \\({} chunks of 65536 bytes\\)", chunks));
@@ -229,8 +229,11 @@ TEST_CASE(
   {
     // As if the machine had rebooted since: the same descriptor's owner is dead.
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(offsetof(layout::pool_header, boot_id));
-    f.write("an-earlier-boot", 16);
+    layout::pool_header h{};
+    f.read(reinterpret_cast<char*>(&h), sizeof h);
+    layout::set_boot_id(h, "an-earlier-boot");  // with its check word
+    f.seekp(0);
+    f.write(reinterpret_cast<const char*>(&h), sizeof h);
   }
   const auto rebooted = inspect("--check " + path.string());
   ::kill(child, SIGKILL);
