@@ -265,8 +265,11 @@ TEST_CASE(
   {
     // As if the machine had rebooted since: the same descriptor's owner is dead.
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(offsetof(layout::pool_header, boot_id));
-    f.write("an-earlier-boot", 16);
+    layout::pool_header h{};
+    f.read(reinterpret_cast<char*>(&h), sizeof h);
+    layout::set_boot_id(h, "an-earlier-boot");  // with its check word
+    f.seekp(0);
+    f.write(reinterpret_cast<const char*>(&h), sizeof h);
   }
   const auto rebooted = inspect("--check " + path.string());
   ::kill(child, SIGKILL);

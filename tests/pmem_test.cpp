@@ -192,8 +192,11 @@ TEST_CASE("owners from an earlier boot are recovered even if their pid is in use
   {
     // As if the machine had rebooted since: the pool's boot is not this one.
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(offsetof(layout::pool_header, boot_id));
-    f.write("an-earlier-boot", 16);
+    layout::pool_header h{};
+    f.read(reinterpret_cast<char*>(&h), sizeof h);
+    layout::set_boot_id(h, "an-earlier-boot");  // with its check word
+    f.seekp(0);
+    f.write(reinterpret_cast<const char*>(&h), sizeof h);
   }
   auto pool = pmem::open(path);  // the child is alive, but its pid means nothing now
   CHECK(pool.opening_recovery().undone == 1);

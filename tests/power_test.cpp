@@ -629,8 +629,7 @@ class power_loss_sim : public redo::observer {
         std::vector<char> first = v;
         layout::pool_header h{};
         std::memcpy(&h, first.data(), sizeof h);
-        std::memset(h.boot_id, 0, sizeof h.boot_id);
-        std::memcpy(h.boot_id, "simulated-earlier-boot", 22);
+        layout::set_boot_id(h, "simulated-earlier-boot");
         std::memcpy(first.data(), &h, sizeof h);
         image_pool_.put(at, first.data(), first.size());
       } else {

@@ -8,13 +8,16 @@
 //
 //   byte 0            flags: bit 0 the dead writer's descriptor is left in the pool,
 //                     bit 1 it died committing (not active), bit 2 raw: the rest of
-//                     the input is the whole file, as it is
+//                     the input is the whole file, as it is, bit 3 another process
+//                     seems to have the pool open (so opening is not the first, and
+//                     clears no stale lock: a transaction must refuse one, not wait)
 //   then, repeated    region (1 byte), offset (2 bytes, little-endian), length
 //                     (1 byte, 1..16), that many bytes written at the offset in the
 //                     region; region 7 instead cuts or grows the file
 //
-// Only ftm:: errors may come out; a pool that opens and passes check() must take a
-// transaction and still pass check() after it.
+// Only ftm:: errors may come out; a pool that opens and passes check() must read its
+// roots back, take transactions (one that destroys objects and aborts: the allocator's
+// records are read), and still pass check() after them.
 #include <ftm/engines/pmem.hpp>
 #include <ftm/ftm.hpp>
 
@@ -160,6 +163,26 @@ void damage(std::vector<char>& file, const std::uint8_t* p, std::size_t n) {
   }
 }
 
+/// Holds a shared lock as pmem's users do (an open-file-description lock on the
+/// file's first byte), so an open in this process is not the first.
+class other_user {
+ public:
+  explicit other_user(const fs::path& path) : fd_(::open(path.c_str(), O_RDWR | O_CLOEXEC)) {
+    struct flock l {};
+    l.l_type = F_RDLCK;
+    l.l_whence = SEEK_SET;
+    l.l_start = 0;
+    l.l_len = 1;
+    if (fd_ < 0 || ::fcntl(fd_, F_OFD_SETLK, &l) != 0) die("cannot lock the pool file");
+  }
+  other_user(const other_user&) = delete;
+  other_user& operator=(const other_user&) = delete;
+  ~other_user() { ::close(fd_); }
+
+ private:
+  int fd_;
+};
+
 /// `pristine`: the file is a base pool, undamaged, which must open and check clean.
 void exercise(const fs::path& path, bool pristine) {
   // Read-only first: it must not change the file, whatever the file holds.
@@ -188,6 +211,14 @@ void exercise(const fs::path& path, bool pristine) {
           return b->bytes[7];
         },
         ftm::retry_policy{.max_attempts = 3});
+    {
+      // Destroying reads the chunk records (size classes, large objects' lengths).
+      ftm::transaction tx{pool};
+      tx.begin();
+      tx.destroy(ftm::root<big>(tx, "big"));
+      tx.destroy(ftm::root<account>(tx, "acct"));
+      tx.abort();
+    }
     if (const auto after = pool.check(); !after.ok()) {
       std::fprintf(stderr,
                    "pmem_open_fuzz: a pool that passed check() fails it after a "
@@ -223,7 +254,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (size > 1) damage(file, data + 1, size - 1);
     write_file(path, file.data(), file.size());
   }
-  exercise(path, (flags & 4) == 0 && size <= 1);
+  if ((flags & 8) != 0 && (flags & 4) == 0) {
+    const other_user another(path);
+    exercise(path, false);
+  } else {
+    exercise(path, (flags & 4) == 0 && size <= 1);
+  }
   return 0;
 }
 

@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -52,17 +53,36 @@ inline constexpr std::uint64_t header_size = sizeof(object_header);
 inline constexpr std::uint64_t tracked_offset = offsetof(object_header, size);  // copies start here
 inline constexpr std::uint64_t tracked_prefix = header_size - tracked_offset;
 
-enum class entry_kind : std::uint32_t { read = 1, write = 2 };
+enum class entry_kind : std::uint16_t { read = 1, write = 2 };
+
+/// A 16-bit check of a log entry of descriptor `d`: recovery acts on the entries of a
+/// dead descriptor, so a damaged one (a flipped offset would undo the wrong object and
+/// leave the right one locked) must be told from a good one. One multiplication: it is
+/// computed twice for every lock a transaction takes.
+constexpr std::uint16_t entry_check(std::uint32_t d, std::uint64_t offset, std::uint32_t length,
+                                    entry_kind kind) noexcept {
+  std::uint64_t x = ((offset | d) ^ (std::uint64_t{length} << 40) ^
+                     (std::uint64_t{static_cast<std::uint16_t>(kind)} << 36)) *
+                    0x9e3779b97f4a7c15ull;
+  return static_cast<std::uint16_t>((x ^ (x >> 23)) >> 48);
+}
 
 /// One object a transaction locked. `length` is what commit and abort copy between
-/// the banks, filled in once the lock is held (0: nothing to copy).
+/// the banks, filled in once the lock is held (0: nothing to copy). The second word
+/// (length, kind, check) is written by one 8-byte store, so a process that dies while
+/// writing it leaves the old entry or the new one, each with its check.
 struct log_entry {
   std::uint64_t offset;
   std::uint32_t length;
   entry_kind kind;
+  std::uint16_t check;  // entry_check() of the descriptor, offset, length and kind
 };
+static_assert(sizeof(log_entry) == 16);
 
-enum slot_state : std::uint32_t { idle = 0, active = 1, committing = 2 };
+/// A descriptor's states. Those recovery acts on are far apart in bits (Hamming
+/// distance 16 or more, and from 0), so damage to the word never turns one into
+/// another: it makes an unknown state, which is refused.
+enum slot_state : std::uint32_t { idle = 0, active = 0xa5a50f01u, committing = 0x5a5af002u };
 
 /// What a transaction did so far, so that commit skips the passes it does not need.
 enum slot_flags : std::uint32_t {
@@ -91,9 +111,26 @@ inline constexpr std::uint32_t max_slots = 64;                 // one bit each i
 inline constexpr std::uint64_t slots_begin = 4096;
 inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
 
-/// 2: the redo log's state in the header page (`redo::control`) records the log's id
-/// and the last record on the medium.
+/// 2: checksums in the header, the descriptors' logs and states, and the roots table;
+/// the redo log's state in the header page (`redo::control`) records the log's id and
+/// the last record on the medium.
 inline constexpr std::uint32_t format_version = 2;
+
+/// A 64-bit checksum of `n` bytes (a multiple of 8) at `p`, seeded: for the
+/// structures a bound cannot check (the header, the roots table's entries).
+inline std::uint64_t check_bytes(const void* p, std::size_t n, std::uint64_t seed) noexcept {
+  std::uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ull);
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    std::uint64_t w = 0;
+    std::memcpy(&w, static_cast<const char*>(p) + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 29;
+  // Never 0 (the boot check's "being rewritten"), nor one bit away from it.
+  return std::popcount(h) < 2 ? h ^ 0x8000000000000101ull : h;
+}
 
 /// The first bytes of the mapping (and of a pool file): what the pool is and how it
 /// is laid out, so that a pool file can be checked before it is trusted.
@@ -109,7 +146,32 @@ struct pool_header {
   std::uint64_t control_size;
   std::uint64_t map_size;
   char boot_id[40];  // the boot the pool's owners belong to (for pools that outlive one)
+  /// check_bytes() of `boot_id`; 0 while an opener rewrites it (after recovering every
+  /// descriptor of the earlier boot, so the pool counts as of an earlier boot then).
+  std::uint64_t boot_check;
+  std::uint64_t header_check;  // check_bytes() of the fields before `boot_id`
 };
+inline constexpr std::uint64_t header_check_seed = 0x6865616465723a32ull;
+inline constexpr std::uint64_t boot_check_seed = 0x626f6f7469643a32ull;
+
+/// The check word of the static fields of `h`.
+inline std::uint64_t header_check_of(const pool_header& h) noexcept {
+  return check_bytes(&h, offsetof(pool_header, boot_id), header_check_seed);
+}
+
+/// The check word of `h`'s boot id.
+inline std::uint64_t boot_check_of(const pool_header& h) noexcept {
+  return check_bytes(h.boot_id, sizeof h.boot_id, boot_check_seed);
+}
+
+/// Records `boot` as the boot of `h`'s owners: the check word is 0 while the id
+/// changes, so a process that dies in between leaves a pool of an earlier boot.
+inline void set_boot_id(pool_header& h, std::string_view boot) noexcept {
+  std::atomic_ref<std::uint64_t>(h.boot_check).store(0, std::memory_order_seq_cst);
+  std::memset(h.boot_id, 0, sizeof h.boot_id);
+  std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
+  std::atomic_ref<std::uint64_t>(h.boot_check).store(boot_check_of(h), std::memory_order_seq_cst);
+}
 
 /// The watchers' table, in the control page after the pool header (zero in a fresh
 /// pool and in pool files made before it existed). `global.changes` is the futex
@@ -137,14 +199,27 @@ struct root_entry {
   std::uint64_t fingerprint;
   std::uint64_t offset;
   std::uint32_t size;
-  std::uint32_t used;
+  std::uint32_t used;    // 0: free; otherwise root_check() of the entry
   std::uint64_t layout;  // a stable object holding the type's layout description, or 0
 };
 static_assert(sizeof(root_entry) == 128);
 inline constexpr std::uint32_t max_roots = 64;
+/// The roots, and which entries are in use: an entry cleared by damage is told from
+/// one never bound by its bit in `in_use`.
 struct roots_table {
   root_entry entries[max_roots];
+  std::uint64_t in_use;  // bit i: entries[i] is bound
+  std::uint64_t reserved;
 };
+static_assert(max_roots <= 64);
+
+/// The `used` word of a bound root entry: a check of the rest of it, never 0.
+inline std::uint32_t root_check(const root_entry& e) noexcept {
+  root_entry copy = e;
+  copy.used = 0;
+  const std::uint64_t h = check_bytes(&copy, sizeof copy, 0x726f6f74733a3200ull);
+  return static_cast<std::uint32_t>(h ^ (h >> 32)) | 1u;
+}
 
 inline constexpr std::uint64_t chunk_size = 64 * 1024;
 inline constexpr std::uint64_t min_block = 64;
@@ -461,17 +536,45 @@ class bank_engine {
     using namespace bank_layout;
     open_write(d, off, t);
     const std::uint64_t c = chunk_of(off);
-    acquire_write(d, meta_offset(c));
+    acquire_write(d, meta_offset(c), sizeof(chunk_meta));
     chunk_meta& m = meta(c);
     if (m.cls == cls_large_head) {
+      if (off != chunk_base(c) || m.nblocks == 0 || m.nblocks > nchunks_ - c) {
+        damaged(
+            fmt::format("the record of chunk {} (offset {}) says a large object of {} chunks "
+                        "starts there, which does not fit the pool of {} chunks or offset {}",
+                        c, meta_offset(c), m.nblocks, nchunks_, off));
+      }
+      // Every tail first: one that is not this object's is damage, and nothing is freed.
       for (std::uint32_t k = 1; k < m.nblocks; ++k) {
-        acquire_write(d, meta_offset(c + k));
+        acquire_write(d, meta_offset(c + k), sizeof(chunk_meta));
+        const chunk_meta& tail = meta(c + k);
+        if (tail.cls != cls_large_tail || tail.head != c) {
+          damaged(
+              fmt::format("the record of chunk {} (offset {}) does not continue the large "
+                          "object of chunk {} (class {}, head {})",
+                          c + k, meta_offset(c + k), c, tail.cls, tail.head));
+        }
+      }
+      for (std::uint32_t k = 1; k < m.nblocks; ++k) {
         meta(c + k) = chunk_meta{};
         class_hint_[c + k].store(cls_free, std::memory_order_relaxed);
       }
       m = chunk_meta{};
     } else {
-      const std::uint64_t idx = (off - chunk_base(c)) / block_size(m.cls);
+      if (m.cls < 1 || m.cls > nclasses) {
+        damaged(fmt::format("the record of chunk {} (offset {}) has an unknown class {}", c,
+                            meta_offset(c), m.cls));
+      }
+      const std::uint64_t bs = block_size(m.cls);
+      const std::uint64_t idx = (off - chunk_base(c)) / bs;
+      if ((off - chunk_base(c)) % bs != 0 || idx >= m.nblocks || m.used == 0 ||
+          (m.bitmap[idx / 64] >> (idx % 64) & 1) == 0) {
+        damaged(
+            fmt::format("the record of chunk {} (offset {}) does not hold the object at "
+                        "offset {} (class {}, {} of {} blocks used)",
+                        c, meta_offset(c), off, m.cls, m.used, m.nblocks));
+      }
       m.bitmap[idx / 64] &= ~(std::uint64_t{1} << (idx % 64));
       if (--m.used == 0) m = chunk_meta{};  // an empty chunk can serve any class again
     }
@@ -482,7 +585,7 @@ class bank_engine {
 
   void* open_write(tx_id d, std::uint64_t off, const object_type& t) {
     check_handle(off, t);
-    acquire_write(d, off);
+    acquire_write(d, off, t.size);
     check_size(off, t);
     return a_ + off + bank_layout::header_size;
   }
@@ -525,36 +628,65 @@ class bank_engine {
     using namespace bank_layout;
     check_root_name(name);
     acquire_read(d, roots_offset);
-    for (const root_entry& r : roots().entries) {
-      if (r.used == 0 || name != std::string_view(r.name)) continue;
+    const roots_table& table = roots();
+    for (std::uint32_t i = 0; i < max_roots; ++i) {
+      const root_entry& r = table.entries[i];
+      // Which entries are bound is checked on every lookup, an entry's own check word
+      // when it matches (or when nothing does, below): one checksum per lookup.
+      if ((r.used != 0) != ((table.in_use >> i & 1) != 0)) damaged(root_entry_problem(table, i));
+      if (r.used == 0 || name != std::string_view(r.name, strnlen(r.name, sizeof r.name))) {
+        continue;
+      }
+      if (!root_entry_sound(table, i)) damaged(root_entry_problem(table, i));
       if (r.fingerprint != t.fingerprint || r.size != t.object.size) {
         std::string why;
         if (r.layout != 0) {
-          const std::string_view stored(reinterpret_cast<const char*>(a_ + r.layout + header_size),
-                                        header(r.layout).size);
-          why = layout_difference(stored, t.layout);
+          if (!object_fits(r.layout)) {
+            why = fmt::format("its layout description (offset {}) is damaged", r.layout);
+          } else {
+            const std::string_view stored(
+                reinterpret_cast<const char*>(a_ + r.layout + header_size), header(r.layout).size);
+            why = layout_difference(stored, t.layout);
+          }
         }
         throw type_mismatch(fmt::format(
             "root '{}' holds an object of type {} ({} bytes, layout fingerprint {:#x}); the "
             "program asked for type {} ({} bytes, layout fingerprint {:#x}){}{}",
-            name, r.type, r.size, r.fingerprint, t.object.name, t.object.size, t.fingerprint,
-            why.empty() ? "" : ": ", why));
+            name, std::string_view(r.type, strnlen(r.type, sizeof r.type)), r.size, r.fingerprint,
+            t.object.name, t.object.size, t.fingerprint, why.empty() ? "" : ": ", why));
+      }
+      if (r.offset < chunks_offset_ || r.offset >= bank_size_ || r.offset % min_block != 0) {
+        damaged(
+            fmt::format("root '{}' (entry {} of the roots table) names offset {}, where no "
+                        "object can be",
+                        name, i, r.offset));
       }
       return r.offset;
     }
+    // Not found: a damaged name must not pass for a root never bound (the caller binds
+    // a new, empty one).
+    for (std::uint32_t i = 0; i < max_roots; ++i)
+      if (!root_entry_sound(table, i)) damaged(root_entry_problem(table, i));
     return 0;
   }
 
   void bind_root(tx_id d, std::string_view name, std::uint64_t off, const root_type& t) {
     using namespace bank_layout;
     check_root_name(name);
-    acquire_write(d, roots_offset);
+    acquire_write(d, roots_offset, sizeof(roots_table));
+    roots_table& table = roots();
     root_entry* free_entry = nullptr;
-    for (root_entry& r : roots().entries) {
-      if (r.used != 0 && name == std::string_view(r.name)) {
+    std::uint32_t free_index = 0;
+    for (std::uint32_t i = 0; i < max_roots; ++i) {
+      root_entry& r = table.entries[i];
+      if (!root_entry_sound(table, i)) damaged(root_entry_problem(table, i));
+      if (r.used != 0 && name == std::string_view(r.name, strnlen(r.name, sizeof r.name))) {
         throw usage_error(fmt::format("root '{}' is already bound", name));
       }
-      if (r.used == 0 && free_entry == nullptr) free_entry = &r;
+      if (r.used == 0 && free_entry == nullptr) {
+        free_entry = &r;
+        free_index = i;
+      }
     }
     if (free_entry == nullptr) {
       throw capacity_exceeded(fmt::format(
@@ -575,7 +707,8 @@ class bank_engine {
     r.fingerprint = t.fingerprint;
     r.offset = off;
     r.size = static_cast<std::uint32_t>(t.object.size);
-    r.used = 1;
+    r.used = root_check(r);
+    table.in_use |= std::uint64_t{1} << free_index;
   }
 
   // ---- waiting for changes (ftm::watchable_engine) -----------------------------
@@ -706,6 +839,11 @@ class bank_engine {
     check_report r;
     r.chunks = nchunks_;
     auto problem = [&](std::string s) { r.problems.push_back(std::move(s)); };
+    const auto& ph = *reinterpret_cast<const pool_header*>(base_);
+    if (ph.header_check != header_check_of(ph)) problem("the pool header fails its check");
+    if (ph.boot_check != 0 && ph.boot_check != boot_check_of(ph)) {
+      problem("the pool header's boot id fails its check");
+    }
     // Objects that running (or dead, unrecovered) transactions hold: locked, and
     // perhaps different between the banks, as they should be.
     std::vector<std::uint64_t> held;
@@ -833,11 +971,12 @@ class bank_engine {
     };
     // A transaction binding a root may not have placed its object yet.
     if (roots_usable && !is_held(roots_offset)) {
-      for (const root_entry& e : roots().entries) {
-        if (e.used == 0) continue;
-        if (strnlen(e.name, sizeof e.name) == sizeof e.name ||
-            strnlen(e.type, sizeof e.type) == sizeof e.type) {
-          problem("a root entry has a damaged name or type name");
+      for (std::uint32_t i = 0; i < max_roots; ++i) {
+        const root_entry& e = roots().entries[i];
+        if (!root_entry_sound(roots(), i)) {
+          problem(root_entry_problem(roots(), i));
+        } else if (e.used == 0) {
+          continue;
         } else if (!is_live(e.offset) || header(e.offset).size != e.size) {
           problem(fmt::format("root '{}' names no live object of its size", e.name));
         } else if (e.layout != 0 && !is_live(e.layout)) {
@@ -967,25 +1106,118 @@ class bank_engine {
     const slot& s = slot_at(d);
     const auto state = s.state.load(std::memory_order_relaxed);
     const auto n = s.count.load(std::memory_order_relaxed);
-    if (state > committing) return fmt::format("descriptor {} has an unknown state {}", d, state);
-    if (n > max_entries_) {
-      return fmt::format("descriptor {} logs {} objects, more than its capacity {}", d, n,
-                         max_entries_);
+    const std::uint64_t at = slots_begin + d * sizeof(slot);
+    if (state != idle && state != active && state != committing) {
+      return fmt::format("descriptor {} (offset {}) has an unknown state {:#x}", d, at, state);
     }
-    for (std::uint32_t i = 0; i < n; ++i) {
-      const log_entry& e = entries(d)[i];
-      if ((e.kind != entry_kind::read && e.kind != entry_kind::write) || e.offset < roots_offset ||
-          e.offset >= bank_size_ || e.offset % min_block != 0 ||
-          e.length > bank_size_ - e.offset - tracked_offset) {
-        return fmt::format("descriptor {} has a malformed log entry {} (offset {}, length {})", d,
-                           i, e.offset, e.length);
-      }
+    if (n > max_entries_) {
+      return fmt::format("descriptor {} (offset {}) logs {} objects, more than its capacity {}", d,
+                         at, n, max_entries_);
+    }
+    const std::uint32_t valid = valid_entries(d, n);
+    if (valid < n) {
+      const log_entry& e = entries(d)[valid];
+      return fmt::format(
+          "descriptor {} has a malformed log entry {} (offset {} in the file: object offset {}, "
+          "length {}, kind {}, check {:#06x})",
+          d, valid, logs_begin + (std::uint64_t{d} * max_entries_ + valid) * sizeof(log_entry),
+          e.offset, e.length, static_cast<unsigned>(e.kind), e.check);
     }
     return {};
   }
 
+  /// How many of the first `n` (at most its capacity) log entries of `d` are within
+  /// their bounds and pass their check.
+  [[nodiscard]] std::uint32_t valid_entries(tx_id d, std::uint32_t n) const noexcept {
+    using namespace bank_layout;
+    const log_entry* log = entries(d);
+    n = std::min(n, max_entries_);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const log_entry& e = log[i];
+      if ((e.kind != entry_kind::read && e.kind != entry_kind::write) || e.offset < roots_offset ||
+          e.offset >= bank_size_ || e.offset % min_block != 0 ||
+          e.length > bank_size_ - e.offset - tracked_offset ||
+          e.check != entry_check(d, e.offset, e.length, e.kind)) {
+        return i;
+      }
+    }
+    return n;
+  }
+
   /// Makes commit and recovery call `log` between their two phases (null: none).
   void set_commit_log(commit_log* log) noexcept { log_ = log; }
+
+  /// Names the pool in the errors its damage causes (`ftm::bad_pool`).
+  void set_pool_name(std::string_view name) { pool_name_ = fmt::format("'{}': ", name); }
+
+  /// The state of each descriptor in use (0 for a free one), as recovery will find it.
+  [[nodiscard]] std::array<std::uint32_t, bank_layout::max_slots> descriptor_states() const {
+    std::array<std::uint32_t, bank_layout::max_slots> states{};
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      const slot& s = slot_at(d);
+      if (s.owner.load(std::memory_order_acquire) != 0) {
+        states[d] = s.state.load(std::memory_order_acquire);
+      }
+    }
+    return states;
+  }
+
+  /// For the first process to open a pool file, after recovery, while no transaction
+  /// runs: a lock still set on a live object (the roots table, a chunk record, an
+  /// allocated block) names a descriptor that holds it no more (damage, or a dead
+  /// owner's log that lost the entry). Each is cleared, and the object settled as its
+  /// holder's recovery would have: completed (copied to the second bank) if `states`
+  /// says the holder was committing, else restored from the second bank. Locks of
+  /// descriptors still in use are left alone. Returns how many objects it unlocked.
+  std::uint64_t clear_stale_locks(const std::array<std::uint32_t, bank_layout::max_slots>& states) {
+    using namespace bank_layout;
+    std::uint64_t cleared = 0;
+    std::uint64_t in_use = 0;  // descriptors still owned: their locks are theirs
+    for (tx_id d = 0; d < max_transactions; ++d) {
+      if (slot_at(d).owner.load(std::memory_order_acquire) != 0) in_use |= bit(d);
+    }
+    // `capacity`: the most bytes the object can have where it is.
+    auto settle = [&](std::uint64_t off, std::uint64_t capacity) {
+      object_header& h = header(off);
+      const std::uint32_t w = h.writer.load(std::memory_order_acquire);
+      const std::uint64_t r = h.readers.load(std::memory_order_acquire);
+      const bool writer_stale = w != 0 && (w > max_slots || (in_use & bit(w - 1)) == 0);
+      if (!writer_stale && (r & ~in_use) == 0) return;
+      if (writer_stale) {
+        const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
+        const std::uint64_t size = std::min<std::uint64_t>(std::max(h.size, second.size), capacity);
+        const std::uint64_t len = tracked_prefix + size;
+        if (w <= max_slots && states[w - 1] == committing) {
+          std::memcpy(b_ + off + tracked_offset, a_ + off + tracked_offset, len);
+        } else {
+          std::memcpy(a_ + off + tracked_offset, b_ + off + tracked_offset, len);
+        }
+        h.writer.store(0, std::memory_order_release);
+      }
+      h.readers.fetch_and(in_use, std::memory_order_release);
+      ++cleared;
+    };
+    // The records first: the blocks are found from them once they are settled.
+    settle(roots_offset, sizeof(roots_table));
+    for (std::uint64_t c = 0; c < nchunks_; ++c)
+      settle(meta_offset(c), sizeof(chunk_meta));
+    for (std::uint64_t c = 0; c < nchunks_; ++c) {
+      if (header(meta_offset(c)).size != sizeof(chunk_meta)) continue;
+      const chunk_meta& m = meta(c);
+      if (m.cls >= 1 && m.cls <= nclasses && m.nblocks == chunk_size / block_size(m.cls)) {
+        const std::uint64_t bs = block_size(m.cls);
+        for (std::uint32_t i = 0; i < m.nblocks; ++i) {
+          if ((m.bitmap[i / 64] >> (i % 64) & 1) != 0) {
+            settle(chunk_base(c) + i * bs, bs - header_size);
+          }
+        }
+      } else if (m.cls == cls_large_head && m.nblocks >= 1 && m.nblocks <= nchunks_ - c) {
+        settle(chunk_base(c), m.nblocks * chunk_size - header_size);
+      }
+    }
+    store_barrier();
+    return cleared;
+  }
 
   /// Calls `f(offset, length)` for every object `d` holds for writing: the bytes that
   /// phase 2 copies, `length` of them from `offset` in each bank.
@@ -1015,7 +1247,9 @@ class bank_engine {
 
   static void bump(std::atomic<std::uint64_t>& counter) noexcept {
     // Only the descriptor's owner writes its counters: no read-modify-write needed.
-    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    // Release (a plain store on x86): commits and aborts are the generation that
+    // stale_lock() reads, after the locks they follow are released.
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   }
 
   void format(const bank_layout::geometry& g) {
@@ -1030,8 +1264,10 @@ class bank_engine {
     h->chunks_offset = g.chunks_offset;
     h->control_size = g.control_size;
     h->map_size = g.map_size;
-    const std::string boot = current_boot_id();
-    std::memcpy(h->boot_id, boot.data(), std::min(boot.size(), sizeof h->boot_id - 1));
+    pool_header whole = *h;
+    whole.magic = magic;  // stored last, below
+    h->header_check = header_check_of(whole);
+    set_boot_id(*h, current_boot_id());
     for (tx_id d = 0; d < max_slots; ++d)
       ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
     for (std::byte* bank : {a_, b_}) {
@@ -1114,6 +1350,50 @@ class bank_engine {
     }
   }
 
+  /// Throws `ftm::bad_pool`: the pool's structures are damaged (`what` says which, and
+  /// where: offsets in the working bank, which starts `control_size` bytes into the file).
+  [[noreturn]] void damaged(std::string_view what) const {
+    throw bad_pool(fmt::format("{}{} (the pool is damaged)", pool_name_, what));
+  }
+
+  /// Whether an object's header and its recorded size fit at `off` in the bank.
+  bool object_fits(std::uint64_t off) const noexcept {
+    using namespace bank_layout;
+    return off >= chunks_offset_ && off < bank_size_ && off % min_block == 0 &&
+           header(off).size <= bank_size_ - off - header_size;
+  }
+
+  /// Whether entry `i` of `table` is consistent: free and not marked bound, or bound,
+  /// marked, with its check word and NUL-terminated names.
+  static bool root_entry_sound(const bank_layout::roots_table& table, std::uint32_t i) noexcept {
+    using namespace bank_layout;
+    const root_entry& r = table.entries[i];
+    const bool marked = (table.in_use >> i & 1) != 0;
+    if (r.used == 0) return !marked;
+    return marked && r.used == root_check(r) && strnlen(r.name, sizeof r.name) < sizeof r.name &&
+           strnlen(r.type, sizeof r.type) < sizeof r.type;
+  }
+
+  /// What is wrong with entry `i` of `table` (see root_entry_sound()).
+  static std::string root_entry_problem(const bank_layout::roots_table& table, std::uint32_t i) {
+    using namespace bank_layout;
+    const root_entry& r = table.entries[i];
+    const std::uint64_t at = roots_offset + header_size + i * sizeof(root_entry);
+    if (r.used == 0) {
+      return fmt::format(
+          "entry {} of the roots table (offset {}) is empty, but the table records "
+          "it bound: a root was lost",
+          i, at);
+    }
+    if ((table.in_use >> i & 1) == 0) {
+      return fmt::format(
+          "entry {} of the roots table (offset {}) is bound, but the table records "
+          "it free",
+          i, at);
+    }
+    return fmt::format("entry {} of the roots table (offset {}) fails its check", i, at);
+  }
+
   // ---- the log ---------------------------------------------------------------
 
   /// Logs the intent to lock before taking the lock, so a crash in between leaves
@@ -1129,9 +1409,20 @@ class bank_engine {
                       max_entries_));
     }
     log_entry& e = entries(d)[n];
-    e = log_entry{off, length, kind};
+    e.offset = off;
+    set_entry(e, d, length, kind);
     s.count.store(n + 1, std::memory_order_release);
     return e;
+  }
+
+  /// Writes the length and kind of `e`, an entry of `d`, with their check: one store.
+  static void set_entry(log_entry& e, tx_id d, std::uint32_t length,
+                        bank_layout::entry_kind kind) noexcept {
+    const std::uint64_t word = length | std::uint64_t{static_cast<std::uint16_t>(kind)} << 32 |
+                               std::uint64_t{bank_layout::entry_check(d, e.offset, length, kind)}
+                                   << 48;
+    static_assert(offsetof(log_entry, length) == 8 && offsetof(log_entry, check) == 14);
+    std::memcpy(reinterpret_cast<char*>(&e) + offsetof(log_entry, length), &word, sizeof word);
   }
 
   // ---- locks -----------------------------------------------------------------
@@ -1157,12 +1448,56 @@ class bank_engine {
     return pd < ph || (pd == ph && d < holder);
   }
 
+  /// Whether descriptor `h` runs a transaction (only a running one holds locks).
+  bool running(tx_id h) const noexcept {
+    const slot& s = slot_at(h);
+    return s.owner.load(std::memory_order_acquire) != 0 &&
+           s.state.load(std::memory_order_acquire) != bank_layout::idle;
+  }
+
+  /// Whether the lock on `off` that names `h` (as its writer, or `reader`) is stale: `h`
+  /// runs no transaction, before and after the lock word was read, and ended none in
+  /// between (its commits and aborts, bumped before it is freed, are a generation), so
+  /// the lock was not taken and released meanwhile. Seen twice, a while apart.
+  bool stale_lock(tx_id h, std::uint64_t off, bool reader) const {
+    const slot& s = slot_at(h);
+    auto ended = [&] {
+      return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
+    };
+    auto names = [&] {
+      const bank_layout::object_header& oh = header(off);
+      return reader ? (oh.readers.load(std::memory_order_seq_cst) & bit(h)) != 0
+                    : oh.writer.load(std::memory_order_seq_cst) == h + 1;
+    };
+    for (int look = 0; look < 2; ++look) {
+      if (look == 1) {
+        for (int i = 0; i < 16; ++i)
+          std::this_thread::yield();
+      }
+      const std::uint64_t before = ended();
+      if (running(h) || !names() || running(h) || ended() != before) return false;
+    }
+    return true;
+  }
+
   /// One step of waiting for `holder`'s lock on `off`: dies if `d` is the younger,
-  /// reclaims the lock if its holder's process died.
-  void wait_or_die(tx_id d, tx_id holder, std::uint64_t off, std::uint32_t& spins) {
+  /// reclaims the lock if its holder's process died. Never waits for a descriptor that
+  /// runs no transaction: a lock that names one is damage (`ftm::bad_pool`).
+  void wait_or_die(tx_id d, tx_id holder, std::uint64_t off, std::uint32_t& spins,
+                   bool reader = false) {
     if (holder >= max_transactions) {
       throw usage_error(
           fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
+    }
+    if (!running(holder) && stale_lock(holder, off, reader)) {
+      damaged(
+          fmt::format("the {} at offset {} is locked by descriptor {}, which runs no "
+                      "transaction (a stale lock: opening the pool when no other process "
+                      "has it open clears it)",
+                      off == bank_layout::roots_offset ? "roots table"
+                      : off < chunks_offset_           ? "chunk record"
+                                                       : "object",
+                      off, holder));
     }
     if (!older(d, holder)) {
       // Dying for a holder that is dead itself would only repeat: recover it instead.
@@ -1185,7 +1520,9 @@ class bank_engine {
     std::this_thread::yield();
   }
 
-  void acquire_write(tx_id d, std::uint64_t off) {
+  /// `expected`: the size the object must have (its type's, or the allocator's record's),
+  /// so that commit and abort never copy more than the object, whatever its header says.
+  void acquire_write(tx_id d, std::uint64_t off, std::uint64_t expected) {
     using namespace bank_layout;
     object_header& h = header(off);
     const std::uint32_t me = d + 1;
@@ -1213,17 +1550,34 @@ class bank_engine {
         if (r == 0) break;
         for (std::uint64_t rest = r; rest != 0; rest &= rest - 1) {
           const auto reader = static_cast<tx_id>(std::countr_zero(rest));
-          if (!older(d, reader)) wait_or_die(d, reader, off, spins);  // throws
+          if (!older(d, reader)) wait_or_die(d, reader, off, spins, true);  // throws
         }
-        wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins);
+        wait_or_die(d, static_cast<tx_id>(std::countr_zero(r)), off, spins, true);
       }
     } catch (...) {
       unlock_last(d, off);
       throw;
     }
-    e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
-    store_barrier();  // the undo length is in the log before the caller's first write
+    set_length(d, e, off, expected);
     FTM_FAULT_POINT("open.after_lock");
+  }
+
+  /// Records in `e`, the entry of the object at `off` that `d` now holds for writing,
+  /// what commit and abort copy: its size field and, if its size is `expected`, the
+  /// object (otherwise the caller refuses to write it). A record of the allocator or
+  /// the roots table of another size is damage.
+  void set_length(tx_id d, log_entry& e, std::uint64_t off, std::uint64_t expected) {
+    using namespace bank_layout;
+    const std::uint32_t size = header(off).size;
+    const bool fits = size == expected;
+    set_entry(e, d, static_cast<std::uint32_t>(tracked_prefix + (fits ? size : 0)),
+              entry_kind::write);
+    store_barrier();  // the undo length is in the log before the caller's first write
+    if (!fits && off < chunks_offset_) {
+      damaged(fmt::format("the {} at offset {} has a damaged size {} (expected {})",
+                          off == roots_offset ? "roots table" : "chunk record", off, size,
+                          expected));
+    }
   }
 
   void acquire_read(tx_id d, std::uint64_t off) {
@@ -1270,8 +1624,7 @@ class bank_engine {
       unlock_last(d, off);
       return false;
     }
-    e.length = static_cast<std::uint32_t>(tracked_prefix + h.size);
-    store_barrier();
+    set_length(d, e, off, sizeof(chunk_meta));
     return true;
   }
 
@@ -1293,12 +1646,18 @@ class bank_engine {
   allocation take_block(tx_id d, std::uint64_t c, bank_layout::chunk_meta& m,
                         const object_type& t) {
     using namespace bank_layout;
-    std::uint32_t idx = 0;
+    std::uint32_t idx = max_blocks;
     for (std::uint32_t w = 0; w < max_blocks / 64; ++w) {
       if (m.bitmap[w] != ~std::uint64_t{0}) {
         idx = w * 64 + static_cast<std::uint32_t>(std::countr_one(m.bitmap[w]));
         break;
       }
+    }
+    if (m.nblocks != chunk_size / block_size(m.cls) || idx >= m.nblocks) {
+      damaged(
+          fmt::format("the record of chunk {} (offset {}) counts {} of {} blocks in use, but "
+                      "its bitmap has no free block",
+                      c, meta_offset(c), m.used, m.nblocks));
     }
     m.bitmap[idx / 64] |= std::uint64_t{1} << (idx % 64);
     ++m.used;
@@ -1482,6 +1841,12 @@ class bank_engine {
                                          std::memory_order_acq_rel)) {
       return false;
     }
+    // Damage found here (opening refuses it; a process that corrupts the pool's memory
+    // can leave it): only the entries before the first bad one are acted on.
+    const std::uint32_t count = s.count.load(std::memory_order_acquire);
+    if (const std::uint32_t valid = valid_entries(d, count); valid != count) {
+      s.count.store(valid, std::memory_order_release);
+    }
     const std::uint32_t state = s.state.load(std::memory_order_acquire);
     if (state == committing) {
       if (log_ != nullptr) log_->make_durable(d, true);
@@ -1539,6 +1904,7 @@ class bank_engine {
     ::syscall(SYS_futex, futex_word(w), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
   }
 
+  std::string pool_name_;      // "'<file>': ", or empty: prefixes damage errors
   commit_log* log_ = nullptr;  // pmem's `power` level: called between the phases
   std::byte* base_ = nullptr;  // the mapping: control region, then the two banks
   std::byte* a_ = nullptr;     // the working bank

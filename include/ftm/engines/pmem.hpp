@@ -201,6 +201,14 @@ class file_region {
   }
   [[nodiscard]] const std::filesystem::path& region_path() const noexcept { return path_; }
 
+  /// Whether the pool's owners ran in an earlier boot of the machine than this one (or
+  /// an opener died rewriting the boot id, after recovering the earlier boot's).
+  [[nodiscard]] static bool of_earlier_boot(const bank_layout::pool_header& h,
+                                            std::string_view boot) noexcept {
+    return h.boot_check == 0 ||
+           std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot;
+  }
+
   [[noreturn]] void bad(std::string_view why) const {
     throw bad_pool(fmt::format("'{}' cannot be used: {}", path_.string(), why));
   }
@@ -284,6 +292,15 @@ class file_region {
         h.metas_offset != bank_layout::metas_begin || geometry_.control_size != h.control_size ||
         geometry_.map_size != h.map_size) {
       bad("its header is damaged (the recorded layout does not follow from its sizes)");
+    }
+    // The static fields, then the boot id (0: an opener was rewriting it).
+    if (h.header_check != bank_layout::header_check_of(h)) {
+      bad(fmt::format("its header is damaged (offsets 0..{} fail their check)",
+                      offsetof(bank_layout::pool_header, boot_id)));
+    }
+    if (h.boot_check != 0 && h.boot_check != bank_layout::boot_check_of(h)) {
+      bad(fmt::format("its header is damaged (the boot id at offset {} fails its check)",
+                      offsetof(bank_layout::pool_header, boot_id)));
     }
     if (file_size != geometry_.map_size) {
       bad(fmt::format("it has {} bytes, but its header says {} ({})", file_size, geometry_.map_size,
@@ -400,6 +417,7 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   explicit pmem_view(const std::filesystem::path& path)
       : file_region(inspect_tag{}, path),
         bank_engine(region(), region_geometry(), /*fresh=*/false) {
+    set_pool_name(path.string());
     const auto& h = region_header();
     header_.magic = h.magic;
     header_.version = h.version;
@@ -410,7 +428,7 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
     header_.control_size = h.control_size;
     header_.file_size = h.map_size;
     header_.boot_id.assign(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id));
-    header_.earlier_boot = header_.boot_id != detail::current_boot_id();
+    header_.earlier_boot = of_earlier_boot(h, detail::current_boot_id());
     const auto& ctl =
         *reinterpret_cast<const detail::redo::control*>(region() + detail::redo::control_offset);
     header_.level = ctl.level == 1 ? durability::power : durability::process;
@@ -604,6 +622,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
   pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
        const options& opts)
       : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true) {
+    set_pool_name(path.string());
     // Held before the name is published: no opener may take this pool for unused.
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
     if (opts.level != durability::power) {
@@ -634,9 +653,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
       : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
     const opening_lock lock(region_fd());
     auto& h = region_header();
+    set_pool_name(path.string());
     const std::string boot = detail::current_boot_id();
-    const bool earlier_boot =
-        std::string_view(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id)) != boot;
+    const bool earlier_boot = of_earlier_boot(h, boot);
     const bool first = users_.take(region_fd(), /*exclusive=*/true, /*wait=*/false);
     const durability in_use = control().level == 1 ? durability::power : durability::process;
     // Without a level: the one recorded (never a silent downgrade from power).
@@ -662,6 +681,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     if (!(first && in_use == durability::power)) {
       if (auto problem = structure_problem(earlier_boot); !problem.empty()) bad(problem);
     }
+    // What the dead owners were doing, for clear_stale_locks() below.
+    auto states = first && in_use == durability::power ? decltype(descriptor_states()){}
+                                                       : descriptor_states();
     if (first && in_use == durability::power) {
       // No process has the pool open, and its last users logged their commits: the
       // log and the second bank are the truth, whatever the working bank and the
@@ -676,10 +698,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     } else {
       opened_ = recover();
     }
-    if (earlier_boot) {
-      std::memset(h.boot_id, 0, sizeof h.boot_id);
-      std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
-    }
+    // Nobody else has it open: no lock may be left on a live object now.
+    if (first) opened_.locks_released += clear_stale_locks(states);
+    if (earlier_boot) detail::bank_layout::set_boot_id(h, boot);
     if (first && opts.level == durability::power && !power_) {
       // From process to power: a new log (an old one holds nothing the pool needs, and
       // may be foreign), then the pool's current state must reach the medium.
