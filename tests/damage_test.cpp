@@ -698,7 +698,7 @@ TEST_CASE("a damaged pool header is refused: pool id, boot id, any field") {
       b, [&](auto& f) { put(f, offsetof(layout::pool_header, version), std::uint32_t{1}); },
       [](pmem&) {});
   CHECK_CONTAINS(what,
-                 "format version 1 is older than this ftm's (2), which cannot read it; "
+                 "format version 1 is older than this ftm's (2), which cannot read it: "
                  "recreate the pool");
 }
 
