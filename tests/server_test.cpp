@@ -2,10 +2,12 @@
 // reply with its id; a server killed while handling a call is replaced, and the call
 // takes effect exactly once.
 #include "engines.hpp"
+#include "supervision.hpp"
 
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
 #include <ftm/server.hpp>
+#include <ftm/supervisor.hpp>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -179,4 +181,38 @@ TEST_CASE_TEMPLATE(
   CHECK(st.depth == 0);
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+TEST_CASE_TEMPLATE("servers: an idle server under a supervisor with a lease keeps its lease", E,
+                   ftm::engines::dual_bank, ftm::engines::pmem) {
+  // Issue 8, item 10: serve() never renewed the heartbeat lease while it waited, so an
+  // idle server was killed as hung every lease period.
+  auto pool = ftm_test::engine_factory<E>::make();
+  using service = ftm::service_port<deposit, receipt>;
+  const auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(bank{}); });
+  const service port = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::call_request<deposit, receipt>>(tx); });
+  const auto replies = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<receipt>>(tx); });
+  // A generous lease: a renewal every quarter lease misses it only after a stall of
+  // three quarters of a second.
+  constexpr auto lease = 1000ms;
+  ftm::supervisor<E> sup(
+      *pool, {.name = "server", .lease = lease, .intensity = {.max_restarts = 100, .period = 60s}},
+      [port, b](E& engine) { ftm::serve(engine, port, bank_handler<E>(b)); });
+  ftm_test::running_supervisor<E> runner(sup);
+  // Progress: the server answered, so it runs and now waits for the next request.
+  const auto first = ftm::call_for(*pool, port, replies, deposit{0, 1}, 60s);
+  REQUIRE(first.has_value());
+  CHECK(first->balance == 1);
+  std::this_thread::sleep_for(3 * lease + lease / 2);  // idle for several lease periods
+  const auto second = ftm::call_for(*pool, port, replies, deposit{0, 2}, 60s);
+  sup.stop();
+  const ftm::supervision_report report = runner.join();
+  MESSAGE(fmt::format("{}\n{}", report, report.stats));
+  REQUIRE(second.has_value());
+  CHECK(second->balance == 3);
+  CHECK(report.stats.lease_kills == 0);
+  CHECK(report.stats.starts == 1);
+  CHECK(report.outcome == ftm::supervision_outcome::stopped);
 }
