@@ -722,12 +722,11 @@ TEST_CASE_TEMPLATE("signal_task(SIGKILL) is true once per instance: kills and re
   // Issue 8, item 11: an instance already sent SIGKILL, dying but not yet reaped, was
   // reported signalled again, so counts of kills and restarts disagreed.
   auto pool = ftm_test::engine_factory<E>::make();
-  ftm::supervisor<E> sup(*pool,
-                         {.name = "sleeper", .intensity = {.max_restarts = 1000000, .period = 1s}},
-                         [](E&) {
-                           for (;;)
-                             std::this_thread::sleep_for(1ms);
-                         });
+  ftm::supervisor<E> sup(
+      *pool, {.name = "sleeper", .intensity = {.max_restarts = 1000000, .period = 1s}}, [](E&) {
+        for (;;)
+          std::this_thread::sleep_for(1ms);
+      });
   ftm_test::running_supervisor<E> runner(sup);
   // A failed REQUIRE leaves the test with the task still running: stop it, so that
   // the runner's thread ends.
@@ -774,6 +773,6 @@ TEST_CASE_TEMPLATE("signal_task(SIGKILL) is true once per instance: kills and re
   CHECK(report.outcome == ftm::supervision_outcome::stopped);
   CHECK(report.stats.restarts == kills.load());
   CHECK(report.stats.starts == kills.load() + 1);
-  CHECK(kills.load() > rounds);  // the unpaced phase killed too
+  CHECK(kills.load() > rounds);           // the unpaced phase killed too
   CHECK_FALSE(sup.signal_task(SIGKILL));  // nothing runs after run() returned
 }

@@ -101,14 +101,15 @@ bool await_message(E& engine, stable_port<Msg> port,
 
 /// A server's handler: `handler(tx, request)`, returning the reply.
 template <class H, class E, class Req, class Rep>
-concept valid_handler = std::is_invocable_r_v<Rep, H&, transaction<E>&, const Req&>;
+concept valid_handler = requires(H& handler, transaction<E>& tx, const Req& request) {
+  { std::invoke(handler, tx, request) } -> std::convertible_to<Rep>;
+};
 
 /// The handler rule, stated once for `serve` and `serve_one`, by the part that fails.
 template <class H, class E, class Req, class Rep>
 constexpr bool check_handler() {
   if constexpr (std::is_invocable_v<H&, transaction<E>&, const Req&>) {
-    static_assert(std::is_convertible_v<std::invoke_result_t<H&, transaction<E>&, const Req&>,
-                                        Rep>,
+    static_assert(std::is_convertible_v<std::invoke_result_t<H&, transaction<E>&, const Req&>, Rep>,
                   "ftm::serve: the handler must return the reply type of the service port "
                   "(ftm::service_port<Req, Rep>: return a Rep, or a value convertible to it)");
   } else if constexpr (std::is_invocable_v<H&, const Req&>) {

@@ -34,31 +34,57 @@ concept free_of_raw_pointers = !detail::contains_raw_pointer<T>();
 template <class T>
 concept pool_alignable = alignof(T) <= max_stable_alignment;
 
+/// A lock (`std::mutex`), an atomic (`std::atomic<U>`), or a type holding one: its
+/// copying is deleted, because its bytes are not its state alone. In a pool it would be
+/// shared by every process that maps it, and recovery, which restores the bytes of
+/// the last commit, cannot restore it (a lock held by a process that died stays held).
+/// Some compilers still call such a type trivially copyable.
+template <class T>
+concept free_of_synchronization = std::is_copy_constructible_v<std::remove_all_extents_t<T>>;
+
 /// A type whose values may live in a pool.
 ///
 /// Laws the compiler cannot check: a non-reflected type must not hold raw pointers
 /// either (declare it with `BOOST_HANA_DEFINE_STRUCT` to have that checked), nor
 /// handles to resources of one process (file descriptors, thread ids).
 template <class T>
-concept stable_type = trivially_copyable_object<T> && free_of_raw_pointers<T> && pool_alignable<T>;
+concept stable_type = free_of_synchronization<T> && trivially_copyable_object<T> &&
+    free_of_raw_pointers<T> && pool_alignable<T>;
 
 namespace detail {
 
 /// The one place that states the stable-type rule, so every entry point teaches alike.
+/// Only the first rule `T` breaks is reported.
 template <class T>
 constexpr bool check_stable_type() {
-  static_assert(trivially_copyable_object<T>,
-                "ftm requires T to be a stable type: T must be a trivially copyable object "
-                "type (no virtual functions, no user-defined copy or destructor, not const), "
-                "because the pool copies it byte by byte; use fixed-size arrays instead of "
-                "std::string or std::vector, and ftm::stable<U> for links between objects");
-  static_assert(free_of_raw_pointers<T>,
-                "ftm requires T to be a stable type: T has a raw pointer member, which "
-                "dangles after a restart or in another process; use ftm::stable<U> for "
-                "links between objects");
-  static_assert(pool_alignable<T>,
-                "ftm requires T to be a stable type: alignof(T) must not exceed "
-                "ftm::max_stable_alignment (16)");
+  if constexpr (!free_of_synchronization<T>) {
+    static_assert(free_of_synchronization<T>,
+                  "ftm requires T to be a stable type: T cannot be copied; a lock "
+                  "(std::mutex) or an atomic (std::atomic<U>), or a type holding one, is not "
+                  "a stable type: in a pool it would be shared by every process that maps it, "
+                  "and recovery cannot restore it (a lock held by a process that died stays "
+                  "held); use plain members and let the transaction isolate them (its locks "
+                  "are taken by tx.open and released at commit or abort)");
+  } else if constexpr (!trivially_copyable_object<T>) {
+    static_assert(trivially_copyable_object<T>,
+                  "ftm requires T to be a stable type: T must be a trivially copyable object "
+                  "type (no virtual functions, no user-defined copy or destructor, not const), "
+                  "because the pool copies it byte by byte; use fixed-size arrays instead of "
+                  "std::string or std::vector, and ftm::stable<U> for links between objects");
+  } else if constexpr (!free_of_raw_pointers<T>) {
+    if constexpr (reflected<std::remove_all_extents_t<T>>) {
+      name_raw_pointer_members<std::remove_all_extents_t<T>>();
+    } else {
+      static_assert(free_of_raw_pointers<T>,
+                    "ftm requires T to be a stable type: T is, or holds, a raw pointer, which "
+                    "dangles after a restart or in another process; use ftm::stable<U> for "
+                    "links between objects");
+    }
+  } else {
+    static_assert(pool_alignable<T>,
+                  "ftm requires T to be a stable type: alignof(T) must not exceed "
+                  "ftm::max_stable_alignment (16)");
+  }
   return true;
 }
 

@@ -213,10 +213,10 @@ class transaction : private detail::transaction_base {
   /// report an error for work that was done.
   void refuse_in_atomically(std::string_view what, std::string_view instead) const {
     if (in_atomically_) {
-      throw usage_error(fmt::format(
-          "transaction::{}: this transaction belongs to ftm::atomically, which {}; "
-          "do not call {}() inside the function given to ftm::atomically",
-          what, instead, what));
+      throw usage_error(
+          fmt::format("transaction::{}: this transaction belongs to ftm::atomically, which {}; "
+                      "do not call {}() inside the function given to ftm::atomically",
+                      what, instead, what));
     }
   }
 
@@ -426,7 +426,9 @@ namespace detail {
 
 /// What `atomically()` calls its function with.
 template <class F, class E>
-concept atomically_callable = std::invocable<F&, transaction<E>&>;
+concept atomically_callable = requires(F& f, transaction<E>& tx) {
+  std::invoke(f, tx);
+};
 
 /// The one statement of the rule, for `atomically` on an engine and on a session.
 template <class F, class E>
