@@ -5,6 +5,7 @@
 /// Transactions (the paper's `Transaction` class, with explicit Begin, Commit and
 /// Abort) and `atomically()`, which commits, aborts on exception and retries conflicts.
 
+#include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
@@ -459,6 +460,22 @@ struct atomically_access {
   }
 };
 
+/// The longest a blocking operation waits in one go outside a task with a lease.
+inline constexpr std::chrono::steady_clock::duration whole_wait =
+    std::chrono::steady_clock::duration::max();
+
+/// `now + slice`, or the end of time if that overflows.
+inline std::chrono::steady_clock::time_point deadline_after_slice(
+    std::chrono::steady_clock::duration slice) {
+  if (slice == std::chrono::steady_clock::duration::max()) {
+    return std::chrono::steady_clock::time_point::max();
+  }
+  const auto now = std::chrono::steady_clock::now();
+  return slice >= std::chrono::steady_clock::time_point::max() - now
+             ? std::chrono::steady_clock::time_point::max()
+             : now + slice;
+}
+
 /// The body of `atomically()`: `make_tx()` gives a fresh, inactive transaction.
 template <engine E, class MakeTx, class F>
 auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
@@ -503,7 +520,15 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
       atomically_access::abort(tx);
       if constexpr (watchable_engine<E>) {
         wait.tidy(&engine);
-        if (!engine.wait(wait.tokens(), wait.deadline())) scope.set_timed_out();
+        // In a supervised task with a lease, waits at most a slice of it and renews
+        // it: a task blocked in a receive is idle, not hung. An elapsed slice reruns
+        // `f`, which watches again (as a spurious wake-up would).
+        renew_lease();
+        const auto slice_end = deadline_after_slice(renewal_slice(whole_wait));
+        if (!engine.wait(wait.tokens(), std::min(wait.deadline(), slice_end)) &&
+            wait.deadline() <= slice_end) {
+          scope.set_timed_out();
+        }
       } else {
         throw usage_error(
             "ftm: a blocking operation needs an engine that models "
