@@ -231,6 +231,103 @@ ENGINE_TEST("misuse is a clear run-time error") {
 #endif
 }
 
+ENGINE_TEST("commit, abort or begin inside atomically's function is refused at the call") {
+  // Issue 8, item 12: the work was committed (or undone), then atomically reported
+  // "the transaction is not active (call begin() first)".
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{3, 0}); });
+  CHECK_THROWS_WITH_AS(ftm::atomically(*pool,
+                                       [&](auto& tx) {
+                                         tx.open(a)->balance = 10;
+                                         tx.commit();
+                                       }),
+                       doctest::Contains("ftm::atomically, which commits it for you"),
+                       ftm::usage_error);
+  CHECK(balance_of(*pool, a) == 3);  // refused, so nothing was committed
+  CHECK_THROWS_WITH_AS(ftm::atomically(*pool,
+                                       [&](auto& tx) {
+                                         tx.open(a)->balance = 11;
+                                         tx.abort();
+                                       }),
+                       doctest::Contains("aborts it for you when your function throws"),
+                       ftm::usage_error);
+  CHECK(balance_of(*pool, a) == 3);
+  CHECK_THROWS_WITH_AS(ftm::atomically(*pool, [&](auto& tx) { tx.begin(); }),
+                       doctest::Contains("ftm::atomically, which began it"), ftm::usage_error);
+  // Refused at the call, before any effect: a function that catches the refusal goes
+  // on in the same transaction, which atomically then commits.
+  const auto seen = ftm::atomically(*pool, [&](auto& tx) {
+    tx.open(a)->balance = 5;
+    try {
+      tx.commit();
+    } catch (const ftm::usage_error&) {
+    }
+    return tx.open_read(a)->balance;
+  });
+  CHECK(seen == 5);
+  CHECK(balance_of(*pool, a) == 5);
+  if constexpr (ftm::session_engine<E>) {
+    ftm::session s{*pool};
+    CHECK_THROWS_AS(ftm::atomically(s, [&](auto& tx) { tx.commit(); }), ftm::usage_error);
+    CHECK_THROWS_AS(ftm::atomically(s, [&](auto& tx) { tx.abort(); }), ftm::usage_error);
+    // The session's own explicit transactions still commit and abort as they please.
+    auto tx = s.transaction();
+    tx.begin();
+    tx.open(a)->balance = 6;
+    tx.commit();
+    CHECK(balance_of(*pool, a) == 6);
+  }
+  // An explicit transaction still does.
+  ftm::transaction tx{*pool};
+  tx.begin();
+  tx.open(a)->balance = 7;
+  tx.abort();
+  tx.begin();
+  tx.open(a)->balance = 8;
+  tx.commit();
+  CHECK(balance_of(*pool, a) == 8);
+}
+
+ENGINE_TEST("an opened handle that outlives its transaction object is a usage error") {
+  // Issue 8, item 13: the handle read its destroyed transaction (a heap-use-after-free
+  // in checked builds, and in every build when it was closed or destroyed).
+  auto pool = ftm_test::engine_factory<E>::make();
+  std::array<ftm::stable<account>, 3> objects{};
+  for (auto& o : objects)
+    o = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{3, 0}); });
+  for (const bool commit : {false, true}) {
+    CAPTURE(commit);
+    auto tx = std::make_unique<ftm::transaction<E>>(*pool);
+    tx->begin();
+    auto first = tx->open(objects[0]);
+    auto middle = tx->open(objects[1]);
+    auto last = tx->open_read(objects[2]);
+    first->balance = 40;
+    middle.close();  // leaves the transaction's list of open handles from its middle
+    if (commit) tx->commit();
+    tx.reset();  // destroyed (an active one aborts)
+    CHECK_FALSE(first.is_open());
+    CHECK_FALSE(last.is_open());
+#if FTM_CHECKED
+    CHECK_THROWS_WITH_AS(static_cast<void>(first->balance),
+                         doctest::Contains("after its transaction object was destroyed"),
+                         ftm::usage_error);
+    CHECK_THROWS_WITH_AS(static_cast<void>(last->balance),
+                         doctest::Contains("after its transaction object was destroyed"),
+                         ftm::usage_error);
+    CHECK_THROWS_WITH_AS(static_cast<void>(middle->balance), doctest::Contains("after close"),
+                         ftm::usage_error);
+#endif
+    first.close();  // harmless, as is the destructor of `last` that follows
+    CHECK(balance_of(*pool, objects[0]) == (commit ? 40 : 3));
+  }
+  // The pool is still usable: nothing was left locked.
+  ftm::atomically(*pool, [&](auto& tx) {
+    for (auto& o : objects)
+      tx.open(o)->balance = 1;
+  });
+}
+
 ENGINE_TEST("atomically() inside atomically() on the same pool is refused") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto other = ftm_test::engine_factory<E>::make();

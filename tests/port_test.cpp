@@ -552,6 +552,50 @@ ENGINE_TEST("a poison message reaches the dead-letter port while receivers wait"
   CHECK(stats(*pool, p).dead_lettered == 1);
 }
 
+ENGINE_TEST("or_else: the poison messages of every alternative reach their dead-letter ports") {
+  // Issue 8, item 9: the merged wait kept the first alternative's tidy-up work only, so
+  // the second alternative's poison message stayed in its port, in flight.
+  for (const bool first_has_poison : {false, true}) {
+    CAPTURE(first_has_poison);
+    auto pool = ftm_test::engine_factory<E>::make();
+    auto dead_a = make_orders(*pool, {.capacity = 4, .max_deliveries = 0});
+    auto dead_b = make_orders(*pool, {.capacity = 4, .max_deliveries = 0});
+    auto a = make_orders(*pool, {.capacity = 4, .max_deliveries = 1}, dead_a);
+    auto b = make_orders(*pool, {.capacity = 4, .max_deliveries = 1}, dead_b);
+    if (first_has_poison) {
+      send_order(*pool, a, 1);
+      CHECK(receive_and_abort(*pool, a)->id == 1);  // its one delivery
+    }
+    send_order(*pool, b, 2);
+    CHECK(receive_and_abort(*pool, b)->id == 2);
+    std::atomic<std::uint32_t> got{0};
+    std::thread receiver([&] {
+      got = ftm::atomically(*pool, [&](auto& tx) {
+              return ftm::or_else(
+                  tx, [&](auto& t) { return ftm::receive(t, a); },
+                  [&](auto& t) { return ftm::receive(t, b); });
+            }).id;
+    });
+    // Both alternatives wait; the moves of both poison messages are committed anyway.
+    std::optional<order> buried_b;
+    std::optional<order> buried_a;
+    for (int i = 0; i < 1000 && !(buried_b && (buried_a || !first_has_poison)); ++i) {
+      std::this_thread::sleep_for(10ms);
+      if (!buried_b) buried_b = receive_now(*pool, dead_b);
+      if (!buried_a) buried_a = receive_now(*pool, dead_a);
+    }
+    CHECK(buried_b.has_value());
+    CHECK((buried_b && buried_b->id == 2));
+    CHECK(buried_a.has_value() == first_has_poison);
+    CHECK(stats(*pool, b).depth == 0);
+    CHECK(stats(*pool, b).dead_lettered == 1);
+    CHECK(got == 0);
+    send_order(*pool, b, 3);  // releases the receiver, whatever the checks found
+    receiver.join();
+    CHECK(got == 3);
+  }
+}
+
 ENGINE_TEST("retry without objects waits for anything the transaction opened") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(registry{{}, 0}); });

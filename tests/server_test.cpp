@@ -2,10 +2,12 @@
 // reply with its id; a server killed while handling a call is replaced, and the call
 // takes effect exactly once.
 #include "engines.hpp"
+#include "supervision.hpp"
 
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
 #include <ftm/server.hpp>
+#include <ftm/supervisor.hpp>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -179,4 +181,76 @@ TEST_CASE_TEMPLATE(
   CHECK(st.depth == 0);
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+TEST_CASE_TEMPLATE("servers: an idle server under a supervisor with a lease keeps its lease", E,
+                   ftm::engines::dual_bank, ftm::engines::pmem) {
+  // Issue 8, item 10: serve() never renewed the heartbeat lease while it waited, so an
+  // idle server was killed as hung every lease period.
+  auto pool = ftm_test::engine_factory<E>::make();
+  using service = ftm::service_port<deposit, receipt>;
+  const auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(bank{}); });
+  const service port = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::call_request<deposit, receipt>>(tx); });
+  const auto replies = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<receipt>>(tx); });
+  // A generous lease: a renewal every quarter lease misses it only after a stall of
+  // three quarters of a second.
+  constexpr auto lease = 1000ms;
+  ftm::supervisor<E> sup(
+      *pool, {.name = "server", .lease = lease, .intensity = {.max_restarts = 100, .period = 60s}},
+      [port, b](E& engine) { ftm::serve(engine, port, bank_handler<E>(b)); });
+  ftm_test::running_supervisor<E> runner(sup);
+  // Progress: the server answered, so it runs and now waits for the next request.
+  const auto first = ftm::call_for(*pool, port, replies, deposit{0, 1}, 60s);
+  REQUIRE(first.has_value());
+  CHECK(first->balance == 1);
+  std::this_thread::sleep_for(3 * lease + lease / 2);  // idle for several lease periods
+  const auto second = ftm::call_for(*pool, port, replies, deposit{0, 2}, 60s);
+  sup.stop();
+  const ftm::supervision_report report = runner.join();
+  MESSAGE(fmt::format("{}\n{}", report, report.stats));
+  REQUIRE(second.has_value());
+  CHECK(second->balance == 3);
+  CHECK(report.stats.lease_kills == 0);
+  CHECK(report.stats.starts == 1);
+  CHECK(report.outcome == ftm::supervision_outcome::stopped);
+}
+
+TEST_CASE("a supervised task blocked in receive under a lease keeps its lease") {
+  // The class of item 10: every blocking operation in ftm::atomically (receive, retry,
+  // a send to a full port) waits in slices of the lease and renews it.
+  using E = ftm::engines::dual_bank;
+  auto pool = ftm_test::engine_factory<E>::make();
+  struct inbox {
+    std::uint64_t started;
+    std::int64_t got;
+  };
+  const auto box = ftm::atomically(*pool, [](auto& tx) { return tx.create(inbox{}); });
+  const auto port = ftm::atomically(*pool, [](auto& tx) { return ftm::make_port<deposit>(tx); });
+  constexpr auto lease = 1000ms;
+  ftm::supervisor<E> sup(
+      *pool,
+      {.name = "receiver", .lease = lease, .intensity = {.max_restarts = 100, .period = 60s}},
+      [port, box](E& engine) {
+        ftm::atomically(engine, [&](auto& tx) { tx.open(box)->started += 1; });
+        ftm::atomically(engine,
+                        [&](auto& tx) { tx.open(box)->got = ftm::receive(tx, port).amount; });
+      });
+  ftm_test::running_supervisor<E> runner(sup);
+  auto read_box = [&] {
+    return ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(box); });
+  };
+  // Progress: the task started, and goes on to wait on the empty port.
+  for (int i = 0; i < 6000 && read_box().started == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  REQUIRE(read_box().started != 0);
+  std::this_thread::sleep_for(3 * lease + lease / 2);  // blocked for several lease periods
+  ftm::atomically(*pool, [&](auto& tx) { ftm::send(tx, port, deposit{0, 42}); });
+  const ftm::supervision_report report = runner.join();
+  MESSAGE(fmt::format("{}\n{}", report, report.stats));
+  CHECK(report.outcome == ftm::supervision_outcome::completed);
+  CHECK(report.stats.lease_kills == 0);
+  CHECK(read_box().started == 1);
+  CHECK(read_box().got == 42);
 }

@@ -588,7 +588,7 @@ template <class Msg, class E>
                                    std::chrono::steady_clock::time_point deadline) {
   retry_request r(port.tx().engine().watch(port.tx().id(), port.offset()), deadline);
   if (port.header().dead_lettered != buried_before) {
-    r.set_tidy(&bury_poison<Msg, E>, port.offset(), port.header().capacity);
+    r.add_tidy(&bury_poison<Msg, E>, port.offset(), port.header().capacity);
   }
   throw r;
 }

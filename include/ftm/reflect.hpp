@@ -81,6 +81,44 @@ constexpr bool contains_raw_pointer() noexcept {
   }
 }
 
+/// Spells a member's name in diagnostics, one character per template argument.
+template <char... C>
+struct member_name {};
+
+template <class Key>
+struct member_name_of;
+template <char... C>
+struct member_name_of<boost::hana::string<C...>> {
+  using type = member_name<C...>;
+};
+
+/// Instantiated for a member that holds a raw pointer: the compiler shows its name
+/// (spelled out in `member_name<...>`) and its type in the template arguments.
+template <class T, class Name, class Member>
+struct raw_pointer_member {
+  static_assert(always_false<T>,
+                "ftm requires T to be a stable type: the member of T spelled out in "
+                "'raw_pointer_member<T, member_name<...>, type>' is, or holds, a raw pointer, "
+                "which dangles after a restart or in another process; use ftm::stable<U> for "
+                "links between objects");
+};
+
+/// Names each member of a reflected `T` that holds a raw pointer, by instantiating
+/// `raw_pointer_member` for it.
+template <class T>
+constexpr void name_raw_pointer_members() {
+  if constexpr (reflected<T>) {
+    boost::hana::for_each(boost::hana::accessors<T>(), [](auto pair) {
+      using member = std::remove_cvref_t<decltype(boost::hana::second(pair)(std::declval<T&>()))>;
+      if constexpr (contains_raw_pointer<member>()) {
+        using key = std::remove_cvref_t<decltype(boost::hana::first(pair))>;
+        static_cast<void>(
+            sizeof(raw_pointer_member<T, typename member_name_of<key>::type, member>));
+      }
+    });
+  }
+}
+
 template <class T>
 std::string describe_members();
 

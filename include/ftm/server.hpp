@@ -9,6 +9,7 @@
 /// exactly once. A client sends the request in one transaction and waits for the
 /// reply with its request id in a second.
 
+#include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/port.hpp>
@@ -98,6 +99,33 @@ bool await_message(E& engine, stable_port<Msg> port,
   }
 }
 
+/// A server's handler: `handler(tx, request)`, returning the reply.
+template <class H, class E, class Req, class Rep>
+concept valid_handler = requires(H& handler, transaction<E>& tx, const Req& request) {
+  { std::invoke(handler, tx, request) } -> std::convertible_to<Rep>;
+};
+
+/// The handler rule, stated once for `serve` and `serve_one`, by the part that fails.
+template <class H, class E, class Req, class Rep>
+constexpr bool check_handler() {
+  if constexpr (std::is_invocable_v<H&, transaction<E>&, const Req&>) {
+    static_assert(std::is_convertible_v<std::invoke_result_t<H&, transaction<E>&, const Req&>, Rep>,
+                  "ftm::serve: the handler must return the reply type of the service port "
+                  "(ftm::service_port<Req, Rep>: return a Rep, or a value convertible to it)");
+  } else if constexpr (std::is_invocable_v<H&, const Req&>) {
+    static_assert(detail::always_false<H>,
+                  "ftm::serve: the handler must take the transaction first: write it as "
+                  "handler(ftm::transaction<E>& tx, const Req& request), and do its work on "
+                  "stable objects in tx, so that it commits with the reply");
+  } else {
+    static_assert(detail::always_false<H>,
+                  "ftm::serve: the handler must be callable as handler(tx, request), with tx "
+                  "an ftm::transaction<E>& and request the service port's request type Req "
+                  "(ftm::service_port<Req, Rep>), and return the reply type Rep");
+  }
+  return true;
+}
+
 /// `now + timeout`, or the end of time if that overflows.
 inline std::chrono::steady_clock::time_point deadline_in(
     std::chrono::steady_clock::duration timeout) {
@@ -115,13 +143,15 @@ inline std::chrono::steady_clock::time_point deadline_in(
 /// id.
 template <watchable_engine E, class Req, class Rep, class Handler>
 request_id serve_one(transaction<E>& tx, service_port<Req, Rep> port, Handler& handler) {
-  static_assert(std::is_invocable_r_v<Rep, Handler&, transaction<E>&, const Req&>,
-                "ftm::serve: the handler must be callable as handler(tx, request) and return "
-                "the reply type of the service port");
-  const call_request<Req, Rep> request = receive(tx, port);
-  Rep result = std::invoke(handler, tx, request.body);
-  send(tx, request.reply_to, reply_to_call<Rep>{request.id, result});
-  return request.id;
+  static_assert(detail::check_handler<Handler, E, Req, Rep>());
+  if constexpr (detail::valid_handler<Handler, E, Req, Rep>) {
+    const call_request<Req, Rep> request = receive(tx, port);
+    Rep result = std::invoke(handler, tx, request.body);
+    send(tx, request.reply_to, reply_to_call<Rep>{request.id, result});
+    return request.id;
+  } else {
+    return {};
+  }
 }
 
 /// The paper's server loop: handles the requests arriving on `port`, each in one
@@ -130,24 +160,36 @@ request_id serve_one(transaction<E>& tx, service_port<Req, Rep> port, Handler& h
 /// of the port with its delivery count increased (a poison request ends in the
 /// port's dead-letter port), and the exception leaves `serve`. Returns how many
 /// requests it answered.
+///
+/// Run as a supervised task with a heartbeat lease, `serve` renews the lease while
+/// it waits for requests (at least every quarter lease), so an idle server is not
+/// taken for a hung one; a handler that runs longer than the lease must call
+/// `ftm::heartbeat()` itself.
 template <watchable_engine E, class Req, class Rep, class Handler>
 std::uint64_t serve(E& engine, service_port<Req, Rep> port, Handler handler,
                     std::stop_token stop = {}) {
-  using namespace std::chrono_literals;
-  std::uint64_t served = 0;
-  while (!stop.stop_requested()) {
-    // Waits in slices, to notice a stop request.
-    if (!detail::await_message(engine, port, detail::deadline_in(100ms))) continue;
-    const bool answered = atomically(engine, [&](transaction<E>& tx) {
-      auto request = receive_for(tx, port, 100ms);
-      if (!request) return false;
-      Rep result = std::invoke(handler, tx, std::as_const(request->body));
-      send(tx, request->reply_to, reply_to_call<Rep>{request->id, result});
-      return true;
-    });
-    if (answered) ++served;
+  static_assert(detail::check_handler<Handler, E, Req, Rep>());
+  if constexpr (detail::valid_handler<Handler, E, Req, Rep>) {
+    using namespace std::chrono_literals;
+    std::uint64_t served = 0;
+    while (!stop.stop_requested()) {
+      detail::renew_lease();
+      // Waits in slices, to notice a stop request and to renew the lease.
+      const auto slice = detail::renewal_slice(100ms);
+      if (!detail::await_message(engine, port, detail::deadline_in(slice))) continue;
+      const bool answered = atomically(engine, [&](transaction<E>& tx) {
+        auto request = receive_for(tx, port, slice);
+        if (!request) return false;
+        Rep result = std::invoke(handler, tx, std::as_const(request->body));
+        send(tx, request->reply_to, reply_to_call<Rep>{request->id, result});
+        return true;
+      });
+      if (answered) ++served;
+    }
+    return served;
+  } else {
+    return 0;
   }
-  return served;
 }
 
 /// The client's side of a call, as in the paper's section 4.2: one transaction sends

@@ -57,11 +57,13 @@ class session {
 /// `ftm::atomically(engine, f)` on a session's descriptor: the same guarantees,
 /// without claiming a descriptor per transaction.
 template <engine E, class F>
-requires std::invocable < F&, transaction<E>
-& > auto atomically(session<E>& s, F&& f, retry_policy policy = {})
-        -> std::invoke_result_t<F&, transaction<E>&> {
-  return detail::run_atomically(
-      s.engine(), [&s] { return s.transaction(); }, f, policy);
+decltype(auto) atomically(session<E>& s, F&& f, retry_policy policy = {}) {
+  if constexpr (detail::atomically_callable<F, E>) {
+    return detail::run_atomically(
+        s.engine(), [&s] { return s.transaction(); }, f, policy);
+  } else {
+    static_assert(detail::check_atomically_callable<F, E>());
+  }
 }
 
 }  // namespace ftm

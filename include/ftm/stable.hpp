@@ -34,31 +34,57 @@ concept free_of_raw_pointers = !detail::contains_raw_pointer<T>();
 template <class T>
 concept pool_alignable = alignof(T) <= max_stable_alignment;
 
+/// A lock (`std::mutex`), an atomic (`std::atomic<U>`), or a type holding one: its
+/// copying is deleted, because its bytes are not its state alone. In a pool it would be
+/// shared by every process that maps it, and recovery, which restores the bytes of
+/// the last commit, cannot restore it (a lock held by a process that died stays held).
+/// Some compilers still call such a type trivially copyable.
+template <class T>
+concept free_of_synchronization = std::is_copy_constructible_v<std::remove_all_extents_t<T>>;
+
 /// A type whose values may live in a pool.
 ///
 /// Laws the compiler cannot check: a non-reflected type must not hold raw pointers
 /// either (declare it with `BOOST_HANA_DEFINE_STRUCT` to have that checked), nor
 /// handles to resources of one process (file descriptors, thread ids).
 template <class T>
-concept stable_type = trivially_copyable_object<T> && free_of_raw_pointers<T> && pool_alignable<T>;
+concept stable_type = free_of_synchronization<T> && trivially_copyable_object<T> &&
+    free_of_raw_pointers<T> && pool_alignable<T>;
 
 namespace detail {
 
 /// The one place that states the stable-type rule, so every entry point teaches alike.
+/// Only the first rule `T` breaks is reported.
 template <class T>
 constexpr bool check_stable_type() {
-  static_assert(trivially_copyable_object<T>,
-                "ftm requires T to be a stable type: T must be a trivially copyable object "
-                "type (no virtual functions, no user-defined copy or destructor, not const), "
-                "because the pool copies it byte by byte; use fixed-size arrays instead of "
-                "std::string or std::vector, and ftm::stable<U> for links between objects");
-  static_assert(free_of_raw_pointers<T>,
-                "ftm requires T to be a stable type: T has a raw pointer member, which "
-                "dangles after a restart or in another process; use ftm::stable<U> for "
-                "links between objects");
-  static_assert(pool_alignable<T>,
-                "ftm requires T to be a stable type: alignof(T) must not exceed "
-                "ftm::max_stable_alignment (16)");
+  if constexpr (!free_of_synchronization<T>) {
+    static_assert(free_of_synchronization<T>,
+                  "ftm requires T to be a stable type: T cannot be copied; a lock "
+                  "(std::mutex) or an atomic (std::atomic<U>), or a type holding one, is not "
+                  "a stable type: in a pool it would be shared by every process that maps it, "
+                  "and recovery cannot restore it (a lock held by a process that died stays "
+                  "held); use plain members and let the transaction isolate them (its locks "
+                  "are taken by tx.open and released at commit or abort)");
+  } else if constexpr (!trivially_copyable_object<T>) {
+    static_assert(trivially_copyable_object<T>,
+                  "ftm requires T to be a stable type: T must be a trivially copyable object "
+                  "type (no virtual functions, no user-defined copy or destructor, not const), "
+                  "because the pool copies it byte by byte; use fixed-size arrays instead of "
+                  "std::string or std::vector, and ftm::stable<U> for links between objects");
+  } else if constexpr (!free_of_raw_pointers<T>) {
+    if constexpr (reflected<std::remove_all_extents_t<T>>) {
+      name_raw_pointer_members<std::remove_all_extents_t<T>>();
+    } else {
+      static_assert(free_of_raw_pointers<T>,
+                    "ftm requires T to be a stable type: T is, or holds, a raw pointer, which "
+                    "dangles after a restart or in another process; use ftm::stable<U> for "
+                    "links between objects");
+    }
+  } else {
+    static_assert(pool_alignable<T>,
+                  "ftm requires T to be a stable type: alignof(T) must not exceed "
+                  "ftm::max_stable_alignment (16)");
+  }
   return true;
 }
 
@@ -119,6 +145,28 @@ class opened;
 
 namespace detail {
 
+class transaction_base;
+
+/// The part of `opened<T>` its transaction knows: a link in the transaction's list of
+/// open handles. The transaction's destructor detaches every handle still in the list,
+/// so a handle that outlives its transaction object never reaches freed memory.
+class opened_base {
+ protected:
+  opened_base() = default;
+  ~opened_base() = default;
+  opened_base(const opened_base&) = delete;
+  opened_base& operator=(const opened_base&) = delete;
+
+  inline void link(transaction_base& tx) noexcept;
+  inline void unlink() noexcept;
+
+  transaction_base* tx_ = nullptr;  // null once closed, or once the transaction is destroyed
+  opened_base* prev_ = nullptr;
+  opened_base* next_ = nullptr;
+
+  friend class transaction_base;
+};
+
 /// What an opened handle needs from its transaction: whether it is still the same
 /// transaction (the generation changes at each commit and abort), and how to close.
 class transaction_base {
@@ -128,7 +176,17 @@ class transaction_base {
 
  protected:
   transaction_base() = default;
-  ~transaction_base() = default;
+  /// Detaches the handles still open: they report a use after this as a usage error.
+  ~transaction_base() {
+    for (opened_base* h = handles_; h != nullptr;) {
+      opened_base* next = h->next_;
+      h->tx_ = nullptr;
+      h->prev_ = h->next_ = nullptr;
+      h = next;
+    }
+  }
+  transaction_base(const transaction_base&) = delete;
+  transaction_base& operator=(const transaction_base&) = delete;
   void end_generation() noexcept {
     active_ = false;
     ++generation_;
@@ -137,26 +195,61 @@ class transaction_base {
   std::uint64_t generation_ = 1;
   bool active_ = false;
   void (*close_object_)(transaction_base&, std::uint64_t offset) noexcept = nullptr;
+  opened_base* handles_ = nullptr;  // the open handles, newest first
 
   template <class>
   friend class ftm::opened;
+  friend class opened_base;
 };
+
+// GCC takes the handle's address in its transaction for a dangling pointer; the
+// handle unlinks itself when it dies, which GCC cannot see.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+void opened_base::link(transaction_base& tx) noexcept {
+  tx_ = &tx;
+  next_ = tx.handles_;
+  if (next_ != nullptr) next_->prev_ = this;
+  tx.handles_ = this;
+}
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic pop
+#endif
+
+void opened_base::unlink() noexcept {
+  if (tx_ == nullptr) return;
+  if (prev_ != nullptr) {
+    prev_->next_ = next_;
+  } else {
+    tx_->handles_ = next_;
+  }
+  if (next_ != nullptr) next_->prev_ = prev_;
+  tx_ = nullptr;
+  prev_ = next_ = nullptr;
+}
 
 }  // namespace detail
 
 /// The access a transaction grants to one stable object: `opened<T>` can write,
 /// `opened<const T>` only read. It is bound to its transaction: it cannot be copied
 /// or moved, and is closed by `close()` or at the end of its scope. In checked builds
-/// (`FTM_CHECKED`), using it after `close()` or after its transaction committed or
-/// aborted throws `ftm::usage_error`.
+/// (`FTM_CHECKED`), using it after `close()`, after its transaction committed or
+/// aborted, or after the transaction object was destroyed throws `ftm::usage_error`.
 template <class T>
-class opened {
+class opened : private detail::opened_base {
   using object = std::remove_const_t<T>;
   static_assert(detail::check_stable_type<object>());
 
  public:
-  opened(const opened&) = delete;
-  opened& operator=(const opened&) = delete;
+  // clang-format off
+  // Both compilers quote these lines in their "deleted" diagnostics: they carry the rule.
+  opened(const opened&) = delete;  // ftm::opened<T> cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<T> handle (ref()) and open it again where you need it
+  opened(opened&&) = delete;  // ftm::opened<T> cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<T> handle (ref()) and open it again where you need it
+  opened& operator=(const opened&) = delete;  // ftm::opened<T> cannot be copied or moved: keep the ftm::stable<T> handle (ref()) and open it again
+  opened& operator=(opened&&) = delete;  // ftm::opened<T> cannot be copied or moved: keep the ftm::stable<T> handle (ref()) and open it again
+  // clang-format on
   ~opened() { close(); }
 
   T* operator->() const { return get(); }
@@ -174,27 +267,37 @@ class opened {
   [[nodiscard]] stable<object> ref() const noexcept { return {detail::from_offset, offset_}; }
 
   [[nodiscard]] bool is_open() const noexcept {
-    return ptr_ != nullptr && tx_->active() && tx_->generation() == generation_;
+    return ptr_ != nullptr && tx_ != nullptr && tx_->active() && tx_->generation() == generation_;
   }
 
   /// Ends this access (the paper's Close). Locks stay held until the transaction
   /// ends (strict two-phase locking). Closing twice is harmless.
   void close() noexcept {
     if (ptr_ == nullptr) return;
-    if (tx_->close_object_ != nullptr && tx_->active() && tx_->generation() == generation_) {
+    if (tx_ != nullptr && tx_->close_object_ != nullptr && tx_->active() &&
+        tx_->generation() == generation_) {
       tx_->close_object_(*tx_, offset_);
     }
+    unlink();
     ptr_ = nullptr;
   }
 
   // Made only by transactions.
   opened(detail::from_offset_t, T* ptr, detail::transaction_base& tx, std::uint64_t offset) noexcept
-      : ptr_(ptr), tx_(&tx), generation_(tx.generation()), offset_(offset) {}
+      : ptr_(ptr), generation_(tx.generation()), offset_(offset) {
+    link(tx);
+  }
 
  private:
   void check() const {
     if (ptr_ == nullptr) {
       throw usage_error(fmt::format("ftm::opened<{}> used after close()", detail::type_name<T>()));
+    }
+    if (tx_ == nullptr) {
+      throw usage_error(fmt::format(
+          "ftm::opened<{}> used after its transaction object was destroyed (its end closed "
+          "every object it opened; open it again in a live transaction)",
+          detail::type_name<T>()));
     }
     if (!tx_->active() || tx_->generation() != generation_) {
       throw usage_error(fmt::format(
@@ -205,7 +308,6 @@ class opened {
   }
 
   T* ptr_;
-  detail::transaction_base* tx_;
   std::uint64_t generation_;
   std::uint64_t offset_;
 };

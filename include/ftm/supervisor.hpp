@@ -7,6 +7,7 @@
 /// and a heartbeat lease, and when it dies recovers the pool and starts the entry
 /// point again from the beginning, within OTP-style restart limits.
 
+#include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -122,14 +123,6 @@ struct supervision_report {
 
 namespace detail {
 
-/// What the supervisor shares with its task instances: a `MAP_SHARED` anonymous page
-/// made before any fork, so it is the same memory in every instance.
-struct task_shared {
-  std::atomic<std::int64_t> last_beat_ns;  // steady clock, CLOCK_MONOTONIC, system-wide
-};
-static_assert(std::atomic<std::int64_t>::is_always_lock_free,
-              "the heartbeat must be lock-free to be shared between processes");
-
 /// The task's record in the pool, under the root `ftm.task.<name>`: who runs the task
 /// now, so that a new supervisor can make sure no earlier instance still runs.
 struct task_record {
@@ -138,12 +131,6 @@ struct task_record {
   owner_id supervisor;     // the process supervising the task, 0 if none yet
   std::uint64_t finished;  // 1: completed, 2: its supervisor gave up; 0 otherwise
 };
-
-inline std::int64_t steady_now_ns() noexcept {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 inline int pidfd_open(pid_t pid) noexcept {
   return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
@@ -160,34 +147,15 @@ inline void wait_pidfd(int pidfd) noexcept {
   }
 }
 
-class task_context_base {
- public:
-  /// Tells the supervisor this instance is alive and making progress.
-  void heartbeat() noexcept {
-    shared_->last_beat_ns.store(steady_now_ns(), std::memory_order_relaxed);
-  }
-
- protected:
-  explicit task_context_base(task_shared* shared) noexcept : shared_(shared) {}
-
- private:
-  task_shared* shared_;
-};
-
-/// The task context of this process, if it is a task instance.
-inline task_context_base*& current_task() noexcept {
-  static task_context_base* current = nullptr;
-  return current;
-}
-
 }  // namespace detail
 
 /// What a running task instance is given: its name, which start of the task it is,
 /// and the heartbeat that keeps its lease.
 class task_context : public detail::task_context_base {
  public:
-  task_context(detail::task_shared* shared, std::string_view name, std::uint64_t start) noexcept
-      : task_context_base(shared), name_(name), start_(start) {}
+  task_context(detail::task_shared* shared, std::string_view name, std::uint64_t start,
+               std::chrono::milliseconds lease = {}) noexcept
+      : task_context_base(shared, lease), name_(name), start_(start) {}
 
   [[nodiscard]] std::string_view name() const noexcept { return name_; }
   /// 1 for the first instance ever started on this pool, counted across supervisors.
@@ -202,9 +170,7 @@ class task_context : public detail::task_context_base {
 
 /// Renews the lease of the task this process runs; does nothing outside a task.
 /// For code deep inside a task that has no `task_context` at hand.
-inline void heartbeat() noexcept {
-  if (auto* t = detail::current_task()) t->heartbeat();
-}
+inline void heartbeat() noexcept { detail::renew_lease(); }
 
 /// A task's entry point: called with the pool and the instance's context.
 template <class F, class E>
@@ -280,7 +246,7 @@ class supervisor {
     {
       const std::lock_guard lock(mutex_);
       stop_ = true;
-      if (pidfd_ >= 0) static_cast<void>(detail::pidfd_send_signal(pidfd_, SIGKILL));
+      static_cast<void>(kill_instance());
     }
     if (pid_ > 0) reap();
     ::munmap(shared_, sizeof(detail::task_shared));
@@ -332,14 +298,21 @@ class supervisor {
   void stop() noexcept {
     const std::lock_guard lock(mutex_);
     stop_ = true;
-    if (pidfd_ >= 0) static_cast<void>(detail::pidfd_send_signal(pidfd_, SIGKILL));
+    static_cast<void>(kill_instance());
   }
 
-  /// Sends `sig` to the running instance; false if none runs. Safe from any thread:
-  /// the signal never reaches a process that merely reuses the instance's pid.
+  /// Sends `sig` to the running instance; true only if a live instance was signalled:
+  /// false if none runs, or if the instance has ended or was sent SIGKILL already (it
+  /// is dying, not yet reaped). So each `signal_task(SIGKILL)` that returns true ends
+  /// one instance, and is followed by one restart (within the restart limits). Safe
+  /// from any thread: the signal never reaches a process that merely reuses the
+  /// instance's pid.
   bool signal_task(int sig) noexcept {
     const std::lock_guard lock(mutex_);
-    return pidfd_ >= 0 && detail::pidfd_send_signal(pidfd_, sig) == 0;
+    if (!instance_live()) return false;
+    if (detail::pidfd_send_signal(pidfd_, sig) != 0) return false;
+    if (sig == SIGKILL) killed_ = true;
+    return true;
   }
 
   /// The running instance's pid, or 0 between instances.
@@ -361,6 +334,22 @@ class supervisor {
 
   supervision_report report(supervision_outcome outcome) const {
     return {outcome, options_.intensity, stats_};
+  }
+
+  /// Whether the instance runs and has not been sent SIGKILL (call with `mutex_` held).
+  /// A dead process's pidfd stays valid, and signals to it succeed, until it is reaped.
+  bool instance_live() const noexcept {
+    if (pidfd_ < 0 || killed_) return false;
+    pollfd p{pidfd_, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 0;  // readable once the process has ended
+  }
+
+  /// Sends SIGKILL to the instance unless it was sent already (call with `mutex_` held);
+  /// true if this call sent it.
+  bool kill_instance() noexcept {
+    if (pidfd_ < 0 || killed_) return false;
+    killed_ = true;
+    return detail::pidfd_send_signal(pidfd_, SIGKILL) == 0;
   }
 
   static constexpr detail::owner_id unclaimed = ~detail::owner_id{0};
@@ -517,6 +506,7 @@ class supervisor {
       const std::lock_guard lock(mutex_);
       pid_ = pid;
       pidfd_ = fd;
+      killed_ = false;
       stop_now = stop_;
       ++stats_.starts;
     }
@@ -537,7 +527,10 @@ class supervisor {
       const std::lock_guard lock(mutex_);
       stats_.pool_starts = start_number;
     }
-    if (stop_now) static_cast<void>(detail::pidfd_send_signal(fd, SIGKILL));
+    if (stop_now) {
+      const std::lock_guard lock(mutex_);
+      static_cast<void>(kill_instance());
+    }
     // The child runs once it reads its start number; a short write only happens if it died.
     static_cast<void>(::send(go[1], &start_number, sizeof start_number, MSG_NOSIGNAL));
     ::close(go[1]);
@@ -553,7 +546,7 @@ class supervisor {
     }
     ::close(go);
     if (n != static_cast<ssize_t>(sizeof start_number)) ::_exit(111);  // never recorded
-    task_context context(shared_, options_.name, start_number);
+    task_context context(shared_, options_.name, start_number, options_.lease);
     detail::current_task() = &context;
     context.heartbeat();
     int status = 0;
@@ -574,16 +567,19 @@ class supervisor {
   /// Waits for the instance to end, killing it if its lease expires; reaps it.
   exit_cause watch() {
     bool lease_kill = false;
+    bool dying = false;  // SIGKILL was sent: only its end is left to wait for
     const auto lease_ns = std::chrono::nanoseconds(options_.lease).count();
     for (;;) {
       int timeout = -1;
-      if (lease_ns > 0 && !lease_kill) {
+      if (lease_ns > 0 && !dying) {
         const auto left = shared_->last_beat_ns.load(std::memory_order_relaxed) + lease_ns -
                           detail::steady_now_ns();
         if (left <= 0) {
-          // Hung or stopped: SIGKILL ends a stopped process too.
-          static_cast<void>(detail::pidfd_send_signal(pidfd_, SIGKILL));
-          lease_kill = true;
+          // Hung or stopped: SIGKILL ends a stopped process too. Not a lease kill if
+          // the instance was killed already (by `signal_task` or `stop`).
+          const std::lock_guard lock(mutex_);
+          lease_kill = kill_instance();
+          dying = true;
           continue;
         }
         timeout = static_cast<int>(left / 1'000'000 + 1);
@@ -636,6 +632,7 @@ class supervisor {
   mutable std::mutex mutex_;  // guards what other threads see: the pidfd, stop_, stats_
   pid_t pid_ = 0;
   int pidfd_ = -1;
+  bool killed_ = false;  // the instance was sent SIGKILL: it is dying
   bool stop_ = false;
   task_stats stats_;
 };

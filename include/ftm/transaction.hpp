@@ -5,6 +5,7 @@
 /// Transactions (the paper's `Transaction` class, with explicit Begin, Commit and
 /// Abort) and `atomically()`, which commits, aborts on exception and retries conflicts.
 
+#include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
@@ -71,6 +72,7 @@ class transaction;
 namespace detail {
 template <class T, engine E>
 stable<T> reserved_root(transaction<E>& tx, std::string_view name);
+struct atomically_access;
 }  // namespace detail
 
 /// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
@@ -93,12 +95,11 @@ class transaction : private detail::transaction_base {
   }
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
-  ~transaction() {
-    if (active_) abort();
-  }
+  ~transaction() { abort_now(); }
 
   /// Activates the transaction (the paper's Begin).
   void begin(begin_options options = {}) {
+    refuse_in_atomically("begin", "began it before calling your function");
     if (active_) throw usage_error("transaction::begin: the transaction is already active");
     if constexpr (session_engine<E>) {
       if (attached_) {
@@ -112,18 +113,20 @@ class transaction : private detail::transaction_base {
   }
 
   /// Makes every effect of the transaction stable at once (the paper's Commit) and
-  /// closes every object it opened.
+  /// closes every object it opened. Refused (`ftm::usage_error`) on the transaction
+  /// `ftm::atomically` gives its function: it commits when the function returns.
   void commit() {
-    require_active("commit");
-    end_generation();
-    engine_->commit(id_);
+    refuse_in_atomically("commit", "commits it for you when your function returns");
+    commit_now();
   }
 
-  /// Undoes every effect of the transaction (the paper's Abort).
-  void abort() noexcept {
-    if (!active_) return;
-    end_generation();
-    engine_->abort(id_);
+  /// Undoes every effect of the transaction (the paper's Abort); nothing if it is not
+  /// active. Refused (`ftm::usage_error`) on the transaction `ftm::atomically` gives
+  /// its function: throw an exception from the function to abort it.
+  void abort() {
+    refuse_in_atomically(
+        "abort", "aborts it for you when your function throws: throw an exception to abort");
+    abort_now();
   }
 
   using detail::transaction_base::active;
@@ -193,6 +196,30 @@ class transaction : private detail::transaction_base {
  private:
   template <class T, ::ftm::engine F>
   friend stable<T> detail::reserved_root(transaction<F>& tx, std::string_view name);
+  friend struct detail::atomically_access;
+
+  void commit_now() {
+    require_active("commit");
+    end_generation();
+    engine_->commit(id_);
+  }
+  void abort_now() noexcept {
+    if (!active_) return;
+    end_generation();
+    engine_->abort(id_);
+  }
+
+  /// `ftm::atomically` owns the transaction it passes to its function: a `begin`,
+  /// `commit` or `abort` there would end the work behind its back, and it would then
+  /// report an error for work that was done.
+  void refuse_in_atomically(std::string_view what, std::string_view instead) const {
+    if (in_atomically_) {
+      throw usage_error(
+          fmt::format("transaction::{}: this transaction belongs to ftm::atomically, which {}; "
+                      "do not call {}() inside the function given to ftm::atomically",
+                      what, instead, what));
+    }
+  }
 
   template <class T>
   stable<T> find_or_bind_root(std::string_view name) {
@@ -226,6 +253,7 @@ class transaction : private detail::transaction_base {
   E* engine_;
   tx_id id_ = 0;
   bool attached_ = false;
+  bool in_atomically_ = false;
 };
 
 /// `tx.create<T>(args...)` for generic code, where `tx` has a dependent type and the
@@ -273,10 +301,14 @@ class retry_request {
     }
     tokens_[count_++] = t;
   }
-  /// Waits for the changes `other` waits for too, until the earlier deadline.
+  /// Waits for the changes `other` waits for too, until the earlier deadline, and
+  /// takes on its tidy-up work as well (`or_else`: each alternative's poison
+  /// messages go to their dead-letter ports).
   void merge(const retry_request& other) {
     for (const watch_token& t : other.tokens())
       add(t);
+    for (const tidy_work& w : other.tidies())
+      add_tidy(w.function, w.object, w.arg);
     deadline_ = std::min(deadline_, other.deadline_);
   }
   [[nodiscard]] std::span<const watch_token> tokens() const noexcept {
@@ -285,26 +317,39 @@ class retry_request {
   [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
 
   /// Work to commit on its own before waiting, which the aborted transaction would
-  /// have undone: `tidy(engine, object, arg)` in a transaction of its own. A port uses
-  /// it to move poison messages to its dead-letter port while its receivers wait.
+  /// have undone: `function(engine, object, arg)` in a transaction of its own. A port
+  /// uses it to move poison messages to its dead-letter port while its receivers wait.
   using tidy_function = void (*)(void* engine, std::uint64_t object, std::uint64_t arg) noexcept;
-  void set_tidy(tidy_function f, std::uint64_t object, std::uint64_t arg) noexcept {
-    tidy_ = f;
-    tidy_object_ = object;
-    tidy_arg_ = arg;
+  struct tidy_work {
+    tidy_function function;
+    std::uint64_t object;
+    std::uint64_t arg;
+  };
+  /// Adds tidy-up work; every piece added (or merged) runs before the wait.
+  void add_tidy(tidy_function f, std::uint64_t object, std::uint64_t arg) {
+    if (tidy_count_ == max_watches) {
+      throw usage_error(fmt::format(
+          "ftm: a transaction may leave at most {} pieces of tidy-up work before it waits",
+          max_watches));
+    }
+    tidies_[tidy_count_++] = {f, object, arg};
   }
-  /// Runs the tidy-up work, if any, on `engine` (no transaction of this thread active).
+  [[nodiscard]] std::span<const tidy_work> tidies() const noexcept {
+    return {tidies_.data(), tidy_count_};
+  }
+  /// Runs all the tidy-up work on `engine` (no transaction of this thread active).
   void tidy(void* engine) const noexcept {
-    if (tidy_ != nullptr) tidy_(engine, tidy_object_, tidy_arg_);
+    for (const tidy_work& w : tidies())
+      w.function(engine, w.object, w.arg);
   }
 
  private:
   std::array<watch_token, max_watches> tokens_{};
   std::size_t count_ = 0;
   clock::time_point deadline_ = clock::time_point::max();
-  tidy_function tidy_ = nullptr;
-  std::uint64_t tidy_object_ = 0;
-  std::uint64_t tidy_arg_ = 0;
+  // As many as watches: each piece of work comes with the watch of the port it tidies.
+  std::array<tidy_work, max_watches> tidies_{};
+  std::size_t tidy_count_ = 0;
 };
 
 /// How `atomically()` retries a transaction that lost a conflict.
@@ -380,6 +425,57 @@ inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
 
 namespace detail {
 
+/// What `atomically()` calls its function with.
+template <class F, class E>
+concept atomically_callable = requires(F& f, transaction<E>& tx) {
+  std::invoke(f, tx);
+};
+
+/// The one statement of the rule, for `atomically` on an engine and on a session.
+template <class F, class E>
+constexpr bool check_atomically_callable() {
+  static_assert(atomically_callable<F, E>,
+                "ftm::atomically requires f to be callable as f(tx) with tx an "
+                "ftm::transaction<E>& on the engine (or session) given: write "
+                "[&](auto& tx) { ... } or [&](ftm::transaction<E>& tx) { ... }; what f "
+                "returns, atomically returns");
+  return true;
+}
+
+/// How `atomically()` drives the transaction it owns, past the refusals its function
+/// gets.
+struct atomically_access {
+  template <engine E>
+  static void begin(transaction<E>& tx, begin_options options) {
+    tx.begin(options);
+    tx.in_atomically_ = true;
+  }
+  template <engine E>
+  static void commit(transaction<E>& tx) {
+    tx.commit_now();
+  }
+  template <engine E>
+  static void abort(transaction<E>& tx) noexcept {
+    tx.abort_now();
+  }
+};
+
+/// The longest a blocking operation waits in one go outside a task with a lease.
+inline constexpr std::chrono::steady_clock::duration whole_wait =
+    std::chrono::steady_clock::duration::max();
+
+/// `now + slice`, or the end of time if that overflows.
+inline std::chrono::steady_clock::time_point deadline_after_slice(
+    std::chrono::steady_clock::duration slice) {
+  if (slice == std::chrono::steady_clock::duration::max()) {
+    return std::chrono::steady_clock::time_point::max();
+  }
+  const auto now = std::chrono::steady_clock::now();
+  return slice >= std::chrono::steady_clock::time_point::max() - now
+             ? std::chrono::steady_clock::time_point::max()
+             : now + slice;
+}
+
 /// The body of `atomically()`: `make_tx()` gives a fresh, inactive transaction.
 template <engine E, class MakeTx, class F>
 auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
@@ -400,19 +496,19 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
   begin_options options{};
   for (;;) {
     transaction<E> tx = make_tx();
-    tx.begin(options);
+    atomically_access::begin(tx, options);
     try {
       if constexpr (std::is_void_v<result>) {
         std::invoke(f, tx);
-        tx.commit();
+        atomically_access::commit(tx);
         return;
       } else {
         result r = std::invoke(f, tx);
-        tx.commit();
+        atomically_access::commit(tx);
         return r;
       }
     } catch (const conflict& lost) {
-      tx.abort();
+      atomically_access::abort(tx);
       if (options.priority == 0) options.priority = timestamp();
       if (++options.attempt >= policy.max_attempts) {
         throw retry_limit(
@@ -421,10 +517,18 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
       }
       backoff(options.attempt, policy.max_backoff);
     } catch (const retry_request& wait) {
-      tx.abort();
+      atomically_access::abort(tx);
       if constexpr (watchable_engine<E>) {
         wait.tidy(&engine);
-        if (!engine.wait(wait.tokens(), wait.deadline())) scope.set_timed_out();
+        // In a supervised task with a lease, waits at most a slice of it and renews
+        // it: a task blocked in a receive is idle, not hung. An elapsed slice reruns
+        // `f`, which watches again (as a spurious wake-up would).
+        renew_lease();
+        const auto slice_end = deadline_after_slice(renewal_slice(whole_wait));
+        if (!engine.wait(wait.tokens(), std::min(wait.deadline(), slice_end)) &&
+            wait.deadline() <= slice_end) {
+          scope.set_timed_out();
+        }
       } else {
         throw usage_error(
             "ftm: a blocking operation needs an engine that models "
@@ -446,11 +550,13 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
 /// receive found nothing), aborts, waits without locks for a watched object to
 /// change, and runs `f` again.
 template <engine E, class F>
-requires std::invocable < F&, transaction<E>
-& > auto atomically(E& engine, F&& f, retry_policy policy = {})
-        -> std::invoke_result_t<F&, transaction<E>&> {
-  return detail::run_atomically(
-      engine, [&engine] { return transaction<E>(engine); }, f, policy);
+decltype(auto) atomically(E& engine, F&& f, retry_policy policy = {}) {
+  if constexpr (detail::atomically_callable<F, E>) {
+    return detail::run_atomically(
+        engine, [&engine] { return transaction<E>(engine); }, f, policy);
+  } else {
+    static_assert(detail::check_atomically_callable<F, E>());
+  }
 }
 
 }  // namespace ftm

@@ -2,6 +2,7 @@
 // cannot be copied.
 //
 // expected-error-gcc: use of deleted function
+// expected-error: ftm::opened<T> cannot be copied or moved: it is bound to its transaction
 // expected-error-clang: call to deleted constructor
 
 #include <ftm/engines/dual_bank.hpp>

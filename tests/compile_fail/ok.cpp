@@ -4,6 +4,7 @@
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
+#include <ftm/server.hpp>
 
 #include <boost/hana/define_struct.hpp>
 
@@ -64,4 +65,23 @@ long drain(ftm::transaction<ftm::engines::dual_bank>& tx, ftm::stable_port<accou
                                     [&](const cancel& c) { sum -= c.id; }});
   }
   return sum;
+}
+
+// A handler takes the transaction and returns the reply type; plain members, not
+// locks or atomics, in stable objects (serve_wrong_reply_type, serve_missing_transaction,
+// atomic_member, mutex_member).
+struct deposit {
+  long amount;
+};
+struct receipt {
+  long balance;
+};
+
+void run(ftm::engines::dual_bank& pool, ftm::service_port<deposit, receipt> port,
+         ftm::stable<account> bank) {
+  ftm::serve(pool, port, [bank](ftm::transaction<ftm::engines::dual_bank>& tx, const deposit& d) {
+    auto acc = tx.open(bank);
+    acc->balance += d.amount;
+    return receipt{acc->balance};
+  });
 }

@@ -2,6 +2,7 @@
 // nor movable), so returning a named handle from a function does not compile.
 //
 // expected-error-gcc: use of deleted function
+// expected-error: ftm::opened<T> cannot be copied or moved: it is bound to its transaction
 // expected-error-clang: call to deleted constructor
 
 #include <ftm/engines/dual_bank.hpp>
