@@ -1766,7 +1766,9 @@ class bank_engine {
     for (std::uint32_t k = 0; k < n; ++k) {
       const log_entry& e = log[Redo ? k : n - 1 - k];
       if (e.kind != entry_kind::write || e.length == 0) continue;
-      if (header(e.offset).writer.load(std::memory_order_relaxed) != d + 1) continue;
+      // Acquire: `d` took this lock with a read-modify-write, so reading it orders the
+      // previous holder's copies (released in the unlock `d` followed) before ours.
+      if (header(e.offset).writer.load(std::memory_order_acquire) != d + 1) continue;
       if constexpr (Redo) {
         redo(e);
       } else {
