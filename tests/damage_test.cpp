@@ -179,7 +179,7 @@ struct base_pool {
   }
 
   [[nodiscard]] std::uint64_t slot(std::uint32_t d) const {
-    return layout::slots_begin + d * sizeof(layout::slot);
+    return layout::descriptors_begin + d * sizeof(layout::descriptor);
   }
   [[nodiscard]] std::uint64_t entry(std::uint32_t d, std::uint32_t i) const {
     return layout::logs_begin + (std::uint64_t{d} * max_entries + i) * sizeof(layout::log_entry);
@@ -522,7 +522,7 @@ TEST_CASE("a dead writer's log that lost entries: the locks it left are settled,
   for (std::uint32_t keep = 0; keep < b.dead_count; ++keep) {
     CAPTURE(keep);
     const auto why =
-        judge(b, [&](auto& f) { put(f, b.slot(d) + offsetof(layout::slot, count), keep); });
+        judge(b, [&](auto& f) { put(f, b.slot(d) + offsetof(layout::descriptor, count), keep); });
     CHECK_MESSAGE(why.empty(), why);
   }
   // Single-bit flips of each entry's offset (bits 6..17: offsets in the bank).
@@ -542,7 +542,7 @@ TEST_CASE("a dead writer's log that lost entries: the locks it left are settled,
   // The next transaction on that descriptor aborts cleanly.
   const fs::path path = ftm_test::scratch_file("dropped");
   std::vector<char> file = b.file;
-  put(file, b.slot(d) + offsetof(layout::slot, count), std::uint32_t{1});
+  put(file, b.slot(d) + offsetof(layout::descriptor, count), std::uint32_t{1});
   REQUIRE(write_all(path, file));
   auto pool = pmem::open(path, small);
   CHECK(pool.check().ok());
@@ -561,7 +561,7 @@ TEST_CASE("a dead descriptor's state damaged from active to committing is refuse
   // Found by testing from outside: a state word flipped from active (1) to committing
   // (2) committed the dead writer's uncommitted writes. States now differ in 16 bits.
   const base_pool& b = base_pools().dead_writer;
-  const std::uint64_t state = b.slot(*b.dead) + offsetof(layout::slot, state);
+  const std::uint64_t state = b.slot(*b.dead) + offsetof(layout::descriptor, state);
   REQUIRE(get<std::uint32_t>(b.file, state) == layout::active);
   for (std::uint32_t flip : {3u, 1u, 2u, 1u << 31, 0x00010000u}) {
     CAPTURE(flip);
@@ -693,13 +693,15 @@ TEST_CASE("a damaged pool header is refused: pool id, boot id, any field") {
       CHECK_CONTAINS(what, "its header is damaged");
     }
   }
-  // A pool of format 1 (before the checksums) is refused with advice.
-  const auto what = expect_error<ftm::bad_pool>(
-      b, [&](auto& f) { put(f, offsetof(layout::pool_header, version), std::uint32_t{1}); },
-      [](pmem&) {});
-  CHECK_CONTAINS(what,
-                 "format version 1 is older than this ftm's (2), which cannot read it: "
-                 "recreate the pool");
+  // Pools of formats 1 (before the checksums) and 2 (the pool's own checksum) are
+  // refused with advice.
+  for (const std::uint32_t old : {1u, 2u}) {
+    const auto what = expect_error<ftm::bad_pool>(
+        b, [&](auto& f) { put(f, offsetof(layout::pool_header, version), old); }, [](pmem&) {});
+    CHECK_CONTAINS(what, fmt::format("format version {} is older than this ftm's ({}), which "
+                                     "cannot read it: recreate the pool",
+                                     old, layout::format_version));
+  }
 }
 
 TEST_CASE("pool image mutations: an ftm error or a consistent open, never a hang or a crash") {
@@ -730,12 +732,13 @@ TEST_CASE("pool image mutations: an ftm error or a consistent open, never a hang
       case 0: m = {&p, "header", pick(sizeof(layout::pool_header)), m.flip, 0}; break;
       case 1:
         m.region = "control page";
-        m.offset = pick(layout::slots_begin);
+        m.offset = pick(layout::descriptors_begin);
         break;
       case 2:
         m.region = "descriptor";
-        m.offset = p.dead ? p.slot(*p.dead) + pick(sizeof(layout::slot))
-                          : layout::slots_begin + pick(layout::logs_begin - layout::slots_begin);
+        m.offset = p.dead ? p.slot(*p.dead) + pick(sizeof(layout::descriptor))
+                          : layout::descriptors_begin +
+                                pick(layout::logs_begin - layout::descriptors_begin);
         break;
       case 3:
         m.region = "log";

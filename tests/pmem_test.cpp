@@ -248,20 +248,23 @@ TEST_CASE("bad pool files get an error that names the cause, and are left as the
        "header is damaged"},
       {"a descriptor in an unknown state",
        [&](auto& b) {
-         put(b, layout::slots_begin + offsetof(layout::slot, owner), dead_owner);
-         put(b, layout::slots_begin + offsetof(layout::slot, state), std::uint32_t{7});
+         put(b, layout::descriptors_begin + offsetof(layout::descriptor, owner), dead_owner);
+         put(b, layout::descriptors_begin + offsetof(layout::descriptor, state), std::uint32_t{7});
        },
        "unknown state"},
       {"a descriptor logging more than it can",
        [&](auto& b) {
-         put(b, layout::slots_begin + offsetof(layout::slot, owner), dead_owner);
-         put(b, layout::slots_begin + offsetof(layout::slot, count), std::uint32_t{1u << 30});
+         put(b, layout::descriptors_begin + offsetof(layout::descriptor, owner), dead_owner);
+         put(b, layout::descriptors_begin + offsetof(layout::descriptor, count),
+             std::uint32_t{1u << 30});
        },
        "more than its capacity"},
       // Found by tests/fuzz: begin() appended to the stale log, past its end.
       {"a free descriptor with a log",
        [&](auto& b) {
-         put(b, layout::slots_begin + 3 * sizeof(layout::slot) + offsetof(layout::slot, count),
+         put(b,
+             layout::descriptors_begin + 3 * sizeof(layout::descriptor) +
+                 offsetof(layout::descriptor, count),
              std::uint32_t{57856});
        },
        "descriptor 3 is free but records 57856 log entries"},

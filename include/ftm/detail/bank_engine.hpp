@@ -10,6 +10,7 @@
 /// recovers it. `ftm::engines::dual_bank` runs it on a memfd, `ftm::engines::pmem` on
 /// a file.
 
+#include <ftm/detail/bank_format.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/detail/layout_diff.hpp>
 #include <ftm/detail/process.hpp>
@@ -38,284 +39,6 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-namespace ftm::detail::bank_layout {
-
-/// The first 16 bytes of every object block, in the working bank. The lock words are
-/// not copied between banks; `size` is, so creating and destroying are transactional.
-struct object_header {
-  std::atomic<std::uint64_t> readers;  // bit d: descriptor d holds the shared lock
-  std::atomic<std::uint32_t> writer;   // d + 1 of the exclusive holder, or 0
-  std::uint32_t size;                  // bytes of the object; 0 once destroyed
-};
-static_assert(sizeof(object_header) == 16);
-inline constexpr std::uint64_t header_size = sizeof(object_header);
-inline constexpr std::uint64_t tracked_offset = offsetof(object_header, size);  // copies start here
-inline constexpr std::uint64_t tracked_prefix = header_size - tracked_offset;
-
-enum class entry_kind : std::uint16_t { read = 1, write = 2 };
-
-/// A 16-bit check of a log entry of descriptor `d`: recovery acts on the entries of a
-/// dead descriptor, so a damaged one (a flipped offset would undo the wrong object and
-/// leave the right one locked) must be told from a good one. One multiplication: it is
-/// computed twice for every lock a transaction takes.
-constexpr std::uint16_t entry_check(std::uint32_t d, std::uint64_t offset, std::uint32_t length,
-                                    entry_kind kind) noexcept {
-  std::uint64_t x = ((offset | d) ^ (std::uint64_t{length} << 40) ^
-                     (std::uint64_t{static_cast<std::uint16_t>(kind)} << 36)) *
-                    0x9e3779b97f4a7c15ull;
-  return static_cast<std::uint16_t>((x ^ (x >> 23)) >> 48);
-}
-
-/// One object a transaction locked. `length` is what commit and abort copy between
-/// the banks, filled in once the lock is held (0: nothing to copy). The second word
-/// (length, kind, check) is written by one 8-byte store, so a process that dies while
-/// writing it leaves the old entry or the new one, each with its check.
-struct log_entry {
-  std::uint64_t offset;
-  std::uint32_t length;
-  entry_kind kind;
-  std::uint16_t check;  // entry_check() of the descriptor, offset, length and kind
-};
-static_assert(sizeof(log_entry) == 16);
-
-/// A descriptor's states. Those recovery acts on are far apart in bits (Hamming
-/// distance 16 or more, and from 0), so damage to the word never turns one into
-/// another: it makes an unknown state, which is refused.
-enum slot_state : std::uint32_t { idle = 0, active = 0xa5a50f01u, committing = 0x5a5af002u };
-
-/// What a transaction did so far, so that commit skips the passes it does not need.
-enum slot_flags : std::uint32_t {
-  wrote_objects = 1,   // took a write lock: commit has copies to make
-  locked_records = 2,  // locked an allocator record (or the roots): a second release pass
-  attached = 4,        // held by a session: kept, idle, when a transaction ends
-};
-
-/// A transaction descriptor, in shared memory, one cache line of its own; its log
-/// is elsewhere.
-struct alignas(64) slot {
-  std::atomic<owner_id> owner;  // 0: free; otherwise the process that runs (or recovers) it
-  std::atomic<std::uint32_t> state;
-  std::atomic<std::uint32_t> count;  // log entries in use
-  std::atomic<std::uint64_t> priority;
-  std::atomic<std::uint32_t> doomed;  // lost a conflict: may only abort
-  std::uint32_t flags;                // wrote_objects | locked_records: what commit must do
-  std::atomic<std::uint64_t> commits, aborts, conflicts, retries;
-};
-static_assert(sizeof(slot) == 64);
-
-inline constexpr std::uint64_t magic = 0x66746d2d64756131ull;  // "ftm-dua1"
-inline constexpr std::uint32_t max_slots = 64;                 // one bit each in `readers`
-
-// The control region: a page of header, the descriptors, then their logs.
-inline constexpr std::uint64_t slots_begin = 4096;
-inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
-
-/// 2: checksums in the header, the descriptors' logs and states, and the roots table;
-/// the redo log's state in the header page (`redo::control`) records the log's id and
-/// the last record on the medium.
-inline constexpr std::uint32_t format_version = 2;
-
-/// A 64-bit checksum of `n` bytes (a multiple of 8) at `p`, seeded: for the
-/// structures a bound cannot check (the header, the roots table's entries).
-inline std::uint64_t check_bytes(const void* p, std::size_t n, std::uint64_t seed) noexcept {
-  std::uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ull);
-  for (std::size_t i = 0; i + 8 <= n; i += 8) {
-    std::uint64_t w = 0;
-    std::memcpy(&w, static_cast<const char*>(p) + i, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-  }
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 29;
-  // Never 0 (the boot check's "being rewritten"), nor one bit away from it.
-  return std::popcount(h) < 2 ? h ^ 0x8000000000000101ull : h;
-}
-
-/// The first bytes of the mapping (and of a pool file): what the pool is and how it
-/// is laid out, so that a pool file can be checked before it is trusted.
-struct pool_header {
-  std::uint64_t magic;
-  std::uint32_t version;
-  std::uint32_t max_entries;
-  std::uint64_t pool_id;
-  std::uint64_t bank_size;
-  std::uint64_t nchunks;
-  std::uint64_t metas_offset;
-  std::uint64_t chunks_offset;
-  std::uint64_t control_size;
-  std::uint64_t map_size;
-  char boot_id[40];  // the boot the pool's owners belong to (for pools that outlive one)
-  /// check_bytes() of `boot_id`; 0 while an opener rewrites it (after recovering every
-  /// descriptor of the earlier boot, so the pool counts as of an earlier boot then).
-  std::uint64_t boot_check;
-  std::uint64_t header_check;  // check_bytes() of the fields before `boot_id`
-};
-inline constexpr std::uint64_t header_check_seed = 0x6865616465723a32ull;
-inline constexpr std::uint64_t boot_check_seed = 0x626f6f7469643a32ull;
-
-/// The check word of the static fields of `h`.
-inline std::uint64_t header_check_of(const pool_header& h) noexcept {
-  return check_bytes(&h, offsetof(pool_header, boot_id), header_check_seed);
-}
-
-/// The check word of `h`'s boot id.
-inline std::uint64_t boot_check_of(const pool_header& h) noexcept {
-  return check_bytes(h.boot_id, sizeof h.boot_id, boot_check_seed);
-}
-
-/// Records `boot` as the boot of `h`'s owners: the check word is 0 while the id
-/// changes, so a process that dies in between leaves a pool of an earlier boot.
-inline void set_boot_id(pool_header& h, std::string_view boot) noexcept {
-  std::atomic_ref<std::uint64_t>(h.boot_check).store(0, std::memory_order_seq_cst);
-  std::memset(h.boot_id, 0, sizeof h.boot_id);
-  std::memcpy(h.boot_id, boot.data(), std::min(boot.size(), sizeof h.boot_id - 1));
-  std::atomic_ref<std::uint64_t>(h.boot_check).store(boot_check_of(h), std::memory_order_seq_cst);
-}
-
-/// The watchers' table, in the control page after the pool header (zero in a fresh
-/// pool and in pool files made before it existed). `global.changes` is the futex
-/// word watchers sleep on, bumped by every wake; `global.watchers` counts the
-/// watchers of the whole pool, so a commit with nobody waiting reads one word; each
-/// bucket counts the watchers of the objects that hash to it. Each on its own cache
-/// line: committers only read them unless someone waits.
-struct alignas(64) watch_line {
-  std::atomic<std::uint32_t> changes;
-  std::atomic<std::uint32_t> watchers;
-};
-inline constexpr std::uint32_t watch_buckets = 31;
-struct watch_table {
-  watch_line global;
-  watch_line buckets[watch_buckets];
-};
-inline constexpr std::uint64_t watch_begin = 2048;
-static_assert(sizeof(pool_header) <= watch_begin);
-static_assert(watch_begin + sizeof(watch_table) <= slots_begin);
-
-/// A named root: its name, its type's name and fingerprint, and the object.
-struct root_entry {
-  char name[48];
-  char type[48];
-  std::uint64_t fingerprint;
-  std::uint64_t offset;
-  std::uint32_t size;
-  std::uint32_t used;    // 0: free; otherwise root_check() of the entry
-  std::uint64_t layout;  // a stable object holding the type's layout description, or 0
-};
-static_assert(sizeof(root_entry) == 128);
-inline constexpr std::uint32_t max_roots = 64;
-/// The roots, and which entries are in use: an entry cleared by damage is told from
-/// one never bound by its bit in `in_use`.
-struct roots_table {
-  root_entry entries[max_roots];
-  std::uint64_t in_use;  // bit i: entries[i] is bound
-  std::uint64_t reserved;
-};
-static_assert(max_roots <= 64);
-
-/// The `used` word of a bound root entry: a check of the rest of it, never 0.
-inline std::uint32_t root_check(const root_entry& e) noexcept {
-  root_entry copy = e;
-  copy.used = 0;
-  const std::uint64_t h = check_bytes(&copy, sizeof copy, 0x726f6f74733a3200ull);
-  return static_cast<std::uint32_t>(h ^ (h >> 32)) | 1u;
-}
-
-inline constexpr std::uint64_t chunk_size = 64 * 1024;
-inline constexpr std::uint64_t min_block = 64;
-inline constexpr std::uint32_t nclasses = 10;  // blocks of 64 B .. 32 KiB
-inline constexpr std::uint32_t max_blocks = chunk_size / min_block;
-
-/// Chunk classes: 0 free, 1..nclasses small blocks of (64 << (cls - 1)) bytes,
-/// then the chunks of a large object.
-inline constexpr std::uint32_t cls_free = 0;
-inline constexpr std::uint32_t cls_large_head = nclasses + 1;
-inline constexpr std::uint32_t cls_large_tail = nclasses + 2;
-
-/// The allocator's record of one chunk: itself a stable object, locked and copied
-/// between banks like any other, so allocation is transactional and recovers.
-struct chunk_meta {
-  std::uint32_t cls;
-  std::uint32_t nblocks;  // small: blocks in the chunk; large head: chunks in the object
-  std::uint32_t used;
-  std::uint32_t head;  // large tail: index of the head chunk
-  std::uint64_t bitmap[max_blocks / 64];
-};
-inline constexpr std::uint64_t meta_stride = 256;
-static_assert(header_size + sizeof(chunk_meta) <= meta_stride);
-
-inline constexpr std::uint64_t roots_offset = 64;  // offset 0 stays the null handle
-inline constexpr std::uint64_t metas_begin =
-    (roots_offset + header_size + sizeof(roots_table) + 63) / 64 * 64;
-
-constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
-
-/// Orders the stores before it before the stores after it, as seen by a survivor of
-/// a crash. x86 keeps stores in order; the compiler must not reorder them either.
-inline void store_barrier() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  std::atomic_signal_fence(std::memory_order_seq_cst);
-#else
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-#endif
-}
-
-/// 128 TiB: no bank is larger (a pool header that says so is damaged).
-inline constexpr std::uint64_t max_bank_size = std::uint64_t{1} << 47;
-
-/// The largest object: its size, and its size with the 4 bytes of the header that
-/// commits copy, are recorded in 32 bits.
-inline constexpr std::uint64_t max_object_size = std::uint64_t{UINT32_MAX} - header_size;
-
-/// Sizes and offsets of a pool, derived from its bank size and log capacity.
-struct geometry {
-  std::uint64_t bank_size = 0;
-  std::uint64_t nchunks = 0;
-  std::uint64_t chunks_offset = 0;
-  std::uint32_t max_entries = 0;
-  std::uint64_t control_size = 0;
-  std::uint64_t map_size = 0;
-
-  /// The layout of a pool with banks of `bank_size` bytes; `who` names the engine in
-  /// errors.
-  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries,
-                          std::string_view who) {
-    if (bank_size % chunk_size != 0) {
-      throw invalid_argument(
-          fmt::format("{}: bank size {} is not a multiple of the chunk size ({} bytes)", who,
-                      bank_size, chunk_size));
-    }
-    if (max_entries < 4) {
-      throw invalid_argument(fmt::format(
-          "{}: max_objects_per_transaction is {}, at least 4 are needed", who, max_entries));
-    }
-    if (bank_size > max_bank_size) {
-      throw invalid_argument(fmt::format("{}: bank size {} is more than the largest, {} bytes", who,
-                                         bank_size, max_bank_size));
-    }
-    // The largest n whose records and chunks fit: align_up(M + n S, C) + n C <= B, with
-    // B a multiple of C, holds exactly when M + n S <= B - n C (a ceiling is at most
-    // an integer when its argument is), that is n <= (B - M) / (C + S).
-    const std::uint64_t n =
-        bank_size < metas_begin ? 0 : (bank_size - metas_begin) / (chunk_size + meta_stride);
-    if (n < 2) {
-      throw invalid_argument(
-          fmt::format("{}: bank size {} is too small: at least {} bytes are needed", who, bank_size,
-                      align_up(metas_begin + 2 * meta_stride, chunk_size) + 2 * chunk_size));
-    }
-    geometry g;
-    g.bank_size = bank_size;
-    g.nchunks = n;
-    g.chunks_offset = align_up(metas_begin + n * meta_stride, chunk_size);
-    g.max_entries = max_entries;
-    g.control_size =
-        align_up(logs_begin + std::uint64_t{max_slots} * max_entries * sizeof(log_entry), 4096);
-    g.map_size = g.control_size + 2 * bank_size;
-    return g;
-  }
-};
-
-}  // namespace ftm::detail::bank_layout
 
 namespace ftm::detail {
 
@@ -355,7 +78,7 @@ class bank_engine {
   };
 
   static constexpr std::size_t chunk_size = bank_layout::chunk_size;
-  static constexpr std::uint32_t max_transactions = bank_layout::max_slots;
+  static constexpr std::uint32_t max_transactions = bank_layout::max_descriptors;
 
   /// What `check()` found; `ok()` when the pool is quiescent and consistent.
   struct check_report {
@@ -395,9 +118,9 @@ class bank_engine {
     const owner_id me = detail::self_owner_id();
     thread_local std::uint32_t hint = 0;  // constant-initialised: no guard on each access
     for (std::uint32_t round = 0;; ++round) {
-      for (std::uint32_t i = 0; i < max_slots; ++i) {
-        const tx_id d = (hint + i) % max_slots;
-        slot& s = slot_at(d);
+      for (std::uint32_t i = 0; i < max_descriptors; ++i) {
+        const tx_id d = (hint + i) % max_descriptors;
+        descriptor& s = descriptor_at(d);
         owner_id expected = 0;
         if (s.owner.load(std::memory_order_relaxed) == 0 &&
             s.owner.compare_exchange_strong(expected, me, std::memory_order_acquire)) {
@@ -419,7 +142,7 @@ class bank_engine {
   /// atomic read-modify-write. Waits, as `begin()` does, while all are in use.
   tx_id attach() {
     const tx_id d = begin();
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     s.flags = bank_layout::attached;
     s.state.store(bank_layout::idle, std::memory_order_release);
     return d;
@@ -428,8 +151,9 @@ class bank_engine {
   /// Begins a transaction on a descriptor that `attach()` gave this process.
   void begin_attached(tx_id d, begin_options o = {}) {
     using namespace bank_layout;
-    slot& s = slot_at(d);
-    if (d >= max_slots || s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
+    descriptor& s = descriptor_at(d);
+    if (d >= max_descriptors ||
+        s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
         (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) {
       throw usage_error(fmt::format(
           "descriptor {} is not an idle session of this process: a session belongs to the "
@@ -441,7 +165,7 @@ class bank_engine {
 
   /// Gives a session's descriptor back. Its transaction, if any, must have ended.
   void detach(tx_id d) noexcept {
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     if (s.owner.load(std::memory_order_relaxed) != detail::self_owner_id()) return;
     s.flags = 0;
     s.owner.store(0, std::memory_order_release);
@@ -449,7 +173,7 @@ class bank_engine {
 
   void commit(tx_id d) {
     using namespace bank_layout;
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     if (s.doomed.load(std::memory_order_relaxed) != 0) {
       abort(d);
       throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
@@ -472,7 +196,7 @@ class bank_engine {
   }
 
   void abort(tx_id d) noexcept {
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     copy_held<false>(d, "abort.mid_undo");
     release_locks(d, (s.flags & bank_layout::locked_records) != 0);
     bump(s.aborts);
@@ -746,7 +470,7 @@ class bank_engine {
     watch_table& w = watches();
     bool taken[watch_buckets] = {};
     std::size_t n = 0;
-    const std::uint32_t count = slot_at(d).count.load(std::memory_order_relaxed);
+    const std::uint32_t count = descriptor_at(d).count.load(std::memory_order_relaxed);
     const log_entry* log = entries(d);
     for (std::uint32_t i = 0; i < count && n < out.size(); ++i) {
       const std::uint64_t off = log[i].offset;
@@ -808,7 +532,7 @@ class bank_engine {
   [[nodiscard]] engine_stats stats() const {
     engine_stats total;
     for (tx_id d = 0; d < max_transactions; ++d) {
-      const auto& s = slot_at(d);
+      const auto& s = descriptor_at(d);
       total.commits += s.commits.load(std::memory_order_relaxed);
       total.aborts += s.aborts.load(std::memory_order_relaxed);
       total.conflicts += s.conflicts.load(std::memory_order_relaxed);
@@ -848,7 +572,7 @@ class bank_engine {
     // perhaps different between the banks, as they should be.
     std::vector<std::uint64_t> held;
     for (tx_id d = 0; d < max_transactions; ++d) {
-      const auto& s = slot_at(d);
+      const auto& s = descriptor_at(d);
       const owner_id o = s.owner.load(std::memory_order_acquire);
       if (o == 0) {
         if (auto p = free_descriptor_problem(d); !p.empty()) problem(std::move(p));
@@ -1004,7 +728,7 @@ class bank_engine {
   [[nodiscard]] std::vector<descriptor_report> descriptors_in_use(bool earlier_boot = false) const {
     std::vector<descriptor_report> out;
     for (tx_id d = 0; d < max_transactions; ++d) {
-      const auto& s = slot_at(d);
+      const auto& s = descriptor_at(d);
       const owner_id o = s.owner.load(std::memory_order_acquire);
       if (o == 0) continue;
       descriptor_report r;
@@ -1070,7 +794,7 @@ class bank_engine {
   [[nodiscard]] std::string structure_problem(bool earlier_boot) const {
     using namespace bank_layout;
     for (tx_id d = 0; d < max_transactions; ++d) {
-      const slot& s = slot_at(d);
+      const descriptor& s = descriptor_at(d);
       const owner_id owner = s.owner.load(std::memory_order_acquire);
       if (owner == 0) {
         if (auto p = free_descriptor_problem(d); !p.empty()) return p;
@@ -1088,7 +812,7 @@ class bank_engine {
   /// entries would be released, or copied between banks, at the end of the next
   /// transaction that takes it.
   [[nodiscard]] std::string free_descriptor_problem(tx_id d) const {
-    const slot& s = slot_at(d);
+    const descriptor& s = descriptor_at(d);
     // A transaction that took the descriptor and ended between the two reads of its
     // owner has counted a commit or an abort.
     auto ended = [&] {
@@ -1103,10 +827,10 @@ class bank_engine {
   /// What makes descriptor `d`'s state or log unsafe to act on, or "" if nothing.
   [[nodiscard]] std::string descriptor_problem(tx_id d) const {
     using namespace bank_layout;
-    const slot& s = slot_at(d);
+    const descriptor& s = descriptor_at(d);
     const auto state = s.state.load(std::memory_order_relaxed);
     const auto n = s.count.load(std::memory_order_relaxed);
-    const std::uint64_t at = slots_begin + d * sizeof(slot);
+    const std::uint64_t at = descriptors_begin + d * sizeof(descriptor);
     if (state != idle && state != active && state != committing) {
       return fmt::format("descriptor {} (offset {}) has an unknown state {:#x}", d, at, state);
     }
@@ -1151,10 +875,10 @@ class bank_engine {
   void set_pool_name(std::string_view name) { pool_name_ = fmt::format("'{}': ", name); }
 
   /// The state of each descriptor in use (0 for a free one), as recovery will find it.
-  [[nodiscard]] std::array<std::uint32_t, bank_layout::max_slots> descriptor_states() const {
-    std::array<std::uint32_t, bank_layout::max_slots> states{};
+  [[nodiscard]] std::array<std::uint32_t, bank_layout::max_descriptors> descriptor_states() const {
+    std::array<std::uint32_t, bank_layout::max_descriptors> states{};
     for (tx_id d = 0; d < max_transactions; ++d) {
-      const slot& s = slot_at(d);
+      const descriptor& s = descriptor_at(d);
       if (s.owner.load(std::memory_order_acquire) != 0) {
         states[d] = s.state.load(std::memory_order_acquire);
       }
@@ -1169,25 +893,26 @@ class bank_engine {
   /// holder's recovery would have: completed (copied to the second bank) if `states`
   /// says the holder was committing, else restored from the second bank. Locks of
   /// descriptors still in use are left alone. Returns how many objects it unlocked.
-  std::uint64_t clear_stale_locks(const std::array<std::uint32_t, bank_layout::max_slots>& states) {
+  std::uint64_t clear_stale_locks(
+      const std::array<std::uint32_t, bank_layout::max_descriptors>& states) {
     using namespace bank_layout;
     std::uint64_t cleared = 0;
     std::uint64_t in_use = 0;  // descriptors still owned: their locks are theirs
     for (tx_id d = 0; d < max_transactions; ++d) {
-      if (slot_at(d).owner.load(std::memory_order_acquire) != 0) in_use |= bit(d);
+      if (descriptor_at(d).owner.load(std::memory_order_acquire) != 0) in_use |= bit(d);
     }
     // `capacity`: the most bytes the object can have where it is.
     auto settle = [&](std::uint64_t off, std::uint64_t capacity) {
       object_header& h = header(off);
       const std::uint32_t w = h.writer.load(std::memory_order_acquire);
       const std::uint64_t r = h.readers.load(std::memory_order_acquire);
-      const bool writer_stale = w != 0 && (w > max_slots || (in_use & bit(w - 1)) == 0);
+      const bool writer_stale = w != 0 && (w > max_descriptors || (in_use & bit(w - 1)) == 0);
       if (!writer_stale && (r & ~in_use) == 0) return;
       if (writer_stale) {
         const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
         const std::uint64_t size = std::min<std::uint64_t>(std::max(h.size, second.size), capacity);
         const std::uint64_t len = tracked_prefix + size;
-        if (w <= max_slots && states[w - 1] == committing) {
+        if (w <= max_descriptors && states[w - 1] == committing) {
           std::memcpy(b_ + off + tracked_offset, a_ + off + tracked_offset, len);
         } else {
           std::memcpy(a_ + off + tracked_offset, b_ + off + tracked_offset, len);
@@ -1224,7 +949,7 @@ class bank_engine {
   template <class F>
   void for_each_held_write(tx_id d, F&& f) const {
     using namespace bank_layout;
-    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     for (std::uint32_t k = 0; k < n; ++k) {
       const log_entry& e = log[k];
@@ -1241,7 +966,7 @@ class bank_engine {
   }
 
  private:
-  using slot = bank_layout::slot;
+  using descriptor = bank_layout::descriptor;
   using log_entry = bank_layout::log_entry;
   using owner_id = detail::owner_id;
 
@@ -1268,8 +993,8 @@ class bank_engine {
     whole.magic = magic;  // stored last, below
     h->header_check = header_check_of(whole);
     set_boot_id(*h, current_boot_id());
-    for (tx_id d = 0; d < max_slots; ++d)
-      ::new (base_ + slots_begin + d * sizeof(slot)) slot{};
+    for (tx_id d = 0; d < max_descriptors; ++d)
+      ::new (base_ + descriptors_begin + d * sizeof(descriptor)) descriptor{};
     for (std::byte* bank : {a_, b_}) {
       auto init = [&](std::uint64_t off, std::uint32_t size) {
         auto* oh = ::new (bank + off) object_header{};
@@ -1285,9 +1010,9 @@ class bank_engine {
 
   // ---- layout ----------------------------------------------------------------
 
-  slot& slot_at(tx_id d) const noexcept {
-    return *std::launder(
-        reinterpret_cast<slot*>(base_ + bank_layout::slots_begin + d * sizeof(slot)));
+  descriptor& descriptor_at(tx_id d) const noexcept {
+    return *std::launder(reinterpret_cast<descriptor*>(base_ + bank_layout::descriptors_begin +
+                                                       d * sizeof(descriptor)));
   }
   log_entry* entries(tx_id d) const noexcept {
     return reinterpret_cast<log_entry*>(base_ + bank_layout::logs_begin) +
@@ -1400,7 +1125,7 @@ class bank_engine {
   /// nothing held that recovery cannot see.
   log_entry& push_entry(tx_id d, std::uint64_t off, bank_layout::entry_kind kind,
                         std::uint32_t length = 0) {
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     const std::uint32_t n = s.count.load(std::memory_order_relaxed);
     if (n == max_entries_) {
       throw capacity_exceeded(
@@ -1432,7 +1157,7 @@ class bank_engine {
   /// A transaction's age for wait-die, taken from the clock the first time a conflict
   /// needs it and fixed from then on, so every decision about it agrees.
   std::uint64_t priority(tx_id d) const noexcept {
-    auto& p = slot_at(d).priority;
+    auto& p = descriptor_at(d).priority;
     std::uint64_t v = p.load(std::memory_order_acquire);
     if (v == 0) {
       const std::uint64_t now = detail::timestamp() | 1;
@@ -1450,7 +1175,7 @@ class bank_engine {
 
   /// Whether descriptor `h` runs a transaction (only a running one holds locks).
   bool running(tx_id h) const noexcept {
-    const slot& s = slot_at(h);
+    const descriptor& s = descriptor_at(h);
     return s.owner.load(std::memory_order_acquire) != 0 &&
            s.state.load(std::memory_order_acquire) != bank_layout::idle;
   }
@@ -1460,7 +1185,7 @@ class bank_engine {
   /// between (its commits and aborts, bumped before it is freed, are a generation), so
   /// the lock was not taken and released meanwhile. Seen twice, a while apart.
   bool stale_lock(tx_id h, std::uint64_t off, bool reader) const {
-    const slot& s = slot_at(h);
+    const descriptor& s = descriptor_at(h);
     auto ended = [&] {
       return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
     };
@@ -1503,7 +1228,7 @@ class bank_engine {
       // Dying for a holder that is dead itself would only repeat: recover it instead.
       recovery_report ignored;
       if (recover_if_dead(holder, ignored)) return;
-      slot& s = slot_at(d);
+      descriptor& s = descriptor_at(d);
       s.doomed.store(1, std::memory_order_relaxed);
       bump(s.conflicts);
       throw conflict(fmt::format("the object at offset {} is locked by an older transaction", off));
@@ -1528,7 +1253,7 @@ class bank_engine {
     const std::uint32_t me = d + 1;
     if (h.writer.load(std::memory_order_relaxed) == me) return;
     log_entry& e = push_entry(d, off, entry_kind::write);
-    slot_at(d).flags |= off < chunks_offset_ ? locked_records | wrote_objects : wrote_objects;
+    descriptor_at(d).flags |= off < chunks_offset_ ? locked_records | wrote_objects : wrote_objects;
     FTM_FAULT_POINT("lock.after_log_entry");
     std::uint32_t spins = 0;
     for (;;) {
@@ -1537,7 +1262,7 @@ class bank_engine {
       try {
         wait_or_die(d, w - 1, off, spins);
       } catch (...) {
-        slot_at(d).count.fetch_sub(1, std::memory_order_release);  // forget the intent
+        descriptor_at(d).count.fetch_sub(1, std::memory_order_release);  // forget the intent
         throw;
       }
     }
@@ -1589,7 +1314,7 @@ class bank_engine {
       return;
     }
     push_entry(d, off, entry_kind::read);
-    if (off < chunks_offset_) slot_at(d).flags |= locked_records;
+    if (off < chunks_offset_) descriptor_at(d).flags |= locked_records;
     std::uint32_t spins = 0;
     for (;;) {
       h.readers.fetch_or(bit(d), std::memory_order_seq_cst);
@@ -1614,10 +1339,10 @@ class bank_engine {
     if (held) return true;
     if (h.writer.load(std::memory_order_relaxed) != 0) return false;
     log_entry& e = push_entry(d, off, entry_kind::write);
-    slot_at(d).flags |= locked_records | wrote_objects;
+    descriptor_at(d).flags |= locked_records | wrote_objects;
     std::uint32_t w = 0;
     if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) {
-      slot_at(d).count.fetch_sub(1, std::memory_order_release);
+      descriptor_at(d).count.fetch_sub(1, std::memory_order_release);
       return false;
     }
     if ((h.readers.load(std::memory_order_seq_cst) & ~bit(d)) != 0) {
@@ -1638,7 +1363,7 @@ class bank_engine {
   /// Releases the lock of the newest log entry, unchanged, and forgets the entry.
   void unlock_last(tx_id d, std::uint64_t off) noexcept {
     header(off).writer.store(0, std::memory_order_release);
-    slot_at(d).count.fetch_sub(1, std::memory_order_release);
+    descriptor_at(d).count.fetch_sub(1, std::memory_order_release);
   }
 
   // ---- allocation --------------------------------------------------------------
@@ -1685,7 +1410,7 @@ class bank_engine {
   allocation place_object(tx_id d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
     push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
-    slot_at(d).flags |= wrote_objects;
+    descriptor_at(d).flags |= wrote_objects;
     object_header& h = header(off);
     h.readers.store(0, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
@@ -1760,7 +1485,7 @@ class bank_engine {
   template <bool Redo>
   void copy_held(tx_id d, [[maybe_unused]] std::string_view fault_point) noexcept {
     using namespace bank_layout;
-    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     bool first = true;
     for (std::uint32_t k = 0; k < n; ++k) {
@@ -1788,7 +1513,7 @@ class bank_engine {
   /// `with_records` false skips the second pass (a transaction that locked no record).
   std::uint64_t release_locks(tx_id d, bool with_records = true) noexcept {
     using namespace bank_layout;
-    const std::uint32_t n = slot_at(d).count.load(std::memory_order_acquire);
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = entries(d);
     std::uint64_t released = 0;
     for (const bool records : {false, true}) {
@@ -1810,7 +1535,7 @@ class bank_engine {
   }
 
   /// Makes a claimed descriptor active for a new transaction.
-  void activate(slot& s, const begin_options& o) noexcept {
+  void activate(descriptor& s, const begin_options& o) noexcept {
     using namespace bank_layout;
     // 0: the age is taken when a conflict first asks for it (see priority()).
     s.priority.store(o.priority, std::memory_order_relaxed);
@@ -1822,7 +1547,7 @@ class bank_engine {
 
   /// Ends a transaction: the descriptor is free again, or idle in its session.
   /// Recovery passes `release` to free a dead owner's session descriptor too.
-  static void finish(slot& s, bool release = false) noexcept {
+  static void finish(descriptor& s, bool release = false) noexcept {
     using namespace bank_layout;
     s.count.store(0, std::memory_order_relaxed);
     s.state.store(idle, std::memory_order_release);
@@ -1835,7 +1560,7 @@ class bank_engine {
   /// Recovers descriptor `d` if its owner died; true if it did.
   bool recover_if_dead(tx_id d, recovery_report& report, bool assume_dead = false) noexcept {
     using namespace bank_layout;
-    slot& s = slot_at(d);
+    descriptor& s = descriptor_at(d);
     owner_id owner = s.owner.load(std::memory_order_acquire);
     if (owner == 0 || (!assume_dead && detail::owner_alive(owner))) return false;
     // Claim it: a recoverer that dies here leaves it to the next one.
@@ -1887,7 +1612,7 @@ class bank_engine {
     using namespace bank_layout;
     watch_table& w = watches();
     if (w.global.watchers.load(std::memory_order_relaxed) == 0) return;
-    const std::uint32_t n = slot_at(d).count.load(std::memory_order_relaxed);
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_relaxed);
     const log_entry* log = entries(d);
     for (std::uint32_t i = 0; i < n; ++i) {
       if (log[i].kind == entry_kind::write &&

@@ -16,6 +16,7 @@
 /// makes no system call.
 
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/checksum.hpp>
 #include <ftm/detail/persist.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -129,7 +130,7 @@ struct control {
   std::atomic<std::uint64_t> durable;  // the log is on the medium up to here
   std::atomic<std::uint64_t> base;     // position of the current epoch's first record
   std::atomic<std::uint64_t> epoch;
-  std::atomic<std::uint32_t> in_flight[bank_layout::max_slots];  // logged, phase 2 not done
+  std::atomic<std::uint32_t> in_flight[bank_layout::max_descriptors];  // logged, phase 2 not done
   std::atomic<std::uint32_t> flushes;   // futex word: bumped after every flush of the log
   std::atomic<std::uint32_t> sleepers;  // committers asleep on `flushes`
   /// What recovery checks the log against, read from the pool as it reached the medium:
@@ -145,19 +146,7 @@ struct control {
 static_assert(control_offset + sizeof(control) <= bank_layout::watch_begin);
 static_assert(sizeof(bank_layout::pool_header) <= control_offset);
 
-/// A 64-bit checksum of `n` bytes (a multiple of 8), seeded.
-inline std::uint64_t checksum(const std::byte* p, std::size_t n, std::uint64_t seed) noexcept {
-  std::uint64_t h = seed ^ 0x9e3779b97f4a7c15ull ^ n;
-  for (std::size_t i = 0; i < n; i += 8) {
-    std::uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-  }
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  return h ^ (h >> 33);
-}
+using detail::checksum;  // one checksum for every format (detail/checksum.hpp)
 
 inline std::uint64_t header_checksum(const file_header& h) noexcept {
   return checksum(reinterpret_cast<const std::byte*>(&h), offsetof(file_header, checksum), 0);
@@ -714,7 +703,7 @@ class redo_log {
   /// committers died), flushes the pool (the second bank is then on the medium), and
   /// starts a new epoch.
   void checkpoint_locked(std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    for (tx_id d = 0; d < bank_layout::max_slots; ++d) {
+    for (tx_id d = 0; d < bank_layout::max_descriptors; ++d) {
       for (std::uint32_t spins = 0; ctl_->in_flight[d].load(std::memory_order_acquire) != 0;
            ++spins) {
         if (spins % 1024 == 1023) settle(ctx, d);

@@ -783,9 +783,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
   recovery_report recover_from_log(const options& opts) {
     namespace layout = detail::bank_layout;
     recovery_report report;
-    for (tx_id d = 0; d < layout::max_slots; ++d) {
-      const auto* s =
-          reinterpret_cast<const layout::slot*>(region() + layout::slots_begin + d * 64);
+    for (tx_id d = 0; d < layout::max_descriptors; ++d) {
+      const auto* s = reinterpret_cast<const layout::descriptor*>(
+          region() + layout::descriptors_begin + d * 64);
       if (s->owner.load() != 0) ++report.undone;
     }
     detail::redo::redo_log log(detail::redo::redo_log::path_for(path()), pool_id(), region_fd(),
@@ -805,8 +805,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
     detail::clear_lock_words(region() + region_geometry().control_size, region_geometry());
     detail::clear_lock_words(b, region_geometry());
-    for (tx_id d = 0; d < layout::max_slots; ++d)
-      ::new (region() + layout::slots_begin + d * sizeof(layout::slot)) layout::slot{};
+    for (tx_id d = 0; d < layout::max_descriptors; ++d)
+      ::new (region() + layout::descriptors_begin + d * sizeof(layout::descriptor))
+          layout::descriptor{};
     FTM_FAULT_POINT("log.recover_copied");
     log.init_control(replayed.last_seq, /*new_log=*/false);
     if (opts.level == durability::power) {
