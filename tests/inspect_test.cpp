@@ -162,7 +162,7 @@ TEST_CASE("ftm-inspect --check reports a power pool's missing or cut redo log") 
 
 TEST_CASE("ftm-inspect shows the roots and the space of a pool with objects") {
   const fs::path path = ftm_test::scratch_file();
-  ftm::detail::bank_engine::check_report expected;
+  ftm::check_report expected;
   {
     auto pool = pmem::create(path, small);
     ftm::atomically(pool, [](auto& tx) {

@@ -11,6 +11,7 @@
 // the command line is wrong), with an ftm error message on stderr.
 #include <ftm/engines/pmem.hpp>
 #include <ftm/error.hpp>
+#include <ftm/inspect.hpp>
 #include <ftm/port.hpp>
 
 #include <fmt/format.h>
@@ -45,19 +46,10 @@ std::string magic_text(std::uint64_t magic) {
   return s;
 }
 
-std::string_view kind_name(ftm::detail::bank_layout::entry_kind k) {
-  switch (k) {
-    case ftm::detail::bank_layout::entry_kind::read: return "read";
-    case ftm::detail::bank_layout::entry_kind::write: return "write";
-  }
-  return "unknown";
-}
-
 /// The ports the pool's port directory lists; adds what is wrong with them to `problems`.
-std::vector<ftm::detail::port_report> list_ports(
-    const ftm::engines::pmem_view& pool,
-    const std::vector<ftm::engines::pmem_view::root_report>& roots,
-    std::vector<std::string>& problems) {
+std::vector<ftm::detail::port_report> list_ports(const ftm::engines::pmem_view& pool,
+                                                 const std::vector<ftm::root_report>& roots,
+                                                 std::vector<std::string>& problems) {
   namespace fd = ftm::detail;
   for (const auto& r : roots) {
     if (r.name != fd::port_directory_name) continue;
@@ -126,7 +118,7 @@ int inspect(const std::string& path, bool check) {
     fmt::print("  #{}  pid {} ({})  {}  {} log entries\n", d.index, d.pid,
                d.alive ? "alive" : "dead", d.state_name(), d.count);
     for (const auto& e : d.log) {
-      fmt::print("      {:<5}  offset {}  length {}\n", kind_name(e.kind), e.offset, e.length);
+      fmt::print("      {:<5}  offset {}  length {}\n", ftm::to_string(e.kind), e.offset, e.length);
     }
   }
 

@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <string_view>
 
 namespace ftm::detail::bank_layout {
@@ -237,6 +238,35 @@ static_assert(header_size + sizeof(chunk_meta) <= meta_stride);
 inline constexpr std::uint64_t roots_offset = 64;  // offset 0 stays the null handle
 inline constexpr std::uint64_t metas_begin =
     (roots_offset + header_size + sizeof(roots_table) + 63) / 64 * 64;
+
+/// Whether entry `i` of `table` is consistent: free and not marked bound, or bound,
+/// marked, with its check word and NUL-terminated names.
+inline bool root_entry_sound(const roots_table& table, std::uint32_t i) noexcept {
+  const root_entry& r = table.entries[i];
+  const bool marked = (table.in_use >> i & 1) != 0;
+  if (r.used == 0) return !marked;
+  return marked && r.used == root_check(r) && strnlen(r.name, sizeof r.name) < sizeof r.name &&
+         strnlen(r.type, sizeof r.type) < sizeof r.type;
+}
+
+/// What is wrong with entry `i` of `table` (see root_entry_sound()).
+inline std::string root_entry_problem(const roots_table& table, std::uint32_t i) {
+  const root_entry& r = table.entries[i];
+  const std::uint64_t at = roots_offset + header_size + i * sizeof(root_entry);
+  if (r.used == 0) {
+    return fmt::format(
+        "entry {} of the roots table (offset {}) is empty, but the table records "
+        "it bound: a root was lost",
+        i, at);
+  }
+  if ((table.in_use >> i & 1) == 0) {
+    return fmt::format(
+        "entry {} of the roots table (offset {}) is bound, but the table records "
+        "it free",
+        i, at);
+  }
+  return fmt::format("entry {} of the roots table (offset {}) fails its check", i, at);
+}
 
 constexpr std::uint64_t align_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
 

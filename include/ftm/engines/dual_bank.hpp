@@ -81,7 +81,7 @@ class dual_bank : private detail::memfd_region, public detail::bank_engine {
 
  private:
   explicit dual_bank(const detail::bank_layout::geometry& g)
-      : memfd_region(g.map_size), bank_engine(region(), g, /*fresh=*/true) {}
+      : memfd_region(g.map_size), bank_engine(region(), g, /*fresh=*/true, "dual_bank") {}
 };
 
 }  // namespace ftm::engines

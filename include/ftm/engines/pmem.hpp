@@ -5,11 +5,13 @@
 /// `ftm::engines::pmem`: the dual-bank engine on a pool file mapped into memory, so
 /// that the pool outlives every process that uses it.
 
+#include <ftm/detail/bank/check.hpp>
 #include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/redo_log.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
+#include <ftm/inspect.hpp>
 
 #include <fmt/format.h>
 
@@ -385,11 +387,11 @@ namespace ftm::engines {
 /// and it is mapped read-only from a read-only descriptor, never recovered nor written.
 /// It reads pools that other processes are using, pools left by dead processes (as
 /// they were left), and read-only files. What `ftm-inspect` shows.
-class pmem_view : private detail::file_region, private detail::bank_engine {
+class pmem_view : private detail::file_region {
  public:
-  using check_report = bank_engine::check_report;
-  using descriptor_report = bank_engine::descriptor_report;
-  using root_report = bank_engine::root_report;
+  using check_report = ftm::check_report;
+  using descriptor_report = ftm::descriptor_report;
+  using root_report = ftm::root_report;
 
   /// The pool header.
   struct header_info {
@@ -415,9 +417,8 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   /// Opens the pool file at `path` for reading. Throws `ftm::io_error` if it cannot be
   /// read, and `ftm::bad_pool` if it is not a whole pool of this format.
   explicit pmem_view(const std::filesystem::path& path)
-      : file_region(inspect_tag{}, path),
-        bank_engine(region(), region_geometry(), /*fresh=*/false) {
-    set_pool_name(path.string());
+      : file_region(inspect_tag{}, path), pool_(region(), region_geometry(), "pmem") {
+    pool_.set_pool_name(path.string());
     const auto& h = region_header();
     header_.magic = h.magic;
     header_.version = h.version;
@@ -446,10 +447,10 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
   [[nodiscard]] const header_info& header() const noexcept { return header_; }
   /// The named roots, as last committed.
-  [[nodiscard]] std::vector<root_report> roots() const { return root_entries(); }
+  [[nodiscard]] std::vector<root_report> roots() const { return detail::root_entries(pool_); }
   /// The descriptors in use: by running transactions, or left by dead processes.
   [[nodiscard]] std::vector<descriptor_report> descriptors() const {
-    return descriptors_in_use(header_.earlier_boot);
+    return detail::descriptors_in_use(pool_, header_.earlier_boot);
   }
   /// Verifies the pool's structures, allowing for transactions of living processes;
   /// descriptors of dead ones are problems (opening the pool for writing recovers them).
@@ -457,7 +458,7 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
   /// a log that is missing, not the pool's, or that holds fewer records than the pool
   /// recorded as on the medium is a problem.
   [[nodiscard]] check_report check() const {
-    auto report = bank_engine::check({.in_use = true, .earlier_boot = header_.earlier_boot});
+    auto report = detail::check_pool(pool_, {.in_use = true, .earlier_boot = header_.earlier_boot});
     if (auto problem = log_problem(); !problem.empty()) report.problems.push_back(problem);
     return report;
   }
@@ -504,9 +505,11 @@ class pmem_view : private detail::file_region, private detail::bank_engine {
     return {bank + offset + layout::header_size, size};
   }
 
-  static constexpr std::size_t chunk_size = bank_engine::chunk_size;
+  static constexpr std::size_t chunk_size = detail::bank_layout::chunk_size;
 
  private:
+  // The pool, read through the mapping alone: the checks are free functions of it.
+  detail::bank_mapping pool_;
   header_info header_;
 };
 
@@ -621,7 +624,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
  private:
   pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
        const options& opts)
-      : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true) {
+      : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true, "pmem") {
     set_pool_name(path.string());
     // Held before the name is published: no opener may take this pool for unused.
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
@@ -650,7 +653,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
   }
 
   pmem(open_tag tag, const std::filesystem::path& path, const options& asked)
-      : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false) {
+      : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false, "pmem") {
     const opening_lock lock(region_fd());
     auto& h = region_header();
     set_pool_name(path.string());

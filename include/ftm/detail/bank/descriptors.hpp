@@ -1,0 +1,241 @@
+#ifndef FTM_DETAIL_BANK_DESCRIPTORS_HPP
+#define FTM_DETAIL_BANK_DESCRIPTORS_HPP
+
+/// \file
+/// Descriptors and their logs: a transaction's record of what it locked, the copies
+/// between the banks that commit (redo) and abort (undo) make from it, and the checks
+/// a dead owner's descriptor passes before recovery acts on it.
+
+#include <ftm/detail/bank/mapping.hpp>
+#include <ftm/detail/fault.hpp>
+#include <ftm/engine.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace ftm::detail {
+
+/// What a descriptor is for the transaction that holds it: its log of the objects it
+/// locked (written before each lock is taken), the copies between the banks that commit
+/// and abort make from it, the release of its locks, and its start and end.
+class bank_descriptors : public bank_mapping {
+ public:
+  using bank_mapping::bank_mapping;
+
+ protected:
+  static void bump(std::atomic<std::uint64_t>& counter) noexcept {
+    // Only the descriptor's owner writes its counters: no read-modify-write needed.
+    // Release (a plain store on x86): commits and aborts are the generation that
+    // stale_lock() reads, after the locks they follow are released.
+    counter.store(counter.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+
+  /// Makes a claimed descriptor active for a new transaction.
+  void activate(descriptor& s, const begin_options& o) noexcept {
+    using namespace bank_layout;
+    // 0: the age is taken when a conflict first asks for it (see priority()).
+    s.priority.store(o.priority, std::memory_order_relaxed);
+    s.doomed.store(0, std::memory_order_relaxed);
+    s.flags &= attached;
+    if (o.attempt != 0) bump(s.retries);
+    s.state.store(active, std::memory_order_release);
+  }
+
+  /// Ends a transaction: the descriptor is free again, or idle in its session.
+  /// Recovery passes `release` to free a dead owner's session descriptor too.
+  static void finish(descriptor& s, bool release = false) noexcept {
+    using namespace bank_layout;
+    s.count.store(0, std::memory_order_relaxed);
+    s.state.store(idle, std::memory_order_release);
+    if (release || (s.flags & attached) == 0) {
+      s.flags = 0;
+      s.owner.store(0, std::memory_order_release);
+    }
+  }
+
+  /// Copies the tracked bytes of one object between the banks. Small objects are
+  /// copied inline: the 8-byte size, then the object in 16-byte pieces, rounded up.
+  /// Every block ends on a 64-byte boundary and its object starts 16 bytes in, so the
+  /// rounding stays in the block (rounding from the size field instead would copy the
+  /// next block's `readers` word when the object ends 8 bytes before its block does).
+  static void copy_tracked(std::byte* to, const std::byte* from, std::uint32_t length) noexcept {
+    if (length > 256) {
+      std::memcpy(to, from, length);
+      return;
+    }
+    __builtin_memcpy(to, from, bank_layout::tracked_prefix);
+    for (std::uint32_t i = bank_layout::tracked_prefix; i < length; i += 16)
+      __builtin_memcpy(to + i, from + i, 16);
+  }
+
+  void redo(const log_entry& e) noexcept {
+    using namespace bank_layout;
+    copy_tracked(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
+  }
+
+  void undo(const log_entry& e) noexcept {
+    using namespace bank_layout;
+    copy_tracked(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
+  }
+
+  /// Copies every object `d` holds for writing between the banks: to the second bank
+  /// (redo, oldest first) or back from it (undo, newest first). `fault_point` fires
+  /// after the first copy, for the crash tests.
+  template <bool Redo>
+  void copy_held(descriptor_index d, [[maybe_unused]] std::string_view fault_point) noexcept {
+    using namespace bank_layout;
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = log_of(d);
+    bool first = true;
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const log_entry& e = log[Redo ? k : n - 1 - k];
+      if (e.kind != entry_kind::write || e.length == 0) continue;
+      // Acquire: `d` took this lock with a read-modify-write, so reading it orders the
+      // previous holder's copies (released in the unlock `d` followed) before ours.
+      if (header(e.offset).writer.load(std::memory_order_acquire) != d + 1) continue;
+      if constexpr (Redo) {
+        redo(e);
+      } else {
+        undo(e);
+      }
+      if (first) FTM_FAULT_POINT(fault_point);
+      first = false;
+    }
+    store_barrier();
+  }
+
+  /// Releases every lock `d` holds; returns how many. Objects first, the allocator's
+  /// chunk records last: once a chunk's record is free, another transaction may hand
+  /// out a block this one destroyed, and that block's lock must be free by then (a
+  /// process that dies between the two leaves only a record locked, which blocks
+  /// allocation in that chunk until it is recovered, never a free block locked).
+  /// `with_records` false skips the second pass (a transaction that locked no record).
+  std::uint64_t release_locks(descriptor_index d, bool with_records = true) noexcept {
+    using namespace bank_layout;
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = log_of(d);
+    std::uint64_t released = 0;
+    for (const bool records : {false, true}) {
+      if (records && !with_records) break;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if ((log[i].offset < chunks_offset_) != records) continue;
+        object_header& h = header(log[i].offset);
+        if (log[i].kind == entry_kind::write) {
+          if (h.writer.load(std::memory_order_relaxed) == d + 1) {
+            h.writer.store(0, std::memory_order_release);
+            ++released;
+          }
+        } else if ((h.readers.fetch_and(~bit(d), std::memory_order_release) & bit(d)) != 0) {
+          ++released;
+        }
+      }
+    }
+    return released;
+  }
+
+  /// Logs the intent to lock before taking the lock, so a crash in between leaves
+  /// nothing held that recovery cannot see.
+  log_entry& push_entry(descriptor_index d, std::uint64_t off, bank_layout::entry_kind kind,
+                        std::uint32_t length = 0) {
+    descriptor& s = descriptor_at(d);
+    const std::uint32_t n = s.count.load(std::memory_order_relaxed);
+    if (n == max_entries_) {
+      throw capacity_exceeded(
+          fmt::format("a transaction may lock at most {} objects ({}::options::"
+                      "max_objects_per_transaction)",
+                      max_entries_, engine_));
+    }
+    log_entry& e = log_of(d)[n];
+    e.offset = off;
+    set_entry(e, d, length, kind);
+    s.count.store(n + 1, std::memory_order_release);
+    return e;
+  }
+
+  /// Writes the length and kind of `e`, an entry of `d`, with their check: one store.
+  static void set_entry(log_entry& e, descriptor_index d, std::uint32_t length,
+                        bank_layout::entry_kind kind) noexcept {
+    const std::uint64_t word = length | std::uint64_t{static_cast<std::uint16_t>(kind)} << 32 |
+                               std::uint64_t{bank_layout::entry_check(d, e.offset, length, kind)}
+                                   << 48;
+    static_assert(offsetof(log_entry, length) == 8 && offsetof(log_entry, check) == 14);
+    std::memcpy(reinterpret_cast<char*>(&e) + offsetof(log_entry, length), &word, sizeof word);
+  }
+};
+
+// What recovery and `check_pool()` verify before they trust a descriptor.
+
+/// How many of the first `n` (at most its capacity) log entries of `d` are within
+/// their bounds and pass their check.
+[[nodiscard]] inline std::uint32_t valid_entries(const bank_mapping& m, descriptor_index d,
+                                                 std::uint32_t n) noexcept {
+  using namespace bank_layout;
+  const bank_layout::log_entry* log = m.log_of(d);
+  n = std::min(n, m.max_entries());
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const bank_layout::log_entry& e = log[i];
+    if ((e.kind != entry_kind::read && e.kind != entry_kind::write) || e.offset < roots_offset ||
+        e.offset >= m.bank_size() || e.offset % min_block != 0 ||
+        e.length > m.bank_size() - e.offset - tracked_offset ||
+        e.check != entry_check(d, e.offset, e.length, e.kind)) {
+      return i;
+    }
+  }
+  return n;
+}
+
+/// What is wrong with free descriptor `d`, or "" if nothing (or if a transaction
+/// took it meanwhile). A free descriptor logs nothing (ending a transaction clears
+/// its log before freeing it), and `begin()` appends to the log it finds: stale
+/// entries would be released, or copied between banks, at the end of the next
+/// transaction that takes it.
+[[nodiscard]] inline std::string free_descriptor_problem(const bank_mapping& m,
+                                                         descriptor_index d) {
+  const bank_layout::descriptor& s = m.descriptor_at(d);
+  // A transaction that took the descriptor and ended between the two reads of its
+  // owner has counted a commit or an abort.
+  auto ended = [&] {
+    return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
+  };
+  const std::uint64_t before = ended();
+  const std::uint32_t n = s.count.load(std::memory_order_acquire);
+  if (n == 0 || s.owner.load(std::memory_order_acquire) != 0 || ended() != before) return {};
+  return fmt::format("descriptor {} is free but records {} log entries", d, n);
+}
+
+/// What makes descriptor `d`'s state or log unsafe to act on, or "" if nothing.
+[[nodiscard]] inline std::string descriptor_problem(const bank_mapping& m, descriptor_index d) {
+  using namespace bank_layout;
+  const bank_layout::descriptor& s = m.descriptor_at(d);
+  const auto state = s.state.load(std::memory_order_relaxed);
+  const auto n = s.count.load(std::memory_order_relaxed);
+  const std::uint64_t at = descriptors_begin + d * sizeof(descriptor);
+  if (state != idle && state != active && state != committing) {
+    return fmt::format("descriptor {} (offset {}) has an unknown state {:#x}", d, at, state);
+  }
+  if (n > m.max_entries()) {
+    return fmt::format("descriptor {} (offset {}) logs {} objects, more than its capacity {}", d,
+                       at, n, m.max_entries());
+  }
+  const std::uint32_t valid = valid_entries(m, d, n);
+  if (valid < n) {
+    const bank_layout::log_entry& e = m.log_of(d)[valid];
+    return fmt::format(
+        "descriptor {} has a malformed log entry {} (offset {} in the file: object offset {}, "
+        "length {}, kind {}, check {:#06x})",
+        d, valid, logs_begin + (std::uint64_t{d} * m.max_entries() + valid) * sizeof(log_entry),
+        e.offset, e.length, static_cast<unsigned>(e.kind), e.check);
+  }
+  return {};
+}
+
+}  // namespace ftm::detail
+
+#endif  // FTM_DETAIL_BANK_DESCRIPTORS_HPP

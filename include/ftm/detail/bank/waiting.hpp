@@ -1,0 +1,157 @@
+#ifndef FTM_DETAIL_BANK_WAITING_HPP
+#define FTM_DETAIL_BANK_WAITING_HPP
+
+/// \file
+/// Waiting for changes: the watchers' table and its futex, registration, and the
+/// wake-up after a commit (or a recovery) that may have changed a watched object.
+
+#include <ftm/detail/bank/descriptors.hpp>
+#include <ftm/engine.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace ftm::detail {
+
+/// Waiting for changes (`ftm::watchable_engine`): watchers register in the watchers'
+/// table and sleep on its futex word; commits that wrote a watched object wake them.
+///
+/// No lost wake-up, without a fence in commit: a watcher registers (two locked
+/// increments) and reads `changes` while its transaction still holds a lock on the
+/// object, and only then ends the transaction. A committer that changes the object
+/// later must take that lock after the watcher released it, so the release and the
+/// acquire order the registration before the committer's check of the counts (a
+/// plain load after its own release): it sees the watcher and bumps `changes`, and
+/// the watcher's futex wait, made with the value it read under the lock, returns at
+/// once or is woken. A committer that held the lock before the watcher took it made
+/// its change visible to the watcher's transaction, which then does not wait.
+class bank_watchers : public bank_descriptors {
+ public:
+  using bank_descriptors::bank_descriptors;
+
+  /// Registers interest in the object at `off`, which `d` holds a lock on.
+  watch_token watch(descriptor_index d, std::uint64_t off) {
+    using namespace bank_layout;
+    if (off < roots_offset || off >= bank_size_ || off % min_block != 0 ||
+        (header(off).writer.load(std::memory_order_relaxed) != d + 1 &&
+         (header(off).readers.load(std::memory_order_relaxed) & bit(d)) == 0)) {
+      throw usage_error(
+          fmt::format("watch: the transaction holds no lock on the object at offset {}", off));
+    }
+    watch_table& w = watches();
+    const std::uint32_t b = watch_bucket(off);
+    w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
+    w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
+    return {b, w.global.changes.load(std::memory_order_seq_cst)};
+  }
+
+  /// Registers interest in every object `d` holds a lock on (but the allocator's
+  /// records), one token per bucket; returns how many tokens it filled.
+  std::size_t watch_all(descriptor_index d, std::span<watch_token> out) {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    bool taken[watch_buckets] = {};
+    std::size_t n = 0;
+    const std::uint32_t count = descriptor_at(d).count.load(std::memory_order_relaxed);
+    const log_entry* log = log_of(d);
+    for (std::uint32_t i = 0; i < count && n < out.size(); ++i) {
+      const std::uint64_t off = log[i].offset;
+      if (off >= metas_begin && off < chunks_offset_) continue;  // allocation, not data
+      const std::uint32_t b = watch_bucket(off);
+      if (taken[b]) continue;
+      taken[b] = true;
+      w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
+      w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
+      out[n++] = watch_token{b, 0};
+    }
+    // Read after every registration, while the locks are still held (see above).
+    const std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    for (std::size_t k = 0; k < n; ++k)
+      out[k].seen = seen;
+    return n;
+  }
+
+  /// Blocks, holding no lock, until a commit may have changed a watched object, or the
+  /// deadline passes (false); then unregisters the tokens.
+  bool wait(std::span<const watch_token> tokens, std::chrono::steady_clock::time_point deadline) {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    bool in_time = true;
+    if (!tokens.empty()) {
+      const std::uint32_t seen = tokens.front().seen;  // the oldest: any change since counts
+      while (w.global.changes.load(std::memory_order_acquire) == seen) {
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) {
+          in_time = false;
+          break;
+        }
+        const auto left = std::min<std::chrono::nanoseconds>(deadline - now, std::chrono::hours(1));
+        timespec ts{};
+        ts.tv_sec = static_cast<time_t>(left.count() / 1000000000);
+        ts.tv_nsec = static_cast<long>(left.count() % 1000000000);
+        // Not FUTEX_PRIVATE_FLAG: watchers and committers are in different processes.
+        if (::syscall(SYS_futex, futex_word(w), FUTEX_WAIT, seen, &ts, nullptr, 0) == 0) break;
+      }
+    }
+    for (const watch_token& t : tokens) {
+      w.buckets[t.slot % watch_buckets].watchers.fetch_sub(1, std::memory_order_release);
+      w.global.watchers.fetch_sub(1, std::memory_order_release);
+    }
+    return in_time;
+  }
+
+ protected:
+  static std::uint32_t* futex_word(bank_layout::watch_table& w) noexcept {
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    return reinterpret_cast<std::uint32_t*>(&w.global.changes);
+  }
+
+  static std::uint32_t watch_bucket(std::uint64_t off) noexcept {
+    return static_cast<std::uint32_t>(((off >> 6) * 0x9e3779b97f4a7c15ull >> 32) %
+                                      bank_layout::watch_buckets);
+  }
+
+  /// After commit released `d`'s locks: wakes the watchers if it wrote an object that
+  /// hashes to a bucket with watchers. Without watchers, one plain load.
+  void notify_watchers(descriptor_index d) noexcept {
+    using namespace bank_layout;
+    watch_table& w = watches();
+    if (w.global.watchers.load(std::memory_order_relaxed) == 0) return;
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_relaxed);
+    const log_entry* log = log_of(d);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (log[i].kind == entry_kind::write &&
+          w.buckets[watch_bucket(log[i].offset)].watchers.load(std::memory_order_relaxed) != 0) {
+        wake_watchers();
+        return;
+      }
+    }
+  }
+
+  /// Wakes every watcher of the pool, if there is one.
+  void wake_watchers() noexcept {
+    bank_layout::watch_table& w = watches();
+    if (w.global.watchers.load(std::memory_order_seq_cst) == 0) return;
+    w.global.changes.fetch_add(1, std::memory_order_seq_cst);
+    ::syscall(SYS_futex, futex_word(w), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  }
+};
+
+}  // namespace ftm::detail
+
+#endif  // FTM_DETAIL_BANK_WAITING_HPP
