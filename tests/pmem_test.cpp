@@ -480,3 +480,61 @@ TEST_CASE("a power pool whose redo log is missing: open refuses, naming it; insp
         std::string::npos);
   CHECK(read_all(path) == before);
 }
+
+namespace {
+
+/// The message of the `Error` that `f` throws, or "" if it throws none.
+template <class Error, class F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+#define CHECK_MESSAGE_HAS(text, part)                                        \
+  do {                                                                       \
+    const std::string check_text_ = (text);                                  \
+    CHECK_MESSAGE(check_text_.find(part) != std::string::npos, check_text_); \
+  } while (false)
+
+/// The errors a bank engine raises from its allocator and its descriptors' logs, each
+/// expected to begin with `name`, the engine's.
+template <class Engine>
+void check_messages_name(Engine& e, std::string_view name) {
+  const auto d = e.begin();
+  CHECK_MESSAGE_HAS(message_of<ftm::invalid_argument>([&] {
+                      e.allocate(d, ftm::object_type{8, 32, "aligned"});
+                    }),
+                    fmt::format("{}: aligned needs alignment 32", name));
+  CHECK_MESSAGE_HAS(message_of<ftm::pool_full>([&] {
+                      e.allocate(d, ftm::object_type{std::size_t{4} << 20, 8, "big"});
+                    }),
+                    fmt::format("{}: no room for a big", name));
+  // Each small object locks its chunk's record and itself: the log of 4 overflows.
+  CHECK_MESSAGE_HAS(
+      message_of<ftm::capacity_exceeded>([&] {
+        for (int i = 0; i < 8; ++i)
+          e.allocate(d, ftm::object_type{100 + 100 * static_cast<std::size_t>(i), 8, "small"});
+      }),
+      fmt::format("({}::options::max_objects_per_transaction)", name));
+  e.abort(d);
+  CHECK(e.check().ok());
+}
+
+}  // namespace
+
+TEST_CASE("errors raised by the bank engine name the engine that raised them") {
+  SUBCASE("pmem") {
+    auto pool = pmem::create(ftm_test::scratch_file(),
+                             {.bank_size = std::size_t{1} << 20, .max_objects_per_transaction = 4});
+    check_messages_name(pool, "pmem");
+  }
+  SUBCASE("dual_bank") {
+    ftm::engines::dual_bank pool(ftm::engines::dual_bank::options{
+        .bank_size = std::size_t{1} << 20, .max_objects_per_transaction = 4});
+    check_messages_name(pool, "dual_bank");
+  }
+}

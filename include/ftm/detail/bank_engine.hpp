@@ -43,8 +43,21 @@ namespace ftm::detail {
 /// mapping, descriptors, waiting, recovery, locks, allocator, roots; this class adds
 /// the transaction's life (begin, open, commit, abort). No virtual call on these paths
 /// but the durability hook (`commit_log`), which `process` pools do not have.
-class bank_engine : public bank_roots {
+class bank_engine : protected bank_roots {
  public:
+  // The engine's interface from its parts (the rest of them is its own business).
+  using bank_allocator::allocate;
+  using bank_allocator::deallocate;
+  using bank_locks::open_read;
+  using bank_locks::open_write;
+  using bank_mapping::bank_size;
+  using bank_recovery::recover;
+  using bank_roots::bind_root;
+  using bank_roots::find_root;
+  using bank_watchers::wait;
+  using bank_watchers::watch;
+  using bank_watchers::watch_all;
+
   /// How a pool is sized, when it is made.
   struct options {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
