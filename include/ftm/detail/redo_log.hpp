@@ -204,32 +204,38 @@ inline scan_result scan(int fd, const std::filesystem::path& path, const file_he
   return res;
 }
 
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-/// Sees every write and flush of a log file and every flush of its pool (tests only):
-/// the power-loss test keeps what a crash could leave on the medium.
-struct observer {
-  virtual void log_written(std::uint64_t offset, const std::byte* data, std::size_t n) = 0;
-  virtual void log_flushed() = 0;
-  virtual void pool_flushed() = 0;
-  /// The cache-line mode fenced the flushes of the lines `[offset, offset + n)`: those
-  /// bytes of the log, and no others, are on the medium. Counts as a flush by default.
-  virtual void log_lines_flushed(std::uint64_t offset, std::size_t n) {
-    static_cast<void>(offset);
-    static_cast<void>(n);
-    log_flushed();
-  }
+class redo_log;
+
+/// The redo log's I/O seam: every write and flush of a log file, and every flush of its
+/// pool, goes through the one installed (`io_seam`), as SQLite's crash tests put a test
+/// VFS under the database. The power-loss simulator (`tests/support/power_loss.hpp`)
+/// records there what a power loss could keep, and its deliberately broken variants
+/// drop or shorten what they forward; other tests count. Each function forwards to the
+/// log's own I/O (`redo_log::direct_*`) unless overridden. Without a seam installed the
+/// log makes its system calls itself.
+class log_io {
+ public:
+  /// Writes `n` bytes at `offset` of the log: `pwrite`, or stores into its mapping.
+  virtual void write(redo_log& log, std::uint64_t offset, const std::byte* p,
+                     std::size_t n) noexcept;
+  /// `fdatasync` of the log file.
+  virtual void flush(redo_log& log) noexcept;
+  /// The cache-line mode: makes `[offset, offset + n)` of the log, already written,
+  /// durable (cache-line flushes and a fence).
+  virtual void persist(redo_log& log, std::uint64_t offset, std::size_t n) noexcept;
+  /// `fdatasync` of the pool file: its second bank is on the medium.
+  virtual void flush_pool(redo_log& log) noexcept;
 
  protected:
-  ~observer() = default;
+  log_io() = default;
+  log_io(const log_io&) = default;
+  log_io& operator=(const log_io&) = default;
+  ~log_io() = default;
 };
-inline observer* io_observer = nullptr;
 
-/// Deliberately wrong orders, for the test of the power-loss tester.
-inline bool broken_ack_before_flush = false;    // commit does not wait for the flush
-inline bool broken_redo_before_append = false;  // phase 2 runs before the record is written
-inline bool broken_short_flush = false;         // cache lines: a record's last line is not flushed
-inline bool broken_single_header = false;  // cache lines: no second copy of a new epoch's header
-#endif
+/// The installed seam, or none (every program). A process-wide switch for tests: it is
+/// read at each write and flush, and a `fork()`ed child keeps it.
+inline log_io* io_seam = nullptr;
 
 /// Whether `force_cache_lines_on_page_cache` exists: in the fault-injection builds of
 /// the tests, and where `FTM_FORCEABLE_CACHE_LINES` is 1 (the benchmark, which must not
@@ -521,13 +527,8 @@ class redo_log {
     const auto* bytes = reinterpret_cast<const std::byte*>(&h);
     if (map_ != nullptr) {
       // A sector holds the header whole; a cache line may reach the medium in parts.
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (!broken_single_header)
-#endif
-      {
-        write_at(header_copy_offset, bytes, sizeof h);
-        persist_range(header_copy_offset, sizeof h);
-      }
+      write_at(header_copy_offset, bytes, sizeof h);
+      persist_range(header_copy_offset, sizeof h);
       write_at(0, bytes, sizeof h);
       persist_range(0, sizeof h);
     } else {
@@ -549,11 +550,12 @@ class redo_log {
   }
 
   /// Flushes the pool file: its second bank is on the medium.
-  void flush_pool() {
-    if (::fdatasync(pool_fd_) != 0) fatal("flush the pool of", path_);
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->pool_flushed();
-#endif
+  void flush_pool() noexcept {
+    if (io_seam != nullptr) {
+      io_seam->flush_pool(*this);
+    } else {
+      direct_flush_pool();
+    }
   }
 
   /// Builds in `buf` the record of descriptor `d`: `gather(emit)` calls
@@ -684,14 +686,7 @@ class redo_log {
     if (map_ != nullptr) {
       // Under the lock: no record is ever durable before the ones ahead of it, which
       // recovery needs (it stops at the first record that is not whole).
-      std::size_t n = buf.size();
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (broken_short_flush) {
-        const std::uint64_t last = persist::line_start(at + n - 1);
-        n = last > at ? last - at : 0;
-      }
-#endif
-      persist_range(at, n);
+      persist_range(at, buf.size());
     }
     // Only now: a dead appender leaves no hole, its bytes are overwritten (the next
     // holder of the lock starts a new epoch, which resets the chain). `tail_seq` before
@@ -753,6 +748,46 @@ class redo_log {
                 nullptr, 0);
       ctl_->sleepers.fetch_sub(1, std::memory_order_relaxed);
     }
+  }
+
+  // ---- the log's own I/O, under the seam (`log_io`) ---------------------------------
+
+  /// The log file's name.
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+  /// The cache-line mode: the bytes mapped; `direct_persist` flushes a range past them
+  /// with `fdatasync`.
+  [[nodiscard]] std::size_t mapped_bytes() const noexcept { return map_size_; }
+
+  void direct_write(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {
+    if (map_ != nullptr && off + n <= map_size_) {
+      std::memcpy(map_ + off, p, n);
+      return;
+    }
+    // A record larger than the whole log is written past its end (and the mapping's,
+    // in the cache-line mode: `direct_persist` then flushes it with `fdatasync`).
+    for (std::size_t done = 0; done < n;) {
+      const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fatal("write", path_);
+      done += static_cast<std::size_t>(w);
+    }
+  }
+
+  void direct_flush() noexcept {
+    if (::fdatasync(fd_) != 0) fatal("flush", path_);
+  }
+
+  void direct_persist(std::uint64_t off, std::size_t n) noexcept {
+    if (off + n > map_size_) {
+      direct_flush();  // written with pwrite; on DAX this also flushes the mapping's lines
+      return;
+    }
+    persist::flush_lines(map_ + off, n);
+    persist::fence();
+  }
+
+  void direct_flush_pool() noexcept {
+    if (::fdatasync(pool_fd_) != 0) fatal("flush the pool of", path_);
   }
 
  private:
@@ -869,43 +904,29 @@ class redo_log {
   }
 
   void write_at(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->log_written(off, p, n);
-#endif
-    if (map_ != nullptr && off + n <= map_size_) {
-      std::memcpy(map_ + off, p, n);
-      return;
-    }
-    // The cache-line mode past the mapping's end (a checkpoint recovering a dead
-    // committer appends without room): `persist_range` flushes it with `fdatasync`.
-    for (std::size_t done = 0; done < n;) {
-      const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fatal("write", path_);
-      done += static_cast<std::size_t>(w);
+    if (io_seam != nullptr) {
+      io_seam->write(*this, off, p, n);
+    } else {
+      direct_write(off, p, n);
     }
   }
 
   void flush_file() noexcept {
-    if (::fdatasync(fd_) != 0) fatal("flush", path_);
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->log_flushed();
-#endif
+    if (io_seam != nullptr) {
+      io_seam->flush(*this);
+    } else {
+      direct_flush();
+    }
   }
 
   /// The cache-line mode: `[off, off + n)` of the log, stored by `write_at`, reaches
   /// the medium before this returns.
   void persist_range(std::uint64_t off, std::size_t n) noexcept {
-    if (off + n > map_size_) {
-      flush_file();  // written with pwrite; on DAX this also flushes the mapping's lines
-      return;
+    if (io_seam != nullptr) {
+      io_seam->persist(*this, off, n);
+    } else {
+      direct_persist(off, n);
     }
-    persist::flush_lines(map_ + off, n);
-    persist::fence();
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr)
-      io_observer->log_lines_flushed(persist::line_start(off), persist::line_span(off, n));
-#endif
   }
 
   [[noreturn]] static void io_fail(std::string_view what, const std::filesystem::path& file) {
@@ -925,6 +946,16 @@ class redo_log {
   std::byte* map_ = nullptr;  // the cache-line mode: the whole file, mapped with MAP_SYNC
   std::size_t map_size_ = 0;
 };
+
+inline void log_io::write(redo_log& log, std::uint64_t offset, const std::byte* p,
+                          std::size_t n) noexcept {
+  log.direct_write(offset, p, n);
+}
+inline void log_io::flush(redo_log& log) noexcept { log.direct_flush(); }
+inline void log_io::persist(redo_log& log, std::uint64_t offset, std::size_t n) noexcept {
+  log.direct_persist(offset, n);
+}
+inline void log_io::flush_pool(redo_log& log) noexcept { log.direct_flush_pool(); }
 
 }  // namespace ftm::detail::redo
 

@@ -797,14 +797,6 @@ class pmem : private detail::file_region, public detail::bank_engine {
 
     void make_durable(tx_id d, bool recovering) noexcept override {
       if (recovering && log.settle_logged(d)) return;
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (detail::redo::broken_redo_before_append) {
-        pool.for_each_held_write(d, [&](std::uint64_t off, std::uint32_t len) {
-          std::memcpy(pool.second_bank() + off,
-                      pool.region() + pool.region_geometry().control_size + off, len);
-        });
-      }
-#endif
       std::byte* a = pool.region() + pool.region_geometry().control_size;
       thread_local std::vector<std::byte> buf;
       detail::redo::redo_log::encode(buf, d, [&](auto&& emit) {
@@ -817,9 +809,6 @@ class pmem : private detail::file_region, public detail::bank_engine {
       const std::uint64_t end = log.append(lock, d, buf);
       lock.unlock();
       FTM_FAULT_POINT("log.after_append");
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (detail::redo::broken_ack_before_flush) return;
-#endif
       log.wait_durable(end);
       FTM_FAULT_POINT("log.after_flush");
     }
