@@ -14,6 +14,11 @@
 /// into the mapping, its lines are written back and fenced while the append lock is
 /// held, so the log is durable up to its tail whenever the lock is free, and commit
 /// makes no system call.
+///
+/// The log is passive: `pmem`'s `power` layer calls it (append, checkpoint, what is in
+/// flight) and acts on what it answers; it never calls back into the engine. Its file
+/// format is in `pmem_format.hpp`; its I/O goes through a seam that tests replace
+/// (`log_io`).
 
 #include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/persist.hpp>
