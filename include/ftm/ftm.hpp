@@ -5,6 +5,7 @@
 /// Umbrella header: the public API of ftm, without any engine. Include the engine
 /// you use as well, e.g. `<ftm/engines/dual_bank.hpp>`.
 
+#include <ftm/durability.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/inspect.hpp>

@@ -18,8 +18,11 @@
 
 namespace ftm::detail {
 
-/// Every fault point the engines contain. The crash tests sweep this list, so a
-/// point that is added to the code must be added here too.
+/// Every fault point there is, by engine: the one place that names them. The crash
+/// tests sweep these lists, and `fault_points_check` (a test) fails when a point in the
+/// code is missing here, or a point here is in no code.
+///
+/// The bank engine's points (`dual_bank` and `pmem`, at either durability).
 inline constexpr std::array<std::string_view, 12> fault_point_names{
     "lock.after_log_entry",   // write intent logged, lock not yet taken
     "open.after_lock",        // lock taken, object not yet handed out
@@ -35,6 +38,17 @@ inline constexpr std::array<std::string_view, 12> fault_point_names{
     "recover.mid_redo",       // recovery copied one object of a COMMITTING descriptor
 };
 
+/// `pmem`'s points at durability `power`: its redo log.
+inline constexpr std::array<std::string_view, 7> log_fault_point_names{
+    "log.before_append",     // COMMITTING, the record built, not yet appended
+    "log.after_append",      // the record appended, perhaps not on the medium
+    "log.after_flush",       // the record on the medium, phase 2 not begun
+    "log.mid_flush",         // a group commit's flush done, `durable` not yet advanced
+    "log.mid_checkpoint",    // the pool flushed, the new epoch not yet written
+    "log.recover_replayed",  // opening: the log replayed onto the second bank
+    "log.recover_copied",    // opening: the second bank copied to the working bank
+};
+
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
 
 /// Atomic counts: the points are reached from several threads at once (group commit).
@@ -42,6 +56,7 @@ struct fault_state {
   std::string_view armed;                   // empty: nothing armed (set by one thread)
   std::atomic<std::uint64_t> countdown{0};  // hits left before the kill
   std::array<std::atomic<std::uint64_t>, fault_point_names.size()> hits{};
+  std::array<std::atomic<std::uint64_t>, log_fault_point_names.size()> log_hits{};
 };
 
 inline fault_state& faults() noexcept {
@@ -63,6 +78,10 @@ inline std::uint64_t fault_hits(std::string_view name) noexcept {
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
     if (fault_point_names[i] == name) return faults().hits[i].load(std::memory_order_relaxed);
   }
+  for (std::size_t i = 0; i < log_fault_point_names.size(); ++i) {
+    if (log_fault_point_names[i] == name)
+      return faults().log_hits[i].load(std::memory_order_relaxed);
+  }
   return 0;
 }
 
@@ -75,6 +94,9 @@ inline void fault_point(std::string_view name) noexcept {
   if (fault_observer != nullptr) fault_observer(name);
   for (std::size_t i = 0; i < fault_point_names.size(); ++i) {
     if (fault_point_names[i] == name) f.hits[i].fetch_add(1, std::memory_order_relaxed);
+  }
+  for (std::size_t i = 0; i < log_fault_point_names.size(); ++i) {
+    if (log_fault_point_names[i] == name) f.log_hits[i].fetch_add(1, std::memory_order_relaxed);
   }
   if (!f.armed.empty() && f.armed == name && f.countdown.fetch_sub(1) == 1) {
     ::kill(::getpid(), SIGKILL);

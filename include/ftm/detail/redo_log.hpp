@@ -10,14 +10,21 @@
 /// written with `pwrite`, not through a mapping, so a flush writes the log's pages only.
 ///
 /// On a DAX file system (persistent memory) the log can instead be mapped with
-/// `MAP_SYNC` and flushed by cache line (`flush_mode::cache_lines`): a record is stored
+/// `MAP_SYNC` and flushed by cache line (`flush_method::cache_lines`): a record is stored
 /// into the mapping, its lines are written back and fenced while the append lock is
 /// held, so the log is durable up to its tail whenever the lock is free, and commit
 /// makes no system call.
+///
+/// The log is passive: `pmem`'s `power` layer calls it (append, checkpoint, what is in
+/// flight) and acts on what it answers; it never calls back into the engine. Its file
+/// format is in `pmem_format.hpp`; its I/O goes through a seam that tests replace
+/// (`log_io`).
 
-#include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/bank_format.hpp>
 #include <ftm/detail/checksum.hpp>
 #include <ftm/detail/persist.hpp>
+#include <ftm/detail/pmem_format.hpp>
+#include <ftm/durability.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 
@@ -50,101 +57,6 @@
 #include <unistd.h>
 
 namespace ftm::detail::redo {
-
-inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
-/// 2: records carry a sequence number and chain their checksums to the file header,
-/// whose log id and first sequence number the pool records (`control`).
-inline constexpr std::uint32_t wal_version = 2;
-inline constexpr std::uint64_t records_begin = 4096;  // the file header has the first page
-
-/// Where the cache-line mode keeps a second copy of the file header, written and fenced
-/// before the first: only aligned 8-byte stores are sure to reach persistent memory
-/// whole, so a power loss may tear the first copy, and the second is then whole.
-inline constexpr std::uint64_t header_copy_offset = 64;
-
-/// How the log reaches the medium.
-enum class flush_mode : std::uint32_t {
-  fdatasync = 0,    ///< `pwrite`, then `fdatasync` shared by concurrent committers
-  cache_lines = 1,  ///< stores into a `MAP_SYNC` mapping, cache-line flushes, SFENCE
-};
-
-constexpr std::string_view to_string(flush_mode m) noexcept {
-  return m == flush_mode::cache_lines ? "cache_lines" : "fdatasync";
-}
-
-/// What an opener of the log asks for.
-enum class flush_request {
-  fdatasync,    ///< `flush_mode::fdatasync`
-  automatic,    ///< `cache_lines` if the file maps with `MAP_SYNC`, `fdatasync` otherwise
-  cache_lines,  ///< `cache_lines`, or `io_error` naming why it cannot be
-};
-
-/// Where the log's shared state lives in the pool: in the header page, between the
-/// pool header and the watchers' table.
-inline constexpr std::uint64_t control_offset = 1024;
-
-/// The first bytes of the log file. Rewritten (and flushed) by every checkpoint with a
-/// new epoch, which makes every record already in the file stale.
-struct file_header {
-  std::uint64_t magic;
-  std::uint32_t version;
-  std::uint32_t reserved;
-  std::uint64_t pool_id;
-  std::uint64_t epoch;
-  /// Chosen at random when the file is made; the pool records it, so a log file put in
-  /// the place of another (an old copy, another pool's period) is refused.
-  std::uint64_t log_id;
-  std::uint64_t first_seq;  // the sequence number of the epoch's first record
-  std::uint64_t checksum;   // of the fields above
-};
-static_assert(sizeof(file_header) <= header_copy_offset);
-
-/// One committed transaction: `objects` entries follow, each an `object_entry` and its
-/// bytes padded to 8. `checksum` covers everything after itself, up to `bytes`, seeded
-/// with the checksum of the record before it (of the file header for the epoch's first):
-/// a record is valid only as the successor of the records before it.
-struct record_header {
-  std::uint64_t checksum;
-  std::uint64_t epoch;
-  std::uint64_t seq;    // the record before it has seq - 1; they only grow, across epochs
-  std::uint64_t bytes;  // the whole record, a multiple of 8
-  std::uint32_t objects;
-  std::uint32_t reserved;
-};
-struct object_entry {
-  std::uint64_t offset;  // in the bank: the bytes phase 2 copies start here
-  std::uint32_t length;
-  std::uint32_t reserved;
-};
-
-/// The log's state shared by every process that has the pool open, in the pool's
-/// header page. Positions are absolute byte counts that only grow; a record at position
-/// p is at file offset `records_begin + p - base`.
-struct control {
-  std::uint32_t level;  // the durability of the pool's current users: 0 process, 1 power
-  /// The `flush_mode` of the pool's current (or last) `power` users.
-  std::uint32_t method;
-  pthread_mutex_t append;           // serialises appends and checkpoints (robust, process-shared)
-  pthread_mutex_t flush;            // one flusher at a time; the others wait for its result
-  std::atomic<std::uint64_t> tail;  // end of the last record written
-  std::atomic<std::uint64_t> durable;  // the log is on the medium up to here
-  std::atomic<std::uint64_t> base;     // position of the current epoch's first record
-  std::atomic<std::uint64_t> epoch;
-  std::atomic<std::uint32_t> in_flight[bank_layout::max_descriptors];  // logged, phase 2 not done
-  std::atomic<std::uint32_t> flushes;   // futex word: bumped after every flush of the log
-  std::atomic<std::uint32_t> sleepers;  // committers asleep on `flushes`
-  /// What recovery checks the log against, read from the pool as it reached the medium:
-  /// `log_id` (of the log file in use), `epoch` (above, stored only once the file's
-  /// header has it on the medium) and `durable_seq`, the last record the log holds on
-  /// the medium (stored only after the flush). A pool page written back late holds
-  /// older values, which ask less of the log: never more than it holds.
-  std::atomic<std::uint64_t> log_id;
-  std::atomic<std::uint64_t> durable_seq;
-  std::atomic<std::uint64_t> tail_seq;  // the last record written
-  std::atomic<std::uint64_t> chain;     // its checksum (the header's before the first)
-};
-static_assert(control_offset + sizeof(control) <= bank_layout::watch_begin);
-static_assert(sizeof(bank_layout::pool_header) <= control_offset);
 
 using detail::checksum;  // one checksum for every format (detail/checksum.hpp)
 
@@ -286,32 +198,38 @@ inline scan_result scan(int fd, const std::filesystem::path& path, const file_he
   return res;
 }
 
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-/// Sees every write and flush of a log file and every flush of its pool (tests only):
-/// the power-loss test keeps what a crash could leave on the medium.
-struct observer {
-  virtual void log_written(std::uint64_t offset, const std::byte* data, std::size_t n) = 0;
-  virtual void log_flushed() = 0;
-  virtual void pool_flushed() = 0;
-  /// The cache-line mode fenced the flushes of the lines `[offset, offset + n)`: those
-  /// bytes of the log, and no others, are on the medium. Counts as a flush by default.
-  virtual void log_lines_flushed(std::uint64_t offset, std::size_t n) {
-    static_cast<void>(offset);
-    static_cast<void>(n);
-    log_flushed();
-  }
+class redo_log;
+
+/// The redo log's I/O seam: every write and flush of a log file, and every flush of its
+/// pool, goes through the one installed (`io_seam`), as SQLite's crash tests put a test
+/// VFS under the database. The power-loss simulator (`tests/support/power_loss.hpp`)
+/// records there what a power loss could keep, and its deliberately broken variants
+/// drop or shorten what they forward; other tests count. Each function forwards to the
+/// log's own I/O (`redo_log::direct_*`) unless overridden. Without a seam installed the
+/// log makes its system calls itself.
+class log_io {
+ public:
+  /// Writes `n` bytes at `offset` of the log: `pwrite`, or stores into its mapping.
+  virtual void write(redo_log& log, std::uint64_t offset, const std::byte* p,
+                     std::size_t n) noexcept;
+  /// `fdatasync` of the log file.
+  virtual void flush(redo_log& log) noexcept;
+  /// The cache-line mode: makes `[offset, offset + n)` of the log, already written,
+  /// durable (cache-line flushes and a fence).
+  virtual void persist(redo_log& log, std::uint64_t offset, std::size_t n) noexcept;
+  /// `fdatasync` of the pool file: its second bank is on the medium.
+  virtual void flush_pool(redo_log& log) noexcept;
 
  protected:
-  ~observer() = default;
+  log_io() = default;
+  log_io(const log_io&) = default;
+  log_io& operator=(const log_io&) = default;
+  ~log_io() = default;
 };
-inline observer* io_observer = nullptr;
 
-/// Deliberately wrong orders, for the test of the power-loss tester.
-inline bool broken_ack_before_flush = false;    // commit does not wait for the flush
-inline bool broken_redo_before_append = false;  // phase 2 runs before the record is written
-inline bool broken_short_flush = false;         // cache lines: a record's last line is not flushed
-inline bool broken_single_header = false;  // cache lines: no second copy of a new epoch's header
-#endif
+/// The installed seam, or none (every program). A process-wide switch for tests: it is
+/// read at each write and flush, and a `fork()`ed child keeps it.
+inline log_io* io_seam = nullptr;
 
 /// Whether `force_cache_lines_on_page_cache` exists: in the fault-injection builds of
 /// the tests, and where `FTM_FORCEABLE_CACHE_LINES` is 1 (the benchmark, which must not
@@ -320,7 +238,7 @@ inline bool broken_single_header = false;  // cache lines: no second copy of a n
     (defined(FTM_FORCEABLE_CACHE_LINES) && FTM_FORCEABLE_CACHE_LINES)
 #define FTM_DETAIL_FORCEABLE_CACHE_LINES 1
 /// The cache-line mode on a file system without `MAP_SYNC` (tests and benchmarks): an
-/// explicit `flush_request::cache_lines` maps the log with plain `MAP_SHARED` when
+/// explicit `flush_method::cache_lines` maps the log with plain `MAP_SHARED` when
 /// `MAP_SYNC` is refused. Its stores then sit in the page cache, which a power loss
 /// does not keep: NOT durable. The power-loss test checks the order of the stores and
 /// fences, not the medium; the benchmark compares the cost with PMDK's, as forced.
@@ -412,7 +330,7 @@ class redo_log {
   /// missing or foreign, and `io_error` if `flush` is `cache_lines` and the file
   /// cannot be mapped for it.
   redo_log(std::filesystem::path path, std::uint64_t pool_id, int pool_fd, control* ctl,
-           std::uint64_t capacity, flush_request flush = flush_request::fdatasync)
+           std::uint64_t capacity, flush_method flush = flush_method::fdatasync)
       : path_(std::move(path)),
         pool_fd_(pool_fd),
         ctl_(ctl),
@@ -454,7 +372,7 @@ class redo_log {
     if (::fstat(fd_, &st) == 0 && static_cast<std::uint64_t>(st.st_size) > records_begin) {
       capacity_ = static_cast<std::uint64_t>(st.st_size);
     }
-    if (flush != flush_request::fdatasync) map_for_cache_lines(flush);
+    if (flush != flush_method::fdatasync) map_for_cache_lines(flush);
   }
 
   redo_log(const redo_log&) = delete;
@@ -465,8 +383,8 @@ class redo_log {
   }
 
   /// How this process flushes the log.
-  [[nodiscard]] flush_mode mode() const noexcept {
-    return map_ != nullptr ? flush_mode::cache_lines : flush_mode::fdatasync;
+  [[nodiscard]] flush_method mode() const noexcept {
+    return map_ != nullptr ? flush_method::cache_lines : flush_method::fdatasync;
   }
 
   /// The epoch in the file's header when it was opened.
@@ -603,13 +521,8 @@ class redo_log {
     const auto* bytes = reinterpret_cast<const std::byte*>(&h);
     if (map_ != nullptr) {
       // A sector holds the header whole; a cache line may reach the medium in parts.
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (!broken_single_header)
-#endif
-      {
-        write_at(header_copy_offset, bytes, sizeof h);
-        persist_range(header_copy_offset, sizeof h);
-      }
+      write_at(header_copy_offset, bytes, sizeof h);
+      persist_range(header_copy_offset, sizeof h);
       write_at(0, bytes, sizeof h);
       persist_range(0, sizeof h);
     } else {
@@ -631,18 +544,19 @@ class redo_log {
   }
 
   /// Flushes the pool file: its second bank is on the medium.
-  void flush_pool() {
-    if (::fdatasync(pool_fd_) != 0) fatal("flush the pool of", path_);
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->pool_flushed();
-#endif
+  void flush_pool() noexcept {
+    if (io_seam != nullptr) {
+      io_seam->flush_pool(*this);
+    } else {
+      direct_flush_pool();
+    }
   }
 
-  /// Appends the record built by `gather` for descriptor `d` and returns once it is on
-  /// the medium. `gather(emit)` calls `emit(offset, length, bytes)` for each object.
+  /// Builds in `buf` the record of descriptor `d`: `gather(emit)` calls
+  /// `emit(offset, length, bytes)` for each object. Returns the number of objects; the
+  /// header's other fields are filled by `append`.
   template <class Gather>
-  void commit(tx_id d, Gather&& gather, std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    thread_local std::vector<std::byte> buf;
+  static std::uint32_t encode(std::vector<std::byte>& buf, tx_id d, Gather&& gather) {
     buf.assign(sizeof(record_header), std::byte{0});
     std::uint32_t objects = 0;
     gather([&](std::uint64_t offset, std::uint32_t length, const std::byte* bytes) {
@@ -653,14 +567,133 @@ class redo_log {
       std::memcpy(buf.data() + at + sizeof oe, bytes, length);
       ++objects;
     });
-    FTM_FAULT_POINT("log.before_append");
-    const std::uint64_t end = append(d, buf, objects, settle, ctx);
-    FTM_FAULT_POINT("log.after_append");
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (broken_ack_before_flush) return;
-#endif
-    if (map_ == nullptr) wait_durable(end);  // cache lines: durable when appended
-    FTM_FAULT_POINT("log.after_flush");
+    record_header rh{};
+    rh.objects = objects;
+    rh.descriptor = d + 1;
+    std::memcpy(buf.data(), &rh, sizeof rh);
+    return objects;
+  }
+
+  /// The append lock, held: appends and checkpoints happen under it. The lock is
+  /// robust: if its last holder died, `repair()` is true and the holder must
+  /// checkpoint before it appends (the dead holder may have been mid-checkpoint).
+  class append_lock {
+   public:
+    append_lock(const append_lock&) = delete;
+    append_lock& operator=(const append_lock&) = delete;
+    ~append_lock() { unlock(); }
+    [[nodiscard]] bool repair() const noexcept { return repair_; }
+    void unlock() noexcept {
+      if (m_ != nullptr) pthread_mutex_unlock(m_);
+      m_ = nullptr;
+    }
+
+   private:
+    friend class redo_log;
+    append_lock(pthread_mutex_t* m, bool repair) noexcept : m_(m), repair_(repair) {}
+    pthread_mutex_t* m_;
+    bool repair_;
+  };
+
+  /// Takes the append lock.
+  [[nodiscard]] append_lock lock_append() noexcept {
+    const int r = pthread_mutex_lock(&ctl_->append);
+    if (r == EOWNERDEAD) {
+      pthread_mutex_consistent(&ctl_->append);
+      return {&ctl_->append, true};
+    }
+    if (r != 0) {
+      errno = r;
+      fatal("lock", path_);
+    }
+    return {&ctl_->append, false};
+  }
+
+  /// Whether a record of `bytes` fits in the log before a checkpoint.
+  [[nodiscard]] bool fits(const append_lock&, std::size_t bytes) const noexcept {
+    return records_begin + (ctl_->tail.load(std::memory_order_relaxed) - ctl_->base.load()) +
+               bytes <=
+           capacity_;
+  }
+
+  /// Whether `d`'s record is logged and its phase 2 not done: a checkpoint must wait
+  /// for it (or, if its committer died, apply it: `visit_logged`).
+  [[nodiscard]] bool in_flight(tx_id d) const noexcept {
+    return ctl_->in_flight[d].load(std::memory_order_acquire) != 0;
+  }
+
+  /// Visits the objects of the last record that descriptor `d` appended in this epoch,
+  /// once the log is durable up to it; false if there is none. The caller holds the
+  /// append lock, so the epoch cannot end meanwhile.
+  bool visit_logged(const append_lock&, tx_id d, object_visitor visit, void* ctx) noexcept {
+    const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+    if (map_ == nullptr) wait_durable(tail);
+    const std::uint64_t end = records_begin + (tail - ctl_->base.load());
+    std::uint64_t found = 0;
+    record_header rh{};
+    for (std::uint64_t off = records_begin; off < end; off += rh.bytes) {
+      read_at(off, &rh, sizeof rh);
+      if (rh.bytes < sizeof rh) fatal("read a whole record of", path_);
+      if (rh.descriptor == d + 1) found = off;
+    }
+    if (found == 0) return false;
+    read_at(found, &rh, sizeof rh);
+    std::vector<std::byte> rec(rh.bytes);
+    read_at(found, rec.data(), rec.size());
+    std::uint64_t at = sizeof rh;
+    for (std::uint32_t i = 0; i < rh.objects; ++i) {
+      object_entry oe{};
+      std::memcpy(&oe, rec.data() + at, sizeof oe);
+      at += sizeof oe;
+      visit(ctx, oe.offset, oe.length, rec.data() + at);
+      at += (std::uint64_t{oe.length} + 7) / 8 * 8;
+    }
+    return true;
+  }
+
+  /// Ends the epoch: flushes the pool (its second bank is then on the medium) and
+  /// starts a new epoch. No record may be in flight.
+  void checkpoint(const append_lock&) noexcept {
+    flush_pool();
+    FTM_FAULT_POINT("log.mid_checkpoint");
+    // The file's epoch, if a checkpointer died after writing it, must not be reused
+    // (nor stored in the pool before a header holding it is on the medium).
+    new_epoch(file_epoch_on_disk());
+  }
+
+  /// Writes the record that `encode` built in `buf` at the tail; returns its end
+  /// position, for `wait_durable`. In the cache-line mode it is durable on return.
+  std::uint64_t append(const append_lock&, tx_id d, std::vector<std::byte>& buf) noexcept {
+    const std::uint64_t pos = ctl_->tail.load(std::memory_order_relaxed);
+    const std::uint64_t seq = ctl_->tail_seq.load(std::memory_order_relaxed) + 1;
+    record_header rh{};
+    std::memcpy(&rh, buf.data(), sizeof rh);
+    rh.epoch = ctl_->epoch.load(std::memory_order_relaxed);
+    rh.seq = seq;
+    rh.bytes = buf.size();
+    std::memcpy(buf.data(), &rh, sizeof rh);
+    rh.checksum =
+        checksum(buf.data() + 8, buf.size() - 8, ctl_->chain.load(std::memory_order_relaxed));
+    std::memcpy(buf.data(), &rh.checksum, 8);
+    const std::uint64_t at = records_begin + (pos - ctl_->base.load());
+    write_at(at, buf.data(), buf.size());
+    if (map_ != nullptr) {
+      // Under the lock: no record is ever durable before the ones ahead of it, which
+      // recovery needs (it stops at the first record that is not whole).
+      persist_range(at, buf.size());
+    }
+    // Only now: a dead appender leaves no hole, its bytes are overwritten (the next
+    // holder of the lock starts a new epoch, which resets the chain). `tail_seq` before
+    // `tail`: a flusher that sees the tail sees its record's number too.
+    ctl_->chain.store(rh.checksum, std::memory_order_relaxed);
+    ctl_->tail_seq.store(seq, std::memory_order_release);
+    ctl_->tail.store(pos + buf.size(), std::memory_order_release);
+    if (map_ != nullptr) {
+      ctl_->durable_seq.store(seq, std::memory_order_release);
+      ctl_->durable.store(pos + buf.size(), std::memory_order_release);
+    }
+    ctl_->in_flight[d].store(1, std::memory_order_release);
+    return pos + buf.size();
   }
 
   /// Recovery of a dead committer `d`: if its record is in the log, waits until the log
@@ -674,49 +707,84 @@ class redo_log {
   /// Phase 2 of `d` is done: a checkpoint no longer waits for it.
   void applied(tx_id d) noexcept { ctl_->in_flight[d].store(0, std::memory_order_release); }
 
+  /// Group commit: a committer whose record is not yet durable flushes the log itself
+  /// if nobody is flushing, and otherwise sleeps until the running flush ends. Every
+  /// sleeper wakes at once then: those the flush covered return, and one of the others
+  /// leads the next flush for all of them. (Queueing on the flush lock instead woke the
+  /// covered committers one at a time, each wake a scheduling round trip, so the next
+  /// flush started late and covered few records.) The cache-line mode returns at once:
+  /// its records are durable when appended.
+  void wait_durable(std::uint64_t end) noexcept {
+    if (map_ != nullptr) return;
+    for (;;) {
+      const std::uint32_t seen = ctl_->flushes.load(std::memory_order_seq_cst);
+      if (ctl_->durable.load(std::memory_order_acquire) >= end) return;
+      const int r = pthread_mutex_trylock(&ctl_->flush);
+      if (r == 0 || r == EOWNERDEAD) {
+        if (r == EOWNERDEAD) pthread_mutex_consistent(&ctl_->flush);
+        if (ctl_->durable.load(std::memory_order_acquire) < end) flush_log_locked();
+        pthread_mutex_unlock(&ctl_->flush);
+        // Even without a flush: a committer that found the lock taken just now sleeps
+        // until `flushes` changes, and its record may need a flush nobody else leads.
+        announce_flush();
+        continue;
+      }
+      if (r != EBUSY) {
+        errno = r;
+        fatal("lock", path_);
+      }
+      // A flush is running. The timeout bounds the wait if its flusher dies: the robust
+      // lock then lets the next committer take over.
+      ctl_->sleepers.fetch_add(1, std::memory_order_seq_cst);
+      timespec ts{0, 2'000'000};
+      // Not FUTEX_PRIVATE_FLAG: the committers may be in different processes.
+      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&ctl_->flushes), FUTEX_WAIT, seen, &ts,
+                nullptr, 0);
+      ctl_->sleepers.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+
+  // ---- the log's own I/O, under the seam (`log_io`) ---------------------------------
+
+  /// The log file's name.
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+  /// The cache-line mode: the bytes mapped; `direct_persist` flushes a range past them
+  /// with `fdatasync`.
+  [[nodiscard]] std::size_t mapped_bytes() const noexcept { return map_size_; }
+
+  void direct_write(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {
+    if (map_ != nullptr && off + n <= map_size_) {
+      std::memcpy(map_ + off, p, n);
+      return;
+    }
+    // A record larger than the whole log is written past its end (and the mapping's,
+    // in the cache-line mode: `direct_persist` then flushes it with `fdatasync`).
+    for (std::size_t done = 0; done < n;) {
+      const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) fatal("write", path_);
+      done += static_cast<std::size_t>(w);
+    }
+  }
+
+  void direct_flush() noexcept {
+    if (::fdatasync(fd_) != 0) fatal("flush", path_);
+  }
+
+  void direct_persist(std::uint64_t off, std::size_t n) noexcept {
+    if (off + n > map_size_) {
+      direct_flush();  // written with pwrite; on DAX this also flushes the mapping's lines
+      return;
+    }
+    persist::flush_lines(map_ + off, n);
+    persist::fence();
+  }
+
+  void direct_flush_pool() noexcept {
+    if (::fdatasync(pool_fd_) != 0) fatal("flush the pool of", path_);
+  }
+
  private:
-  /// Whether this thread holds the append lock (a checkpoint that recovers a dead
-  /// committer appends its record itself).
-  static bool& holding_append() noexcept {
-    thread_local bool held = false;
-    return held;
-  }
-
-  /// Takes a robust lock. The append lock of a dead holder may be mid-checkpoint: the
-  /// next holder checkpoints again (`repair`).
-  void lock(pthread_mutex_t* m, std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    const int r = pthread_mutex_lock(m);
-    if (r == EOWNERDEAD) {
-      pthread_mutex_consistent(m);
-      if (m == &ctl_->append) {
-        holding_append() = true;
-        checkpoint_locked(settle, ctx);
-      }
-    } else if (r != 0) {
-      errno = r;
-      fatal("lock", path_);
-    }
-    if (m == &ctl_->append) holding_append() = true;
-  }
-
-  /// Waits until every logged transaction has finished phase 2 (recovering those whose
-  /// committers died), flushes the pool (the second bank is then on the medium), and
-  /// starts a new epoch.
-  void checkpoint_locked(std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    for (tx_id d = 0; d < bank_layout::max_descriptors; ++d) {
-      for (std::uint32_t spins = 0; ctl_->in_flight[d].load(std::memory_order_acquire) != 0;
-           ++spins) {
-        if (spins % 1024 == 1023) settle(ctx, d);
-        std::this_thread::yield();
-      }
-    }
-    flush_pool();
-    FTM_FAULT_POINT("log.mid_checkpoint");
-    // The file's epoch, if a checkpointer died after writing it, must not be reused
-    // (nor stored in the pool before a header holding it is on the medium).
-    new_epoch(file_epoch_on_disk());
-  }
-
   /// The later epoch of the file's two headers (a checkpointer may have died between
   /// writing them).
   std::uint64_t file_epoch_on_disk() const noexcept {
@@ -745,11 +813,11 @@ class redo_log {
     return false;
   }
 
-  /// Maps the whole file for `flush_mode::cache_lines`, with `MAP_SYNC`: the kernel
+  /// Maps the whole file for `flush_method::cache_lines`, with `MAP_SYNC`: the kernel
   /// then keeps the file's blocks and metadata durable for every page written
   /// through the mapping, so flushing the stored lines is all a write needs. Without
   /// it (not a DAX file system, or not x86-64) `automatic` stays with `fdatasync`.
-  void map_for_cache_lines(flush_request flush) {
+  void map_for_cache_lines(flush_method flush) {
     std::string why;
     void* p = MAP_FAILED;
     struct stat st {};
@@ -764,7 +832,7 @@ class redo_log {
       const int e = errno;
 #if FTM_DETAIL_FORCEABLE_CACHE_LINES
       if (p == MAP_FAILED && force_cache_lines_on_page_cache &&
-          flush == flush_request::cache_lines) {
+          flush == flush_method::cache_lines) {
         p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
       }
 #endif
@@ -784,96 +852,13 @@ class redo_log {
         return;
       }
     }
-    if (flush == flush_request::cache_lines) {
+    if (flush == flush_method::cache_lines) {
       ::close(fd_);
       fd_ = -1;
       throw io_error(fmt::format(
           "cannot flush the redo log '{}' by cache lines: {}; use ftm::flush_method::fdatasync "
           "(or automatic, which chooses it here)",
           path_.string(), why));
-    }
-  }
-
-  /// Writes the record in `buf` at the tail; returns its end position.
-  std::uint64_t append(tx_id d, std::vector<std::byte>& buf, std::uint32_t objects,
-                       std::uint64_t (*settle)(void*, tx_id), void* ctx) noexcept {
-    const bool nested = holding_append();  // a checkpoint recovering a dead committer
-    if (!nested) lock(&ctl_->append, settle, ctx);
-    std::uint64_t pos = ctl_->tail.load(std::memory_order_relaxed);
-    if (!nested && records_begin + (pos - ctl_->base.load()) + buf.size() > capacity_) {
-      checkpoint_locked(settle, ctx);
-      pos = ctl_->tail.load(std::memory_order_relaxed);
-    }
-    const std::uint64_t seq = ctl_->tail_seq.load(std::memory_order_relaxed) + 1;
-    record_header rh{0, ctl_->epoch.load(std::memory_order_relaxed), seq, buf.size(), objects, 0};
-    std::memcpy(buf.data(), &rh, sizeof rh);
-    rh.checksum =
-        checksum(buf.data() + 8, buf.size() - 8, ctl_->chain.load(std::memory_order_relaxed));
-    std::memcpy(buf.data(), &rh.checksum, 8);
-    const std::uint64_t at = records_begin + (pos - ctl_->base.load());
-    write_at(at, buf.data(), buf.size());
-    if (map_ != nullptr) {
-      // Under the lock: no record is ever durable before the ones ahead of it, which
-      // recovery needs (it stops at the first record that is not whole).
-      std::size_t n = buf.size();
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (broken_short_flush) {
-        const std::uint64_t last = persist::line_start(at + n - 1);
-        n = last > at ? last - at : 0;
-      }
-#endif
-      persist_range(at, n);
-    }
-    // Only now: a dead appender leaves no hole, its bytes are overwritten (the next
-    // holder of the lock starts a new epoch, which resets the chain). `tail_seq` before
-    // `tail`: a flusher that sees the tail sees its record's number too.
-    ctl_->chain.store(rh.checksum, std::memory_order_relaxed);
-    ctl_->tail_seq.store(seq, std::memory_order_release);
-    ctl_->tail.store(pos + buf.size(), std::memory_order_release);
-    if (map_ != nullptr) {
-      ctl_->durable_seq.store(seq, std::memory_order_release);
-      ctl_->durable.store(pos + buf.size(), std::memory_order_release);
-    }
-    ctl_->in_flight[d].store(1, std::memory_order_release);
-    if (!nested) {
-      pthread_mutex_unlock(&ctl_->append);
-      holding_append() = false;
-    }
-    return pos + buf.size();
-  }
-
-  /// Group commit: a committer whose record is not yet durable flushes the log itself
-  /// if nobody is flushing, and otherwise sleeps until the running flush ends. Every
-  /// sleeper wakes at once then: those the flush covered return, and one of the others
-  /// leads the next flush for all of them. (Queueing on the flush lock instead woke the
-  /// covered committers one at a time, each wake a scheduling round trip, so the next
-  /// flush started late and covered few records.)
-  void wait_durable(std::uint64_t end) noexcept {
-    for (;;) {
-      const std::uint32_t seen = ctl_->flushes.load(std::memory_order_seq_cst);
-      if (ctl_->durable.load(std::memory_order_acquire) >= end) return;
-      const int r = pthread_mutex_trylock(&ctl_->flush);
-      if (r == 0 || r == EOWNERDEAD) {
-        if (r == EOWNERDEAD) pthread_mutex_consistent(&ctl_->flush);
-        if (ctl_->durable.load(std::memory_order_acquire) < end) flush_log_locked();
-        pthread_mutex_unlock(&ctl_->flush);
-        // Even without a flush: a committer that found the lock taken just now sleeps
-        // until `flushes` changes, and its record may need a flush nobody else leads.
-        announce_flush();
-        continue;
-      }
-      if (r != EBUSY) {
-        errno = r;
-        fatal("lock", path_);
-      }
-      // A flush is running. The timeout bounds the wait if its flusher dies: the robust
-      // lock then lets the next committer take over.
-      ctl_->sleepers.fetch_add(1, std::memory_order_seq_cst);
-      timespec ts{0, 2'000'000};
-      // Not FUTEX_PRIVATE_FLAG: the committers may be in different processes.
-      ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&ctl_->flushes), FUTEX_WAIT, seen, &ts,
-                nullptr, 0);
-      ctl_->sleepers.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
@@ -907,44 +892,35 @@ class redo_log {
     }
   }
 
+  void read_at(std::uint64_t off, void* p, std::size_t n) const noexcept {
+    if (::pread(fd_, p, n, static_cast<off_t>(off)) != static_cast<ssize_t>(n))
+      fatal("read", path_);
+  }
+
   void write_at(std::uint64_t off, const std::byte* p, std::size_t n) noexcept {
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->log_written(off, p, n);
-#endif
-    if (map_ != nullptr && off + n <= map_size_) {
-      std::memcpy(map_ + off, p, n);
-      return;
-    }
-    // The cache-line mode past the mapping's end (a checkpoint recovering a dead
-    // committer appends without room): `persist_range` flushes it with `fdatasync`.
-    for (std::size_t done = 0; done < n;) {
-      const ssize_t w = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(off + done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) fatal("write", path_);
-      done += static_cast<std::size_t>(w);
+    if (io_seam != nullptr) {
+      io_seam->write(*this, off, p, n);
+    } else {
+      direct_write(off, p, n);
     }
   }
 
   void flush_file() noexcept {
-    if (::fdatasync(fd_) != 0) fatal("flush", path_);
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr) io_observer->log_flushed();
-#endif
+    if (io_seam != nullptr) {
+      io_seam->flush(*this);
+    } else {
+      direct_flush();
+    }
   }
 
   /// The cache-line mode: `[off, off + n)` of the log, stored by `write_at`, reaches
   /// the medium before this returns.
   void persist_range(std::uint64_t off, std::size_t n) noexcept {
-    if (off + n > map_size_) {
-      flush_file();  // written with pwrite; on DAX this also flushes the mapping's lines
-      return;
+    if (io_seam != nullptr) {
+      io_seam->persist(*this, off, n);
+    } else {
+      direct_persist(off, n);
     }
-    persist::flush_lines(map_ + off, n);
-    persist::fence();
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-    if (io_observer != nullptr)
-      io_observer->log_lines_flushed(persist::line_start(off), persist::line_span(off, n));
-#endif
   }
 
   [[noreturn]] static void io_fail(std::string_view what, const std::filesystem::path& file) {
@@ -964,6 +940,16 @@ class redo_log {
   std::byte* map_ = nullptr;  // the cache-line mode: the whole file, mapped with MAP_SYNC
   std::size_t map_size_ = 0;
 };
+
+inline void log_io::write(redo_log& log, std::uint64_t offset, const std::byte* p,
+                          std::size_t n) noexcept {
+  log.direct_write(offset, p, n);
+}
+inline void log_io::flush(redo_log& log) noexcept { log.direct_flush(); }
+inline void log_io::persist(redo_log& log, std::uint64_t offset, std::size_t n) noexcept {
+  log.direct_persist(offset, n);
+}
+inline void log_io::flush_pool(redo_log& log) noexcept { log.direct_flush_pool(); }
 
 }  // namespace ftm::detail::redo
 

@@ -9,6 +9,7 @@
 #include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/redo_log.hpp>
+#include <ftm/durability.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/inspect.hpp>
@@ -26,6 +27,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <fcntl.h>
@@ -345,42 +347,6 @@ class file_region {
 
 }  // namespace ftm::detail
 
-namespace ftm {
-
-/// What a committed transaction survives, chosen when a pool file is opened.
-enum class durability {
-  /// The death of every process using the pool: commit flushes nothing.
-  process,
-  /// An OS crash or a power loss as well: commit returns once a redo log beside the
-  /// pool (`<pool>.wal`) holds the transaction on the medium.
-  power,
-};
-
-/// How a `power` pool's commits put the redo log on the medium, chosen when the pool
-/// is created or opened (`pmem::options::flush`).
-enum class flush_method {
-  /// `cache_lines` where the log's file system maps it with `MAP_SYNC` (a DAX file
-  /// system on persistent memory, x86-64), `fdatasync` everywhere else.
-  automatic,
-  /// `pwrite` and `fdatasync`; concurrent committers share one `fdatasync`.
-  fdatasync,
-  /// The log mapped with `MAP_SYNC`; commit stores its record, flushes its cache lines
-  /// (CLWB, CLFLUSHOPT or CLFLUSH) and fences (SFENCE), without a system call.
-  /// `ftm::io_error` where the file system or the processor cannot.
-  cache_lines,
-};
-
-constexpr std::string_view to_string(flush_method m) noexcept {
-  switch (m) {
-    case flush_method::automatic: return "automatic";
-    case flush_method::fdatasync: return "fdatasync";
-    case flush_method::cache_lines: return "cache_lines";
-  }
-  return "unknown";
-}
-
-}  // namespace ftm
-
 namespace ftm::engines {
 
 /// A pool file opened only to be looked at: its header is checked as by `pmem::open`,
@@ -433,10 +399,9 @@ class pmem_view : private detail::file_region {
     const auto& ctl =
         *reinterpret_cast<const detail::redo::control*>(region() + detail::redo::control_offset);
     header_.level = ctl.level == 1 ? durability::power : durability::process;
-    header_.log_flush =
-        ctl.method == static_cast<std::uint32_t>(detail::redo::flush_mode::cache_lines)
-            ? flush_method::cache_lines
-            : flush_method::fdatasync;
+    header_.log_flush = ctl.method == static_cast<std::uint32_t>(flush_method::cache_lines)
+                            ? flush_method::cache_lines
+                            : flush_method::fdatasync;
     if (header_.level == durability::power) {
       header_.log_path = detail::redo::redo_log::path_for(path);
       struct stat st {};
@@ -603,8 +568,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// `cache_lines` (what `automatic` chose); empty at durability `process`.
   [[nodiscard]] std::optional<flush_method> log_flush() const noexcept {
     if (!power_) return std::nullopt;
-    return power_->log.mode() == detail::redo::flush_mode::cache_lines ? flush_method::cache_lines
-                                                                       : flush_method::fdatasync;
+    return power_->log.mode();
   }
 
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return region_path(); }
@@ -760,21 +724,15 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// The redo log of this process. The `first` user of the pool chooses how it is
   /// flushed (and records it for the others); the others flush it the same way.
   void attach_power(const options& opts, bool first) {
-    namespace redo = detail::redo;
-    redo::flush_request request = redo::flush_request::automatic;
-    switch (first ? opts.flush : method_in_use()) {
-      case flush_method::automatic: request = redo::flush_request::automatic; break;
-      case flush_method::fdatasync: request = redo::flush_request::fdatasync; break;
-      case flush_method::cache_lines: request = redo::flush_request::cache_lines; break;
-    }
-    power_ = std::make_unique<power_state>(*this, opts.log_size, request);
+    power_ =
+        std::make_unique<power_state>(*this, opts.log_size, first ? opts.flush : method_in_use());
     set_commit_log(power_.get());
     if (first) control().method = static_cast<std::uint32_t>(power_->log.mode());
   }
 
   /// How the pool's current `power` users flush the redo log.
   flush_method method_in_use() const noexcept {
-    return control().method == static_cast<std::uint32_t>(detail::redo::flush_mode::cache_lines)
+    return control().method == static_cast<std::uint32_t>(flush_method::cache_lines)
                ? flush_method::cache_lines
                : flush_method::fdatasync;
   }
@@ -788,7 +746,7 @@ class pmem : private detail::file_region, public detail::bank_engine {
     recovery_report report;
     for (tx_id d = 0; d < layout::max_descriptors; ++d) {
       const auto* s = reinterpret_cast<const layout::descriptor*>(
-          region() + layout::descriptors_begin + d * 64);
+          region() + layout::descriptors_begin + d * sizeof(layout::descriptor));
       if (s->owner.load() != 0) ++report.undone;
     }
     detail::redo::redo_log log(detail::redo::redo_log::path_for(path()), pool_id(), region_fd(),
@@ -829,37 +787,66 @@ class pmem : private detail::file_region, public detail::bank_engine {
     return report;
   }
 
-  /// The redo log, called by commit between its phases.
+  /// The `power` level: commit and recovery call it between their two phases, and it
+  /// calls the redo log, which is passive: it answers and never calls back. A full log
+  /// (or one whose last appender died) is checkpointed here, under the log's append
+  /// lock: every logged record must be applied first, and the record of a committer
+  /// that died before applying it is applied from the log, not by recovering its
+  /// descriptor (which would append, under the lock this thread holds).
   struct power_state final : detail::commit_log {
-    power_state(pmem& p, std::size_t log_size, detail::redo::flush_request flush)
+    power_state(pmem& p, std::size_t log_size, flush_method flush)
         : pool(p),
           log(detail::redo::redo_log::path_for(p.path()), p.pool_id(), p.region_fd(), &p.control(),
               log_size, flush) {}
 
     void make_durable(tx_id d, bool recovering) noexcept override {
       if (recovering && log.settle_logged(d)) return;
-#if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
-      if (detail::redo::broken_redo_before_append) {
-        pool.for_each_held_write(d, [&](std::uint64_t off, std::uint32_t len) {
-          std::memcpy(pool.second_bank() + off,
-                      pool.region() + pool.region_geometry().control_size + off, len);
-        });
-      }
-#endif
       std::byte* a = pool.region() + pool.region_geometry().control_size;
-      log.commit(
-          d,
-          [&](auto&& emit) {
-            pool.for_each_held_write(
-                d, [&](std::uint64_t off, std::uint32_t len) { emit(off, len, a + off); });
-          },
-          &settle, this);
+      thread_local std::vector<std::byte> buf;
+      detail::redo::redo_log::encode(buf, d, [&](auto&& emit) {
+        pool.for_each_held_write(
+            d, [&](std::uint64_t off, std::uint32_t len) { emit(off, len, a + off); });
+      });
+      FTM_FAULT_POINT("log.before_append");
+      auto lock = log.lock_append();
+      if (lock.repair() || !log.fits(lock, buf.size())) checkpoint(lock);
+      const std::uint64_t end = log.append(lock, d, buf);
+      lock.unlock();
+      FTM_FAULT_POINT("log.after_append");
+      log.wait_durable(end);
+      FTM_FAULT_POINT("log.after_flush");
     }
     void applied(tx_id d) noexcept override { log.applied(d); }
 
-    /// A checkpoint waiting for `d`: completes it if its committer died.
-    static std::uint64_t settle(void* self, tx_id d) {
-      return static_cast<power_state*>(self)->pool.recover_one(d) ? 1 : 0;
+    /// Waits until every logged record is applied, applying those whose committers
+    /// died, then checkpoints the log.
+    void checkpoint(const detail::redo::redo_log::append_lock& lock) noexcept {
+      namespace layout = detail::bank_layout;
+      for (tx_id d = 0; d < layout::max_descriptors; ++d) {
+        for (std::uint32_t spins = 0; log.in_flight(d); ++spins) {
+          if (spins % 1024 == 1023 && committer_died(d) &&
+              log.visit_logged(
+                  lock, d,
+                  [](void* bank, std::uint64_t off, std::uint32_t len, const std::byte* bytes) {
+                    std::memcpy(static_cast<std::byte*>(bank) + off, bytes, len);
+                  },
+                  pool.second_bank())) {
+            log.applied(d);  // its descriptor stays COMMITTING: recovery appends it again
+            break;
+          }
+          std::this_thread::yield();
+        }
+      }
+      log.checkpoint(lock);
+    }
+
+    /// Whether the owner of descriptor `d` is dead (and no recoverer has claimed it).
+    bool committer_died(tx_id d) const noexcept {
+      namespace layout = detail::bank_layout;
+      const auto& s = *reinterpret_cast<const layout::descriptor*>(
+          pool.region() + layout::descriptors_begin + d * sizeof(layout::descriptor));
+      const detail::owner_id owner = s.owner.load(std::memory_order_acquire);
+      return owner != 0 && !detail::owner_alive(owner);
     }
 
     pmem& pool;

@@ -158,12 +158,6 @@ class bank_recovery : public bank_watchers {
   }
 
   /// Recovers descriptor `d` if its owner died; true if it did.
-  bool recover_one(descriptor_index d) noexcept {
-    recovery_report ignored;
-    return recover_if_dead(d, ignored);
-  }
-
-  /// Recovers descriptor `d` if its owner died; true if it did.
   bool recover_if_dead(descriptor_index d, recovery_report& report,
                        bool assume_dead = false) noexcept {
     using namespace bank_layout;
