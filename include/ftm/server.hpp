@@ -87,7 +87,7 @@ bool await_message(E& engine, stable_port<Msg> port,
           const auto access = open_port<Msg, false>(tx, port.offset(), port.capacity(), "receive");
           if (access.depth() != 0) return std::nullopt;
           // Last: nothing after it throws, so a registered watch always reaches wait().
-          return tx.engine().watch(tx.id(), port.offset());
+          return byte_access::watch(tx, port.offset());
         });
     if (!token) return true;
     if (!engine.wait(std::span<const watch_token>(&*token, 1), deadline)) return false;

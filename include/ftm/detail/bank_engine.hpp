@@ -113,8 +113,9 @@ inline constexpr std::uint64_t logs_begin = slots_begin + max_slots * 64;
 
 /// 2: checksums in the header, the descriptors' logs and states, and the roots table;
 /// the redo log's state in the header page (`redo::control`) records the log's id and
-/// the last record on the medium.
-inline constexpr std::uint32_t format_version = 2;
+/// the last record on the medium. 3: a port object begins with its kind
+/// (`detail::port_kind`, <ftm/detail/port_format.hpp>).
+inline constexpr std::uint32_t format_version = 3;
 
 /// A 64-bit checksum of `n` bytes (a multiple of 8) at `p`, seeded: for the
 /// structures a bound cannot check (the header, the roots table's entries).
