@@ -8,8 +8,12 @@
 /// at the head, and an abort puts it back with its delivery count increased. A
 /// message delivered too often goes to the port's dead-letter port instead.
 ///
-/// Written against the `ftm::engine` concept only: the delivery count needs an
-/// `ftm::unlogged_write_engine`, blocking an `ftm::watchable_engine`.
+/// Written over `ftm::transaction` only (its byte access, `detail::byte_access`): the
+/// delivery count needs an `ftm::unlogged_write_engine`, blocking an
+/// `ftm::watchable_engine`. This header is the API; the internals are
+/// `detail/port_format.hpp` (the bytes in the pool), `port_ring.hpp` (an opened
+/// port), `port_delivery.hpp` (redelivery and poison messages), `port_wait.hpp`
+/// (watching) and `port_directory.hpp` (the pool's list of ports).
 
 #include <ftm/detail/port_delivery.hpp>
 #include <ftm/detail/port_directory.hpp>
