@@ -13,6 +13,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -20,6 +21,8 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -329,6 +332,23 @@ ENGINE_TEST("misused port handles are refused with ftm errors") {
       ftm::atomically(*pool, [&](auto& t) { return ftm::make_port<order>(t, {.capacity = 0}); }),
       ftm::invalid_argument);
 }
+
+// A port opened for reading hands out const views only, and cannot write through.
+template <class A>
+concept can_write_through = requires(const A& a) {
+  a.write_through(std::size_t{0}, 1);
+};
+using read_access = ftm::detail::port_access<ftm::engines::dual_bank, false>;
+using write_access = ftm::detail::port_access<ftm::engines::dual_bank, true>;
+static_assert(std::is_const_v<
+              std::remove_reference_t<decltype(std::declval<const read_access&>().header())>>);
+static_assert(
+    std::is_const_v<std::remove_reference_t<decltype(std::declval<const read_access&>().slot(0))>>);
+static_assert(
+    std::is_same_v<decltype(std::declval<const read_access&>().payload(0)), const std::byte*>);
+static_assert(!can_write_through<read_access> && can_write_through<write_access>);
+static_assert(!std::is_const_v<
+              std::remove_reference_t<decltype(std::declval<const write_access&>().header())>>);
 
 /// An object of exactly a port's size (a port of four `order`s) that is not a port.
 struct port_sized_filler {
