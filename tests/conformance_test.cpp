@@ -9,8 +9,11 @@
 #include <boost/hana/define_struct.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -338,6 +341,71 @@ ENGINE_TEST("atomically() inside atomically() on the same pool is refused") {
   CHECK(ftm::atomically(
             *pool, [&](auto&) { return ftm::atomically(*other, [](auto&) { return 1; }); }) == 1);
   CHECK(ftm::atomically(*pool, [](auto&) { return 2; }) == 2);
+}
+
+ENGINE_TEST(
+    "byte access: objects opened as bytes in a transaction commit, abort and write through") {
+  // The transaction's byte-level access, which ports are built on.
+  using bytes = ftm::detail::byte_access;
+  auto pool = ftm_test::engine_factory<E>::make();
+  const ftm::object_type type = ftm::detail::object_type_of<account>;
+  const auto a = ftm::atomically(*pool, [&](auto& tx) {
+    const ftm::allocation fresh = bytes::allocate(tx, type);
+    ::new (fresh.storage) account{7, 0};
+    return ftm::stable<account>(ftm::detail::from_offset, fresh.offset);
+  });
+  CHECK(balance_of(*pool, a) == 7);
+  // A write in bytes commits like a typed one, and aborts like one.
+  ftm::atomically(*pool, [&](auto& tx) {
+    const std::int64_t v = 40;
+    std::memcpy(bytes::open_write(tx, a.offset(), type) + offsetof(account, balance), &v, sizeof v);
+    bytes::close(tx, a.offset());
+  });
+  CHECK(balance_of(*pool, a) == 40);
+  {
+    ftm::transaction tx{*pool};
+    tx.begin();
+    const std::int64_t v = 99;
+    std::byte* p = bytes::open_write(tx, a.offset(), type);
+    std::memcpy(p + offsetof(account, balance), &v, sizeof v);
+    // Written through: survives the abort below.
+    const std::uint32_t ops = 5;
+    bytes::write_through(tx, a.offset(), offsetof(account, ops), &ops, sizeof ops);
+    tx.abort();
+  }
+  const account after = ftm::atomically(*pool, [&](auto& tx) {
+    account out;
+    std::memcpy(&out, bytes::open_read(tx, a.offset(), type), sizeof out);
+    bytes::close(tx, a.offset());
+    return out;
+  });
+  CHECK(after.balance == 40);
+  CHECK(after.ops == 5);
+  // Write-through needs the write lock, as the engine concept says.
+  ftm::transaction tx{*pool};
+  tx.begin();
+  static_cast<void>(bytes::open_read(tx, a.offset(), type));
+  const std::uint32_t ops = 6;
+  CHECK_THROWS_AS(bytes::write_through(tx, a.offset(), offsetof(account, ops), &ops, sizeof ops),
+                  ftm::usage_error);
+  tx.abort();
+  // An allocation in an aborted transaction is freed: the object is gone.
+  std::uint64_t dropped = 0;
+  {
+    ftm::transaction t{*pool};
+    t.begin();
+    dropped = bytes::allocate(t, type).offset;
+    t.abort();
+  }
+  CHECK_THROWS_AS(
+      ftm::atomically(*pool, [&](auto& t) { return bytes::open_read(t, dropped, type); }),
+      ftm::error);
+  // Roots, reserved names included, are found by name.
+  ftm::atomically(*pool, [&](auto& t) {
+    CHECK(bytes::find_root(t, "ftm.test", ftm::detail::root_type_of<account>()) == 0);
+    const auto r = ftm::detail::reserved_root<account>(t, "ftm.test");
+    CHECK(bytes::find_root(t, "ftm.test", ftm::detail::root_type_of<account>()) == r.offset());
+  });
 }
 
 ENGINE_TEST("named roots are found again, and refuse another type") {

@@ -490,6 +490,7 @@ TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool
   patch(s.orders.offset(), offsetof(port_header, head), std::uint64_t{9});
   patch(s.jobs.offset(), offsetof(port_header, capacity), std::uint32_t{99});
   patch(s.dead.offset(), offsetof(port_header, fingerprint), std::uint64_t{0x5eed});
+  patch(s.dead.offset(), offsetof(port_header, kind), std::uint32_t{0});
   // The directory's own count of ports, too.
   std::uint64_t directory = 0;
   for (const auto& r : pmem::inspect(copy).roots())
@@ -514,8 +515,11 @@ TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool
       d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its header's message "
                          "fingerprint 0x0000000000005eed is not the directory's 0x[0-9a-f]{{16}}\n",
                          s.dead.offset()));
+  CHECK_MATCH(d.out, fmt::format("  - port at offset {} \\([^\n]*order\\): its first bytes say "
+                                 "kind 0x00000000, not a port's 0x74726f70\n",
+                                 s.dead.offset()));
   CHECK_MATCH(d.out, "  - the port directory counts 4 ports, but its blocks list 3\n");
-  CHECK_MATCH(d.out, "check: 5 problems\n");
+  CHECK_MATCH(d.out, "check: 6 problems\n");
   // Without --check the pool is shown, and the damage is not judged.
   CHECK(inspect(copy.string()).status == 0);
   // The original is untouched and sound.

@@ -10,14 +10,19 @@
 #include <fmt/format.h>
 #include <boost/hana/define_struct.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -326,6 +331,74 @@ ENGINE_TEST("misused port handles are refused with ftm errors") {
   CHECK_THROWS_AS(
       ftm::atomically(*pool, [&](auto& t) { return ftm::make_port<order>(t, {.capacity = 0}); }),
       ftm::invalid_argument);
+}
+
+// A port opened for reading hands out const views only, and cannot write through.
+template <class A>
+concept can_write_through = requires(const A& a) {
+  a.write_through(std::size_t{0}, 1);
+};
+using read_access = ftm::detail::port_access<ftm::engines::dual_bank, false>;
+using write_access = ftm::detail::port_access<ftm::engines::dual_bank, true>;
+static_assert(std::is_const_v<
+              std::remove_reference_t<decltype(std::declval<const read_access&>().header())>>);
+static_assert(
+    std::is_const_v<std::remove_reference_t<decltype(std::declval<const read_access&>().slot(0))>>);
+static_assert(
+    std::is_same_v<decltype(std::declval<const read_access&>().payload(0)), const std::byte*>);
+static_assert(!can_write_through<read_access> && can_write_through<write_access>);
+static_assert(!std::is_const_v<
+              std::remove_reference_t<decltype(std::declval<const write_access&>().header())>>);
+
+/// An object of exactly a port's size (a port of four `order`s) that is not a port.
+struct port_sized_filler {
+  std::array<std::uint8_t,
+             sizeof(ftm::detail::port_header) + 4 * ftm::detail::slot_size_of<order>()>
+      bytes;
+};
+
+/// The `ftm::` error `f` throws, as text ("" if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const ftm::error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is refused by name") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  // A foreign object of the right size, whose bytes even copy a port's shape but its kind.
+  auto p = make_orders(*pool, {.capacity = 4});
+  const auto foreign = ftm::atomically(*pool, [&](auto& tx) {
+    port_sized_filler f{};
+    const auto* bytes = ftm::detail::byte_access::open_read(
+        tx, p.offset(), ftm::detail::port_object_type<order>(4));
+    std::memcpy(f.bytes.data(), bytes, f.bytes.size());
+    f.bytes[0] ^= 0xff;  // the kind
+    return tx.create(f);
+  });
+  const ftm::stable_port<order> fake{ftm::detail::from_offset, foreign.offset(), 4};
+  const std::string sent = error_of([&] {
+    ftm::atomically(*pool, [&](auto& tx) { ftm::send(tx, fake, order{1, 1}); });
+  });
+  CHECK(sent.find("ftm::send: the object at offset") != std::string::npos);
+  CHECK(sent.find("is not a port: its first bytes say kind 0x74726f8f, not a port's 0x74726f70") !=
+        std::string::npos);
+  // A port whose kind was overwritten, seen by the write and the read paths.
+  ftm::atomically(*pool, [&](auto& tx) {
+    std::byte* bytes = ftm::detail::byte_access::open_write(
+        tx, p.offset(), ftm::detail::port_object_type<order>(4));
+    std::memset(bytes, 0, sizeof(std::uint32_t));
+    ftm::detail::byte_access::close(tx, p.offset());
+  });
+  CHECK_THROWS_AS(ftm::atomically(*pool, [&](auto& tx) { return ftm::try_receive(tx, p); }),
+                  ftm::type_mismatch);
+  const std::string read = error_of([&] { stats(*pool, p); });
+  CHECK(read.find("ftm::port_stats_of: the object at offset") != std::string::npos);
+  CHECK(read.find("is not a port: its first bytes say kind 0x00000000") != std::string::npos);
 }
 
 ENGINE_TEST("the delivery count survives a receiver killed mid-transaction") {

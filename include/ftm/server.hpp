@@ -87,7 +87,7 @@ bool await_message(E& engine, stable_port<Msg> port,
           const auto access = open_port<Msg, false>(tx, port.offset(), port.capacity(), "receive");
           if (access.depth() != 0) return std::nullopt;
           // Last: nothing after it throws, so a registered watch always reaches wait().
-          return tx.engine().watch(tx.id(), port.offset());
+          return byte_access::watch(tx, port.offset());
         });
     if (!token) return true;
     if (!engine.wait(std::span<const watch_token>(&*token, 1), deadline)) return false;
@@ -137,6 +137,17 @@ inline std::chrono::steady_clock::time_point deadline_in(
 
 }  // namespace detail
 
+namespace detail {
+/// The work of `ftm::serve_one` once it holds a request: calls the handler and sends
+/// what it returns to the request's reply port, in `tx`.
+template <engine E, class Req, class Rep, class Handler>
+request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Handler& handler) {
+  Rep result = std::invoke(handler, tx, request.body);
+  send(tx, request.reply_to, reply_to_call<Rep>{request.id, result});
+  return request.id;
+}
+}  // namespace detail
+
 /// Handles one request in `tx`: receives it (waiting for one), calls
 /// `handler(tx, request)` and sends what it returns to the request's reply port, all
 /// in `tx`. Only inside `ftm::atomically`, like `ftm::receive`. Returns the request's
@@ -145,14 +156,29 @@ template <watchable_engine E, class Req, class Rep, class Handler>
 request_id serve_one(transaction<E>& tx, service_port<Req, Rep> port, Handler& handler) {
   static_assert(detail::check_handler<Handler, E, Req, Rep>());
   if constexpr (detail::valid_handler<Handler, E, Req, Rep>) {
-    const call_request<Req, Rep> request = receive(tx, port);
-    Rep result = std::invoke(handler, tx, request.body);
-    send(tx, request.reply_to, reply_to_call<Rep>{request.id, result});
-    return request.id;
+    return detail::answer(tx, receive(tx, port), handler);
   } else {
     return {};
   }
 }
+
+namespace detail {
+/// `ftm::serve_one` that waits at most `timeout` (as `ftm::receive_for`) for a request:
+/// nothing if none came in time. The step of `ftm::serve`, which must look up from
+/// its wait now and then.
+template <watchable_engine E, class Req, class Rep, class Handler, class R, class P>
+std::optional<request_id> serve_one_for(transaction<E>& tx, service_port<Req, Rep> port,
+                                        Handler& handler, std::chrono::duration<R, P> timeout) {
+  static_assert(check_handler<Handler, E, Req, Rep>());
+  if constexpr (valid_handler<Handler, E, Req, Rep>) {
+    const std::optional<call_request<Req, Rep>> request = receive_for(tx, port, timeout);
+    if (!request) return std::nullopt;
+    return answer(tx, *request, handler);
+  } else {
+    return std::nullopt;
+  }
+}
+}  // namespace detail
 
 /// The paper's server loop: handles the requests arriving on `port`, each in one
 /// transaction (receive, `handler(tx, request)`, reply), until `stop` is requested.
@@ -178,11 +204,7 @@ std::uint64_t serve(E& engine, service_port<Req, Rep> port, Handler handler,
       const auto slice = detail::renewal_slice(100ms);
       if (!detail::await_message(engine, port, detail::deadline_in(slice))) continue;
       const bool answered = atomically(engine, [&](transaction<E>& tx) {
-        auto request = receive_for(tx, port, slice);
-        if (!request) return false;
-        Rep result = std::invoke(handler, tx, std::as_const(request->body));
-        send(tx, request->reply_to, reply_to_call<Rep>{request->id, result});
-        return true;
+        return detail::serve_one_for(tx, port, handler, slice).has_value();
       });
       if (answered) ++served;
     }

@@ -9,16 +9,15 @@
 
 #include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
+#include <ftm/detail/task_process.hpp>
+#include <ftm/detail/task_record.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/transaction.hpp>
 
 #include <fmt/format.h>
 
-#include <atomic>
-#include <cerrno>
 #include <chrono>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -32,14 +31,7 @@
 #include <type_traits>
 #include <utility>
 
-#include <poll.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace ftm {
 
@@ -121,34 +113,6 @@ struct supervision_report {
   task_stats stats{};
 };
 
-namespace detail {
-
-/// The task's record in the pool, under the root `ftm.task.<name>`: who runs the task
-/// now, so that a new supervisor can make sure no earlier instance still runs.
-struct task_record {
-  owner_id owner;          // the instance started last (pid and start time), 0 if none
-  std::uint64_t starts;    // instances started over the pool's life
-  owner_id supervisor;     // the process supervising the task, 0 if none yet
-  std::uint64_t finished;  // 1: completed, 2: its supervisor gave up; 0 otherwise
-};
-
-inline int pidfd_open(pid_t pid) noexcept {
-  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
-}
-
-inline int pidfd_send_signal(int pidfd, int sig) noexcept {
-  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
-}
-
-/// Waits until the process behind `pidfd` has ended (it need not be our child).
-inline void wait_pidfd(int pidfd) noexcept {
-  pollfd p{pidfd, POLLIN, 0};
-  while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
-  }
-}
-
-}  // namespace detail
-
 /// What a running task instance is given: its name, which start of the task it is,
 /// and the heartbeat that keeps its lease.
 class task_context : public detail::task_context_base {
@@ -209,7 +173,7 @@ class supervisor {
   /// Throws `ftm::invalid_argument` for a bad name or limits.
   template <class F>
   requires task_entry<F, E> supervisor(E& engine, task_options options, F entry)
-      : engine_(&engine), options_(std::move(options)) {
+      : engine_(&engine), options_(std::move(options)), process_(options_.name) {
     static_assert(std::is_copy_constructible_v<F>,
                   "ftm::supervisor requires the entry point to be copyable: it is called "
                   "again, from the beginning, in every new instance of the task");
@@ -218,23 +182,16 @@ class supervisor {
     } else {
       entry_ = [f = std::move(entry)](E& e, task_context&) mutable { f(e); };
     }
-    record_name_ = fmt::format("ftm.task.{}", options_.name);
+    record_name_ = fmt::format("{}{}", detail::task_record_prefix, options_.name);
     if (options_.name.empty() || record_name_.size() > max_record_name) {
       throw invalid_argument(
           fmt::format("ftm::supervisor: the task name '{}' must have 1 to {} characters",
-                      options_.name, max_record_name - std::string_view("ftm.task.").size()));
+                      options_.name, max_record_name - detail::task_record_prefix.size()));
     }
     if (options_.intensity.period.count() <= 0) {
       throw invalid_argument(fmt::format(
           "ftm::supervisor: task '{}': the restart period must be positive", options_.name));
     }
-    void* p = ::mmap(nullptr, sizeof(detail::task_shared), PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      throw io_error(
-          fmt::format("ftm::supervisor: cannot map the heartbeat page: {}", std::strerror(errno)));
-    }
-    shared_ = ::new (p) detail::task_shared{};
     stats_.name = options_.name;
   }
 
@@ -243,13 +200,9 @@ class supervisor {
 
   /// Kills a task instance that still runs (it must not outlive its supervisor).
   ~supervisor() {
-    {
-      const std::lock_guard lock(mutex_);
-      stop_ = true;
-      static_cast<void>(kill_instance());
-    }
-    if (pid_ > 0) reap();
-    ::munmap(shared_, sizeof(detail::task_shared));
+    const std::lock_guard lock(mutex_);
+    stop_ = true;
+    static_cast<void>(process_.kill());  // `process_` reaps it when it is destroyed
   }
 
   /// Takes the task over on the pool, then runs and restarts it until it completes,
@@ -258,7 +211,7 @@ class supervisor {
   /// `PR_SET_PDEATHSIG`). Throws `ftm::usage_error` if another live process
   /// supervises the task, `ftm::io_error` if a process cannot be made.
   supervision_report run() {
-    const claim c = claim_task(claim_policy::now);
+    const detail::task_claim c = claim_task(claim_policy::now);
     if (c.holder != 0) {
       throw usage_error(
           fmt::format("ftm::supervisor: task '{}' is already supervised by process {}",
@@ -279,16 +232,19 @@ class supervisor {
         const std::lock_guard lock(mutex_);
         if (stop_) return report(supervision_outcome::stopped);
       }
-      const claim c = claim_task(policy);
-      if (c.finished != 0) {
-        return report(c.finished == 1 ? supervision_outcome::completed
-                                      : supervision_outcome::gave_up);
+      const detail::task_claim c = claim_task(policy);
+      if (c.finished != detail::task_end::running) {
+        return report(c.finished == detail::task_end::completed ? supervision_outcome::completed
+                                                                : supervision_outcome::gave_up);
       }
       if (c.holder == 0) return supervise(c.previous);
-      if (c.holder == unclaimed) {
+      if (c.holder == detail::unclaimed_task) {
         std::this_thread::sleep_for(backup_poll);
       } else {
-        wait_for_end(c.holder);
+        detail::wait_for_exit(c.holder, backup_poll, [this] {
+          const std::lock_guard lock(mutex_);
+          return stop_;
+        });
       }
     }
   }
@@ -298,7 +254,7 @@ class supervisor {
   void stop() noexcept {
     const std::lock_guard lock(mutex_);
     stop_ = true;
-    static_cast<void>(kill_instance());
+    static_cast<void>(process_.kill());
   }
 
   /// Sends `sig` to the running instance; true only if a live instance was signalled:
@@ -307,19 +263,10 @@ class supervisor {
   /// one instance, and is followed by one restart (within the restart limits). Safe
   /// from any thread: the signal never reaches a process that merely reuses the
   /// instance's pid.
-  bool signal_task(int sig) noexcept {
-    const std::lock_guard lock(mutex_);
-    if (!instance_live()) return false;
-    if (detail::pidfd_send_signal(pidfd_, sig) != 0) return false;
-    if (sig == SIGKILL) killed_ = true;
-    return true;
-  }
+  bool signal_task(int sig) noexcept { return process_.signal(sig); }
 
   /// The running instance's pid, or 0 between instances.
-  [[nodiscard]] pid_t task_pid() const noexcept {
-    const std::lock_guard lock(mutex_);
-    return pidfd_ >= 0 ? pid_ : 0;
-  }
+  [[nodiscard]] pid_t task_pid() const noexcept { return process_.pid(); }
 
   /// A snapshot of what the supervisor did so far; safe from any thread.
   [[nodiscard]] task_stats stats() const {
@@ -336,77 +283,21 @@ class supervisor {
     return {outcome, options_.intensity, stats_};
   }
 
-  /// Whether the instance runs and has not been sent SIGKILL (call with `mutex_` held).
-  /// A dead process's pidfd stays valid, and signals to it succeed, until it is reaped.
-  bool instance_live() const noexcept {
-    if (pidfd_ < 0 || killed_) return false;
-    pollfd p{pidfd_, POLLIN, 0};
-    return ::poll(&p, 1, 0) == 0;  // readable once the process has ended
-  }
-
-  /// Sends SIGKILL to the instance unless it was sent already (call with `mutex_` held);
-  /// true if this call sent it.
-  bool kill_instance() noexcept {
-    if (pidfd_ < 0 || killed_) return false;
-    killed_ = true;
-    return detail::pidfd_send_signal(pidfd_, SIGKILL) == 0;
-  }
-
-  static constexpr detail::owner_id unclaimed = ~detail::owner_id{0};
   static constexpr std::chrono::milliseconds backup_poll{50};
 
-  /// What claiming the task found: `holder` is 0 if this supervisor now holds it.
-  struct claim {
-    detail::owner_id holder;    // a live other supervisor, `unclaimed`, or 0
-    detail::owner_id previous;  // the instance started last
-    std::uint64_t finished;     // 1: completed, 2: gave up (backups only)
-  };
-
-  /// Claims the task in the pool, in one transaction, unless another live process
-  /// holds it: two live supervisors of one task would kill each other's instances.
-  claim claim_task(claim_policy policy) {
-    const detail::owner_id self = detail::self_owner_id();
-    const bool backup = policy != claim_policy::now;
-    return atomically(*engine_, [&](transaction<E>& tx) {
-      auto rec = tx.open(detail::reserved_root<detail::task_record>(tx, record_name_));
-      if (rec->supervisor != 0 && rec->supervisor != self && detail::owner_alive(rec->supervisor)) {
-        return claim{rec->supervisor, rec->owner, 0};
-      }
-      if (backup && rec->finished != 0) return claim{unclaimed, rec->owner, rec->finished};
-      if (policy == claim_policy::after_failure && rec->supervisor == 0) {
-        return claim{unclaimed, rec->owner, 0};
-      }
-      rec->supervisor = self;
-      rec->finished = 0;
-      return claim{0, rec->owner, 0};
-    });
-  }
-
-  /// Waits until the process `holder` has ended, or `stop()`.
-  void wait_for_end(detail::owner_id holder) {
-    const int fd = detail::pidfd_open(detail::owner_pid(holder));
-    if (fd < 0) return;
-    // Only once the pidfd is open does "alive" prove it names the same process.
-    if (detail::owner_alive(holder)) {
-      for (;;) {
-        {
-          const std::lock_guard lock(mutex_);
-          if (stop_) break;
-        }
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(backup_poll.count())) > 0) break;
-      }
-    }
-    ::close(fd);
+  /// Claims the task in the pool (see `detail::claim_task`).
+  detail::task_claim claim_task(claim_policy policy) {
+    return detail::claim_task(*engine_, record_name_,
+                              {.backup = policy != claim_policy::now,
+                               .after_failure = policy == claim_policy::after_failure});
   }
 
   /// Records how the task ended, so that backups leave a finished task alone.
   supervision_report finish(supervision_outcome outcome) {
     if (outcome != supervision_outcome::stopped) {
-      atomically(*engine_, [&](transaction<E>& tx) {
-        tx.open(detail::reserved_root<detail::task_record>(tx, record_name_))->finished =
-            outcome == supervision_outcome::completed ? 1 : 2;
-      });
+      detail::record_end(*engine_, record_name_,
+                         outcome == supervision_outcome::completed ? detail::task_end::completed
+                                                                   : detail::task_end::gave_up);
     }
     return report(outcome);
   }
@@ -444,18 +335,9 @@ class supervisor {
   /// that signal may still be on its way when a new supervisor starts, or the task
   /// may have cleared it.
   void take_over(detail::owner_id previous) {
-    if (previous != 0 && previous != detail::self_owner_id() && detail::owner_alive(previous)) {
-      const int fd = detail::pidfd_open(detail::owner_pid(previous));
-      // Only once the pidfd is open does "alive" prove it names the same process.
-      if (fd >= 0) {
-        if (detail::owner_alive(previous)) {
-          static_cast<void>(detail::pidfd_send_signal(fd, SIGKILL));
-          detail::wait_pidfd(fd);
-          const std::lock_guard lock(mutex_);
-          ++stats_.took_over;
-        }
-        ::close(fd);
-      }
+    if (detail::kill_and_wait(previous)) {
+      const std::lock_guard lock(mutex_);
+      ++stats_.took_over;
     }
     recover();
   }
@@ -476,37 +358,11 @@ class supervisor {
   /// Forks an instance, records it in the pool, and only then lets it run: an instance
   /// the pool does not name never runs the entry point.
   void start_instance() {
-    // A socket, not a pipe: a send to an instance killed before it read gives EPIPE
-    // (MSG_NOSIGNAL), where a pipe would raise SIGPIPE in the supervisor.
-    int go[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0) fail("make a socket pair");
-    shared_->last_beat_ns.store(detail::steady_now_ns(), std::memory_order_relaxed);
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid < 0) {
-      ::close(go[0]);
-      ::close(go[1]);
-      fail("fork");
-    }
-    if (pid == 0) {
-      ::close(go[1]);
-      child(go[0], parent);
-    }
-    ::close(go[0]);
-    const int fd = detail::pidfd_open(pid);
-    if (fd < 0) {
-      ::close(go[1]);  // the child reads end-of-file and leaves
-      ::kill(pid, SIGKILL);
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      fail("open a pidfd on the task");
-    }
+    auto main = [this](std::uint64_t start_number) noexcept { return run_entry(start_number); };
+    const pid_t pid = process_.start(main);
     bool stop_now = false;
     {
       const std::lock_guard lock(mutex_);
-      pid_ = pid;
-      pidfd_ = fd;
-      killed_ = false;
       stop_now = stop_;
       ++stats_.starts;
     }
@@ -514,39 +370,23 @@ class supervisor {
     try {
       const detail::owner_id owner =
           detail::make_owner_id(pid, detail::read_proc_stat(pid).start_time);
-      start_number = atomically(*engine_, [&](transaction<E>& tx) {
-        auto rec = tx.open(detail::reserved_root<detail::task_record>(tx, record_name_));
-        rec->owner = owner;
-        return ++rec->starts;
-      });
+      start_number = detail::record_start(*engine_, record_name_, owner);
     } catch (...) {
-      ::close(go[1]);
+      process_.go(0, false);
       throw;  // ~supervisor kills and reaps the child
     }
     {
       const std::lock_guard lock(mutex_);
       stats_.pool_starts = start_number;
     }
-    if (stop_now) {
-      const std::lock_guard lock(mutex_);
-      static_cast<void>(kill_instance());
-    }
-    // The child runs once it reads its start number; a short write only happens if it died.
-    static_cast<void>(::send(go[1], &start_number, sizeof start_number, MSG_NOSIGNAL));
-    ::close(go[1]);
+    if (stop_now) static_cast<void>(process_.kill());
+    process_.go(start_number);
   }
 
-  /// The child side: dies with the supervisor, waits for its record, runs the entry.
-  [[noreturn]] void child(int go, pid_t parent) noexcept {
-    // The parent may have died before prctl: then getppid() already names another.
-    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent) ::_exit(111);
-    std::uint64_t start_number = 0;
-    ssize_t n = 0;
-    while ((n = ::read(go, &start_number, sizeof start_number)) < 0 && errno == EINTR) {
-    }
-    ::close(go);
-    if (n != static_cast<ssize_t>(sizeof start_number)) ::_exit(111);  // never recorded
-    task_context context(shared_, options_.name, start_number, options_.lease);
+  /// The instance's side, once the pool records it: runs the entry point and returns
+  /// the process's exit status.
+  int run_entry(std::uint64_t start_number) noexcept {
+    task_context context(process_.shared(), options_.name, start_number, options_.lease);
     detail::current_task() = &context;
     context.heartbeat();
     int status = 0;
@@ -560,79 +400,30 @@ class supervisor {
       status = 1;
     }
     std::fflush(stderr);
-    // _exit: the parent's atexit handlers and buffers belong to the parent.
-    ::_exit(status);
+    return status;
   }
 
   /// Waits for the instance to end, killing it if its lease expires; reaps it.
   exit_cause watch() {
-    bool lease_kill = false;
-    bool dying = false;  // SIGKILL was sent: only its end is left to wait for
-    const auto lease_ns = std::chrono::nanoseconds(options_.lease).count();
-    for (;;) {
-      int timeout = -1;
-      if (lease_ns > 0 && !dying) {
-        const auto left = shared_->last_beat_ns.load(std::memory_order_relaxed) + lease_ns -
-                          detail::steady_now_ns();
-        if (left <= 0) {
-          // Hung or stopped: SIGKILL ends a stopped process too. Not a lease kill if
-          // the instance was killed already (by `signal_task` or `stop`).
-          const std::lock_guard lock(mutex_);
-          lease_kill = kill_instance();
-          dying = true;
-          continue;
-        }
-        timeout = static_cast<int>(left / 1'000'000 + 1);
-      }
-      pollfd p{pidfd_, POLLIN, 0};
-      const int r = ::poll(&p, 1, timeout);
-      if (r > 0) break;
-      if (r < 0 && errno != EINTR) fail("poll the task's pidfd");
-    }
-    exit_cause cause = reap();
-    if (lease_kill && cause.how == exit_cause::kind::killed && cause.value == SIGKILL) {
-      cause.lease_expired = true;
+    const detail::process_end end = process_.watch(options_.lease);
+    exit_cause cause;
+    cause.how = end.exited ? exit_cause::kind::exited : exit_cause::kind::killed;
+    cause.value = end.value;
+    cause.lease_expired = end.lease_expired;
+    if (end.lease_expired) {
       const std::lock_guard lock(mutex_);
       ++stats_.lease_kills;
     }
     return cause;
   }
 
-  /// Collects the ended instance, so that no trace of it is left when recovery begins.
-  exit_cause reap() {
-    siginfo_t info{};
-    while (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED) != 0 && errno == EINTR) {
-    }
-    exit_cause cause;
-    if (info.si_code == CLD_EXITED) {
-      cause.how = exit_cause::kind::exited;
-    } else {
-      cause.how = exit_cause::kind::killed;
-    }
-    cause.value = info.si_status;
-    const std::lock_guard lock(mutex_);
-    ::close(pidfd_);
-    pidfd_ = -1;
-    pid_ = 0;
-    return cause;
-  }
-
-  [[noreturn]] void fail(std::string_view what) const {
-    const int e = errno;
-    throw io_error(fmt::format("ftm::supervisor: task '{}': cannot {}: {}", options_.name, what,
-                               std::strerror(e)));
-  }
-
   E* engine_;
   task_options options_;
   std::function<void(E&, task_context&)> entry_;
   std::string record_name_;
-  detail::task_shared* shared_ = nullptr;
+  detail::task_process process_;  // the running instance
 
-  mutable std::mutex mutex_;  // guards what other threads see: the pidfd, stop_, stats_
-  pid_t pid_ = 0;
-  int pidfd_ = -1;
-  bool killed_ = false;  // the instance was sent SIGKILL: it is dying
+  mutable std::mutex mutex_;  // guards what other threads see: stop_, stats_
   bool stop_ = false;
   task_stats stats_;
 };

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <new>
@@ -73,6 +74,7 @@ namespace detail {
 template <class T, engine E>
 stable<T> reserved_root(transaction<E>& tx, std::string_view name);
 struct atomically_access;
+struct byte_access;
 }  // namespace detail
 
 /// A transaction on engine `E`. Made inactive, like the paper's `new Transaction`;
@@ -197,6 +199,7 @@ class transaction : private detail::transaction_base {
   template <class T, ::ftm::engine F>
   friend stable<T> detail::reserved_root(transaction<F>& tx, std::string_view name);
   friend struct detail::atomically_access;
+  friend struct detail::byte_access;
 
   void commit_now() {
     require_active("commit");
@@ -278,6 +281,69 @@ stable<T> reserved_root(transaction<E>& tx, std::string_view name) {
   tx.require_active("root");
   return tx.template find_or_bind_root<T>(name);
 }
+}  // namespace detail
+
+namespace detail {
+
+/// A transaction's objects as bytes, for ftm's layers built on transactions (ports):
+/// they lay out their objects themselves, so they open them by offset with the size
+/// and name of the whole object rather than as a `stable<T>`. The locks, the undo and
+/// the end of the transaction are the transaction's, exactly as for `open` and
+/// `open_read`; only the typed handle is left out. Every function requires `tx` to be
+/// active (the caller checks it, to word the error in its own terms).
+struct byte_access {
+  /// A new object of type `type`, uninitialised; an abort of `tx` frees it.
+  template <engine E>
+  static allocation allocate(transaction<E>& tx, const object_type& type) {
+    return tx.engine_->allocate(tx.id_, type);
+  }
+
+  /// Opens the object at `offset` for writing (its exclusive lock), as `tx.open`.
+  template <engine E>
+  static std::byte* open_write(transaction<E>& tx, std::uint64_t offset, const object_type& type) {
+    return static_cast<std::byte*>(tx.engine_->open_write(tx.id_, offset, type));
+  }
+
+  /// Opens the object at `offset` for reading (its shared lock), as `tx.open_read`.
+  template <engine E>
+  static const std::byte* open_read(transaction<E>& tx, std::uint64_t offset,
+                                    const object_type& type) {
+    return static_cast<const std::byte*>(tx.engine_->open_read(tx.id_, offset, type));
+  }
+
+  /// Closes an object opened by `open_write` or `open_read`, as an `opened<T>` does at
+  /// the end of its scope (its locks stay held until `tx` ends); nothing if `tx` has
+  /// ended meanwhile.
+  template <engine E>
+  static void close(transaction<E>& tx, std::uint64_t offset) noexcept {
+    if constexpr (!closing_is_noop<E>) {
+      if (tx.active()) tx.engine_->close(tx.id_, offset);
+    }
+  }
+
+  /// Copies `n` bytes from `src` to bytes `[at, at + n)` of the object at `offset`,
+  /// which `tx` opened for writing, past the reach of abort and recovery (see
+  /// `ftm::unlogged_write_engine`).
+  template <unlogged_write_engine E>
+  static void write_through(transaction<E>& tx, std::uint64_t offset, std::size_t at,
+                            const void* src, std::size_t n) {
+    tx.engine_->write_through(tx.id_, offset, at, src, n);
+  }
+
+  /// Watches the object at `offset`, which `tx` holds a lock on, for a blocking
+  /// operation (see `ftm::watchable_engine`).
+  template <watchable_engine E>
+  static watch_token watch(transaction<E>& tx, std::uint64_t offset) {
+    return tx.engine_->watch(tx.id_, offset);
+  }
+
+  /// The object bound to the root `name` (reserved names included), 0 if none.
+  template <engine E>
+  static std::uint64_t find_root(transaction<E>& tx, std::string_view name, const root_type& type) {
+    return tx.engine_->find_root(tx.id_, name, type);
+  }
+};
+
 }  // namespace detail
 
 /// Thrown by an operation that cannot go on yet (a receive from an empty port, a send

@@ -112,7 +112,8 @@ inline constexpr std::uint64_t logs_begin = descriptors_begin + max_descriptors 
 /// 2: checksums in the header, the descriptors' logs and states, and the roots table;
 /// the redo log's state in the header page (`redo::control`) records the log's id and
 /// the last record on the medium. 3: those checksums are the redo log's
-/// (`detail::checksum`), one function for every format.
+/// (`detail::checksum`), one function for every format, and a port object begins with
+/// its kind (`detail::port_kind`, <ftm/detail/port_format.hpp>).
 inline constexpr std::uint32_t format_version = 3;
 
 /// The check word of `n` bytes (a multiple of 8) at `p`, seeded: for the structures a

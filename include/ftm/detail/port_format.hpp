@@ -1,0 +1,124 @@
+#ifndef FTM_DETAIL_PORT_FORMAT_HPP
+#define FTM_DETAIL_PORT_FORMAT_HPP
+
+/// \file
+/// The bytes of a port in the pool, all in one place: the port object (a header, then
+/// a ring of slots) and the port directory (the root `ftm.ports`, chained blocks of
+/// entries). Every offset is pinned by a `static_assert`: changing one changes the
+/// pool format (`bank_layout::format_version`).
+
+#include <ftm/detail/type_name.hpp>
+#include <ftm/engine.hpp>
+
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ftm::detail {
+
+/// The first bytes of every port object ("port" in ASCII): an object of another
+/// kind, or a damaged port, opened as a port is refused by name.
+inline constexpr std::uint32_t port_kind = 0x74726f70;
+
+/// The start of a port object; the ring of slots follows it.
+struct port_header {
+  std::uint32_t kind;  // port_kind
+  std::uint32_t capacity;
+  std::uint64_t fingerprint;  // of the message type: a handle of another type is refused
+  std::uint32_t slot_size;
+  std::uint32_t max_deliveries;
+  std::uint32_t on_full;
+  std::uint32_t dead_letter_capacity;
+  std::uint64_t dead_letter;  // the dead-letter port's offset, 0: none
+  std::uint64_t head;         // sequence number of the oldest message
+  std::uint64_t tail;         // sequence number of the next message sent
+  std::uint64_t sent;
+  std::uint64_t received;
+  std::uint64_t dead_lettered;
+  // Written through (`unlogged_write_engine`): they count deliveries that aborted too.
+  std::uint64_t deliveries;
+  std::uint64_t redelivered;
+};
+static_assert(
+    offsetof(port_header, kind) == 0 && offsetof(port_header, capacity) == 4 &&
+        offsetof(port_header, fingerprint) == 8 && offsetof(port_header, slot_size) == 16 &&
+        offsetof(port_header, max_deliveries) == 20 && offsetof(port_header, on_full) == 24 &&
+        offsetof(port_header, dead_letter_capacity) == 28 &&
+        offsetof(port_header, dead_letter) == 32 && offsetof(port_header, head) == 40 &&
+        offsetof(port_header, tail) == 48 && offsetof(port_header, sent) == 56 &&
+        offsetof(port_header, received) == 64 && offsetof(port_header, dead_lettered) == 72 &&
+        offsetof(port_header, deliveries) == 80 && offsetof(port_header, redelivered) == 88,
+    "the port header's fields are part of the pool format");
+static_assert(sizeof(port_header) == 96, "the ring of slots starts 16-byte aligned at 96");
+
+/// One message in the ring; the message's bytes follow at `slot_payload`.
+struct port_slot {
+  std::uint32_t deliveries;  // written through: survives the abort of the receive
+  std::uint32_t reserved;
+  std::uint64_t sequence;
+};
+inline constexpr std::size_t slot_payload = 16;
+static_assert(offsetof(port_slot, deliveries) == 0 && offsetof(port_slot, sequence) == 8 &&
+                  sizeof(port_slot) <= slot_payload,
+              "a slot's fields are part of the pool format");
+
+template <class Msg>
+constexpr std::uint32_t slot_size_of() {
+  return static_cast<std::uint32_t>((slot_payload + sizeof(Msg) + 15) / 16 * 16);
+}
+
+template <class Msg>
+std::string_view port_type_name() {
+  static const std::string name = fmt::format("ftm::port<{}>", type_name<Msg>());
+  return name;
+}
+
+template <class Msg>
+object_type port_object_type(std::uint32_t capacity) {
+  return {sizeof(port_header) + std::size_t{capacity} * slot_size_of<Msg>(), 16,
+          port_type_name<Msg>()};
+}
+
+/// The root that holds the pool's port directory.
+inline constexpr std::string_view port_directory_name = "ftm.ports";
+
+/// One port in the directory: its handle and the header it was made with, so that a
+/// damaged header can be told.
+struct port_directory_entry {
+  std::uint64_t offset;       // the port object
+  std::uint64_t fingerprint;  // of its message type, as in its header
+  std::uint32_t capacity;
+  std::uint32_t slot_size;
+  char type[104];  // the message type's name, cut to 103 characters, NUL-terminated
+};
+static_assert(sizeof(port_directory_entry) == 128);
+
+/// Entries per directory block: a block fits a 4 KiB allocation block.
+inline constexpr std::uint32_t port_directory_block_entries = 31;
+
+/// Directory entries; blocks are chained, so the directory has no fixed limit.
+struct port_directory_block {
+  std::uint64_t next;  // the next block's offset, 0: the last block
+  std::uint32_t count;
+  std::uint32_t reserved;
+  port_directory_entry entries[port_directory_block_entries];
+};
+
+/// The directory's root object.
+struct port_directory {
+  std::uint64_t ports;  // entries in all blocks
+  std::uint64_t first;  // the first block, 0: none yet
+  std::uint64_t last;   // the block new entries go to
+  std::uint64_t reserved;
+};
+static_assert(sizeof(port_directory_block) == 16 + port_directory_block_entries * 128 &&
+                  offsetof(port_directory_block, entries) == 16,
+              "a directory block is part of the pool format");
+static_assert(sizeof(port_directory) == 32, "the directory root is part of the pool format");
+
+}  // namespace ftm::detail
+
+#endif  // FTM_DETAIL_PORT_FORMAT_HPP
