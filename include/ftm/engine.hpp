@@ -139,20 +139,20 @@ concept session_engine = requires(E& e, tx_id t, begin_options o) {
 ///   `bind_root` or `commit`; the transaction may then only be aborted, and
 ///   `ftm::atomically` runs it again.
 /// - Durability to the engine's level: once `commit()` returns, the transaction's
-///   effects survive every failure the engine promises to survive (an in-process
-///   engine: none but the end of the transaction; `dual_bank`: the death of any of the
-///   processes that share it; `pmem`: also the end of every process, or with `power`
-///   a power loss).
+///   effects are seen by every later transaction, and survive every failure the
+///   engine promises to survive (an in-process engine: none; `dual_bank`: the death of
+///   any of the processes that share it; `pmem`: also the end of every process, and
+///   with `power` a power loss).
 /// - Recovery: `recover()` finishes the transactions whose owners died: it undoes
 ///   those that had not committed and completes those that had, and frees whatever
 ///   they held, so that their objects can be opened again. It is idempotent and safe
 ///   to die in and rerun, and leaves the transactions of live owners alone. An engine
 ///   whose owners cannot die without it (an in-process one) has nothing to recover.
-/// - Usage errors: opening an object with a type of another size, a handle to an
-///   object that does not exist, a second `bind_root` of one name, a root of another
-///   type (`ftm::type_mismatch`), an empty root name (`ftm::invalid_argument`); no
-///   room for an allocation is `ftm::pool_full`. Each leaves the transaction as it
-///   was, to be aborted or carried on.
+/// - Usage errors: opening or destroying an object with a type of another size, or
+///   one that does not exist, and a second `bind_root` of one name throw
+///   `ftm::usage_error`; a root of another type `ftm::type_mismatch`; an empty root
+///   name `ftm::invalid_argument`; no room for an allocation `ftm::pool_full`. Each
+///   leaves the transaction as it was, to be aborted or carried on.
 template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
     rooted_engine<E> && recoverable_engine<E>;
