@@ -151,8 +151,8 @@ concept session_engine = requires(E& e, tx_id t, begin_options o) {
 /// - Usage errors: opening or destroying an object with a type of another size, or
 ///   one that does not exist, and a second `bind_root` of one name throw
 ///   `ftm::usage_error`; a root of another type `ftm::type_mismatch`; an empty root
-///   name `ftm::invalid_argument`; no room for an allocation `ftm::pool_full`. Each
-///   leaves the transaction as it was, to be aborted or carried on.
+///   name `ftm::invalid_argument`; no room for an allocation `ftm::pool_full`. After
+///   each, the transaction can still be aborted, undoing all it did.
 template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
     rooted_engine<E> && recoverable_engine<E>;
