@@ -456,7 +456,8 @@ struct tx_record {
 
 /// Conflict-serializability: the graph writer(v) -> reader(v) -> writer(v+1) over
 /// every account must be acyclic, and every version written exactly once.
-bool serializable(const std::vector<tx_record>& txs, std::size_t accounts, std::string& why) {
+inline bool serializable(const std::vector<tx_record>& txs, std::size_t accounts,
+                         std::string& why) {
   const std::size_t n = txs.size();
   std::vector<std::map<std::uint64_t, std::size_t>> writer(accounts);
   for (std::size_t t = 0; t < n; ++t) {
