@@ -17,8 +17,16 @@
 
 namespace ftm_test {
 
+/// How a test makes a fresh pool of engine `E` with `bank_size` bytes of objects: by
+/// default `E(bank_size)`, for an engine constructible from a capacity in bytes
+/// (`ftm::engines::reference`); the engines below say otherwise.
 template <class E>
-struct engine_factory;
+struct engine_factory {
+  static std::unique_ptr<E> make(std::size_t bank_size = std::size_t{4} << 20,
+                                 std::uint32_t /*max_objects*/ = 1024) {
+    return std::make_unique<E>(bank_size);
+  }
+};
 
 template <>
 struct engine_factory<ftm::engines::dual_bank> {

@@ -20,8 +20,8 @@ namespace ftm {
 /// Names one active transaction inside its engine (a descriptor slot).
 using tx_id = std::uint32_t;
 
-/// How a transaction begins. A retried transaction keeps an early priority, so under
-/// wait-die it ages and eventually wins every conflict.
+/// How a transaction begins. A retried transaction keeps an early priority, so an
+/// engine that settles conflicts by age lets it win in the end (no starvation).
 struct begin_options {
   std::uint64_t priority = 0;  ///< smaller is older; 0: the engine chooses
   std::uint32_t attempt = 0;   ///< 0 for the first attempt; counted as a retry otherwise
@@ -119,23 +119,67 @@ concept session_engine = requires(E& e, tx_id t, begin_options o) {
 
 /// A pluggable stable transactional memory.
 ///
+/// A model names each transaction with a `tx_id` from `begin()` until `commit()` or
+/// `abort()` ends it, and each object with an offset (never an address; offset 0 is
+/// never an object). How it keeps the guarantees below (locks, versions, one
+/// transaction at a time) is its own affair. The law suite `tests/laws/` checks them
+/// for every engine; `ftm::engines::reference` is the smallest model that passes it.
+///
 /// Laws the compiler cannot check:
-/// - Atomicity: after a crash at any instruction and `recover()`, every transaction
-///   has either all of its effects or none.
-/// - Durability to the engine's failure model: once `commit()` returns, recovery
-///   keeps the transaction's effects.
-/// - Isolation: transactions are serializable (strict two-phase locking at open).
-///   Deadlocks are broken by aborting: a transaction that must not wait for a lock
-///   (under wait-die, because the holder is older) throws `ftm::conflict` from
-///   `open_*` or `allocate`/`deallocate`, and may then only be aborted.
-/// - `abort()` and `recover()` restore the committed state of every object written;
-///   `allocate` made in an aborted transaction are freed, `deallocate` undone.
-/// - `recover()` is idempotent and safe to crash in and rerun; it only touches the
-///   transactions of owners that are no longer alive.
-/// - Objects are named by offsets, never addresses; offset 0 is never an object.
+/// - Atomicity: a transaction's effects (writes, `allocate`, `deallocate`, bound
+///   roots) take effect all at once at `commit()`, or not at all. After `abort()`,
+///   and after an exception that ends the transaction, every object it wrote holds
+///   its committed value again, an object it allocated does not exist (opening it is
+///   an `ftm::usage_error`) and one it deallocated still does.
+/// - Isolation: committed transactions are serializable, and a running transaction
+///   never sees another's uncommitted writes: an object opened for reading holds a
+///   committed value (or the transaction's own write) as long as it stays open, so no
+///   read is torn. A model may break a deadlock, or refuse to wait, by throwing
+///   `ftm::conflict` from an `open_*`, `allocate`, `deallocate`, `find_root`,
+///   `bind_root` or `commit`; the transaction may then only be aborted, and
+///   `ftm::atomically` runs it again.
+/// - Durability to the engine's level: once `commit()` returns, the transaction's
+///   effects are seen by every later transaction, and survive every failure the
+///   engine promises to survive (an in-process engine: none; `dual_bank`: the death of
+///   any of the processes that share it; `pmem`: also the end of every process, and
+///   with `power` a power loss).
+/// - Recovery: `recover()` finishes the transactions whose owners died: it undoes
+///   those that had not committed and completes those that had, and frees whatever
+///   they held, so that their objects can be opened again. It is idempotent and safe
+///   to die in and rerun, and leaves the transactions of live owners alone. An engine
+///   whose owners cannot die without it (an in-process one) has nothing to recover.
+/// - Usage errors: opening or destroying an object with a type of another size, or
+///   one that does not exist, and a second `bind_root` of one name throw
+///   `ftm::usage_error`; a root of another type `ftm::type_mismatch`; an empty root
+///   name `ftm::invalid_argument`; no room for an allocation `ftm::pool_full`. After
+///   each, the transaction can still be aborted, undoing all it did.
 template <class E>
 concept engine = transactional_engine<E> && allocating_engine<E> && object_engine<E> &&
     rooted_engine<E> && recoverable_engine<E>;
+
+/// An engine whose `close` does nothing says so with `static constexpr bool
+/// close_is_noop = true`, and opened handles then skip the call.
+template <class E>
+concept closing_is_noop = requires {
+  requires E::close_is_noop;
+};
+
+/// An engine whose state a `fork()`ed child shares, so that a parent can run
+/// transactions beside its children and recover those of a child that died: what
+/// `ftm::supervisor` needs to restart a task in a fresh process. A model says so with
+/// `static constexpr bool fork_shared = true`.
+///
+/// Laws the compiler cannot check, on top of `engine`'s:
+/// - A child forked from a process holding the engine uses the same pool: what either
+///   commits, the other sees.
+/// - Recovery across processes: when a process dies in the middle of transactions
+///   (killed at any instruction), `recover()` in a survivor undoes their writes,
+///   allocations and frees and releases their locks, so a survivor can then open and
+///   write their objects; a transaction that had committed keeps its effects.
+template <class E>
+concept fork_shared_engine = engine<E> && requires {
+  requires E::fork_shared;
+};
 
 /// An engine that can change bytes of an object past the reach of abort and recovery,
 /// for the few facts that must outlive the transaction that learns them (a port's

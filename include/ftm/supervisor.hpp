@@ -168,6 +168,13 @@ concept task_entry = std::invocable<F&, E&, task_context&> || std::invocable<F&,
 ///   supervisor needs a pool that outlives processes, like `pmem`.
 template <engine E>
 class supervisor {
+  static_assert(fork_shared_engine<E>,
+                "ftm::supervisor requires an engine that models ftm::fork_shared_engine: it "
+                "runs the task in a forked child and, when the child dies, recovers the "
+                "child's transactions in the parent, so the child must share the engine's "
+                "state; an in-process engine (ftm::engines::reference) cannot; use "
+                "ftm::engines::dual_bank or ftm::engines::pmem");
+
  public:
   /// Supervises `entry`, called as `entry(engine, context)` or `entry(engine)`.
   /// Throws `ftm::invalid_argument` for a bad name or limits.

@@ -60,13 +60,6 @@ inline void refuse_reserved_root(std::string_view name) {
 
 }  // namespace detail
 
-/// An engine whose `close` does nothing says so with `static constexpr bool
-/// close_is_noop = true`, and opened handles then skip the call.
-template <class E>
-concept closing_is_noop = requires {
-  requires E::close_is_noop;
-};
-
 template <engine E>
 class transaction;
 

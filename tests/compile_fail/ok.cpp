@@ -5,6 +5,7 @@
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
 #include <ftm/server.hpp>
+#include <ftm/supervisor.hpp>
 
 #include <boost/hana/define_struct.hpp>
 
@@ -84,4 +85,11 @@ void run(ftm::engines::dual_bank& pool, ftm::service_port<deposit, receipt> port
     acc->balance += d.amount;
     return receipt{acc->balance};
   });
+}
+
+// A supervisor over an engine whose state a forked child shares
+// (supervisor_in_process_engine).
+void supervise(ftm::engines::dual_bank& pool) {
+  ftm::supervisor task(pool, {.name = "worker"}, [](ftm::engines::dual_bank&) {});
+  task.run();
 }

@@ -59,7 +59,7 @@ class memfd_region {
 
 namespace ftm::engines {
 
-/// The in-memory dual-bank engine. Models `ftm::engine`.
+/// The in-memory dual-bank engine. Models `ftm::fork_shared_engine`.
 ///
 /// Isolation is strict two-phase locking at open (shared for read, exclusive for
 /// write, upgrade allowed); a transaction that must not wait for an older one's lock
@@ -71,6 +71,9 @@ namespace ftm::engines {
 /// active are undone from the second bank, those that were committing are completed.
 class dual_bank : private detail::memfd_region, public detail::bank_engine {
  public:
+  /// The memfd mapping is `MAP_SHARED`: a forked child uses the same pool.
+  static constexpr bool fork_shared = true;
+
   explicit dual_bank(std::size_t bank_size) : dual_bank(options{.bank_size = bank_size}) {}
   explicit dual_bank(options opts)
       : dual_bank(detail::bank_layout::geometry::compute(

@@ -478,7 +478,7 @@ class pmem_view : private detail::file_region {
   header_info header_;
 };
 
-/// The dual-bank engine on a pool file. Models `ftm::engine`.
+/// The dual-bank engine on a pool file. Models `ftm::fork_shared_engine`.
 ///
 /// The two banks, the descriptors, the locks and the allocator live in one file mapped
 /// with `MAP_SHARED`, addressed by offsets, so the pool maps at any address. Several
@@ -496,6 +496,9 @@ class pmem_view : private detail::file_region {
 /// process that has a pool open uses the same level and the same flush method.
 class pmem : private detail::file_region, public detail::bank_engine {
  public:
+  /// The file mapping is `MAP_SHARED`: a forked child uses the same pool.
+  static constexpr bool fork_shared = true;
+
   /// How a pool is made and opened.
   struct options {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
