@@ -231,8 +231,9 @@ class supervisor {
     void* p = ::mmap(nullptr, sizeof(detail::task_shared), PROT_READ | PROT_WRITE,
                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
+      const int e = errno;
       throw io_error(
-          fmt::format("ftm::supervisor: cannot map the heartbeat page: {}", std::strerror(errno)));
+          e, fmt::format("ftm::supervisor: cannot map the heartbeat page: {}", std::strerror(e)));
     }
     shared_ = ::new (p) detail::task_shared{};
     stats_.name = options_.name;
@@ -619,8 +620,8 @@ class supervisor {
 
   [[noreturn]] void fail(std::string_view what) const {
     const int e = errno;
-    throw io_error(fmt::format("ftm::supervisor: task '{}': cannot {}: {}", options_.name, what,
-                               std::strerror(e)));
+    throw io_error(e, fmt::format("ftm::supervisor: task '{}': cannot {}: {}", options_.name, what,
+                                  std::strerror(e)));
   }
 
   E* engine_;

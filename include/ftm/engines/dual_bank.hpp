@@ -46,8 +46,8 @@ class memfd_region {
   [[noreturn]] void fail(std::string_view what) {
     const int e = errno;
     if (fd_ >= 0) ::close(fd_);
-    throw error(errc::invalid_argument,
-                fmt::format("dual_bank: {} of {} bytes failed: {}", what, size_, std::strerror(e)));
+    throw io_error(
+        e, fmt::format("dual_bank: {} of {} bytes failed: {}", what, size_, std::strerror(e)));
   }
 
   std::byte* base_ = nullptr;
