@@ -11,6 +11,7 @@
 /// Written against the `ftm::engine` concept only: the delivery count needs an
 /// `ftm::unlogged_write_engine`, blocking an `ftm::watchable_engine`.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -36,7 +37,7 @@
 #include <variant>
 #include <vector>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// What a send does when its port is full.
 enum class when_full : std::uint32_t {
@@ -827,7 +828,7 @@ decltype(auto) handle(std::variant<Ts...>&& msg, F&& handler) {
   return handle(msg, std::forward<F>(handler));
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 template <>
 struct fmt::formatter<ftm::port_stats> {

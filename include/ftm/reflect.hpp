@@ -6,6 +6,7 @@
 /// fmt (`account{balance: 90}`), the raw-pointer rule, and layout fingerprints that a
 /// persistent pool stores to refuse reading bytes as the wrong type.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/type_name.hpp>
 
 #include <fmt/format.h>
@@ -23,7 +24,7 @@
 #include <string_view>
 #include <type_traits>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 template <class T>
 class stable;
@@ -181,7 +182,7 @@ std::uint64_t layout_fingerprint() {
   return fp;
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 /// Reflected types print as `name{field: value, ...}`.
 template <class T>

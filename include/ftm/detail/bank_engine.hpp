@@ -10,6 +10,7 @@
 /// recovers it. `ftm::engines::dual_bank` runs it on a memfd, `ftm::engines::pmem` on
 /// a file.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/detail/layout_diff.hpp>
 #include <ftm/detail/process.hpp>
@@ -39,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-namespace ftm::detail::bank_layout {
+namespace ftm::FTM_ABI_NAMESPACE::detail::bank_layout {
 
 /// The first 16 bytes of every object block, in the working bank. The lock words are
 /// not copied between banks; `size` is, so creating and destroying are transactional.
@@ -315,9 +316,9 @@ struct geometry {
   }
 };
 
-}  // namespace ftm::detail::bank_layout
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::bank_layout
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A durability layer that commit calls between its two phases (`pmem`'s `power`
 /// level keeps a redo log with it). Without one (`process`), commit calls nothing.
@@ -1921,6 +1922,6 @@ class bank_engine {
   std::atomic<std::uint64_t> class_start_[bank_layout::nclasses + 1]{};
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_ENGINE_HPP

@@ -6,6 +6,8 @@
 /// (the crash tests). An armed point kills the calling process with SIGKILL on its
 /// k-th hit, which is how a processor failure looks to the pool.
 
+#include <ftm/detail/config.hpp>
+
 #include <array>
 #include <atomic>
 #include <string_view>
@@ -16,7 +18,7 @@
 #include <cstdint>
 #endif
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Every fault point the engines contain. The crash tests sweep this list, so a
 /// point that is added to the code must be added here too.
@@ -89,6 +91,6 @@ inline void fault_point(std::string_view name) noexcept {
 
 #endif
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_FAULT_HPP

@@ -16,6 +16,7 @@
 /// makes no system call.
 
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/persist.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -48,7 +49,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-namespace ftm::detail::redo {
+namespace ftm::FTM_ABI_NAMESPACE::detail::redo {
 
 inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
 /// 2: records carry a sequence number and chain their checksums to the file header,
@@ -985,6 +986,6 @@ class redo_log {
   std::size_t map_size_ = 0;
 };
 
-}  // namespace ftm::detail::redo
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::redo
 
 #endif  // FTM_DETAIL_REDO_LOG_HPP

@@ -6,6 +6,7 @@
 /// that the pool outlives every process that uses it.
 
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/redo_log.hpp>
 #include <ftm/engine.hpp>
@@ -32,7 +33,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Frees every lock word of the bank at `bank` (laid out as `g`): the roots table's,
 /// every chunk record's, and those of every block of the chunks that hold small objects
@@ -345,9 +346,9 @@ class file_region {
   std::byte* base_ = nullptr;
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// What a committed transaction survives, chosen when a pool file is opened.
 enum class durability {
@@ -381,9 +382,9 @@ constexpr std::string_view to_string(flush_method m) noexcept {
   return "unknown";
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
-namespace ftm::engines {
+namespace ftm::FTM_ABI_NAMESPACE::engines {
 
 /// A pool file opened only to be looked at: its header is checked as by `pmem::open`,
 /// and it is mapped read-only from a read-only descriptor, never recovered nor written.
@@ -916,6 +917,6 @@ class pmem : private detail::file_region, public detail::bank_engine {
   recovery_report opened_{};
 };
 
-}  // namespace ftm::engines
+}  // namespace ftm::FTM_ABI_NAMESPACE::engines
 
 #endif  // FTM_ENGINES_PMEM_HPP
