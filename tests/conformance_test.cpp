@@ -1,5 +1,6 @@
 // The engine conformance suite: every engine must pass it unchanged.
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -46,7 +47,8 @@ std::int64_t balance_of(E& e, ftm::stable<account> a) {
 
 }  // namespace
 
-#define ENGINE_TEST(name) TEST_CASE_TEMPLATE(name, E, FTM_TEST_ENGINES)
+template <>
+struct fmt::formatter<account> : ftm::reflected_formatter<account> {};
 
 ENGINE_TEST("create, open and commit make a change visible") {
   auto pool = ftm_test::engine_factory<E>::make();
@@ -459,20 +461,13 @@ ENGINE_TEST("a transaction that locks too many objects gets a clear error") {
 ENGINE_TEST("recovery undoes the transaction of a process that died") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{500, 0}); });
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+  ftm_test::killed_child([&] {
     ftm::transaction tx{*pool};
     tx.begin();
     tx.open(a)->balance = -1;
     tx.create(account{1, 1});
-    ::kill(::getpid(), SIGKILL);  // the processor fails mid-transaction
-    ::_exit(1);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
+    ftm_test::die_now();  // the processor fails mid-transaction
+  });
   const ftm::recovery_report r = pool->recover();
   CHECK(r.undone == 1);
   CHECK(r.locks_released >= 2);
@@ -594,10 +589,7 @@ ENGINE_TEST("a session belongs to its process: a forked child may not use it, re
   ftm::session<E> parents(*pool);
   int pipe_fd[2];
   REQUIRE(::pipe(pipe_fd) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+  ftm_test::killed_child([&] {
     char verdict = 'n';
     try {
       ftm::atomically(parents, [&](auto& tx) { tx.open(a)->balance = 0; });
@@ -611,14 +603,10 @@ ENGINE_TEST("a session belongs to its process: a forked child may not use it, re
     tx.begin();
     tx.open(a)->balance = -1;
     (void)!::write(pipe_fd[1], &verdict, 1);
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(1);
-  }
+    ftm_test::die_now();
+  });
   char verdict = 0;
   REQUIRE(::read(pipe_fd[0], &verdict, 1) == 1);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
   CHECK(verdict == 'y');
   CHECK_FALSE(pool->check().ok());  // the dead child's descriptor is still held
   const ftm::recovery_report r = pool->recover();
