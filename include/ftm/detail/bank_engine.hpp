@@ -374,7 +374,6 @@ class bank_engine {
       : base_(base),
         a_(base + g.control_size),
         b_(base + g.control_size + g.bank_size),
-        control_size_(g.control_size),
         bank_size_(g.bank_size),
         nchunks_(g.nchunks),
         chunks_offset_(g.chunks_offset),
@@ -1912,7 +1911,6 @@ class bank_engine {
   std::byte* base_ = nullptr;  // the mapping: control region, then the two banks
   std::byte* a_ = nullptr;     // the working bank
   std::byte* b_ = nullptr;     // the second bank: the last committed state
-  std::size_t control_size_ = 0;
   std::size_t bank_size_ = 0;
   std::uint64_t nchunks_ = 0;
   std::uint64_t chunks_offset_ = 0;
