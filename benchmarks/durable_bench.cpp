@@ -42,10 +42,17 @@
 
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
+// Each peer is built in when CMake found its development package (FTM_BENCH_HAVE_*).
+#if FTM_BENCH_HAVE_PMDK
 #include <libpmem.h>
 #include <libpmemobj.h>
+#endif
+#if FTM_BENCH_HAVE_LMDB
 #include <lmdb.h>
+#endif
+#if FTM_BENCH_HAVE_SQLITE
 #include <sqlite3.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -306,6 +313,7 @@ class dual_bank_system final : public ftm_system<ftm::engines::dual_bank> {
 };
 
 // ---- PMDK libpmemobj -----------------------------------------------------------------
+#if FTM_BENCH_HAVE_PMDK
 
 /// The records as the root object of a libpmemobj pool.
 class pmdk_pool {
@@ -517,7 +525,10 @@ int pmdk_forced_child(int argc, char** argv) {
   }
 }
 
+#endif  // FTM_BENCH_HAVE_PMDK
+
 // ---- SQLite ---------------------------------------------------------------------------
+#if FTM_BENCH_HAVE_SQLITE
 
 /// A table of 10,000 64-byte blobs in WAL mode. Each thread has its own connection
 /// and prepared statements; a transaction reads the blob, updates it by rowid and
@@ -659,7 +670,10 @@ class sqlite_wal_off_system final : public sqlite_system {
   sqlite_wal_off_system() : sqlite_system("sqlite_wal_off", "OFF") {}
 };
 
+#endif  // FTM_BENCH_HAVE_SQLITE
+
 // ---- LMDB ------------------------------------------------------------------------------
+#if FTM_BENCH_HAVE_LMDB
 
 /// 10,000 records under integer keys in one LMDB file. LMDB serialises write
 /// transactions itself (a mutex in its lock file), so threads just begin them.
@@ -742,6 +756,8 @@ class lmdb_nosync_system final : public lmdb_system {
  public:
   lmdb_nosync_system() : lmdb_system("lmdb_nosync", MDB_NOSYNC) {}
 };
+
+#endif  // FTM_BENCH_HAVE_LMDB
 
 // ---- the hand-written redo log ---------------------------------------------------------
 
@@ -980,6 +996,7 @@ void run_updates(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+#if FTM_BENCH_HAVE_PMDK
 /// The PMDK row on /dev/shm: one child process per run times the transactions.
 void run_pmdk_forced(benchmark::State& state) {
   try {
@@ -994,6 +1011,7 @@ void run_pmdk_forced(benchmark::State& state) {
     skip_with_error(state, e.what());
   }
 }
+#endif
 
 template <class System>
 void register_updates(const char* name, std::initializer_list<int> thread_counts) {
@@ -1009,14 +1027,20 @@ void register_all() {
   register_updates<ftm_process_system>("ftm_process", {1});
   register_updates<ftm_power_system>("ftm_power", {1});
   register_updates<dual_bank_system>("dual_bank", {1});
+#if FTM_BENCH_HAVE_PMDK
   register_updates<pmdk_fs_system>("pmdk_fs", {1});
   benchmark::RegisterBenchmark("update/pmdk_shm_forced_nondurable", run_pmdk_forced)
       ->UseManualTime();
+#endif
   register_updates<ftm_power_lines_forced_system>("ftm_power_lines_shm_forced_nondurable", {1});
+#if FTM_BENCH_HAVE_SQLITE
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {1});
   register_updates<sqlite_wal_off_system>("sqlite_wal_off", {1});
+#endif
+#if FTM_BENCH_HAVE_LMDB
   register_updates<lmdb_sync_system>("lmdb_sync", {1});
   register_updates<lmdb_nosync_system>("lmdb_nosync", {1});
+#endif
   register_updates<redo_log_system>("redo_fdatasync", {1});
   // Eight committing threads, each on its own records: does a commit share its sync?
   register_updates<ftm_process_system>("ftm_process", {max_threads});
@@ -1024,9 +1048,15 @@ void register_all() {
   register_updates<ftm_power_lines_forced_system>("ftm_power_lines_shm_forced_nondurable",
                                                   {max_threads});
   register_updates<dual_bank_system>("dual_bank", {max_threads});
+#if FTM_BENCH_HAVE_PMDK
   register_updates<pmdk_fs_system>("pmdk_fs", {max_threads});
+#endif
+#if FTM_BENCH_HAVE_SQLITE
   register_updates<sqlite_wal_full_system>("sqlite_wal_full", {max_threads});
+#endif
+#if FTM_BENCH_HAVE_LMDB
   register_updates<lmdb_sync_system>("lmdb_sync", {max_threads});
+#endif
   register_updates<redo_log_system>("redo_fdatasync", {max_threads});
 }
 
@@ -1075,9 +1105,11 @@ fs::path take_own_flags(int& argc, char** argv) {
 
 int main(int argc, char** argv) {
   using namespace ftm_bench;
+#if FTM_BENCH_HAVE_PMDK
   if (argc >= 2 && argv[1] == pmdk_shm_forced_system::child_flag) {
     return pmdk_forced_child(argc, argv);
   }
+#endif
   const fs::path parent = take_own_flags(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -13,6 +13,11 @@ find_package(fmt REQUIRED CONFIG)         # fmt::fmt
 if(FTM_BUILD_TESTS)
   find_package(doctest REQUIRED CONFIG)   # doctest::doctest
 endif()
-if(FTM_BUILD_BENCHMARKS)
-  find_package(benchmark REQUIRED CONFIG) # benchmark::benchmark, benchmark::benchmark_main
+if(FTM_BUILD_BENCHMARKS AND NOT TARGET benchmark::benchmark)
+  # Optional: without Google Benchmark the benchmarks are left out, with a message.
+  find_package(benchmark QUIET CONFIG)    # benchmark::benchmark, benchmark::benchmark_main
+  if(NOT benchmark_FOUND)
+    message(STATUS "ftm: Google Benchmark not found (libbenchmark-dev): the benchmarks "
+                   "(benchmarks/) are left out")
+  endif()
 endif()

@@ -41,6 +41,9 @@ void expect(bool ok, std::string_view what) {
 struct account {
   BOOST_HANA_DEFINE_STRUCT(account, (std::int64_t, balance));
 };
+/// fmt prints it with ftm's formatter for reflected types.
+template <>
+struct fmt::formatter<account> : ftm::reflected_formatter<account> {};
 
 constexpr int n_accounts = 16;
 constexpr std::int64_t initial_balance = 1000;

@@ -6,8 +6,9 @@
 # Stages (default: all four, in this order):
 #   gcc    g++ RelWithDebInfo: every test (compile-fail and consumer included), each
 #          public header compiled alone, examples and benchmarks built
-#   clang  clang++ RelWithDebInfo: every test, compile-fail included, and a short run
-#          of each libFuzzer target (label fuzz)
+#   clang  clang++ RelWithDebInfo: every test, compile-fail included, a short run of
+#          each libFuzzer target (label fuzz), and clang-tidy (.clang-tidy) over the
+#          examples and tools, which between them include every public header
 #   asan   g++ Debug with AddressSanitizer + UBSan: every test but compile_fail and consumer
 #   tsan   clang++ RelWithDebInfo with ThreadSanitizer: the concurrency tests
 #
@@ -83,12 +84,21 @@ stage_gcc() {
   ctest --test-dir "$dir" --output-on-failure -j "$jobs"
 }
 
+# The translation units clang-tidy checks: few enough to take a few minutes, and
+# between them they include every public header, which .clang-tidy's HeaderFilterRegex
+# lets it check too.
+tidy_sources=(examples/bank.cpp examples/ports.cpp examples/persistent.cpp
+  examples/failover.cpp examples/page_server.cpp tools/ftm-inspect.cpp)
+
 stage_clang() {
   local dir=$build_root/clang
   configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DFTM_INSTALL=ON \
+    -DFTM_INSTALL=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
     -DFTM_BUILD_EXAMPLES=ON -DFTM_BUILD_BENCHMARKS=OFF -DFTM_BUILD_FUZZERS=ON
   cmake --build "$dir" -j "$jobs"
+  echo "-- clang-tidy (.clang-tidy) over ${tidy_sources[*]}"
+  printf '%s\n' "${tidy_sources[@]}" |
+    xargs -P "$jobs" -I{} clang-tidy -p "$dir" --quiet --warnings-as-errors='*' "$root/{}"
   ctest --test-dir "$dir" --output-on-failure -j "$jobs"
 }
 

@@ -2,6 +2,7 @@
 // (tests/laws/): their mechanism (wait-die, lock words, the allocator, descriptor
 // capacity), sessions, and the reflection and error helpers.
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -47,7 +48,8 @@ std::int64_t balance_of(E& e, ftm::stable<account> a) {
 
 }  // namespace
 
-#define ENGINE_TEST(name) TEST_CASE_TEMPLATE(name, E, FTM_TEST_ENGINES)
+template <>
+struct fmt::formatter<account> : ftm::reflected_formatter<account> {};
 
 ENGINE_TEST("freeing a chunk and allocating other sizes in it, then aborting, leaves it whole") {
   struct hundred {
@@ -290,10 +292,7 @@ ENGINE_TEST("a session belongs to its process: a forked child may not use it, re
   ftm::session<E> parents(*pool);
   int pipe_fd[2];
   REQUIRE(::pipe(pipe_fd) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+  ftm_test::killed_child([&] {
     char verdict = 'n';
     try {
       ftm::atomically(parents, [&](auto& tx) { tx.open(a)->balance = 0; });
@@ -307,14 +306,10 @@ ENGINE_TEST("a session belongs to its process: a forked child may not use it, re
     tx.begin();
     tx.open(a)->balance = -1;
     (void)!::write(pipe_fd[1], &verdict, 1);
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(1);
-  }
+    ftm_test::die_now();
+  });
   char verdict = 0;
   REQUIRE(::read(pipe_fd[0], &verdict, 1) == 1);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
   CHECK(verdict == 'y');
   CHECK_FALSE(pool->check().ok());  // the dead child's descriptor is still held
   const ftm::recovery_report r = pool->recover();

@@ -63,9 +63,11 @@ inline std::filesystem::path scratch_file(const char* stem = "pool") {
   return scratch_dir() / (std::string(stem) + "-" + std::to_string(n++) + ".ftm");
 }
 
-/// Closes the pool and removes its files.
-struct pmem_deleter {
-  void operator()(ftm::engines::pmem* p) const {
+/// Closes a pool of a file (`ftm::engines::pmem` or a type derived from it) and
+/// removes its files.
+struct pool_file_deleter {
+  template <class Pool>
+  void operator()(Pool* p) const {
     const auto path = p->path();
     delete p;
     std::filesystem::remove(path);
@@ -91,17 +93,10 @@ class pmem_power : public ftm::engines::pmem {
 
 template <>
 struct engine_factory<pmem_power> {
-  struct deleter {
-    void operator()(pmem_power* p) const {
-      const auto path = p->path();
-      delete p;
-      std::filesystem::remove(path);
-      std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));
-    }
-  };
-  static std::unique_ptr<pmem_power, deleter> make(std::size_t bank_size = std::size_t{4} << 20,
-                                                   std::uint32_t max_objects = 1024) {
-    return std::unique_ptr<pmem_power, deleter>(
+  static std::unique_ptr<pmem_power, pool_file_deleter> make(std::size_t bank_size = std::size_t{4}
+                                                                                     << 20,
+                                                             std::uint32_t max_objects = 1024) {
+    return std::unique_ptr<pmem_power, pool_file_deleter>(
         new pmem_power(scratch_file(), bank_size, max_objects));
   }
 };
@@ -135,18 +130,9 @@ class pmem_power_lines : public ftm::engines::pmem {
 
 template <>
 struct engine_factory<pmem_power_lines> {
-  struct deleter {
-    void operator()(pmem_power_lines* p) const {
-      const auto path = p->path();
-      delete p;
-      std::filesystem::remove(path);
-      std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));
-    }
-  };
-  static std::unique_ptr<pmem_power_lines, deleter> make(std::size_t bank_size = std::size_t{4}
-                                                                                 << 20,
-                                                         std::uint32_t max_objects = 1024) {
-    return std::unique_ptr<pmem_power_lines, deleter>(
+  static std::unique_ptr<pmem_power_lines, pool_file_deleter> make(
+      std::size_t bank_size = std::size_t{4} << 20, std::uint32_t max_objects = 1024) {
+    return std::unique_ptr<pmem_power_lines, pool_file_deleter>(
         new pmem_power_lines(scratch_file(), bank_size, max_objects));
   }
 };
@@ -154,9 +140,9 @@ struct engine_factory<pmem_power_lines> {
 
 template <>
 struct engine_factory<ftm::engines::pmem> {
-  static std::unique_ptr<ftm::engines::pmem, pmem_deleter> make(
+  static std::unique_ptr<ftm::engines::pmem, pool_file_deleter> make(
       std::size_t bank_size = std::size_t{4} << 20, std::uint32_t max_objects = 1024) {
-    return std::unique_ptr<ftm::engines::pmem, pmem_deleter>(
+    return std::unique_ptr<ftm::engines::pmem, pool_file_deleter>(
         new ftm::engines::pmem(ftm::engines::pmem::create(
             scratch_file(), {.bank_size = bank_size, .max_objects_per_transaction = max_objects})));
   }
@@ -193,5 +179,8 @@ inline constexpr unsigned sanitizer_divisor = 1;
 // With the cache-line mode too, which only the fault-injection builds can force.
 #define FTM_TEST_ENGINES_AND_LINES FTM_TEST_ENGINES, ftm_test::pmem_power_lines
 #endif
+
+// A test case run once for each engine of FTM_TEST_ENGINES, as `E`.
+#define ENGINE_TEST(name) TEST_CASE_TEMPLATE(name, E, FTM_TEST_ENGINES)
 
 #endif

@@ -9,6 +9,7 @@
 // sequences each engine runs. A failing sequence is minimised (ops dropped while it
 // still fails) and printed as a short list of ops.
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -428,14 +429,7 @@ class runner {
         if (tx_ && tx_->active()) tx_->abort();
         current_ = committed_;
         tx_.reset();
-        const pid_t pid = ::fork();
-        if (pid < 0) return fmt::format("fork: {}", std::strerror(errno));
-        if (pid == 0) die_in_transaction(table, o.value);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
-        if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) {
-          return fmt::format("the writer was not killed (wait status {})", status);
-        }
+        ftm_test::killed_child([&] { die_in_transaction(table, o.value); });
         // Its transaction is undone: by recover() in memory, by the next opener of a file.
         if (pool_.file() == nullptr) {
           engine().recover();
@@ -451,7 +445,6 @@ class runner {
   /// In a child: changes every committed object and root, destroys one, creates two,
   /// all in one transaction, and is killed before it commits.
   [[noreturn]] void die_in_transaction(const kinds_t& table, std::uint64_t seed) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     // Never destroyed: its destructor would abort the transaction.
     auto* t = new ftm::transaction<E>(engine());
     try {
@@ -472,8 +465,7 @@ class runner {
     } catch (const std::exception&) {
       // pool_full: killed as it is, holding what it took
     }
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(1);
+    ftm_test::die_now();
   }
 
   static std::string root_name(std::uint32_t i) { return fmt::format("g{}", i); }

@@ -2,6 +2,7 @@
 // pool, one with objects and roots, one left by a killed writer, damaged files, and
 // pools with ports (listed from the port directory, with their depths and counts).
 #include "engines.hpp"
+#include "process.hpp"
 
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
@@ -192,21 +193,14 @@ TEST_CASE("ftm-inspect shows the roots and the space of a pool with objects") {
 TEST_CASE("ftm-inspect shows the descriptor a killed writer left, and changes nothing") {
   const fs::path path = ftm_test::scratch_file();
   { auto pool = pmem::create(path, small); }
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  const pid_t child = ftm_test::killed_child([&] {
     auto pool = pmem::open(path);
     ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 1; });
     ftm::transaction tx{pool};
     tx.begin();
     tx.open(ftm::root<account>(tx, "acct"))->balance = -1;  // never committed
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(0);
-  }
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  REQUIRE(WIFSIGNALED(status));
+    ftm_test::die_now();
+  });
   const std::string before = read_text(path);
 
   const auto r = inspect(path.string());
@@ -438,21 +432,14 @@ TEST_CASE("ftm-inspect lists the ports with their depths and counts") {
 TEST_CASE("ftm-inspect lists committed ports of other processes, and no aborted or killed one") {
   const fs::path path = ftm_test::scratch_file();
   { auto pool = pmem::create(path, small); }
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  ftm_test::killed_child([&] {
     auto pool = pmem::open(path);
     ftm::atomically(pool, [](auto& tx) { return ftm::make_port<order>(tx, {.capacity = 5}); });
     ftm::transaction tx{pool};
     tx.begin();
     static_cast<void>(ftm::make_port<order>(tx, {.capacity = 7}));  // never committed
-    ::kill(::getpid(), SIGKILL);
-    ::_exit(0);
-  }
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  REQUIRE(WIFSIGNALED(status));
+    ftm_test::die_now();
+  });
   {
     auto pool = pmem::open(path);  // recovers the killed transaction
     ftm::transaction tx{pool};

@@ -97,17 +97,15 @@ TEST_CASE("a pool file keeps what was committed when every process has closed it
 
 TEST_CASE("opening the pool recovers the transaction of a process that was killed") {
   const fs::path path = make_pool();
-  const int killed = in_child([&] {
+  ftm_test::killed_child([&] {
     auto pool = pmem::open(path);
     ftm::atomically(pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 50; });
     ftm::transaction tx{pool};
     tx.begin();
     tx.open(ftm::root<account>(tx, "acct"))->balance = -1;  // never committed
     tx.create(account{7, 7});
-    ::kill(::getpid(), SIGKILL);
-    return 0;
+    ftm_test::die_now();
   });
-  REQUIRE(WIFSIGNALED(killed));
   // A fresh process opens the pool: recovery runs before open() returns.
   const int status = in_child([&] {
     auto pool = pmem::open(path);
@@ -386,15 +384,13 @@ TEST_CASE("a read-only pool file is refused with the cause, left unchanged, and 
 
 TEST_CASE("pmem::inspect maps the pool read-only and recovers nothing") {
   const fs::path path = make_pool();
-  const int killed = in_child([&] {
+  ftm_test::killed_child([&] {
     auto pool = pmem::open(path);
     ftm::transaction tx{pool};
     tx.begin();
     tx.open(ftm::root<account>(tx, "acct"))->balance = -1;
-    ::kill(::getpid(), SIGKILL);
-    return 0;
+    ftm_test::die_now();
   });
-  REQUIRE(WIFSIGNALED(killed));
   const std::vector<char> before = read_all(path);
   {
     const auto view = pmem::inspect(path);

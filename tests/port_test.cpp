@@ -90,8 +90,6 @@ std::optional<Msg> receive_and_abort(E& pool, ftm::stable_port<Msg> p) {
 
 }  // namespace
 
-#define ENGINE_TEST(name) TEST_CASE_TEMPLATE(name, E, FTM_TEST_ENGINES)
-
 ENGINE_TEST("a send takes effect at commit; an aborted send sends nothing") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto p = make_orders(*pool);

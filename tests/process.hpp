@@ -1,5 +1,5 @@
-// Test helpers for tests that fork: memory shared with the children, and a body run
-// in a child process.
+// Test helpers for tests that fork: memory shared with the children, a body run in a
+// child process, and a child killed in the middle of its work.
 #ifndef FTM_TESTS_PROCESS_HPP
 #define FTM_TESTS_PROCESS_HPP
 
@@ -13,6 +13,7 @@
 
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,6 +60,37 @@ inline int in_child(const std::function<int()>& body) {
   int status = 0;
   ::waitpid(pid, &status, 0);
   return status;
+}
+
+/// The processor fails here: this process dies by SIGKILL, and whatever it was in the
+/// middle of (an open transaction, the locks it holds) stays as it is.
+[[noreturn]] inline void die_now() {
+  ::kill(::getpid(), SIGKILL);
+  ::_exit(1);  // not reached
+}
+
+/// Runs `body` in a forked child that dies with its parent; `body` ends by calling
+/// `die_now()` in the middle of its work (in a transaction it left open, say). Returns
+/// the child's pid once it is dead, and fails the test unless SIGKILL ended it (`body`
+/// returned, threw or exited).
+inline pid_t killed_child(const std::function<void()>& body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+    try {
+      body();
+      std::fprintf(stderr, "child: returned instead of dying\n");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "child: %s\n", e.what());
+    }
+    ::_exit(1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE_MESSAGE((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL),
+                  "the child was not killed: wait status " << status);
+  return pid;
 }
 
 }  // namespace ftm_test

@@ -6,10 +6,12 @@
 /// how its redo log reaches the medium (`ftm::flush_method`). `<ftm/engines/pmem.hpp>`
 /// includes it.
 
+#include <ftm/detail/config.hpp>
+
 #include <cstdint>
 #include <string_view>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// What a committed transaction survives, chosen when a pool file is opened.
 enum class durability {
@@ -44,6 +46,6 @@ constexpr std::string_view to_string(flush_method m) noexcept {
   return "unknown";
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_DURABILITY_HPP

@@ -6,6 +6,8 @@
 /// pluggable stable-memory backend (`ftm::engines::dual_bank`, ...). The layers above
 /// are written against this concept only and never include a concrete engine.
 
+#include <ftm/detail/config.hpp>
+
 #include <fmt/format.h>
 
 #include <chrono>
@@ -15,7 +17,7 @@
 #include <span>
 #include <string_view>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// Names one active transaction inside its engine (a descriptor slot).
 using tx_id = std::uint32_t;
@@ -236,7 +238,7 @@ concept watchable_engine = engine<E> &&
   { e.wait(tokens, deadline) } -> std::same_as<bool>;
 };
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 template <>
 struct fmt::formatter<ftm::engine_stats> {

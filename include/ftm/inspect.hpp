@@ -6,6 +6,8 @@
 /// `check()` and of `ftm::engines::pmem_view` (`pmem::inspect`), which `ftm-inspect`
 /// prints.
 
+#include <ftm/detail/config.hpp>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -13,7 +15,7 @@
 
 #include <sys/types.h>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// What a pool's check found; `ok()` when the pool is consistent (and, for an engine's
 /// own `check()`, quiescent).
@@ -69,6 +71,6 @@ struct root_report {
   std::uint32_t size = 0;
 };
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_INSPECT_HPP

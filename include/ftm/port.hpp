@@ -15,6 +15,7 @@
 /// port), `port_delivery.hpp` (redelivery and poison messages), `port_wait.hpp`
 /// (watching) and `port_directory.hpp` (the pool's list of ports).
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/port_delivery.hpp>
 #include <ftm/detail/port_directory.hpp>
 #include <ftm/detail/port_format.hpp>
@@ -45,7 +46,7 @@
 #include <variant>
 #include <vector>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// What a send does when its port is full.
 enum class when_full : std::uint32_t {
@@ -337,7 +338,7 @@ decltype(auto) handle(std::variant<Ts...>&& msg, F&& handler) {
   return handle(msg, std::forward<F>(handler));
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 template <>
 struct fmt::formatter<ftm::port_stats> {

@@ -3,9 +3,11 @@
 
 /// \file
 /// Reflection of stable types declared with `BOOST_HANA_DEFINE_STRUCT`: printing with
-/// fmt (`account{balance: 90}`), the raw-pointer rule, and layout fingerprints that a
+/// fmt (`account{balance: 90}`, for the types that opt in with
+/// `ftm::reflected_formatter`), the raw-pointer rule, and layout fingerprints that a
 /// persistent pool stores to refuse reading bytes as the wrong type.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/type_name.hpp>
 
 #include <fmt/format.h>
@@ -23,7 +25,7 @@
 #include <string_view>
 #include <type_traits>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 template <class T>
 class stable;
@@ -33,6 +35,9 @@ template <class T>
 concept reflected = boost::hana::Struct<T>::value;
 
 namespace detail {
+
+template <class T, class Out>
+Out format_reflected(Out out, const T& value);
 
 /// Writes one field: char arrays as bounded text (they need not end in a NUL), other
 /// arrays as lists, everything else with its own formatter.
@@ -51,9 +56,25 @@ Out format_field(Out out, const T& v) {
       out = format_field(out, v[i]);
     }
     return fmt::format_to(out, "]");
+  } else if constexpr (reflected<T> && !fmt::is_formattable<T>::value) {
+    return format_reflected(out, v);
   } else {
     return fmt::format_to(out, "{}", v);
   }
+}
+
+/// Writes `name{field: value, ...}`.
+template <class T, class Out>
+Out format_reflected(Out out, const T& value) {
+  out = fmt::format_to(out, "{}{{", short_type_name<T>());
+  bool first = true;
+  boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
+    out = fmt::format_to(out, "{}{}: ", first ? "" : ", ",
+                         boost::hana::to<const char*>(boost::hana::first(pair)));
+    out = format_field(out, boost::hana::second(pair)(value));
+    first = false;
+  });
+  return fmt::format_to(out, "}}");
 }
 
 template <class T>
@@ -181,26 +202,30 @@ std::uint64_t layout_fingerprint() {
   return fp;
 }
 
-}  // namespace ftm
-
-/// Reflected types print as `name{field: value, ...}`.
+/// fmt's formatter for a reflected `T`: prints `name{field: value, ...}`. Opt in per
+/// type, as with fmt's own `fmt::ostream_formatter`:
+///
+///     template <>
+///     struct fmt::formatter<account> : ftm::reflected_formatter<account> {};
+///
+/// ftm does not format every Hana struct of the program by itself: a partial
+/// specialization over all of them would take over types that other code formats.
+/// Members print with their own formatters; a reflected member without one prints
+/// the same way, field by field.
 template <class T>
-requires ftm::reflected<T>
-struct fmt::formatter<T> {
+struct reflected_formatter {
+  static_assert(reflected<T>,
+                "ftm::reflected_formatter<T> requires T to be declared with "
+                "BOOST_HANA_DEFINE_STRUCT, so that its members can be enumerated");
+
   constexpr auto parse(fmt::format_parse_context& ctx) { return ctx.begin(); }
 
   template <class FormatContext>
   auto format(const T& value, FormatContext& ctx) const {
-    auto out = fmt::format_to(ctx.out(), "{}{{", ftm::detail::short_type_name<T>());
-    bool first = true;
-    boost::hana::for_each(boost::hana::accessors<T>(), [&](auto pair) {
-      out = fmt::format_to(out, "{}{}: ", first ? "" : ", ",
-                           boost::hana::to<const char*>(boost::hana::first(pair)));
-      out = ftm::detail::format_field(out, boost::hana::second(pair)(value));
-      first = false;
-    });
-    return fmt::format_to(out, "}}");
+    return detail::format_reflected(ctx.out(), value);
   }
 };
+
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_REFLECT_HPP

@@ -9,6 +9,7 @@
 /// exactly once. A client sends the request in one transaction and waits for the
 /// reply with its request id in a second.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
@@ -29,7 +30,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// Names one call: the calling process (pid and start time) and a number it chose.
 struct request_id {
@@ -261,7 +262,7 @@ std::optional<Rep> call_for(E& engine, service_port<Req, Rep> server, reply_port
   });
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 /// Request ids print as `pid 1234 #7`.
 template <>

@@ -6,6 +6,7 @@
 /// paper's processor attached to the STM), so that its transactions begin without
 /// claiming one each time.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/stable.hpp>
 #include <ftm/transaction.hpp>
@@ -15,7 +16,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// One thread's descriptor on a pool, held from construction to destruction.
 ///
@@ -66,6 +67,6 @@ decltype(auto) atomically(session<E>& s, F&& f, retry_policy policy = {}) {
   }
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_SESSION_HPP

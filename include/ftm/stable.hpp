@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// Engines place every stable object at an address aligned to at least this.
 inline constexpr std::size_t max_stable_alignment = 16;
@@ -319,7 +319,7 @@ template <class T>
 struct is_opened<opened<T>> : std::true_type {};
 }  // namespace detail
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 /// Handles print as `stable<account>@4160`.
 template <class T>

@@ -7,6 +7,7 @@
 /// and a heartbeat lease, and when it dies recovers the pool and starts the entry
 /// point again from the beginning, within OTP-style restart limits.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/task_process.hpp>
@@ -33,7 +34,7 @@
 
 #include <sys/types.h>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 /// How a task process ended.
 struct exit_cause {
@@ -435,7 +436,7 @@ class supervisor {
   task_stats stats_;
 };
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 /// "exited with status 3", "killed by SIGKILL", "killed by SIGKILL (its 200 ms lease
 /// expired)".

@@ -5,6 +5,7 @@
 /// Transactions (the paper's `Transaction` class, with explicit Begin, Commit and
 /// Abort) and `atomically()`, which commits, aborts on exception and retries conflicts.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/type_name.hpp>
@@ -30,7 +31,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -618,6 +619,6 @@ decltype(auto) atomically(E& engine, F&& f, retry_policy policy = {}) {
   }
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_TRANSACTION_HPP

@@ -7,6 +7,7 @@
 /// first must wait, and waits for either when both must. Both work inside
 /// `ftm::atomically`, which aborts, waits without locks and runs the transaction again.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/stable.hpp>
@@ -20,7 +21,7 @@
 #include <string_view>
 #include <utility>
 
-namespace ftm {
+namespace ftm::FTM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -112,6 +113,6 @@ auto or_else(transaction<E>& tx, F&& first, G&& second) {
   }
 }
 
-}  // namespace ftm
+}  // namespace ftm::FTM_ABI_NAMESPACE
 
 #endif  // FTM_WAIT_HPP

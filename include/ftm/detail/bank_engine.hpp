@@ -13,6 +13,7 @@
 #include <ftm/detail/bank/check.hpp>
 #include <ftm/detail/bank/roots.hpp>
 #include <ftm/detail/bank_format.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
@@ -27,7 +28,7 @@
 #include <string_view>
 #include <thread>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The dual-bank algorithm over a mapped pool, whoever owns the mapping: a memfd
 /// (`ftm::engines::dual_bank`) or a file (`ftm::engines::pmem`). Models `ftm::engine`.
@@ -220,6 +221,6 @@ class bank_engine : protected bank_roots {
   [[nodiscard]] check_report check(check_scope scope) const { return check_pool(*this, scope); }
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_ENGINE_HPP

@@ -17,6 +17,7 @@
 ///                      chunks_offset  chunks of chunk_size bytes, cut into blocks
 
 #include <ftm/detail/checksum.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -33,7 +34,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail::bank_layout {
+namespace ftm::FTM_ABI_NAMESPACE::detail::bank_layout {
 
 /// The first 16 bytes of every object block, in the working bank. The lock words are
 /// not copied between banks; `size` is, so creating and destroying are transactional.
@@ -368,6 +369,6 @@ static_assert(sizeof(chunk_meta) == 16 + max_blocks / 8 && offsetof(chunk_meta, 
 static_assert(metas_begin == 8320 && meta_stride == 256 && chunk_size == 65536,
               "the chunk records follow the roots table in each bank");
 
-}  // namespace ftm::detail::bank_layout
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::bank_layout
 
 #endif  // FTM_DETAIL_BANK_FORMAT_HPP

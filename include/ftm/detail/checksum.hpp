@@ -5,11 +5,13 @@
 /// The one checksum of ftm's formats: the pool's header, boot id and roots entries, and
 /// the redo log's header and records.
 
+#include <ftm/detail/config.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A 64-bit checksum of the `n` bytes at `p` (a multiple of 8), seeded: a chain of
 /// records passes each one's checksum as the next one's seed.
@@ -26,6 +28,6 @@ inline std::uint64_t checksum(const void* p, std::size_t n, std::uint64_t seed) 
   return h ^ (h >> 33);
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_CHECKSUM_HPP

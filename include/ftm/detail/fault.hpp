@@ -6,6 +6,8 @@
 /// (the crash tests). An armed point kills the calling process with SIGKILL on its
 /// k-th hit, which is how a processor failure looks to the pool.
 
+#include <ftm/detail/config.hpp>
+
 #include <array>
 #include <atomic>
 #include <string_view>
@@ -16,7 +18,7 @@
 #include <cstdint>
 #endif
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Every fault point there is, by engine: the one place that names them. The crash
 /// tests sweep these lists, and `fault_points_check` (a test) fails when a point in the
@@ -111,6 +113,6 @@ inline void fault_point(std::string_view name) noexcept {
 
 #endif
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_FAULT_HPP

@@ -6,12 +6,14 @@
 /// the supervisor, so that layers that wait (`ftm::serve`) renew it without depending
 /// on process supervision.
 
+#include <ftm/detail/config.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// What the supervisor shares with its task instances: a `MAP_SHARED` anonymous page
 /// made before any fork, so it is the same memory in every instance.
@@ -66,6 +68,6 @@ inline std::chrono::steady_clock::duration renewal_slice(
   return std::max(std::min(longest, quarter), std::chrono::steady_clock::duration{1});
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_HEARTBEAT_HPP

@@ -5,6 +5,8 @@
 /// Says where two layout descriptions (`ftm::layout_description<T>()`) differ, so an
 /// error can name the field rather than print two fingerprints.
 
+#include <ftm/detail/config.hpp>
+
 #include <fmt/format.h>
 
 #include <cstddef>
@@ -12,7 +14,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The top-level fields of `name{a: i64 @0, b: u32 @8} (size 16, align 8)`.
 inline std::vector<std::string_view> layout_fields(std::string_view d) {
@@ -55,6 +57,6 @@ inline std::string layout_difference(std::string_view stored, std::string_view p
   return fmt::format("the pool holds `{}`, the program declares `{}`", stored, program);
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_LAYOUT_DIFF_HPP

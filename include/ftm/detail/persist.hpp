@@ -8,6 +8,8 @@
 /// that write-back before every later store. Only x86-64 has them here; elsewhere
 /// `available()` is false and the redo log flushes with `fdatasync`.
 
+#include <ftm/detail/config.hpp>
+
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
@@ -16,7 +18,7 @@
 #include <cpuid.h>
 #endif
 
-namespace ftm::detail::persist {
+namespace ftm::FTM_ABI_NAMESPACE::detail::persist {
 
 /// The instruction that writes a cache line back, from none to the best.
 enum class line_flush : std::uint8_t {
@@ -110,6 +112,6 @@ inline void fence() noexcept {
 #endif
 }
 
-}  // namespace ftm::detail::persist
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::persist
 
 #endif  // FTM_DETAIL_PERSIST_HPP

@@ -9,6 +9,7 @@
 /// struct and offset of the log is here; `redo_log.hpp` reads and writes them.
 
 #include <ftm/detail/bank_format.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/durability.hpp>
 
 #include <atomic>
@@ -17,7 +18,7 @@
 
 #include <pthread.h>
 
-namespace ftm::detail::redo {
+namespace ftm::FTM_ABI_NAMESPACE::detail::redo {
 
 inline constexpr std::uint64_t wal_magic = 0x316c61772d6d7466ull;  // "ftm-wal1"
 /// 2: records carry a sequence number and chain their checksums to the file header,
@@ -120,6 +121,6 @@ static_assert(static_cast<std::uint32_t>(flush_method::fdatasync) == 0 &&
                   static_cast<std::uint32_t>(flush_method::cache_lines) == 1,
               "control::method records a flush_method: 0 fdatasync, 1 cache_lines");
 
-}  // namespace ftm::detail::redo
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::redo
 
 #endif  // FTM_DETAIL_PMEM_FORMAT_HPP

@@ -8,6 +8,7 @@
 /// instead, in the receive's transaction or, when that aborts to wait, in one of its
 /// own (`bury_poison`, the tidy-up work of a `retry_request`).
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/port_format.hpp>
 #include <ftm/detail/port_ring.hpp>
 #include <ftm/detail/type_name.hpp>
@@ -21,7 +22,7 @@
 #include <cstdint>
 #include <optional>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Moves the message at the head of `port` to its dead-letter port (or drops it if it
 /// has none), in the same transaction.
@@ -93,6 +94,6 @@ std::optional<Msg> take(const port_writer<E>& port) {
   return std::nullopt;
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_DELIVERY_HPP

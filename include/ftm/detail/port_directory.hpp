@@ -10,6 +10,7 @@
 /// sends and receives never touch it. Here too: reading the directory and checking
 /// each port's shape from committed bytes, for ftm-inspect.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/port_format.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -27,7 +28,7 @@
 #include <utility>
 #include <vector>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Lists a new port in the directory, in `tx`. Takes the directory's write lock, so
 /// port creations serialize until their transactions end (they are rare).
@@ -250,6 +251,6 @@ port_directory_report read_port_directory(std::uint64_t root, ReadObject&& objec
   return out;
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_DIRECTORY_HPP

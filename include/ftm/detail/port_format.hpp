@@ -7,6 +7,7 @@
 /// entries). Every offset is pinned by a `static_assert`: changing one changes the
 /// pool format (`bank_layout::format_version`).
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
 
@@ -17,7 +18,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The first bytes of every port object ("port" in ASCII): an object of another
 /// kind, or a damaged port, opened as a port is refused by name.
@@ -119,6 +120,6 @@ static_assert(sizeof(port_directory_block) == 16 + port_directory_block_entries 
               "a directory block is part of the pool format");
 static_assert(sizeof(port_directory) == 32, "the directory root is part of the pool format");
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_FORMAT_HPP

@@ -6,6 +6,7 @@
 /// (through the transaction's byte access, checking that the object is a port of the
 /// message type), reaching its header and slots, and appending a message.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/port_format.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
@@ -23,7 +24,7 @@
 #include <type_traits>
 #include <utility>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A port opened in a transaction, for writing (`Write`) or only for reading: a read
 /// access gives const views only. Closes the port again at the end of the scope
@@ -143,6 +144,6 @@ Msg load_message(const std::byte* from) {
   return *std::launder(reinterpret_cast<Msg*>(bytes));
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_RING_HPP

@@ -7,6 +7,7 @@
 /// changes, and run the transaction again; a receive's poison messages are buried for
 /// good before the wait.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/port_delivery.hpp>
 #include <ftm/detail/port_ring.hpp>
 #include <ftm/engine.hpp>
@@ -15,7 +16,7 @@
 #include <chrono>
 #include <cstdint>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Asks `ftm::atomically` to abort, wait until the open port changes (or the
 /// deadline passes) and run the transaction again.
@@ -37,6 +38,6 @@ template <class Msg, class E>
   throw r;
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_WAIT_HPP

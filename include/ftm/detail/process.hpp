@@ -6,6 +6,8 @@
 /// process named by its pid and its start time, so a recycled pid is not mistaken
 /// for the process that died.
 
+#include <ftm/detail/config.hpp>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -23,7 +25,7 @@
 #include <immintrin.h>
 #endif
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// (start time << 22) | pid, never 0: fits a 64-bit word, so a slot is claimed
 /// and released by one atomic store. Linux pids are below 2^22.
@@ -135,6 +137,6 @@ inline std::uint64_t timestamp() noexcept {
 #endif
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PROCESS_HPP

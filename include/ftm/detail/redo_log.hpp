@@ -22,6 +22,7 @@
 
 #include <ftm/detail/bank_format.hpp>
 #include <ftm/detail/checksum.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/persist.hpp>
 #include <ftm/detail/pmem_format.hpp>
 #include <ftm/durability.hpp>
@@ -56,7 +57,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-namespace ftm::detail::redo {
+namespace ftm::FTM_ABI_NAMESPACE::detail::redo {
 
 using detail::checksum;  // one checksum for every format (detail/checksum.hpp)
 
@@ -283,6 +284,7 @@ class redo_log {
     // file system without room for the log says so here.
     std::vector<std::byte> zeros(std::size_t{1} << 20);
     std::string why;  // the first failure, named when it happens
+    int why_errno = 0;
     // Writes all `n` bytes: a short write is retried, and the call that fails says why.
     auto write_all = [&](const void* p, std::size_t n, std::uint64_t at) {
       for (std::size_t done = 0; why.empty() && done < n;) {
@@ -290,8 +292,9 @@ class redo_log {
                                    static_cast<off_t>(at + done));
         if (w < 0 && errno == EINTR) continue;
         if (w < 0) {
-          why = std::strerror(errno);
+          why = std::strerror(why_errno = errno);
         } else if (w == 0) {
+          why_errno = EIO;
           why = fmt::format("short write ({} of {} bytes at offset {})", done, n, at);
         }
         done += w > 0 ? static_cast<std::size_t>(w) : 0;
@@ -304,12 +307,14 @@ class redo_log {
     file_header h{wal_magic, wal_version, 0, pool_id, 1, new_log_id(), 1, 0};
     h.checksum = header_checksum(h);
     if (why.empty()) write_all(&h, sizeof h, 0);
-    if (why.empty() && ::fdatasync(fd) != 0) why = std::strerror(errno);
+    if (why.empty() && ::fdatasync(fd) != 0) why = std::strerror(why_errno = errno);
     ::close(fd);
-    if (why.empty() && ::rename(temp.c_str(), path.c_str()) != 0) why = std::strerror(errno);
+    if (why.empty() && ::rename(temp.c_str(), path.c_str()) != 0)
+      why = std::strerror(why_errno = errno);
     if (!why.empty()) {
       ::unlink(temp.c_str());
-      throw io_error(fmt::format("cannot write the redo log '{}': {}", path.string(), why));
+      throw io_error(why_errno,
+                     fmt::format("cannot write the redo log '{}': {}", path.string(), why));
     }
     sync_directory(path);
   }
@@ -491,7 +496,7 @@ class redo_log {
       const int r = pthread_mutex_init(m, &a);
       pthread_mutexattr_destroy(&a);
       if (r != 0) {
-        throw io_error(fmt::format("cannot make the redo log's lock: {}", std::strerror(r)));
+        throw io_error(r, fmt::format("cannot make the redo log's lock: {}", std::strerror(r)));
       }
     }
     ctl_->tail.store(0);
@@ -819,12 +824,14 @@ class redo_log {
   /// it (not a DAX file system, or not x86-64) `automatic` stays with `fdatasync`.
   void map_for_cache_lines(flush_method flush) {
     std::string why;
+    int why_errno = ENOTSUP;  // unless the system gave its own reason
     void* p = MAP_FAILED;
     struct stat st {};
     if (!persist::available()) {
       why = "this processor has no cache-line flush instructions that ftm uses (x86-64 only)";
     } else if (::fstat(fd_, &st) != 0 || static_cast<std::uint64_t>(st.st_size) <= records_begin) {
       why = "the file is too small";
+      why_errno = EINVAL;
     } else {
       const auto size = static_cast<std::size_t>(st.st_size);
 #if defined(MAP_SYNC) && defined(MAP_SHARED_VALIDATE)
@@ -837,6 +844,7 @@ class redo_log {
       }
 #endif
       if (p == MAP_FAILED) {
+        why_errno = e;
         why = fmt::format(
             "its file system refuses to map it with MAP_SYNC ({}): it is not a DAX file system "
             "(persistent memory mounted with -o dax)",
@@ -855,10 +863,12 @@ class redo_log {
     if (flush == flush_method::cache_lines) {
       ::close(fd_);
       fd_ = -1;
-      throw io_error(fmt::format(
-          "cannot flush the redo log '{}' by cache lines: {}; use ftm::flush_method::fdatasync "
-          "(or automatic, which chooses it here)",
-          path_.string(), why));
+      throw io_error(
+          why_errno,
+          fmt::format(
+              "cannot flush the redo log '{}' by cache lines: {}; use ftm::flush_method::fdatasync "
+              "(or automatic, which chooses it here)",
+              path_.string(), why));
     }
   }
 
@@ -926,7 +936,7 @@ class redo_log {
   [[noreturn]] static void io_fail(std::string_view what, const std::filesystem::path& file) {
     const int e = errno;
     throw io_error(
-        fmt::format("cannot {} the redo log '{}': {}", what, file.string(), std::strerror(e)));
+        e, fmt::format("cannot {} the redo log '{}': {}", what, file.string(), std::strerror(e)));
   }
 
   std::filesystem::path path_;
@@ -951,6 +961,6 @@ inline void log_io::persist(redo_log& log, std::uint64_t offset, std::size_t n) 
 }
 inline void log_io::flush_pool(redo_log& log) noexcept { log.direct_flush_pool(); }
 
-}  // namespace ftm::detail::redo
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail::redo
 
 #endif  // FTM_DETAIL_REDO_LOG_HPP

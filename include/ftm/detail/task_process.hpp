@@ -8,6 +8,7 @@
 /// supervisor's instance, a peer supervisor). Nothing here touches the pool: what the
 /// pool records about a task is `detail/task_record.hpp`.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/heartbeat.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/error.hpp>
@@ -34,7 +35,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 inline int pidfd_open(pid_t pid) noexcept {
   return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
@@ -283,6 +284,6 @@ class task_process {
   bool killed_ = false;  // the instance was sent SIGKILL: it is dying
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_TASK_PROCESS_HPP

@@ -9,6 +9,7 @@
 /// agree on who holds the task. Nothing here forks, signals or waits for a process:
 /// that is `detail/task_process.hpp`.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/transaction.hpp>
@@ -16,7 +17,7 @@
 #include <cstdint>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The task's record in the pool, under the root `ftm.task.<name>`: who runs the task
 /// now, so that a new supervisor can make sure no earlier instance still runs.
@@ -97,6 +98,6 @@ void record_end(E& engine, std::string_view record, task_end end) {
   });
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_TASK_RECORD_HPP

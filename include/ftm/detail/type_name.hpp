@@ -4,10 +4,12 @@
 /// \file
 /// Compile-time type names and a stable 64-bit hash, for messages and fingerprints.
 
+#include <ftm/detail/config.hpp>
+
 #include <cstdint>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The name of `T` as the compiler spells it (`ns::account`).
 template <class T>
@@ -52,6 +54,6 @@ constexpr std::uint64_t fnv1a(std::string_view s,
 template <class>
 inline constexpr bool always_false = false;
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_TYPE_NAME_HPP

@@ -5,6 +5,7 @@
 /// `ftm::engines::dual_bank`: the paper's STM board in software, in shared memory.
 
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/error.hpp>
 
 #include <fmt/format.h>
@@ -18,7 +19,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A shared memory region no file names: a memfd, mapped once with `MAP_SHARED`, so
 /// that a `fork()`ed child maps the same pages.
@@ -46,8 +47,8 @@ class memfd_region {
   [[noreturn]] void fail(std::string_view what) {
     const int e = errno;
     if (fd_ >= 0) ::close(fd_);
-    throw error(errc::invalid_argument,
-                fmt::format("dual_bank: {} of {} bytes failed: {}", what, size_, std::strerror(e)));
+    throw io_error(
+        e, fmt::format("dual_bank: {} of {} bytes failed: {}", what, size_, std::strerror(e)));
   }
 
   std::byte* base_ = nullptr;
@@ -55,9 +56,9 @@ class memfd_region {
   std::size_t size_;
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
-namespace ftm::engines {
+namespace ftm::FTM_ABI_NAMESPACE::engines {
 
 /// The in-memory dual-bank engine. Models `ftm::fork_shared_engine`.
 ///
@@ -87,6 +88,6 @@ class dual_bank : private detail::memfd_region, public detail::bank_engine {
       : memfd_region(g.map_size), bank_engine(region(), g, /*fresh=*/true, "dual_bank") {}
 };
 
-}  // namespace ftm::engines
+}  // namespace ftm::FTM_ABI_NAMESPACE::engines
 
 #endif  // FTM_ENGINES_DUAL_BANK_HPP

@@ -7,6 +7,7 @@
 
 #include <ftm/detail/bank/check.hpp>
 #include <ftm/detail/bank_engine.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/redo_log.hpp>
 #include <ftm/durability.hpp>
@@ -36,7 +37,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Frees every lock word of the bank at `bank` (laid out as `g`): the roots table's,
 /// every chunk record's, and those of every block of the chunks that hold small objects
@@ -85,7 +86,8 @@ class file_region {
       : file_region(std::move(path)) {
     geometry_ = g;
     if (names_file(path_, "create")) {
-      throw io_error(fmt::format("cannot create the pool '{}': the file exists", path_.string()));
+      throw io_error(EEXIST,
+                     fmt::format("cannot create the pool '{}': the file exists", path_.string()));
     }
     temp_ = path_;
     temp_ += fmt::format(".creating.{}", ::getpid());
@@ -104,6 +106,7 @@ class file_region {
       const int e = errno;
       if ((e == EACCES || e == EPERM || e == EROFS) && readable()) {
         throw io_error(
+            e,
             fmt::format("cannot open the pool file '{}' for writing: {} (the file is read-only{}; "
                         "pmem::inspect reads a pool without writing to it)",
                         path_.string(), std::strerror(e),
@@ -141,7 +144,8 @@ class file_region {
     if (::fdatasync(fd_) != 0) fail("flush", temp_);
     if (::renameat2(AT_FDCWD, temp_.c_str(), AT_FDCWD, path_.c_str(), RENAME_NOREPLACE) != 0) {
       if (errno == EEXIST) {
-        throw io_error(fmt::format("cannot create the pool '{}': the file exists", path_.string()));
+        throw io_error(EEXIST,
+                       fmt::format("cannot create the pool '{}': the file exists", path_.string()));
       }
       fail("rename", temp_);
     }
@@ -172,8 +176,9 @@ class file_region {
 
    private:
     [[noreturn]] static void fail_lock(const std::filesystem::path& file) {
-      throw io_error(fmt::format("cannot create the pool '{}': cannot lock its directory: {}",
-                                 file.string(), std::strerror(errno)));
+      const int e = errno;
+      throw io_error(e, fmt::format("cannot create the pool '{}': cannot lock its directory: {}",
+                                    file.string(), std::strerror(e)));
     }
     int fd_ = -1;
   };
@@ -184,8 +189,8 @@ class file_region {
    public:
     explicit opening_lock(int fd) : fd_(fd) {
       while (::flock(fd_, LOCK_EX) != 0) {
-        if (errno != EINTR) {
-          throw io_error(fmt::format("cannot lock the pool file: {}", std::strerror(errno)));
+        if (const int e = errno; e != EINTR) {
+          throw io_error(e, fmt::format("cannot lock the pool file: {}", std::strerror(e)));
         }
       }
     }
@@ -225,7 +230,7 @@ class file_region {
     const bool found = std::filesystem::exists(path, ec);
     if (ec) {
       throw io_error(
-          fmt::format("cannot {} the pool '{}': {}", doing, path.string(), ec.message()));
+          ec, fmt::format("cannot {} the pool '{}': {}", doing, path.string(), ec.message()));
     }
     return found;
   }
@@ -321,8 +326,8 @@ class file_region {
     while ((e = ::posix_fallocate(fd_, 0, static_cast<off_t>(geometry_.map_size))) == EINTR) {
     }
     if (e != 0) {
-      throw io_error(fmt::format("cannot create the pool '{}': cannot reserve its {} bytes: {}",
-                                 path_.string(), geometry_.map_size, std::strerror(e)));
+      throw io_error(e, fmt::format("cannot create the pool '{}': cannot reserve its {} bytes: {}",
+                                    path_.string(), geometry_.map_size, std::strerror(e)));
     }
   }
 
@@ -335,7 +340,7 @@ class file_region {
   [[noreturn]] void fail(std::string_view what, const std::filesystem::path& file) const {
     const int e = errno;
     throw io_error(
-        fmt::format("cannot {} the pool file '{}': {}", what, file.string(), std::strerror(e)));
+        e, fmt::format("cannot {} the pool file '{}': {}", what, file.string(), std::strerror(e)));
   }
 
   std::filesystem::path path_;
@@ -345,9 +350,9 @@ class file_region {
   std::byte* base_ = nullptr;
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
-namespace ftm::engines {
+namespace ftm::FTM_ABI_NAMESPACE::engines {
 
 /// A pool file opened only to be looked at: its header is checked as by `pmem::open`,
 /// and it is mapped read-only from a read-only descriptor, never recovered nor written.
@@ -603,7 +608,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
     // first check too must not replace this pool's log once it is in use.
     const directory_lock turn(path);
     if (names_file(path, "create")) {
-      throw io_error(fmt::format("cannot create the pool '{}': the file exists", path.string()));
+      throw io_error(EEXIST,
+                     fmt::format("cannot create the pool '{}': the file exists", path.string()));
     }
     const auto wal = detail::redo::redo_log::path_for(path);
     remove_stale_log(wal);  // of a pool that no longer exists
@@ -689,15 +695,17 @@ class pmem : private detail::file_region, public detail::bank_engine {
     const auto type = std::filesystem::symlink_status(wal, ec).type();
     if (type == std::filesystem::file_type::not_found) return;
     if (!ec && type == std::filesystem::file_type::directory) {
-      throw io_error(fmt::format(
-          "cannot create the redo log '{}': a directory has its name (remove it, or name the "
-          "pool otherwise)",
-          wal.string()));
+      throw io_error(
+          EISDIR,
+          fmt::format(
+              "cannot create the redo log '{}': a directory has its name (remove it, or name the "
+              "pool otherwise)",
+              wal.string()));
     }
     if (!ec) std::filesystem::remove(wal, ec);
     if (ec) {
       throw io_error(
-          fmt::format("cannot replace the redo log '{}': {}", wal.string(), ec.message()));
+          ec, fmt::format("cannot replace the redo log '{}': {}", wal.string(), ec.message()));
     }
   }
 
@@ -872,7 +880,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
       if (fd_ < 0) {
         fd_ = ::open(fmt::format("/proc/self/fd/{}", pool_fd).c_str(), O_RDWR | O_CLOEXEC);
         if (fd_ < 0) {
-          throw io_error(fmt::format("cannot reopen the pool file: {}", std::strerror(errno)));
+          const int e = errno;
+          throw io_error(e, fmt::format("cannot reopen the pool file: {}", std::strerror(e)));
         }
       }
       struct flock l {};
@@ -882,8 +891,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
       l.l_len = 1;
       while (::fcntl(fd_, wait ? F_OFD_SETLKW : F_OFD_SETLK, &l) != 0) {
         if (errno == EAGAIN || errno == EACCES) return false;
-        if (errno != EINTR) {
-          throw io_error(fmt::format("cannot lock the pool file: {}", std::strerror(errno)));
+        if (const int e = errno; e != EINTR) {
+          throw io_error(e, fmt::format("cannot lock the pool file: {}", std::strerror(e)));
         }
       }
       return true;
@@ -902,6 +911,6 @@ class pmem : private detail::file_region, public detail::bank_engine {
   recovery_report opened_{};
 };
 
-}  // namespace ftm::engines
+}  // namespace ftm::FTM_ABI_NAMESPACE::engines
 
 #endif  // FTM_ENGINES_PMEM_HPP

@@ -6,6 +6,7 @@
 /// one process. Start here to write an engine of your own (docs/design.md, "Adding
 /// an engine"); the law suite in `tests/laws/` says whether it is right.
 
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/layout_diff.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -29,7 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace ftm::engines {
+namespace ftm::FTM_ABI_NAMESPACE::engines {
 
 /// An in-process engine: a mutex and an undo log. Models `ftm::engine`,
 /// `ftm::unlogged_write_engine` and `ftm::watchable_engine`, so `ftm::stable<T>`,
@@ -381,6 +382,6 @@ class reference {
   engine_stats stats_;
 };
 
-}  // namespace ftm::engines
+}  // namespace ftm::FTM_ABI_NAMESPACE::engines
 
 #endif  // FTM_ENGINES_REFERENCE_HPP

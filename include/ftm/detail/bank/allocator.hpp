@@ -5,6 +5,7 @@
 /// The allocator: size classes, chunk records, small and large objects.
 
 #include <ftm/detail/bank/locks.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/engine.hpp>
 
@@ -21,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The allocator: chunks of 64 KiB, cut into blocks of one size class or joined for a
 /// large object. Its records (one per chunk) are objects, locked and copied between the
@@ -236,6 +237,6 @@ class bank_allocator : public bank_locks {
   std::atomic<std::uint64_t> class_start_[bank_layout::nclasses + 1]{};
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_ALLOCATOR_HPP

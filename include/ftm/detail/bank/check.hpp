@@ -9,6 +9,7 @@
 #include <ftm/detail/bank/descriptors.hpp>
 #include <ftm/detail/bank/mapping.hpp>
 #include <ftm/detail/bank_format.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/inspect.hpp>
 
@@ -21,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// What `check()` may take for granted about the pool.
 struct check_scope {
@@ -238,6 +239,6 @@ constexpr std::string_view state_name(std::uint32_t state) noexcept {
   return out;
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_CHECK_HPP

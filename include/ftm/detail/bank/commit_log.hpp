@@ -5,9 +5,10 @@
 /// The hook commit and recovery call between a commit's two phases (`pmem`'s `power`
 /// level keeps its redo log behind it).
 
+#include <ftm/detail/config.hpp>
 #include <ftm/engine.hpp>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A durability layer that commit calls between its two phases (`pmem`'s `power`
 /// level keeps a redo log with it). Without one (`process`), commit calls nothing.
@@ -27,6 +28,6 @@ class commit_log {
   ~commit_log() = default;
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_COMMIT_LOG_HPP

@@ -7,6 +7,7 @@
 /// a dead owner's descriptor passes before recovery acts on it.
 
 #include <ftm/detail/bank/mapping.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/engine.hpp>
 
@@ -20,7 +21,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// What a descriptor is for the transaction that holds it: its log of the objects it
 /// locked (written before each lock is taken), the copies between the banks that commit
@@ -236,6 +237,6 @@ class bank_descriptors : public bank_mapping {
   return {};
 }
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_DESCRIPTORS_HPP

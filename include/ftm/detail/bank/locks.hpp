@@ -6,6 +6,7 @@
 /// handle and its object's size as it is opened.
 
 #include <ftm/detail/bank/recovery.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/fault.hpp>
 #include <ftm/engine.hpp>
 
@@ -21,7 +22,7 @@
 #include <string_view>
 #include <thread>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The locks: each object's header holds a writer and a reader bit per descriptor.
 /// Strict two-phase locking at open, wait-die between transactions, and the recovery of
@@ -274,6 +275,6 @@ class bank_locks : public bank_recovery {
   }
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_LOCKS_HPP

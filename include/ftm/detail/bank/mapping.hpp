@@ -6,6 +6,7 @@
 /// as references. Nothing here changes the pool but `format()`, which makes a new one.
 
 #include <ftm/detail/bank_format.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/error.hpp>
 
@@ -20,7 +21,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 using bank_layout::descriptor_index;
 
@@ -171,6 +172,6 @@ class bank_mapping {
   std::uint32_t max_entries_ = 0;
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_MAPPING_HPP

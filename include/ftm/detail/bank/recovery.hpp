@@ -7,6 +7,7 @@
 
 #include <ftm/detail/bank/commit_log.hpp>
 #include <ftm/detail/bank/waiting.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/engine.hpp>
 
 #include <fmt/format.h>
@@ -20,7 +21,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Recovery: the transactions of owners that died are undone from the second bank, or
 /// completed if they were committing; and, for the first opener of a pool file, the
@@ -195,6 +196,6 @@ class bank_recovery : public bank_watchers {
   commit_log* log_ = nullptr;  // pmem's `power` level: called between the phases
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_RECOVERY_HPP

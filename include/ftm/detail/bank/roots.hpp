@@ -5,6 +5,7 @@
 /// The named roots: finding and binding them, and the checks of the roots table.
 
 #include <ftm/detail/bank/allocator.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/detail/layout_diff.hpp>
 #include <ftm/engine.hpp>
 
@@ -18,7 +19,7 @@
 #include <string>
 #include <string_view>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// The named roots: a table of 64 entries, itself an object at offset 64 of each bank,
 /// locked and copied like any other.
@@ -123,6 +124,6 @@ class bank_roots : public bank_allocator {
   }
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_ROOTS_HPP

@@ -6,6 +6,7 @@
 /// wake-up after a commit (or a recovery) that may have changed a watched object.
 
 #include <ftm/detail/bank/descriptors.hpp>
+#include <ftm/detail/config.hpp>
 #include <ftm/engine.hpp>
 
 #include <fmt/format.h>
@@ -26,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-namespace ftm::detail {
+namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// Waiting for changes (`ftm::watchable_engine`): watchers register in the watchers'
 /// table and sleep on its futex word; commits that wrote a watched object wake them.
@@ -152,6 +153,6 @@ class bank_watchers : public bank_descriptors {
   }
 };
 
-}  // namespace ftm::detail
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_BANK_WAITING_HPP

@@ -1,0 +1,8 @@
+// The checked half of the ODR test: FTM_CHECKED on, whatever the build type says.
+#undef FTM_CHECKED
+#define FTM_CHECKED 1
+#include "uses.hpp"
+
+bool checked_use_after_commit_throws(const std::filesystem::path& pool_file) {
+  return ftm_odr_test::use_after_commit_throws(pool_file);
+}
