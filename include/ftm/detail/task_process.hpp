@@ -102,8 +102,9 @@ class task_process {
     void* p = ::mmap(nullptr, sizeof(task_shared), PROT_READ | PROT_WRITE,
                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
+      const int e = errno;
       throw io_error(
-          fmt::format("ftm::supervisor: cannot map the heartbeat page: {}", std::strerror(errno)));
+          e, fmt::format("ftm::supervisor: cannot map the heartbeat page: {}", std::strerror(e)));
     }
     shared_ = ::new (p) task_shared{};
   }
@@ -271,7 +272,7 @@ class task_process {
   [[noreturn]] void fail(std::string_view what) const {
     const int e = errno;
     throw io_error(
-        fmt::format("ftm::supervisor: task '{}': cannot {}: {}", task_, what, std::strerror(e)));
+        e, fmt::format("ftm::supervisor: task '{}': cannot {}: {}", task_, what, std::strerror(e)));
   }
 
   std::string task_;
