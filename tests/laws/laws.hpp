@@ -19,6 +19,7 @@
 #define FTM_TESTS_LAWS_LAWS_HPP
 
 #include "../engines.hpp"
+#include "../process.hpp"
 
 #include <ftm/ftm.hpp>
 
@@ -721,20 +722,13 @@ TEST_CASE_TEMPLATE_DEFINE(
                 "use FTM_ENGINE_LAWS");
   auto pool = ftm_test::engine_factory<E>::make();
   auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{500, 0}); });
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+  ftm_test::killed_child([&] {
     ftm::transaction tx{*pool};
     tx.begin();
     tx.open(a)->balance = -1;
     tx.create(account{1, 1});
-    ::kill(::getpid(), SIGKILL);  // the processor fails mid-transaction
-    ::_exit(1);
-  }
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
-  REQUIRE(WIFSIGNALED(status));
+    ftm_test::die_now();  // the processor fails mid-transaction
+  });
   const ftm::recovery_report r = pool->recover();
   CHECK(r.undone == 1);
   CHECK(r.locks_released >= 2);
