@@ -46,28 +46,6 @@ std::string magic_text(std::uint64_t magic) {
   return s;
 }
 
-/// The ports the pool's port directory lists; adds what is wrong with them to `problems`.
-std::vector<ftm::detail::port_report> list_ports(const ftm::engines::pmem_view& pool,
-                                                 const std::vector<ftm::root_report>& roots,
-                                                 std::vector<std::string>& problems) {
-  namespace fd = ftm::detail;
-  for (const auto& r : roots) {
-    if (r.name != fd::port_directory_name) continue;
-    if (r.fingerprint != ftm::layout_fingerprint<fd::port_directory>() ||
-        r.size != sizeof(fd::port_directory)) {
-      problems.push_back(
-          fmt::format("root '{}' holds a {} ({} bytes), not the port directory of this ftm", r.name,
-                      r.type, r.size));
-      return {};
-    }
-    auto found =
-        fd::read_port_directory(r.offset, [&](std::uint64_t off) { return pool.object(off); });
-    problems.insert(problems.end(), found.problems.begin(), found.problems.end());
-    return std::move(found.ports);
-  }
-  return {};  // no port was ever made in this pool
-}
-
 int inspect(const std::string& path, bool check) {
   const auto pool = ftm::engines::pmem::inspect(path);
   const auto& h = pool.header();
@@ -123,21 +101,22 @@ int inspect(const std::string& path, bool check) {
   }
 
   std::vector<std::string> problems = report.problems;
-  const auto ports = list_ports(pool, roots, problems);
-  fmt::print("ports ({})\n", ports.size());
-  for (const auto& p : ports) {
+  auto listing = ftm::inspect_ports(pool);
+  problems.insert(problems.end(), listing.problems.begin(), listing.problems.end());
+  fmt::print("ports ({})\n", listing.ports.size());
+  for (const auto& p : listing.ports) {
     if (!p.readable) {
       fmt::print("  offset {}  {}  capacity {}  (damaged: see --check)\n", p.offset, p.type,
-                 p.capacity);
+                 p.stats.capacity);
       continue;
     }
-    const auto& h = p.header;
+    const ftm::port_stats& st = p.stats;
     fmt::print(
         "  offset {}  {}  depth {}/{}  in flight {}  sent {}  received {}  redelivered {}  "
         "dead-lettered {}",
-        p.offset, p.type, p.depth(), h.capacity, p.in_flight, h.sent, h.received, h.redelivered,
-        h.dead_lettered);
-    if (h.dead_letter != 0) fmt::print("  dead letters to offset {}", h.dead_letter);
+        p.offset, p.type, st.depth, st.capacity, st.in_flight, st.sent, st.received, st.redelivered,
+        st.dead_lettered);
+    if (p.dead_letter != 0) fmt::print("  dead letters to offset {}", p.dead_letter);
     fmt::print("\n");
   }
 

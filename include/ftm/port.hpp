@@ -338,6 +338,62 @@ decltype(auto) handle(std::variant<Ts...>&& msg, F&& handler) {
   return handle(msg, std::forward<F>(handler));
 }
 
+/// A port as a look at a pool finds it, outside any transaction (`ftm::inspect_ports`).
+struct port_listing_entry {
+  std::uint64_t offset = 0;  ///< the port object's offset in the pool
+  std::string type;          ///< the message type's name (cut to 103 characters)
+  /// Whether `stats` and `dead_letter` were read: false when the port is damaged (the
+  /// listing's problems say how). `stats.capacity` is the directory's even then.
+  bool readable = false;
+  port_stats stats;
+  std::uint64_t dead_letter = 0;  ///< the dead-letter port's offset, 0: none
+};
+
+/// Every port of a pool, and what is wrong with its port directory or its ports.
+struct port_listing {
+  std::vector<port_listing_entry> ports;
+  std::vector<std::string> problems;
+};
+
+/// Lists the ports of a pool seen, as last committed, through a read-only view
+/// (`ftm::engines::pmem_view`; any type with `roots()`, returning `root_report`s, and
+/// `object(offset)`, returning the committed bytes of an object or throwing an
+/// `ftm::error`). A pool in which no port was ever made lists none.
+template <class View>
+port_listing inspect_ports(const View& pool) {
+  namespace fd = detail;
+  port_listing out;
+  for (const auto& r : pool.roots()) {
+    if (r.name != fd::port_directory_name) continue;
+    if (r.fingerprint != layout_fingerprint<fd::port_directory>() ||
+        r.size != sizeof(fd::port_directory)) {
+      out.problems.push_back(
+          fmt::format("root '{}' holds a {} ({} bytes), not the port directory of this ftm", r.name,
+                      r.type, r.size));
+      return out;
+    }
+    auto found =
+        fd::read_port_directory(r.offset, [&](std::uint64_t off) { return pool.object(off); });
+    out.problems = std::move(found.problems);
+    for (const fd::port_report& p : found.ports) {
+      port_listing_entry e;
+      e.offset = p.offset;
+      e.type = p.type;
+      e.readable = p.readable;
+      e.stats.capacity = p.capacity;
+      if (p.readable) {
+        const fd::port_header& h = p.header;
+        e.stats = port_stats{p.depth(),  h.capacity,   p.in_flight,   h.sent,
+                             h.received, h.deliveries, h.redelivered, h.dead_lettered};
+        e.dead_letter = h.dead_letter;
+      }
+      out.ports.push_back(std::move(e));
+    }
+    return out;
+  }
+  return out;
+}
+
 }  // namespace ftm::FTM_ABI_NAMESPACE
 
 template <>
