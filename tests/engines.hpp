@@ -80,10 +80,11 @@ struct pool_file_deleter {
 class pmem_power : public ftm::engines::pmem {
  public:
   pmem_power(const std::filesystem::path& path, std::size_t bank_size, std::uint32_t max_objects)
-      : pmem(path, {.bank_size = bank_size,
-                    .max_objects_per_transaction = max_objects,
-                    .level = ftm::durability::power,
-                    .log_size = std::size_t{1} << 20}) {}
+      : pmem(creating, path,
+             {.bank_size = bank_size,
+              .max_objects_per_transaction = max_objects,
+              .level = ftm::durability::power,
+              .log_size = std::size_t{1} << 20}) {}
 
   /// Opens a pool with durability `power`, as every user of a `power` pool must.
   static ftm::engines::pmem open(const std::filesystem::path& path) {
@@ -110,7 +111,7 @@ class pmem_power_lines : public ftm::engines::pmem {
  public:
   pmem_power_lines(const std::filesystem::path& path, std::size_t bank_size,
                    std::uint32_t max_objects)
-      : pmem(path, options_for(bank_size, max_objects)) {}
+      : pmem(creating, path, options_for(bank_size, max_objects)) {}
 
   /// Opens a pool as its other users do: `power`, by cache lines.
   static ftm::engines::pmem open(const std::filesystem::path& path) {

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <random>
 #include <string>
@@ -93,6 +94,24 @@ TEST_CASE("a pool file keeps what was committed when every process has closed it
   auto again = pmem::open_or_create(path);
   CHECK(balance_in(again) == 43);
   CHECK(again.opening_recovery().undone + again.opening_recovery().redone == 0);
+}
+
+TEST_CASE("a pool made in place: on the heap, in an optional, as create and open make it") {
+  // A pool does not move, so these are the ways to hold one that create() and open()
+  // cannot return into.
+  const fs::path path = ftm_test::scratch_file();
+  {
+    auto pool = std::make_unique<pmem>(pmem::creating, path, small);
+    ftm::atomically(*pool, [](auto& tx) { tx.open(ftm::root<account>(tx, "acct"))->balance = 7; });
+    // Creating over an existing pool is refused, as create() refuses it.
+    CHECK_THROWS_AS(pmem(pmem::creating, path, small), ftm::io_error);
+  }
+  std::optional<pmem> again;
+  again.emplace(pmem::opening, path, pmem::options{});
+  CHECK(balance_in(*again) == 7);
+  CHECK(again->level() == ftm::durability::process);
+  again.reset();
+  fs::remove(path);
 }
 
 TEST_CASE("opening the pool recovers the transaction of a process that was killed") {

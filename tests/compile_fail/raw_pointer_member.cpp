@@ -4,7 +4,7 @@
 //
 // expected-error-gcc: raw pointer
 // expected-error-clang: raw pointer
-// expected-error: raw_pointer_member<node, ftm::(un)?(checked_abi::)?detail::member_name<'n', 'e', 'x', 't'>
+// expected-error: raw_pointer_member<node, ftm::[a-z_:]*detail::member_name<'n', 'e', 'x', 't'>
 
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>

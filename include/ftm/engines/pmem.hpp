@@ -585,13 +585,27 @@ class pmem : private detail::file_region, public detail::bank_engine {
   /// What `open()` recovered.
   [[nodiscard]] const recovery_report& opening_recovery() const noexcept { return opened_; }
 
- protected:
-  /// Creates a pool at `path`, for a type that extends `pmem` (`create` otherwise).
-  pmem(const std::filesystem::path& path, const options& opts)
+  /// Tags for making a pool in place, where `create` and `open` cannot return it to
+  /// (a pool does not move): `std::make_unique<pmem>(pmem::creating, path, opts)`, an
+  /// `std::optional`'s `emplace`, or a class that extends `pmem`.
+  struct creating_t {
+    explicit creating_t() = default;
+  };
+  struct opening_t {
+    explicit opening_t() = default;
+  };
+  static constexpr creating_t creating{};
+  static constexpr opening_t opening{};
+
+  /// `create(path, opts)`, in place.
+  pmem(creating_t, const std::filesystem::path& path, const options& opts)
       : pmem(create_tag{}, path,
              detail::bank_layout::geometry::compute(opts.bank_size,
                                                     opts.max_objects_per_transaction, "pmem"),
              opts) {}
+  /// `open(path, opts)`, in place.
+  pmem(opening_t, const std::filesystem::path& path, const options& opts)
+      : pmem(open_tag{}, path, opts) {}
 
  private:
   pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
