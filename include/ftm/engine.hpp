@@ -19,7 +19,8 @@
 
 namespace ftm::FTM_ABI_NAMESPACE {
 
-/// Names one active transaction inside its engine (a descriptor slot).
+/// Names one active transaction inside its engine (in the bank engine, the index of its
+/// descriptor, reused once the transaction ends).
 using tx_id = std::uint32_t;
 
 /// How a transaction begins. A retried transaction keeps an early priority, so an

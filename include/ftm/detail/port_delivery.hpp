@@ -83,7 +83,7 @@ std::optional<Msg> take(const port_writer<E>& port) {
     // The delivery is counted in both banks before the message leaves the port: an
     // abort, or the death of this process, puts it back counted.
     const std::uint32_t count = s.deliveries + 1;
-    port.write_through(port.slot_at(h.head) + offsetof(port_slot, deliveries), count);
+    port.write_through(port.slot_offset(h.head) + offsetof(port_slot, deliveries), count);
     port.write_through(offsetof(port_header, deliveries), h.deliveries + 1);
     if (count > 1) port.write_through(offsetof(port_header, redelivered), h.redelivered + 1);
     std::optional<Msg> msg{load_message<Msg>(port.payload(h.head))};

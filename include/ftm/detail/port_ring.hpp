@@ -48,14 +48,14 @@ class port_access {
   [[nodiscard]] header_type& header() const noexcept {
     return *std::launder(reinterpret_cast<header_type*>(base_));
   }
-  [[nodiscard]] std::size_t slot_at(std::uint64_t sequence) const noexcept {
+  [[nodiscard]] std::size_t slot_offset(std::uint64_t sequence) const noexcept {
     return sizeof(port_header) + (sequence % header().capacity) * header().slot_size;
   }
   [[nodiscard]] slot_type& slot(std::uint64_t sequence) const noexcept {
-    return *std::launder(reinterpret_cast<slot_type*>(base_ + slot_at(sequence)));
+    return *std::launder(reinterpret_cast<slot_type*>(base_ + slot_offset(sequence)));
   }
   [[nodiscard]] byte_type* payload(std::uint64_t sequence) const noexcept {
-    return base_ + slot_at(sequence) + slot_payload;
+    return base_ + slot_offset(sequence) + slot_payload;
   }
   [[nodiscard]] std::uint64_t depth() const noexcept { return header().tail - header().head; }
 
