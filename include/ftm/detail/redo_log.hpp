@@ -23,6 +23,7 @@
 #include <ftm/detail/bank_format.hpp>
 #include <ftm/detail/checksum.hpp>
 #include <ftm/detail/config.hpp>
+#include <ftm/detail/fault.hpp>
 #include <ftm/detail/persist.hpp>
 #include <ftm/detail/pmem_format.hpp>
 #include <ftm/durability.hpp>
