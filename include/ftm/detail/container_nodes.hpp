@@ -1,0 +1,74 @@
+#ifndef FTM_DETAIL_CONTAINER_NODES_HPP
+#define FTM_DETAIL_CONTAINER_NODES_HPP
+
+/// \file
+/// How the stable containers reach their nodes: internal stable objects opened by
+/// offset through the transaction (its locks, its undo), without typed handles,
+/// so that a container's view can keep plain pointers for as long as it is open.
+
+#include <ftm/detail/config.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/stable.hpp>
+#include <ftm/transaction.hpp>
+
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <new>
+#include <string_view>
+
+namespace ftm::FTM_ABI_NAMESPACE::detail {
+
+/// A 64-bit mix (splitmix64's finaliser): spreads a hash whose low bits are poor
+/// (`std::hash<int>` is the identity) over every bit a container uses.
+constexpr std::uint64_t mix64(std::uint64_t x) noexcept {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+/// The node of type `N` at `off`, opened for reading.
+template <class N, engine E>
+const N* read_node(transaction<E>& tx, std::uint64_t off) {
+  return reinterpret_cast<const N*>(byte_access::open_read(tx, off, object_type_of<N>));
+}
+
+/// The node of type `N` at `off`, opened for writing.
+template <class N, engine E>
+N* write_node(transaction<E>& tx, std::uint64_t off) {
+  return reinterpret_cast<N*>(byte_access::open_write(tx, off, object_type_of<N>));
+}
+
+/// A new node of type `N`, value-initialised; an abort of `tx` frees it.
+template <class N, engine E>
+std::uint64_t new_node(transaction<E>& tx) {
+  static_assert(check_stable_type<N>());
+  const allocation a = byte_access::allocate(tx, object_type_of<N>);
+  ::new (a.storage) N{};
+  return a.offset;
+}
+
+/// Frees the node of type `N` at `off`; an abort of `tx` keeps it.
+template <class N, engine E>
+void free_node(transaction<E>& tx, std::uint64_t off) {
+  tx.destroy(stable<N>{from_offset, off});
+}
+
+/// Refuses a container's use outside the transaction that opened it.
+template <engine E>
+void require_live(const transaction<E>* tx, std::string_view what) {
+  if (tx == nullptr || !tx->active()) {
+    throw usage_error(fmt::format(
+        "{} used after its transaction ended (commit or abort closes every container it "
+        "opened; open it again in the next transaction)",
+        what));
+  }
+}
+
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
+
+#endif  // FTM_DETAIL_CONTAINER_NODES_HPP
