@@ -3,6 +3,7 @@
 #include "engines.hpp"
 
 #include <ftm/ftm.hpp>
+#include <ftm/stable_string.hpp>
 #include <ftm/stable_vector.hpp>
 
 #include <doctest/doctest.h>
@@ -12,11 +13,29 @@
 #include <numeric>
 #include <ranges>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
 
 using ftm_test::engine_factory;
+
+/// A stable object that holds a container: through its handle, like any link.
+struct document {
+  ftm::stable<ftm::stable_string> body;
+  std::uint64_t revision;
+};
+
+/// Bytes that differ from position to position, so a misplaced chunk shows.
+std::string pattern(std::size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (auto& c : s) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  return s;
+}
 
 struct point {
   std::int64_t x;
@@ -130,4 +149,76 @@ TEST_CASE("a container view used after its transaction ended is refused") {
   CHECK(ftm::open_read(tx, ref).size() == 1);
   CHECK_THROWS_AS(ftm::open_read(tx, ftm::stable<ftm::stable_vector<int>>{}), ftm::usage_error);
   tx.commit();
+}
+
+ENGINE_TEST("stable_string of 1.5 MiB: grows, is replaced in place, reads back, aborts cleanly") {
+  auto pool = engine_factory<E>::make(std::size_t{16} << 20);
+  using tx_t = ftm::transaction<E>;
+  const std::string big = pattern((std::size_t{3} << 20) / 2, 1);  // 384 chunks
+  auto doc = ftm::atomically(*pool, [&](tx_t& tx) {
+    auto d = tx.template root<document>("doc");
+    auto o = tx.open(d);
+    o->body = tx.template create<ftm::stable_string>();
+    auto s = ftm::open(tx, o->body);
+    s.assign(big.substr(0, std::size_t{1} << 20));  // 1 MiB in one transaction
+    return d;
+  });
+  auto body = ftm::atomically(*pool, [&](tx_t& tx) { return tx.open_read(doc)->body; });
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto s = ftm::open(tx, body);
+    s += std::string_view(big).substr(std::size_t{1} << 20);  // grows by 0.5 MiB
+    tx.open(doc)->revision = 2;
+  });
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto s = ftm::open_read(tx, body);
+    REQUIRE(s.size() == big.size());
+    CHECK(s == big);
+    CHECK(s.str() == big);
+    CHECK(s.substr(4090, 20) == big.substr(4090, 20));
+    CHECK(s.compare(big.substr(0, 100)) > 0);
+    CHECK(std::ranges::equal(s, big));
+    CHECK(std::ranges::count(s, big[7]) == std::ranges::count(big, big[7]));
+  });
+  struct stop {};
+  CHECK_THROWS_AS(ftm::atomically(*pool,
+                                  [&](tx_t& tx) {
+                                    auto s = ftm::open(tx, body);
+                                    s.replace(5000, "changed");
+                                    s.resize(10);
+                                    s.append(std::string(200000, 'x'));
+                                    throw stop{};
+                                  }),
+                  stop);
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto s = ftm::open(tx, body);
+    CHECK(s == big);
+    s.replace(big.size() - 3, "tail!");  // past the end: grows by two
+    s[0] = '#';
+  });
+  std::string expect = big;
+  expect.replace(expect.size() - 3, 3, "tail!");
+  expect[0] = '#';
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto s = ftm::open_read(tx, body);
+    CHECK(s == expect);
+    CHECK(tx.open_read(doc)->revision == 2);
+  });
+}
+
+TEST_CASE("stable_string survives closing and reopening a pool file") {
+  const auto path = ftm_test::scratch_file("string");
+  const std::string text = pattern(300000, 9);
+  {
+    auto pool = ftm::engines::pmem::create(path, {.bank_size = std::size_t{8} << 20});
+    ftm::atomically(pool, [&](ftm::transaction<ftm::engines::pmem>& tx) {
+      auto s = tx.root<ftm::stable_string>("text");
+      ftm::open(tx, s).assign(text);
+    });
+  }
+  auto pool = ftm::engines::pmem::open(path);
+  ftm::atomically(pool, [&](ftm::transaction<ftm::engines::pmem>& tx) {
+    auto s = ftm::open_read(tx, tx.root<ftm::stable_string>("text"));
+    CHECK(s.size() == text.size());
+    CHECK(s == text);
+  });
 }

@@ -14,6 +14,8 @@
 #include <ftm/server.hpp>
 #include <ftm/session.hpp>
 #include <ftm/stable.hpp>
+#include <ftm/stable_string.hpp>
+#include <ftm/stable_vector.hpp>
 #include <ftm/supervisor.hpp>
 #include <ftm/transaction.hpp>
 #include <ftm/wait.hpp>

@@ -292,13 +292,6 @@ class stable_vector {
   friend class detail::opened_vector_base;
 };
 
-/// The view of a `stable_vector<T>` that `ftm::open_read` (`Writable` false) or
-/// `ftm::open` gives: bound to its transaction, neither copied nor moved. Its
-/// iterators and references are valid until the transaction ends; a read view is a
-/// random-access range of `const T`, for the standard algorithms.
-template <class T, engine E, bool Writable>
-class opened_vector;
-
 namespace detail {
 
 template <class T, engine E, bool Writable>
@@ -382,9 +375,14 @@ class opened_vector_base {
 
 }  // namespace detail
 
-/// The read view (`ftm::open_read`).
-template <class T, engine E>
-class opened_vector<T, E, false> : public detail::opened_vector_base<T, E, false> {
+/// The view of a `stable_vector<T>` that `ftm::open_read` (`Writable` false) or
+/// `ftm::open` gives: bound to its transaction, neither copied nor moved. Its
+/// iterators and references are valid until the transaction ends; a read view is a
+/// random-access range of `const T`, for the standard algorithms.
+/// This is the read view (`Writable` false).
+template <class T, engine E, bool Writable = false>
+class opened_vector : public detail::opened_vector_base<T, E, false> {
+  static_assert(!Writable);
   using base = detail::opened_vector_base<T, E, false>;
 
  public:
