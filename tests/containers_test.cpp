@@ -3,17 +3,23 @@
 #include "engines.hpp"
 
 #include <ftm/ftm.hpp>
+#include <ftm/stable_hash_map.hpp>
 #include <ftm/stable_string.hpp>
 #include <ftm/stable_vector.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <barrier>
 #include <cstdint>
+#include <cstdio>
 #include <numeric>
+#include <random>
 #include <ranges>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -220,5 +226,157 @@ TEST_CASE("stable_string survives closing and reopening a pool file") {
     auto s = ftm::open_read(tx, tx.root<ftm::stable_string>("text"));
     CHECK(s.size() == text.size());
     CHECK(s == text);
+  });
+}
+
+namespace {
+
+struct value100 {
+  std::uint64_t version;
+  char bytes[92];
+};
+
+/// Keys whose segment (the low 8 bits of the hash) is below 128 when `low`.
+std::vector<std::uint64_t> keys_in_half(bool low, std::size_t n) {
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t k = 1; out.size() < n; ++k) {
+    if (((ftm::stable_hash<std::uint64_t>{}(k) % 256) < 128) == low) out.push_back(k);
+  }
+  return out;
+}
+
+}  // namespace
+
+ENGINE_TEST("stable_hash_map: inserts that split buckets, updates, erases, against a model") {
+  // Reading the whole map in one transaction locks every node: more than the default
+  // 1,024 objects a transaction may lock.
+  auto pool = engine_factory<E>::make(std::size_t{64} << 20, 16384);
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_hash_map<std::uint64_t, value100>;
+  auto ref = ftm::atomically(*pool, [](tx_t& tx) { return tx.template root<map_t>("kv"); });
+  std::unordered_map<std::uint64_t, std::uint64_t> model;
+  const std::uint64_t n = 30000 / ftm_test::transaction_divisor<E>;
+  std::minstd_rand rng(7);
+  for (std::uint64_t done = 0; done < n;) {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open(tx, ref);
+      for (int i = 0; i < 100; ++i) {
+        const std::uint64_t k = rng() % (2 * n);
+        value100 v{};
+        v.version = done + i;
+        std::snprintf(v.bytes, sizeof v.bytes, "value %llu", static_cast<unsigned long long>(k));
+        m.insert_or_assign(k, v);
+      }
+    });
+    done += 100;
+  }
+  // Rebuild the model from the same random sequence.
+  rng.seed(7);
+  for (std::uint64_t done = 0; done < n; done += 100) {
+    for (int i = 0; i < 100; ++i)
+      model[rng() % (2 * n)] = done + i;
+  }
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open_read(tx, ref);
+    m.verify();
+    CHECK(m.size() == model.size());
+    std::size_t seen = 0;
+    for (const auto& e : m) {
+      REQUIRE(model.contains(e.first));
+      CHECK(e.second.version == model[e.first]);
+      ++seen;
+    }
+    CHECK(seen == model.size());
+    CHECK(std::ranges::distance(m.begin(), m.end()) == static_cast<std::ptrdiff_t>(model.size()));
+    for (const auto& [k, v] : model) {
+      auto it = m.find(k);
+      REQUIRE(it != m.end());
+      CHECK(it->second.version == v);
+    }
+    CHECK_FALSE(m.contains(2 * n + 5));
+    CHECK_THROWS_AS(static_cast<void>(m.at(2 * n + 5)), ftm::invalid_argument);
+  });
+  // Erase every other key, some through an aborted transaction first.
+  struct stop {};
+  CHECK_THROWS_AS(ftm::atomically(*pool,
+                                  [&](tx_t& tx) {
+                                    auto m = ftm::open(tx, ref);
+                                    for (const auto& [k, v] : model)
+                                      m.erase(k);
+                                    throw stop{};
+                                  }),
+                  stop);
+  std::vector<std::uint64_t> keys;
+  for (const auto& [k, v] : model)
+    keys.push_back(k);
+  for (std::size_t i = 0; i < keys.size(); i += 200) {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open(tx, ref);
+      for (std::size_t j = i; j < std::min(keys.size(), i + 200); j += 2)
+        CHECK(m.erase(keys[j]) == 1);
+      CHECK(m.erase(2 * n + 5) == 0);
+    });
+  }
+  for (std::size_t j = 0; j < keys.size(); j += 2)
+    model.erase(keys[j]);
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open(tx, ref);
+    m[2 * n + 1].version = 77;  // operator[] inserts
+    CHECK_FALSE(m.insert(2 * n + 1, value100{}));
+    CHECK(m.at(2 * n + 1).version == 77);
+  });
+  model[2 * n + 1] = 77;
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open_read(tx, ref);
+    m.verify();
+    CHECK(m.size() == model.size());
+    for (const auto& e : m)
+      CHECK(model.at(e.first) == e.second.version);
+  });
+}
+
+TEST_CASE_TEMPLATE("stable_hash_map: transactions on keys of different segments never conflict", E,
+                   ftm::engines::dual_bank, ftm::engines::pmem) {
+  auto pool = engine_factory<E>::make(std::size_t{32} << 20, 8192);
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_hash_map<std::uint64_t, std::uint64_t>;
+  auto ref = ftm::atomically(*pool, [](tx_t& tx) {
+    auto r = tx.template create<map_t>();
+    ftm::open(tx, r).reserve_segments();
+    return r;
+  });
+  constexpr std::size_t per_thread = 2000;
+  const auto before = pool->stats();
+  ftm::engine_stats middle;
+  std::barrier inserted(2, [&]() noexcept { middle = pool->stats(); });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      const auto keys = keys_in_half(t == 0, per_thread);
+      for (int round = 0; round < 3; ++round) {
+        if (round == 1) inserted.arrive_and_wait();
+        for (std::uint64_t k : keys) {
+          ftm::atomically(*pool, [&](tx_t& tx) {
+            auto m = ftm::open(tx, ref);
+            m[k] += 1;                   // inserts in round 0 (splitting buckets), updates after
+            CHECK(m.contains(keys[0]));  // a lookup in its own half of the segments
+          });
+        }
+      }
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  const auto after = pool->stats();
+  INFO("inserts: ", middle.conflicts - before.conflicts,
+       " conflicts; updates: ", after.conflicts - middle.conflicts);
+  CHECK(after.conflicts - before.conflicts == 0);
+  CHECK(after.retries - before.retries == 0);
+  CHECK(after.commits - before.commits == 2 * 3 * per_thread);
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open_read(tx, ref);
+    m.verify();
+    CHECK(m.size() == 2 * per_thread);
+    CHECK(std::ranges::all_of(m, [](const auto& e) { return e.second == 3; }));
   });
 }

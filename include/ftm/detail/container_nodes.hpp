@@ -14,7 +14,9 @@
 
 #include <fmt/format.h>
 
+#include <concepts>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <string_view>
 
@@ -29,6 +31,24 @@ constexpr std::uint64_t mix64(std::uint64_t x) noexcept {
   x *= 0x94d049bb133111ebULL;
   x ^= x >> 31;
   return x;
+}
+
+/// One entry of a stable map, its `value_type`: named as `std::pair`'s members, but
+/// trivially copyable (a `std::pair` is not), so that it can live in a pool.
+template <class K, class V>
+struct map_entry {
+  K first;
+  V second;
+};
+
+/// Key equality: `==` where the key has it, its bytes otherwise.
+template <class K>
+bool keys_equal(const K& a, const K& b) noexcept {
+  if constexpr (std::equality_comparable<K>) {
+    return a == b;
+  } else {
+    return std::memcmp(&a, &b, sizeof(K)) == 0;
+  }
 }
 
 /// The node of type `N` at `off`, opened for reading.

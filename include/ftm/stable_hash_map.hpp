@@ -1,0 +1,629 @@
+#ifndef FTM_STABLE_HASH_MAP_HPP
+#define FTM_STABLE_HASH_MAP_HPP
+
+/// \file
+/// `stable_hash_map<K, V>`: an unordered map of stable keys and values in a pool, in
+/// 256 segments that each grow by linear hashing (one bucket split per insert), so
+/// that transactions on different keys lock different objects and no rehash ever
+/// locks the whole map.
+
+#include <ftm/detail/config.hpp>
+#include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/type_name.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/stable.hpp>
+#include <ftm/transaction.hpp>
+
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace ftm::FTM_ABI_NAMESPACE {
+
+/// The hash a `stable_hash_map` uses by default: the same in every process and run
+/// (a pool outlives them), which `std::hash` does not promise. Integers and enums are
+/// mixed; other keys are hashed by their bytes, which needs a type whose equal values
+/// have equal bytes (`std::has_unique_object_representations_v`: no padding, no
+/// floating point). Give the map another hash for other keys.
+template <class K>
+struct stable_hash {
+  std::uint64_t operator()(const K& key) const noexcept {
+    if constexpr (std::is_integral_v<K> || std::is_enum_v<K>) {
+      return detail::mix64(static_cast<std::uint64_t>(key));
+    } else {
+      static_assert(std::has_unique_object_representations_v<K>,
+                    "ftm::stable_hash<K> hashes a key by its bytes, which requires equal keys "
+                    "to have equal bytes (no padding, no floating-point members); give "
+                    "ftm::stable_hash_map a hash of your own as its third argument");
+      std::uint64_t h = 0xcbf29ce484222325ULL;
+      const auto* p = reinterpret_cast<const unsigned char*>(&key);
+      for (std::size_t i = 0; i < sizeof(K); ++i) {
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+      }
+      return detail::mix64(h);
+    }
+  }
+};
+
+namespace detail {
+
+/// Segments of every hash map: the low 8 bits of a hash choose one.
+inline constexpr std::size_t hash_segments = 256;
+/// Bucket heads per bucket page.
+inline constexpr std::size_t bucket_page_slots = 512;
+/// Bucket pages per segment: at most 65,536 buckets each.
+inline constexpr std::size_t segment_pages = 128;
+/// Buckets of a new segment (a power of two).
+inline constexpr std::uint64_t initial_buckets = 8;
+/// Entries per chain node.
+inline constexpr std::size_t hash_node_entries = 8;
+/// A segment splits a bucket when it holds more entries than this per bucket.
+inline constexpr std::uint64_t max_load = 6;
+
+/// The segments' offsets, 0 for a segment not made yet.
+struct segment_table {
+  std::uint64_t segment[hash_segments];
+};
+
+/// One segment: a linear-hashing table. Its buckets are `(initial_buckets << level)
+/// + split`; bucket `split` is the next to split in two. Its object is the lock of
+/// the segment's shape and count: inserts and erases write it, lookups and updates of
+/// values only read it.
+struct hash_segment {
+  std::uint64_t count;
+  std::uint64_t level;
+  std::uint64_t split;
+  std::uint64_t page[segment_pages];
+};
+
+struct bucket_page {
+  std::uint64_t head[bucket_page_slots];
+};
+
+template <class K, class V>
+struct hash_node {
+  std::uint64_t next;
+  std::uint64_t count;
+  map_entry<K, V> entry[hash_node_entries];
+};
+
+template <class K, class V, class Hash, engine E, bool Writable>
+class opened_hash_map_base;
+
+}  // namespace detail
+
+/// An unordered map from `K` to `V` (stable types) in a pool: a stable object like any
+/// other (`tx.create<ftm::stable_hash_map<K, V>>()`, a root, or a handle held in
+/// another object), empty when value-initialised, as large as the pool allows.
+///
+/// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
+/// table of buckets holding chains of 8-entry nodes. A lookup takes shared locks on the
+/// path to its key; changing a value locks its node; an insert or erase also locks its
+/// segment, and splits at most one bucket of it. So transactions on keys of different
+/// segments never conflict, updates of values never conflict with each other unless
+/// they share a node, and no operation locks the whole map.
+///
+/// Open it in a transaction with `ftm::open(tx, ref)` (to change it) or
+/// `ftm::open_read(tx, ref)`. Strings as values: hold a `stable<stable_string>`.
+template <class K, class V, class Hash = stable_hash<K>>
+class stable_hash_map {
+  static_assert(detail::check_stable_type<K>());
+  static_assert(detail::check_stable_type<V>());
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+  using value_type = detail::map_entry<K, V>;
+  using hasher = Hash;
+
+ private:
+  std::uint64_t table_ = 0;  // the segment table, 0 until the first insert
+  template <class, class, class, engine, bool>
+  friend class detail::opened_hash_map_base;
+};
+
+namespace detail {
+
+/// Where a key is, or would be: its segment and bucket, and its node and slot if found.
+struct hash_position {
+  std::uint64_t segment_off = 0;  // 0: no segment yet
+  std::uint64_t hash = 0;
+  std::size_t segment = 0;
+  std::uint64_t bucket = 0;
+  std::uint64_t node = 0;  // 0: not found
+  std::size_t slot = 0;
+  std::uint64_t prev = 0;       // the node before `node` in its chain, 0 if it is the head
+  std::uint64_t with_room = 0;  // a node of the chain with a free slot, 0 if none
+};
+
+template <class K, class V, class Hash, engine E, bool Writable>
+class opened_hash_map_base {
+  using map_type = stable_hash_map<K, V, Hash>;
+  using map_ptr = std::conditional_t<Writable, map_type*, const map_type*>;
+  using node = hash_node<K, V>;
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+  using value_type = map_entry<K, V>;
+  using size_type = std::uint64_t;
+
+  /// A forward iterator over the entries, segment by segment, bucket by bucket.
+  class const_iterator {
+   public:
+    using iterator_concept = std::forward_iterator_tag;
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = map_entry<K, V>;
+    using difference_type = std::ptrdiff_t;
+    using reference = const value_type&;
+    using pointer = const value_type*;
+
+    const_iterator() = default;
+    reference operator*() const { return node_->entry[slot_]; }
+    pointer operator->() const { return &node_->entry[slot_]; }
+    const_iterator& operator++() {
+      if (++slot_ < node_->count) return *this;
+      slot_ = 0;
+      node_off_ = node_->next;
+      bucket_ += node_off_ == 0 ? 1 : 0;
+      settle();
+      return *this;
+    }
+    const_iterator operator++(int) {
+      auto t = *this;
+      ++*this;
+      return t;
+    }
+    friend bool operator==(const const_iterator& a, const const_iterator& b) noexcept {
+      return a.node_off_ == b.node_off_ && a.slot_ == b.slot_;
+    }
+
+   private:
+    friend class opened_hash_map_base;
+    const_iterator(const opened_hash_map_base* map, std::size_t segment, std::uint64_t bucket,
+                   std::uint64_t node_off, std::size_t slot)
+        : map_(map), segment_(segment), bucket_(bucket), node_off_(node_off), slot_(slot) {
+      if (node_off_ != 0) node_ = map_->template read<node>(node_off_);
+    }
+    /// Moves to the first entry at or after (segment_, bucket_, node_off_).
+    void settle() {
+      while (node_off_ == 0) {
+        if (segment_ >= hash_segments) return;  // the end
+        const hash_segment* s = map_->segment_at(segment_);
+        if (s == nullptr || bucket_ >= buckets(*s)) {
+          ++segment_;
+          bucket_ = 0;
+          continue;
+        }
+        node_off_ = map_->head(*s, bucket_);
+        if (node_off_ == 0) ++bucket_;
+      }
+      node_ = map_->template read<node>(node_off_);
+    }
+
+    const opened_hash_map_base* map_ = nullptr;
+    std::size_t segment_ = hash_segments;
+    std::uint64_t bucket_ = 0;
+    std::uint64_t node_off_ = 0;
+    const node* node_ = nullptr;
+    std::size_t slot_ = 0;
+  };
+  using iterator = const_iterator;
+
+  // clang-format off
+  // Both compilers quote these lines in their "deleted" diagnostics: they carry the rule.
+  opened_hash_map_base(const opened_hash_map_base&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
+  opened_hash_map_base(opened_hash_map_base&&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
+  opened_hash_map_base& operator=(const opened_hash_map_base&) = delete;  // an opened ftm container cannot be copied or moved
+  opened_hash_map_base& operator=(opened_hash_map_base&&) = delete;  // an opened ftm container cannot be copied or moved
+  // clang-format on
+
+  /// The number of entries: reads every segment's count (256 shared locks).
+  [[nodiscard]] size_type size() const {
+    size_type n = 0;
+    for (std::size_t s = 0; s < hash_segments; ++s) {
+      if (const hash_segment* seg = segment_at(s)) n += seg->count;
+    }
+    return n;
+  }
+  [[nodiscard]] bool empty() const { return begin() == end(); }
+
+  const_iterator begin() const {
+    const_iterator it(this, 0, 0, 0, 0);
+    it.settle();
+    return it;
+  }
+  const_iterator end() const { return {}; }
+  const_iterator cbegin() const { return begin(); }
+  const_iterator cend() const { return end(); }
+
+  const_iterator find(const K& key) const {
+    const hash_position p = locate(key);
+    if (p.node == 0) return end();
+    return const_iterator(this, p.segment, p.bucket, p.node, p.slot);
+  }
+  [[nodiscard]] bool contains(const K& key) const { return locate(key).node != 0; }
+  [[nodiscard]] size_type count(const K& key) const { return contains(key) ? 1 : 0; }
+  /// The value of `key`; `ftm::invalid_argument` if there is none.
+  const V& at(const K& key) const {
+    const hash_position p = locate(key);
+    if (p.node == 0) {
+      throw invalid_argument(
+          fmt::format("stable_hash_map<{}, {}>::at: no such key", type_name<K>(), type_name<V>()));
+    }
+    return read<node>(p.node)->entry[p.slot].second;
+  }
+
+  /// Walks every segment, bucket and node and checks the map's invariants: each
+  /// segment's count, node counts, every key in the bucket its hash names, no key
+  /// twice. Throws `ftm::bad_pool` naming the first broken one.
+  void verify() const {
+    for (std::size_t s = 0; s < hash_segments; ++s) {
+      const hash_segment* seg = segment_at(s);
+      if (seg == nullptr) continue;
+      const std::uint64_t nb = buckets(*seg);
+      if (seg->split >= (initial_buckets << seg->level) || nb > segment_pages * bucket_page_slots) {
+        fail(fmt::format("segment {}: level {} and split {} do not describe a table", s, seg->level,
+                         seg->split));
+      }
+      std::uint64_t seen = 0;
+      for (std::uint64_t b = 0; b < nb; ++b) {
+        std::vector<K> keys;
+        std::uint64_t nodes = 0;
+        for (std::uint64_t off = head(*seg, b); off != 0; off = read<node>(off)->next) {
+          const node* n = read<node>(off);
+          if (++nodes > seg->count + 1) fail(fmt::format("segment {}, bucket {}: a cycle", s, b));
+          if (n->count == 0 || n->count > hash_node_entries) {
+            fail(fmt::format("segment {}, bucket {}: a node holds {} entries", s, b, n->count));
+          }
+          for (std::size_t i = 0; i < n->count; ++i) {
+            const std::uint64_t h = hash_of(n->entry[i].first);
+            if (h % hash_segments != s || bucket_of(*seg, h) != b) {
+              fail(fmt::format("segment {}, bucket {}: a key hashes to segment {}, bucket {}", s, b,
+                               h % hash_segments, bucket_of(*seg, h)));
+            }
+            for (const K& k : keys) {
+              if (keys_equal(k, n->entry[i].first)) {
+                fail(fmt::format("segment {}, bucket {}: a key twice", s, b));
+              }
+            }
+            keys.push_back(n->entry[i].first);
+            ++seen;
+          }
+        }
+      }
+      if (seen != seg->count) {
+        fail(fmt::format("segment {}: counts {} entries, holds {}", s, seg->count, seen));
+      }
+    }
+  }
+
+  [[nodiscard]] stable<map_type> ref() const noexcept { return ref_; }
+
+ protected:
+  opened_hash_map_base(transaction<E>& tx, stable<map_type> ref, map_ptr map)
+      : tx_(&tx), ref_(ref), map_(map) {}
+  ~opened_hash_map_base() = default;
+
+  static std::uint64_t checked(stable<map_type> ref) {
+    if (!ref) throw usage_error("ftm::open: the ftm::stable<stable_hash_map> handle is null");
+    return ref.offset();
+  }
+
+  [[noreturn]] static void fail(const std::string& what) {
+    throw bad_pool(
+        fmt::format("stable_hash_map<{}, {}>: {}", type_name<K>(), type_name<V>(), what));
+  }
+
+  transaction<E>& tx() const {
+#if FTM_CHECKED
+    require_live(tx_, "ftm::opened_hash_map");
+#endif
+    return *tx_;
+  }
+
+  template <class N>
+  const N* read(std::uint64_t off) const {
+    return read_node<N>(tx(), off);
+  }
+
+  static std::uint64_t hash_of(const K& key) { return Hash{}(key); }
+  static std::uint64_t& table_of(map_type& m) noexcept { return m.table_; }
+
+  static std::uint64_t buckets(const hash_segment& s) noexcept {
+    return (initial_buckets << s.level) + s.split;
+  }
+  static std::uint64_t bucket_of(const hash_segment& s, std::uint64_t hash) noexcept {
+    const std::uint64_t h = hash / hash_segments;
+    const std::uint64_t low = initial_buckets << s.level;
+    const std::uint64_t b = h & (low - 1);
+    return b < s.split ? h & (2 * low - 1) : b;
+  }
+
+  /// The segment table, or null before the first insert.
+  const segment_table* table() const {
+    if (map_->table_ == 0) return nullptr;
+    return read<segment_table>(map_->table_);
+  }
+  std::uint64_t segment_offset(std::size_t s) const {
+    const segment_table* t = table();
+    return t == nullptr ? 0 : t->segment[s];
+  }
+  const hash_segment* segment_at(std::size_t s) const {
+    const std::uint64_t off = segment_offset(s);
+    return off == 0 ? nullptr : read<hash_segment>(off);
+  }
+  std::uint64_t head(const hash_segment& s, std::uint64_t bucket) const {
+    const std::uint64_t page = s.page[bucket / bucket_page_slots];
+    return page == 0 ? 0 : read<bucket_page>(page)->head[bucket % bucket_page_slots];
+  }
+
+  /// Finds `key` with shared locks on its path.
+  hash_position locate(const K& key) const {
+    hash_position p;
+    p.hash = hash_of(key);
+    p.segment = p.hash % hash_segments;
+    p.segment_off = segment_offset(p.segment);
+    if (p.segment_off == 0) return p;
+    const hash_segment* s = read<hash_segment>(p.segment_off);
+    p.bucket = bucket_of(*s, p.hash);
+    std::uint64_t prev = 0;
+    for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
+      const node* n = read<node>(off);
+      for (std::size_t i = 0; i < n->count; ++i) {
+        if (keys_equal(n->entry[i].first, key)) {
+          p.node = off;
+          p.slot = i;
+          p.prev = prev;
+          return p;
+        }
+      }
+      if (n->count < hash_node_entries && p.with_room == 0) p.with_room = off;
+      prev = off;
+      off = n->next;
+    }
+    return p;
+  }
+
+  transaction<E>* tx_;
+  stable<map_type> ref_;
+  map_ptr map_;
+};
+
+}  // namespace detail
+
+/// The view of a `stable_hash_map` that `ftm::open_read` (`Writable` false) or
+/// `ftm::open` gives: bound to its transaction, neither copied nor moved. Iterators and
+/// references are valid until the transaction ends; a read view is a forward range of
+/// `map_entry<K, V>` (members `first`, `second`), for the standard algorithms. This is
+/// the read view: it takes shared locks only.
+template <class K, class V, class Hash, engine E, bool Writable = false>
+class opened_hash_map : public detail::opened_hash_map_base<K, V, Hash, E, false> {
+  static_assert(!Writable);
+  using base = detail::opened_hash_map_base<K, V, Hash, E, false>;
+
+ public:
+  opened_hash_map(detail::from_offset_t, transaction<E>& tx,
+                  stable<stable_hash_map<K, V, Hash>> ref)
+      : base(tx, ref, detail::read_node<stable_hash_map<K, V, Hash>>(tx, base::checked(ref))) {}
+};
+
+/// The write view (`ftm::open`). Opening it takes only a shared lock on the map's own
+/// object (an exclusive one the first time, to make its segment table): each change
+/// locks what it touches.
+template <class K, class V, class Hash, engine E>
+class opened_hash_map<K, V, Hash, E, true>
+    : public detail::opened_hash_map_base<K, V, Hash, E, true> {
+  using base = detail::opened_hash_map_base<K, V, Hash, E, true>;
+  using map_type = stable_hash_map<K, V, Hash>;
+  using node = detail::hash_node<K, V>;
+
+ public:
+  using size_type = std::uint64_t;
+
+  opened_hash_map(detail::from_offset_t, transaction<E>& tx, stable<map_type> ref)
+      : base(tx, ref, const_cast<map_type*>(detail::read_node<map_type>(tx, base::checked(ref)))) {}
+
+  /// Sets the value of `key`, inserting it if it is new; true if it was inserted.
+  bool insert_or_assign(const K& key, const V& value) {
+    const detail::hash_position p = this->locate(key);
+    if (p.node != 0) {
+      detail::write_node<node>(this->tx(), p.node)->entry[p.slot].second = value;
+      return false;
+    }
+    add(p, key, value);
+    return true;
+  }
+
+  /// Inserts `key` with `value` if it is not there; true if it was inserted.
+  bool insert(const K& key, const V& value) {
+    const detail::hash_position p = this->locate(key);
+    if (p.node != 0) return false;
+    add(p, key, value);
+    return true;
+  }
+
+  /// The value of `key` for writing, inserted value-initialised if it is new.
+  V& operator[](const K& key) {
+    detail::hash_position p = this->locate(key);
+    if (p.node == 0) p = add(p, key, V{});
+    return detail::write_node<node>(this->tx(), p.node)->entry[p.slot].second;
+  }
+
+  /// Removes `key`; the number of entries removed (0 or 1).
+  size_type erase(const K& key) {
+    const detail::hash_position p = this->locate(key);
+    if (p.node == 0) return 0;
+    transaction<E>& tx = this->tx();
+    detail::hash_segment* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
+    --seg->count;
+    node* n = detail::write_node<node>(tx, p.node);
+    n->entry[p.slot] = n->entry[n->count - 1];
+    if (--n->count == 0) {  // unlink the empty node
+      if (p.prev == 0) {
+        head_slot(*seg, p.bucket) = n->next;
+      } else {
+        detail::write_node<node>(tx, p.prev)->next = n->next;
+      }
+      detail::free_node<node>(tx, p.node);
+    }
+    return 1;
+  }
+
+  /// Makes every segment now, so that later inserts into different segments never
+  /// meet on the segment table (the first insert into a segment otherwise writes it).
+  void reserve_segments() {
+    for (std::size_t s = 0; s < detail::hash_segments; ++s)
+      segment_for_insert(s);
+  }
+
+ private:
+  /// The map's segment table, made by the first insert.
+  std::uint64_t table_for_insert() {
+    if (base::table_of(*this->map_) != 0) return base::table_of(*this->map_);
+    auto* m = detail::write_node<map_type>(this->tx(), this->ref_.offset());
+    this->map_ = m;
+    std::uint64_t& table = base::table_of(*m);
+    if (table == 0) table = detail::new_node<detail::segment_table>(this->tx());
+    return table;
+  }
+
+  std::uint64_t segment_for_insert(std::size_t s) {
+    const std::uint64_t table = table_for_insert();
+    if (const std::uint64_t off = this->template read<detail::segment_table>(table)->segment[s];
+        off != 0) {
+      return off;
+    }
+    const std::uint64_t off = detail::new_node<detail::hash_segment>(this->tx());
+    detail::write_node<detail::segment_table>(this->tx(), table)->segment[s] = off;
+    return off;
+  }
+
+  /// The head of `bucket` for writing (its page made if need be).
+  std::uint64_t& head_slot(detail::hash_segment& seg, std::uint64_t bucket) {
+    std::uint64_t& page = seg.page[bucket / detail::bucket_page_slots];
+    if (page == 0) page = detail::new_node<detail::bucket_page>(this->tx());
+    return detail::write_node<detail::bucket_page>(this->tx(), page)
+        ->head[bucket % detail::bucket_page_slots];
+  }
+
+  /// Adds a key that `p` (from `locate`) did not find; where it went.
+  detail::hash_position add(detail::hash_position p, const K& key, const V& value) {
+    transaction<E>& tx = this->tx();
+    if (p.segment_off == 0) {
+      p.segment_off = segment_for_insert(p.segment);
+      p.bucket = this->bucket_of(*this->template read<detail::hash_segment>(p.segment_off), p.hash);
+    }
+    detail::hash_segment* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
+    if (p.with_room != 0) {
+      node* n = detail::write_node<node>(tx, p.with_room);
+      p.node = p.with_room;
+      p.slot = n->count;
+      n->entry[n->count++] = {key, value};
+    } else {
+      std::uint64_t& head = head_slot(*seg, p.bucket);
+      const std::uint64_t off = detail::new_node<node>(tx);
+      node* n = detail::write_node<node>(tx, off);
+      n->next = head;
+      n->count = 1;
+      n->entry[0] = {key, value};
+      head = off;
+      p.node = off;
+      p.slot = 0;
+    }
+    ++seg->count;
+    if (seg->count > detail::max_load * base::buckets(*seg) &&
+        base::buckets(*seg) < detail::segment_pages * detail::bucket_page_slots) {
+      split(*seg, p);
+    }
+    return p;
+  }
+
+  /// Splits bucket `seg.split` in two (linear hashing): its entries whose hash names
+  /// the new bucket move there. Touches that bucket's chain only. Keeps `p` (the entry
+  /// just added) pointing at its entry.
+  void split(detail::hash_segment& seg, detail::hash_position& p) {
+    transaction<E>& tx = this->tx();
+    const std::uint64_t low = detail::initial_buckets << seg.level;
+    const std::uint64_t from = seg.split;
+    const std::uint64_t to = from + low;
+    std::vector<detail::map_entry<K, V>> stay;
+    std::vector<detail::map_entry<K, V>> move;
+    std::vector<std::uint64_t> nodes;
+    bool tracked_moves = false;
+    std::size_t tracked_index = 0;
+    for (std::uint64_t off = this->head(seg, from); off != 0;) {
+      const node* n = this->template read<node>(off);
+      nodes.push_back(off);
+      for (std::size_t i = 0; i < n->count; ++i) {
+        const auto& e = n->entry[i];
+        const bool moves = ((this->hash_of(e.first) / detail::hash_segments) & (2 * low - 1)) == to;
+        auto& list = moves ? move : stay;
+        if (off == p.node && i == p.slot) {
+          tracked_moves = moves;
+          tracked_index = list.size();
+        }
+        list.push_back(e);
+      }
+      off = n->next;
+    }
+    const bool tracked = p.bucket == from;
+    std::size_t next_node = 0;
+    // Fills a chain with `entries`, reusing the old nodes first; its head.
+    auto build = [&](const std::vector<detail::map_entry<K, V>>& entries, bool holds_tracked) {
+      std::uint64_t head = 0;
+      std::uint64_t* link = &head;
+      for (std::size_t i = 0; i < entries.size(); i += detail::hash_node_entries) {
+        const std::uint64_t off =
+            next_node < nodes.size() ? nodes[next_node++] : detail::new_node<node>(tx);
+        node* n = detail::write_node<node>(tx, off);
+        n->count = std::min(detail::hash_node_entries, entries.size() - i);
+        std::memcpy(static_cast<void*>(n->entry), &entries[i], n->count * sizeof(entries[i]));
+        n->next = 0;
+        *link = off;
+        link = &n->next;
+        if (holds_tracked && tracked_index >= i && tracked_index < i + n->count) {
+          p.node = off;
+          p.slot = tracked_index - i;
+        }
+      }
+      return head;
+    };
+    const std::uint64_t stay_head = build(stay, tracked && !tracked_moves);
+    const std::uint64_t move_head = build(move, tracked && tracked_moves);
+    for (; next_node < nodes.size(); ++next_node)
+      detail::free_node<node>(tx, nodes[next_node]);
+    head_slot(seg, from) = stay_head;
+    head_slot(seg, to) = move_head;
+    if (tracked && tracked_moves) p.bucket = to;
+    if (++seg.split == low) {
+      seg.split = 0;
+      ++seg.level;
+    }
+  }
+};
+
+/// Opens a hash map in `tx` to change it.
+template <class K, class V, class Hash, engine E>
+opened_hash_map<K, V, Hash, E, true> open(transaction<E>& tx,
+                                          stable<stable_hash_map<K, V, Hash>> ref) {
+  return {detail::from_offset, tx, ref};
+}
+
+/// Opens a hash map in `tx` to read it: shared locks only.
+template <class K, class V, class Hash, engine E>
+opened_hash_map<K, V, Hash, E, false> open_read(transaction<E>& tx,
+                                                stable<stable_hash_map<K, V, Hash>> ref) {
+  return {detail::from_offset, tx, ref};
+}
+
+}  // namespace ftm::FTM_ABI_NAMESPACE
+
+#endif  // FTM_STABLE_HASH_MAP_HPP
