@@ -4,6 +4,7 @@
 
 #include <ftm/ftm.hpp>
 #include <ftm/stable_hash_map.hpp>
+#include <ftm/stable_map.hpp>
 #include <ftm/stable_string.hpp>
 #include <ftm/stable_vector.hpp>
 
@@ -13,6 +14,7 @@
 #include <barrier>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <random>
 #include <ranges>
@@ -373,6 +375,131 @@ TEST_CASE_TEMPLATE("stable_hash_map: transactions on keys of different segments 
   CHECK(after.conflicts - before.conflicts == 0);
   CHECK(after.retries - before.retries == 0);
   CHECK(after.commits - before.commits == 2 * 3 * per_thread);
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open_read(tx, ref);
+    m.verify();
+    CHECK(m.size() == 2 * per_thread);
+    CHECK(std::ranges::all_of(m, [](const auto& e) { return e.second == 3; }));
+  });
+}
+
+ENGINE_TEST(
+    "stable_map: ordered inserts that split leaves and inner nodes, lower_bound, scans, erases") {
+  auto pool = engine_factory<E>::make(std::size_t{64} << 20, 16384);
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_map<std::uint64_t, value100>;
+  auto ref = ftm::atomically(*pool, [](tx_t& tx) { return tx.template root<map_t>("ordered"); });
+  std::map<std::uint64_t, std::uint64_t> model;
+  std::minstd_rand rng(11);
+  const std::uint64_t n = 40000 / ftm_test::transaction_divisor<E>;
+  for (std::uint64_t done = 0; done < n; done += 200) {
+    std::vector<std::uint64_t> keys;
+    for (int i = 0; i < 200; ++i)
+      keys.push_back(rng() % (4 * n));
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open(tx, ref);
+      for (int i = 0; i < 200; ++i) {
+        value100 v{};
+        v.version = done + i;
+        m.insert_or_assign(keys[i], v);
+      }
+    });
+    for (int i = 0; i < 200; ++i)
+      model[keys[i]] = done + i;
+  }
+  auto check_all = [&] {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open_read(tx, ref);
+      m.verify();
+      REQUIRE(m.size() == model.size());
+      CHECK(std::ranges::equal(m, model, [](const auto& a, const auto& b) {
+        return a.first == b.first && a.second.version == b.second;
+      }));
+      for (std::uint64_t probe = 0; probe < 4 * n; probe += 97) {
+        auto it = m.lower_bound(probe);
+        auto mit = model.lower_bound(probe);
+        REQUIRE((it == m.end()) == (mit == model.end()));
+        if (mit == model.end()) continue;
+        CHECK(it->first == mit->first);
+        // A short scan, as YCSB E does: the next ten entries in key order.
+        auto scan = std::ranges::subrange(it, m.end()) | std::views::take(10);
+        CHECK(std::ranges::equal(
+            scan | std::views::transform([](const auto& e) { return e.first; }),
+            std::ranges::subrange(mit, model.end()) | std::views::take(10) | std::views::keys));
+        CHECK(m.contains(mit->first));
+        CHECK((m.upper_bound(mit->first) == m.end()) == (std::next(mit) == model.end()));
+      }
+    });
+  };
+  check_all();
+  // Erase two keys in three, in batches; an aborted batch changes nothing.
+  struct stop {};
+  CHECK_THROWS_AS(ftm::atomically(*pool,
+                                  [&](tx_t& tx) {
+                                    auto m = ftm::open(tx, ref);
+                                    for (const auto& [k, v] : model)
+                                      CHECK(m.erase(k) == 1);
+                                    throw stop{};
+                                  }),
+                  stop);
+  std::vector<std::uint64_t> keys;
+  for (const auto& [k, v] : model)
+    keys.push_back(k);
+  for (std::size_t i = 0; i < keys.size(); i += 300) {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open(tx, ref);
+      for (std::size_t j = i; j < std::min(keys.size(), i + 300); ++j) {
+        if (j % 3 != 0) CHECK(m.erase(keys[j]) == 1);
+      }
+      CHECK(m.erase(4 * n + 1) == 0);
+    });
+  }
+  for (std::size_t j = 0; j < keys.size(); ++j) {
+    if (j % 3 != 0) model.erase(keys[j]);
+  }
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open(tx, ref);
+    m[4 * n + 3].version = 5;
+    CHECK_FALSE(m.insert(4 * n + 3, value100{}));
+    CHECK(m.at(4 * n + 3).version == 5);
+  });
+  model[4 * n + 3] = 5;
+  check_all();
+}
+
+TEST_CASE_TEMPLATE("stable_map: updates of keys in different leaves never conflict", E,
+                   ftm::engines::dual_bank, ftm::engines::pmem) {
+  auto pool = engine_factory<E>::make(std::size_t{16} << 20);
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_map<std::uint64_t, std::uint64_t>;
+  auto ref = ftm::atomically(*pool, [](tx_t& tx) { return tx.template create<map_t>(); });
+  constexpr std::uint64_t per_thread = 1000;
+  for (std::uint64_t base = 0; base < 2 * per_thread; base += 250) {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open(tx, ref);
+      for (std::uint64_t k = base; k < base + 250; ++k)
+        m.insert(k, 0);
+    });
+  }
+  const auto before = pool->stats();
+  std::vector<std::thread> threads;
+  for (std::uint64_t t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        for (std::uint64_t k = t * per_thread; k < (t + 1) * per_thread; ++k) {
+          ftm::atomically(*pool, [&](tx_t& tx) {
+            auto m = ftm::open(tx, ref);
+            m[k] += 1;
+            CHECK(m.lower_bound(k)->first == k);
+          });
+        }
+      }
+    });
+  }
+  for (auto& th : threads)
+    th.join();
+  const auto after = pool->stats();
+  CHECK(after.conflicts - before.conflicts == 0);
   ftm::atomically(*pool, [&](tx_t& tx) {
     auto m = ftm::open_read(tx, ref);
     m.verify();

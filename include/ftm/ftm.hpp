@@ -15,6 +15,7 @@
 #include <ftm/session.hpp>
 #include <ftm/stable.hpp>
 #include <ftm/stable_hash_map.hpp>
+#include <ftm/stable_map.hpp>
 #include <ftm/stable_string.hpp>
 #include <ftm/stable_vector.hpp>
 #include <ftm/supervisor.hpp>
