@@ -145,6 +145,12 @@ class opened;
 
 namespace detail {
 
+/// True for ftm's containers (`stable_vector`, `stable_string`, `stable_hash_map`,
+/// `stable_map`), whose headers say so: their object is only their root, so they are
+/// opened as a whole through their views, never as a plain `opened<T>`.
+template <class T>
+inline constexpr bool is_stable_container = false;
+
 class transaction_base;
 
 /// The part of `opened<T>` its transaction knows: a link in the transaction's list of
@@ -241,6 +247,10 @@ template <class T>
 class opened : private detail::opened_base {
   using object = std::remove_const_t<T>;
   static_assert(detail::check_stable_type<object>());
+  static_assert(!detail::is_stable_container<object>,
+                "ftm::opened<T>: T is an ftm container; tx.open and tx.open_read would give "
+                "only its root object: open it with ftm::open(tx, ref) or "
+                "ftm::open_read(tx, ref), which give its view");
 
  public:
   // clang-format off

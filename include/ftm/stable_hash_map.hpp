@@ -130,6 +130,11 @@ class stable_hash_map {
 };
 
 namespace detail {
+template <class K, class V, class Hash>
+inline constexpr bool is_stable_container<stable_hash_map<K, V, Hash>> = true;
+}  // namespace detail
+
+namespace detail {
 
 /// Where a key is, or would be: its segment and bucket, and its node and slot if found.
 struct hash_position {

@@ -89,6 +89,11 @@ class stable_map {
 };
 
 namespace detail {
+template <class K, class V, class Compare>
+inline constexpr bool is_stable_container<stable_map<K, V, Compare>> = true;
+}  // namespace detail
+
+namespace detail {
 
 template <class K, class V, class Compare, engine E, bool Writable>
 class opened_map_base {

@@ -47,6 +47,11 @@ class stable_string {
 };
 
 namespace detail {
+template <>
+inline constexpr bool is_stable_container<stable_string> = true;
+}  // namespace detail
+
+namespace detail {
 
 template <engine E, bool Writable>
 class opened_string_base {

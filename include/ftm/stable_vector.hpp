@@ -293,6 +293,11 @@ class stable_vector {
 };
 
 namespace detail {
+template <class T>
+inline constexpr bool is_stable_container<stable_vector<T>> = true;
+}  // namespace detail
+
+namespace detail {
 
 template <class T, engine E, bool Writable>
 class opened_vector_base {

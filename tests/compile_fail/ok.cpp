@@ -93,3 +93,25 @@ void supervise(ftm::engines::dual_bank& pool) {
   ftm::supervisor task(pool, {.name = "worker"}, [](ftm::engines::dual_bank&) {});
   task.run();
 }
+
+// Containers: opened through their views, by reference, values copied out of
+// atomically (container_view_copy, container_view_escapes,
+// container_write_through_read, container_plain_open).
+void fill(ftm::opened_vector<long, ftm::engines::dual_bank, true>& v) { v.push_back(3); }
+
+long containers(ftm::engines::dual_bank& pool) {
+  return ftm::atomically(pool, [](ftm::transaction<ftm::engines::dual_bank>& tx) {
+    auto vec = tx.create<ftm::stable_vector<long>>();
+    auto v = ftm::open(tx, vec);
+    fill(v);
+    v[0] = 4;
+    auto str = tx.root<ftm::stable_string>("greeting");
+    ftm::open(tx, str).assign("hello");
+    auto map = tx.create<ftm::stable_map<long, long>>();
+    ftm::open(tx, map).insert_or_assign(1, 2);
+    auto hash = tx.create<ftm::stable_hash_map<long, long>>();
+    ftm::open(tx, hash)[5] = 6;
+    return ftm::open_read(tx, vec)[0] + ftm::open_read(tx, map).at(1) +
+           static_cast<long>(ftm::open_read(tx, str).size());
+  });
+}
