@@ -60,8 +60,9 @@ inline constexpr std::size_t hash_segments = 256;
 inline constexpr std::size_t bucket_page_slots = 512;
 /// Bucket pages per segment: at most 65,536 buckets each.
 inline constexpr std::size_t segment_pages = 128;
-/// Buckets of a new segment (a power of two).
-inline constexpr std::uint64_t initial_buckets = 8;
+/// Buckets of a new segment (a power of two): one, so that a small map stays small
+/// (256 segments already spread it) and splits begin early.
+inline constexpr std::uint64_t initial_buckets = 1;
 /// Entries per chain node.
 inline constexpr std::size_t hash_node_entries = 8;
 /// A segment splits a bucket when it holds more entries than this per bucket.
