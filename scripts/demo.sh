@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the examples in Release and runs the demos: first the reliable page server
-# (its server killed at random intervals for a few seconds), then segment, bank,
-# persistent, ports and failover.
+# and the key-value server over a stable_hash_map (each server killed at random
+# intervals for a few seconds), then segment, bank, persistent, ports and failover.
 #
 #   scripts/demo.sh
 #
-# FTM_DEMO_SECONDS sets how long the page server runs (default 5).
+# FTM_DEMO_SECONDS sets how long the page and key-value servers run (default 5).
 #
 # Builds in $FTM_BUILD_ROOT/demo (default build/demo). Missing Debian packages are
 # installed first (scripts/install-deps.sh).
@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 dir=${FTM_BUILD_ROOT:-build}/demo
 jobs=${FTM_JOBS:-2}
-demos=(page_server segment bank persistent ports failover)
+demos=(page_server kv_server segment bank persistent ports failover)
 
 bash "$root/scripts/install-deps.sh"
 
@@ -26,7 +26,7 @@ cmake --build "$dir" -j "$jobs" --target "${demos[@]}"
 
 for demo in "${demos[@]}"; do
   printf '\n=== %s ===\n' "$demo"
-  if [[ $demo == page_server ]]; then
+  if [[ $demo == page_server || $demo == kv_server ]]; then
     "$dir/examples/$demo" --seconds "${FTM_DEMO_SECONDS:-5}"
   else
     "$dir/examples/$demo"
