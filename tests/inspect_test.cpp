@@ -6,6 +6,10 @@
 
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
+#include <ftm/stable_hash_map.hpp>
+#include <ftm/stable_map.hpp>
+#include <ftm/stable_string.hpp>
+#include <ftm/stable_vector.hpp>
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -513,4 +517,54 @@ TEST_CASE("ftm-inspect --check flags damaged port headers, on a copy of the pool
   const auto ok = inspect("--check " + path.string());
   CHECK(ok.status == 0);
   CHECK_MATCH(ok.out, "check: ok\n");
+}
+
+namespace {
+using label_t = char[8];
+/// A reflected root that holds containers through handles.
+struct catalog {
+  BOOST_HANA_DEFINE_STRUCT(catalog, (std::uint64_t, revision), (label_t, label),
+                           (ftm::stable<ftm::stable_string>, notes),
+                           (ftm::stable<ftm::stable_map<std::uint64_t, std::uint64_t>>, index));
+};
+}  // namespace
+
+TEST_CASE("ftm-inspect decodes each root's value and walks its containers") {
+  const fs::path path = ftm_test::scratch_file();
+  {
+    auto pool = pmem::create(path, {.bank_size = std::size_t{8} << 20});
+    ftm::atomically(pool, [](auto& tx) {
+      auto kv =
+          ftm::open(tx, ftm::root<ftm::stable_hash_map<std::uint64_t, std::uint64_t>>(tx, "kv"));
+      for (std::uint64_t k = 0; k < 700; ++k)
+        kv.insert_or_assign(k, k * k);
+      ftm::open(tx, ftm::root<ftm::stable_string>(tx, "text")).assign(std::string(10000, 'x'));
+      auto numbers = ftm::open(tx, ftm::root<ftm::stable_vector<std::uint64_t>>(tx, "numbers"));
+      for (std::uint64_t i = 0; i < 1000; ++i)
+        numbers.push_back(i);
+      auto c = tx.open(ftm::root<catalog>(tx, "catalog"));
+      c->revision = 3;
+      std::strcpy(c->label, "books");
+      c->notes = tx.template create<ftm::stable_string>();
+      ftm::open(tx, c->notes).assign("hello");
+      c->index = tx.template create<ftm::stable_map<std::uint64_t, std::uint64_t>>();
+      auto index = ftm::open(tx, c->index);
+      for (std::uint64_t k = 0; k < 300; ++k)
+        index.insert(k, k);
+    });
+  }
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 0);
+  // 700 entries: 256 segments and the table, their bucket pages, and the nodes.
+  CHECK_MATCH(r.out, "stable_hash_map at offset [0-9]+: 700 elements, storage [0-9]+ objects");
+  CHECK_MATCH(r.out,
+              "stable_string at offset [0-9]+: 10000 bytes, storage 6 objects, [0-9]+ bytes");
+  CHECK_MATCH(r.out, "stable_vector at offset [0-9]+: 1000 elements, storage 5 objects");
+  CHECK_MATCH(r.out,
+              "value \\{revision: 3, label: \"books\", notes: stable<stable_string>@[0-9]+, "
+              "index: stable<stable_map<[^\n]*>>@[0-9]+\\}");
+  CHECK_MATCH(r.out, "stable_string at offset [0-9]+: 5 bytes, storage 4 objects");
+  CHECK_MATCH(r.out, "stable_map at offset [0-9]+: 300 elements, storage [0-9]+ objects");
+  CHECK(r.out.find("damaged") == std::string::npos);
+  CHECK_MATCH(r.out, "check: ok\n");
 }

@@ -2,16 +2,17 @@
 //
 //   ftm-inspect [--check] POOL
 //
-// Prints the header, the named roots, the space used and free, the descriptors in use,
-// and the ports (from the port directory, root `ftm.ports`) with their depths and
-// counts. With --check, also verifies the pool's structures, its ports and, for a
-// `power` pool, its redo log (missing, not the pool's, or cut short), and lists what is
-// wrong.
-// Exit status: 0 fine; 1 --check found problems; 2 the file is not a usable pool (or
-// the command line is wrong), with an ftm error message on stderr.
+// Prints the header, the named roots (each value decoded with the layout the pool
+// recorded, and each container's kind, size and storage), the space used and free, the descriptors
+// in use, and the ports (from the port directory, root `ftm.ports`) with their depths and counts.
+// With --check, also verifies the pool's structures, its ports and, for a `power` pool, its redo
+// log (missing, not the pool's, or cut short), and lists what is wrong. Exit status: 0 fine; 1
+// --check found problems; 2 the file is not a usable pool (or the command line is wrong), with an
+// ftm error message on stderr.
 #include <ftm/engines/pmem.hpp>
 #include <ftm/error.hpp>
 #include <ftm/inspect.hpp>
+#include <ftm/inspect_roots.hpp>
 #include <ftm/port.hpp>
 
 #include <fmt/format.h>
@@ -78,6 +79,22 @@ int inspect(const std::string& path, bool check) {
   for (const auto& r : roots) {
     fmt::print("  '{}'  type {}  size {}  fingerprint {:#018x}  offset {}\n", r.name, r.type,
                r.size, r.fingerprint, r.offset);
+    if (r.layout == 0) continue;  // a pool's own record, or a type without one
+    // The value, decoded with the layout the pool recorded; containers walked.
+    try {
+      const auto bytes = pool.object(r.layout);
+      const std::string layout(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+      const auto v = ftm::decode_root(pool, r, layout);
+      fmt::print("      value {}\n", v.text);
+      for (const auto& c : v.containers) {
+        fmt::print("      {} at offset {}: {} {}, storage {} objects, {} bytes\n", c.kind, c.offset,
+                   c.size, c.kind == "stable_string" ? "bytes" : "elements", c.objects, c.bytes);
+        for (const auto& p : c.problems)
+          fmt::print("        damaged: {}\n", p);
+      }
+    } catch (const ftm::error& e) {
+      fmt::print("      value unreadable: {}\n", e.what());
+    }
   }
 
   // The space figures come from the same walk as --check; its problems are shown

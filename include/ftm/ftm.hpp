@@ -9,6 +9,7 @@
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/inspect.hpp>
+#include <ftm/inspect_roots.hpp>
 #include <ftm/port.hpp>
 #include <ftm/reflect.hpp>
 #include <ftm/server.hpp>

@@ -69,6 +69,7 @@ struct root_report {
   std::uint64_t fingerprint = 0;
   std::uint64_t offset = 0;
   std::uint32_t size = 0;
+  std::uint64_t layout = 0;  ///< the object holding the type's layout description, 0 if none
 };
 
 }  // namespace ftm::FTM_ABI_NAMESPACE

@@ -56,9 +56,10 @@ namespace detail {
 
 /// Segments of every hash map: the low 8 bits of a hash choose one.
 inline constexpr std::size_t hash_segments = 256;
-/// Bucket heads per bucket page.
-inline constexpr std::size_t bucket_page_slots = 512;
-/// Bucket pages per segment: at most 65,536 buckets each.
+/// Bucket heads per bucket page (512 bytes: a small map stays small).
+inline constexpr std::size_t bucket_page_slots = 64;
+/// Bucket pages per segment: at most 8,192 buckets each, 2 million in all, so chains
+/// stay short up to about 12 million entries.
 inline constexpr std::size_t segment_pages = 128;
 /// Buckets of a new segment (a power of two): one, so that a small map stays small
 /// (256 segments already spread it) and splits begin early.

@@ -234,7 +234,7 @@ constexpr std::string_view state_name(std::uint32_t state) noexcept {
     if (e.used == 0) continue;
     out.push_back({std::string(e.name, strnlen(e.name, sizeof e.name)),
                    std::string(e.type, strnlen(e.type, sizeof e.type)), e.fingerprint, e.offset,
-                   e.size});
+                   e.size, e.layout});
   }
   return out;
 }
