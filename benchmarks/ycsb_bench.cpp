@@ -18,7 +18,7 @@
 ///   lmdb_sync       LMDB with its default syncs (survives power loss)
 ///
 /// Each row reports ops per second (items_per_second) and bytes_per_entry: the
-/// storage of the loaded data divided by the keys (RSS growth for std, the containers'
+/// storage of the loaded data divided by the keys (heap growth for std, the containers'
 /// objects with their headers for ftm, pages in use for LMDB and SQLite).
 ///
 ///   ftm_ycsb_bench [--dir DIR] [--keys N] [google benchmark flags]
@@ -47,6 +47,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <malloc.h>
 #include <unistd.h>
 
 #if FTM_BENCH_HAVE_LMDB
@@ -82,14 +83,9 @@ value100 value_for(std::uint64_t k, std::uint64_t version) {
   std::exit(1);
 }
 
-std::uint64_t rss_bytes() {
-  long pages = 0, resident = 0;
-  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
-    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-    std::fclose(f);
-  }
-  return static_cast<std::uint64_t>(resident) * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-}
+/// Bytes the allocator has handed out and not taken back (freed memory it keeps for
+/// reuse does not count, unlike the RSS).
+std::uint64_t heap_bytes() { return mallinfo2().uordblks; }
 
 /// One system under test; `ordered` systems serve workload E.
 class system_base {
@@ -108,11 +104,11 @@ template <class Map>
 class std_system final : public system_base {
  public:
   std_system() {
-    const auto before = rss_bytes();
+    const auto before = heap_bytes();
     if constexpr (requires(Map m) { m.reserve(1); }) map_.reserve(n_keys);
     for (std::uint64_t i = 0; i < n_keys; ++i)
       map_.emplace(key_of(i), value_for(key_of(i), 0));
-    bytes_per_entry = static_cast<double>(rss_bytes() - before) / static_cast<double>(n_keys);
+    bytes_per_entry = static_cast<double>(heap_bytes() - before) / static_cast<double>(n_keys);
   }
   void read(std::uint64_t key) override {
     std::shared_lock lock(mutex_);
