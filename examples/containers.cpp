@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
-#include <ranges>
 #include <string>
 
 namespace {
@@ -74,9 +73,9 @@ int main() {
         std::accumulate(books.begin(), books.end(), std::uint64_t{0},
                         [](std::uint64_t s, const auto& e) { return s + e.second.pages; });
     // A range scan in key order: the first ten books of 1960 or later.
-    auto scan = std::ranges::subrange(years.lower_bound(1960 * 1000000), years.end()) |
-                std::views::take(10);
-    const auto first = std::ranges::distance(scan.begin(), scan.end());
+    std::int64_t first = 0;
+    for (auto it = years.lower_bound(1960 * 1000000); it != years.end() && first < 10; ++it)
+      ++first;
     return std::tuple{books.size(), pages, first, ftm::open_read(tx, lib.notes).size()};
   });
   // [end-snippet]

@@ -422,10 +422,12 @@ ENGINE_TEST(
         if (mit == model.end()) continue;
         CHECK(it->first == mit->first);
         // A short scan, as YCSB E does: the next ten entries in key order.
-        auto scan = std::ranges::subrange(it, m.end()) | std::views::take(10);
-        CHECK(std::ranges::equal(
-            scan | std::views::transform([](const auto& e) { return e.first; }),
-            std::ranges::subrange(mit, model.end()) | std::views::take(10) | std::views::keys));
+        auto a = it;
+        auto b = mit;
+        for (int step = 0; step < 10 && b != model.end(); ++step, ++a, ++b) {
+          REQUIRE(a != m.end());
+          CHECK(a->first == b->first);
+        }
         CHECK(m.contains(mit->first));
         CHECK((m.upper_bound(mit->first) == m.end()) == (std::next(mit) == model.end()));
       }

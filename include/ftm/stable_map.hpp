@@ -347,7 +347,7 @@ class opened_map_base {
 /// gives: bound to its transaction, neither copied nor moved. Iterators and references
 /// are valid until the transaction ends; a read view is a forward range of
 /// `map_entry<K, V>` in key order, for the standard algorithms
-/// (`std::ranges::subrange(m.lower_bound(a), m.lower_bound(b))` is a range scan). This
+/// (`m.lower_bound(a)` up to `m.lower_bound(b)` is a range scan). This
 /// is the read view: it takes shared locks only.
 template <class K, class V, class Compare, engine E, bool Writable = false>
 class opened_map : public detail::opened_map_base<K, V, Compare, E, false> {
