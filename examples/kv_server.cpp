@@ -225,12 +225,11 @@ int verify(pool_type& pool, const options& o, const shared_state& shared) {
         const model_entry& m = shared.models[c][k];
         expected += m.exists ? 1 : 0;
         const auto it = store.find(key_of(c, k));
-        if ((it != store.end()) != m.exists) {
-          ++wrong;
-        } else if (m.exists &&
-                   (it->second.version != m.version || it->second.last_call != m.last_call)) {
-          ++wrong;
-        }
+        const bool found = it != store.end();
+        const bool same =
+            found == m.exists &&
+            (!found || (it->second.version == m.version && it->second.last_call == m.last_call));
+        wrong += same ? 0 : 1;
       }
     }
     check(wrong == 0 && store.size() == expected,

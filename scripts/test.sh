@@ -88,7 +88,8 @@ stage_gcc() {
 # between them they include every public header, which .clang-tidy's HeaderFilterRegex
 # lets it check too.
 tidy_sources=(examples/bank.cpp examples/ports.cpp examples/persistent.cpp
-  examples/failover.cpp examples/page_server.cpp tools/ftm-inspect.cpp)
+  examples/failover.cpp examples/page_server.cpp examples/containers.cpp
+  tools/ftm-inspect.cpp)
 
 stage_clang() {
   local dir=$build_root/clang

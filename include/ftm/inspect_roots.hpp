@@ -88,7 +88,7 @@ class root_decoder {
         walk_tree(s, off);
       }
     } catch (const std::exception& e) {
-      s.problems.push_back(e.what());
+      s.problems.emplace_back(e.what());
     }
     return s;
   }

@@ -285,7 +285,7 @@ class opened_hash_map_base {
         std::vector<K> keys;
         std::uint64_t nodes = 0;
         for (std::uint64_t off = head(*seg, b); off != 0; off = read<node>(off)->next) {
-          const node* n = read<node>(off);
+          const auto* n = read<node>(off);
           if (++nodes > seg->count + 1) fail(fmt::format("segment {}, bucket {}: a cycle", s, b));
           if (n->count == 0 || n->count > hash_node_entries) {
             fail(fmt::format("segment {}, bucket {}: a node holds {} entries", s, b, n->count));
@@ -379,11 +379,11 @@ class opened_hash_map_base {
     p.segment = p.hash % hash_segments;
     p.segment_off = segment_offset(p.segment);
     if (p.segment_off == 0) return p;
-    const hash_segment* s = read<hash_segment>(p.segment_off);
+    const auto* s = read<hash_segment>(p.segment_off);
     p.bucket = bucket_of(*s, p.hash);
     std::uint64_t prev = 0;
     for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
-      const node* n = read<node>(off);
+      const auto* n = read<node>(off);
       for (std::size_t i = 0; i < n->count; ++i) {
         if (keys_equal(n->entry[i].first, key)) {
           p.node = off;
@@ -469,9 +469,9 @@ class opened_hash_map<K, V, Hash, E, true>
     const detail::hash_position p = this->locate(key);
     if (p.node == 0) return 0;
     transaction<E>& tx = this->tx();
-    detail::hash_segment* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
+    auto* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
     --seg->count;
-    node* n = detail::write_node<node>(tx, p.node);
+    auto* n = detail::write_node<node>(tx, p.node);
     n->entry[p.slot] = n->entry[n->count - 1];
     if (--n->count == 0) {  // unlink the empty node
       if (p.prev == 0) {
@@ -528,16 +528,16 @@ class opened_hash_map<K, V, Hash, E, true>
       p.segment_off = segment_for_insert(p.segment);
       p.bucket = this->bucket_of(*this->template read<detail::hash_segment>(p.segment_off), p.hash);
     }
-    detail::hash_segment* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
+    auto* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
     if (p.with_room != 0) {
-      node* n = detail::write_node<node>(tx, p.with_room);
+      auto* n = detail::write_node<node>(tx, p.with_room);
       p.node = p.with_room;
       p.slot = n->count;
       n->entry[n->count++] = {key, value};
     } else {
       std::uint64_t& head = head_slot(*seg, p.bucket);
       const std::uint64_t off = detail::new_node<node>(tx);
-      node* n = detail::write_node<node>(tx, off);
+      auto* n = detail::write_node<node>(tx, off);
       n->next = head;
       n->count = 1;
       n->entry[0] = {key, value};
@@ -567,7 +567,7 @@ class opened_hash_map<K, V, Hash, E, true>
     bool tracked_moves = false;
     std::size_t tracked_index = 0;
     for (std::uint64_t off = this->head(seg, from); off != 0;) {
-      const node* n = this->template read<node>(off);
+      const auto* n = this->template read<node>(off);
       nodes.push_back(off);
       for (std::size_t i = 0; i < n->count; ++i) {
         const auto& e = n->entry[i];
@@ -590,7 +590,7 @@ class opened_hash_map<K, V, Hash, E, true>
       for (std::size_t i = 0; i < entries.size(); i += detail::hash_node_entries) {
         const std::uint64_t off =
             next_node < nodes.size() ? nodes[next_node++] : detail::new_node<node>(tx);
-        node* n = detail::write_node<node>(tx, off);
+        auto* n = detail::write_node<node>(tx, off);
         n->count = std::min(detail::hash_node_entries, entries.size() - i);
         std::memcpy(static_cast<void*>(n->entry), &entries[i], n->count * sizeof(entries[i]));
         n->next = 0;

@@ -173,7 +173,7 @@ class opened_map_base {
   [[nodiscard]] size_type size() const {
     size_type n = 0;
     for (std::uint64_t off = first_leaf(); off != 0;) {
-      const leaf* l = read<leaf>(off);
+      const auto* l = read<leaf>(off);
       n += l->count;
       off = l->next;
     }
@@ -190,7 +190,7 @@ class opened_map_base {
   const_iterator lower_bound(const K& key) const {
     const std::uint64_t off = leaf_for(key, nullptr);
     if (off == 0) return end();
-    const leaf* l = read<leaf>(off);
+    const auto* l = read<leaf>(off);
     return {this, off, position(*l, key)};
   }
   /// The first entry whose key is greater than `key`.
@@ -293,7 +293,7 @@ class opened_map_base {
     std::uint64_t off = map_->root_;
     for (std::uint64_t h = map_->height_; h > 1; --h) {
       if (path != nullptr) path->push_back(off);
-      const inner* n = read<inner>(off);
+      const auto* n = read<inner>(off);
       off = n->child[child_index(*n, key)];
     }
     return off;
@@ -310,7 +310,7 @@ class opened_map_base {
                    std::optional<K> hi, std::vector<std::uint64_t>& leaves) const {
     auto in_range = [&](const K& k) { return (!lo || !less(k, *lo)) && (!hi || less(k, *hi)); };
     if (height == 1) {
-      const leaf* l = read<leaf>(off);
+      const auto* l = read<leaf>(off);
       if (l->count > leaf_entries<K, V>) fail(fmt::format("a leaf holds {} entries", l->count));
       for (std::uint64_t i = 0; i < l->count; ++i) {
         if (!in_range(l->entry[i].first)) fail("a leaf holds a key outside its parent's range");
@@ -321,7 +321,7 @@ class opened_map_base {
       leaves.push_back(off);
       return;
     }
-    const inner* n = read<inner>(off);
+    const auto* n = read<inner>(off);
     if (n->count == 0 || n->count > inner_keys) {
       fail(fmt::format("an inner node holds {} keys", n->count));
     }
@@ -384,7 +384,7 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
   V& operator[](const K& key) {
     if (!this->contains(key)) put(key, V{}, false);
     const std::uint64_t off = this->leaf_for(key, nullptr);
-    leaf* l = detail::write_node<leaf>(this->tx(), off);
+    auto* l = detail::write_node<leaf>(this->tx(), off);
     return l->entry[base::position(*l, key)].second;
   }
 
@@ -392,10 +392,10 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
   size_type erase(const K& key) {
     const std::uint64_t off = this->leaf_for(key, nullptr);
     if (off == 0) return 0;
-    const leaf* r = this->template read<leaf>(off);
+    const auto* r = this->template read<leaf>(off);
     const std::uint64_t i = base::position(*r, key);
     if (i == r->count || base::less(key, r->entry[i].first)) return 0;
-    leaf* l = detail::write_node<leaf>(this->tx(), off);
+    auto* l = detail::write_node<leaf>(this->tx(), off);
     std::copy(l->entry + i + 1, l->entry + l->count, l->entry + i);
     --l->count;
     return 1;
@@ -405,7 +405,7 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
   bool put(const K& key, const V& value, bool assign) {
     transaction<E>& tx = this->tx();
     if (base::height_of(*this->map_) == 0) {
-      map_type* m = detail::write_node<map_type>(tx, this->ref_.offset());
+      auto* m = detail::write_node<map_type>(tx, this->ref_.offset());
       this->map_ = m;
       if (base::height_of(*m) == 0) {
         base::root_of(*m) = detail::new_node<leaf>(tx);
@@ -414,17 +414,17 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
     }
     std::vector<std::uint64_t> path;
     const std::uint64_t off = this->leaf_for(key, &path);
-    const leaf* r = this->template read<leaf>(off);
+    const auto* r = this->template read<leaf>(off);
     const std::uint64_t i = base::position(*r, key);
     if (i < r->count && !base::less(key, r->entry[i].first)) {
       if (assign) detail::write_node<leaf>(tx, off)->entry[i].second = value;
       return false;
     }
-    leaf* l = detail::write_node<leaf>(tx, off);
+    auto* l = detail::write_node<leaf>(tx, off);
     if (l->count == leaf_max) {
       // Split: the upper half moves to a new leaf after this one.
       const std::uint64_t right_off = detail::new_node<leaf>(tx);
-      leaf* right = detail::write_node<leaf>(tx, right_off);
+      auto* right = detail::write_node<leaf>(tx, right_off);
       const std::uint64_t half = leaf_max / 2;
       std::copy(l->entry + half, l->entry + l->count, right->entry);
       right->count = l->count - half;
@@ -455,14 +455,14 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
     while (!path.empty()) {
       const std::uint64_t off = path.back();
       path.pop_back();
-      inner* n = detail::write_node<inner>(tx, off);
+      auto* n = detail::write_node<inner>(tx, off);
       if (n->count < detail::inner_keys) {
         insert_into_inner(*n, separator, right);
         return;
       }
       // Split the inner node: its middle key goes up.
       const std::uint64_t sib_off = detail::new_node<inner>(tx);
-      inner* sib = detail::write_node<inner>(tx, sib_off);
+      auto* sib = detail::write_node<inner>(tx, sib_off);
       const std::size_t mid = detail::inner_keys / 2;
       const K up = n->key[mid];
       sib->count = n->count - mid - 1;
@@ -475,10 +475,10 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
       left = off;
     }
     // The root split: a new root over the two halves.
-    map_type* m = detail::write_node<map_type>(tx, this->ref_.offset());
+    auto* m = detail::write_node<map_type>(tx, this->ref_.offset());
     this->map_ = m;
     const std::uint64_t root_off = detail::new_node<inner>(tx);
-    inner* root = detail::write_node<inner>(tx, root_off);
+    auto* root = detail::write_node<inner>(tx, root_off);
     root->count = 1;
     root->key[0] = separator;
     root->child[0] = left;

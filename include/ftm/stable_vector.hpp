@@ -155,10 +155,10 @@ class sequence_core {
 
   void set_slot(std::uint64_t c, std::uint64_t off) requires Writable {
     if (rep_->top == 0) rep_->top = new_node<vector_dir>(*tx_);
-    vector_dir* top = write_node<vector_dir>(*tx_, rep_->top);
+    auto* top = write_node<vector_dir>(*tx_, rep_->top);
     std::uint64_t& leaf = top->slot[c / dir_slots];
     if (leaf == 0) leaf = new_node<vector_dir>(*tx_);
-    vector_dir* l = write_node<vector_dir>(*tx_, leaf);
+    auto* l = write_node<vector_dir>(*tx_, leaf);
     l->slot[c % dir_slots] = off;
     if (off == 0 && c % dir_slots == 0) {  // the leaf's first chunk: the leaf is empty now
       free_node<vector_dir>(*tx_, leaf);
