@@ -175,6 +175,57 @@ def a_failed_check_exits_1():
         expect(n == want, f"{workload}: {n} failed checks reported, {want} wanted: {err}")
 
 
+YCSB = ("ycsb-a", "ycsb-b", "ycsb-c", "ycsb-e", "ycsb-f")
+
+
+@case
+def ycsb_workloads_on_each_engine_and_peer():
+    peers = ["--peers", ",".join(PEERS)] if PEERS else []
+    for engine, args in ENGINES.items():
+        for workload in YCSB:
+            n = 40 if engine == "pmem_power" else 400
+            status, out, err = bench("--workload", workload, *args, "--objects", "3000",
+                                     "--threads", "2", "--transactions", str(n), "--warmup",
+                                     "0.05", *peers, "--json", "-")
+            expect(status == 0, f"{workload} on {engine}: exit {status}: {err}")
+            data = results_of(out)
+            expect(data["workload"] == workload, f"workload {data['workload']}")
+            runs = data["results"]
+            expect(len(runs) == 1 + len(PEERS), f"{len(runs)} runs")
+            for r in runs:
+                check_result(r, n)
+            reads = runs[0]["read_only"]
+            if workload == "ycsb-c":
+                expect(reads == n, f"ycsb-c: {reads} of {n} read-only")
+            elif workload in ("ycsb-b", "ycsb-e"):
+                expect(reads >= n * 0.8, f"{workload}: only {reads} of {n} read-only")
+            else:
+                expect(n * 0.3 <= reads <= n * 0.7, f"{workload}: {reads} of {n} read-only")
+            # The check line says what it verified: updates counted, or records inserted.
+            what = "inserted" if workload == "ycsb-e" else "updates"
+            expect(what in err, f"{workload} on {engine}: no '{what}' in the check: {err}")
+
+
+@case
+def ycsb_records_of_1000_bytes_uniform_keys_in_processes():
+    status, out, err = bench("--workload", "ycsb-f", "--object-size", "1000", "--objects", "500",
+                             "--distribution", "uniform", "--hot", "0.1:0.9", "--processes", "2",
+                             "--transactions", "400", "--warmup", "0", "--json", "-")
+    expect(status == 0, f"exit {status}: {err}")
+    check_result(results_of(out)["results"][0], 400)
+
+
+@case
+def a_failed_ycsb_check_exits_1():
+    peers = ["--peers", ",".join(PEERS)] if PEERS else []
+    for workload in ("ycsb-a", "ycsb-e"):
+        status, out, err = bench("--workload", workload, "--objects", "500", "--transactions",
+                                 "100", "--warmup", "0", "--test-miscount", *peers)
+        expect(status == 1, f"{workload}: exit {status}, 1 wanted: {err}")
+        n = err.count("CHECK FAILED")
+        expect(n == 1 + len(PEERS), f"{workload}: {n} failed checks reported: {err}")
+
+
 @case
 def check_off_is_reported():
     status, out, err = bench("--transactions", "50", "--warmup", "0", "--check", "off",
@@ -197,7 +248,10 @@ def a_run_that_cannot_start_exits_1_with_the_cause():
 def bad_command_lines_exit_2_with_the_usage():
     bad = [
         ["--threads", "0"], ["--threads", "1,x"], ["--bogus"], ["--workload", "nope"],
-        ["--workload", "ycsb-a"], ["--durability", "power"], ["--object-size", "48"],
+        ["--workload", "ycsb-g"], ["--durability", "power"], ["--object-size", "48"],
+        ["--workload", "ycsb-a", "--object-size", "64"],
+        ["--workload", "ycsb-b", "--read-ratio", "0.5"], ["--workload", "ycsb-c", "--hot", "0.1:0.9"],
+        ["--distribution", "uniform"], ["--workload", "ycsb-a", "--distribution", "pareto"],
         ["--read-ratio", "2"], ["--threads"], ["--hot", "0.1"], ["--peers", "oracle"],
         ["--pool-size", "1000"], ["--duration", "-1"], ["--workload", "rpc", "--read-ratio", "0.5"],
         ["--workload", "bank", "--objects", "1"], ["--fields", "9"], ["--json", "-", "--csv", "-"],

@@ -23,7 +23,8 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class workload { tiny, bank, rpc };
+enum class workload { tiny, bank, rpc, ycsb_a, ycsb_b, ycsb_c, ycsb_e, ycsb_f };
+enum class key_distribution { zipfian, uniform };
 enum class engine_kind { dual_bank, pmem };
 enum class level { none, process, power };  // none: dual_bank (memory only)
 
@@ -38,12 +39,13 @@ struct options {
   std::uint64_t transactions = 0;  // per run, all workers together; 0: by duration
   double warmup = 0.5;             // seconds before measuring
   std::uint64_t objects = 0;       // objects, accounts or keys; 0: the workload's default
-  std::uint32_t object_size = 64;  // bytes per object (tiny), a multiple of 8, >= 16
+  std::uint32_t object_size = 64;  // bytes per object (tiny) or record (ycsb: 100 by default)
   std::uint32_t fields = 2;        // tiny: 8-byte fields changed per write
   double read_ratio = 0.0;         // share of read-only transactions, 0..1
   double hot_fraction = 0.0;       // --hot F:P: a share P of transactions go to a
   double hot_probability = 0.0;    //   share F of the objects (0: uniform)
-  bool sessions = true;            // ftm::session per worker thread
+  key_distribution distribution = key_distribution::zipfian;  // ycsb's key choice
+  bool sessions = true;                                       // ftm::session per worker thread
   std::uint64_t seed = 1;
   std::size_t pool_size = 0;       // bytes per bank; 0: from objects and sizes
   std::vector<std::string> peers;  // sqlite, lmdb: run beside ftm, same workload
@@ -60,11 +62,17 @@ Runs transactions on an ftm pool and reports throughput, aborts and latency.
 workload
   --workload W        tiny (update --fields fields of one object per transaction),
                       bank (random transfers among --objects accounts; the total is
-                      checked), rpc (ftm::call to a reliable server in another process)
-  --objects N         objects or accounts (default: tiny 1 per worker, bank 1000,
-                      rpc 1 counter)
+                      checked), rpc (ftm::call to a reliable server in another process),
+                      ycsb-a (50% reads, 50% updates), ycsb-b (95/5), ycsb-c (reads),
+                      ycsb-e (95% scans of 1-100 records, 5% inserts; an ordered map),
+                      ycsb-f (50% reads, 50% read-modify-writes): YCSB's core workloads
+                      on a stable_hash_map (stable_map for ycsb-e)
+  --objects N         objects, accounts or records (default: tiny 1 per worker, bank
+                      1000, rpc 1 counter, ycsb 100000)
   --object-size B     bytes per object for tiny: 16, 64, 256, 1K, 4K, 16K, 64K,
-                      256K or 1M (default 64)
+                      256K or 1M (default 64); per record for ycsb: 100 (default)
+                      or 1000
+  --distribution D    ycsb: zipfian (default, YCSB's) or uniform (with --hot)
   --fields N          tiny: 8-byte fields changed per write (default 2, >= 2)
   --read-ratio R      share of read-only transactions, 0..1 (default 0)
   --hot F:P           contention: a share P of transactions pick among the first
@@ -152,6 +160,8 @@ inline options parse_options(int argc, char** argv) {
   using namespace detail_options;
   options o;
   bool durability_given = false;
+  bool size_given = false;
+  bool distribution_given = false;
   for (int i = 1; i < argc; ++i) {
     std::string_view flag = argv[i];
     std::string_view value;
@@ -176,12 +186,20 @@ inline options parse_options(int argc, char** argv) {
         o.load = workload::bank;
       } else if (v == "rpc") {
         o.load = workload::rpc;
-      } else if (v.starts_with("ycsb")) {
-        throw usage_error(fmt::format(
-            "workload '{}' needs ftm's stable containers, which this version does not have yet",
-            v));
+      } else if (v == "ycsb-a") {
+        o.load = workload::ycsb_a;
+      } else if (v == "ycsb-b") {
+        o.load = workload::ycsb_b;
+      } else if (v == "ycsb-c") {
+        o.load = workload::ycsb_c;
+      } else if (v == "ycsb-e") {
+        o.load = workload::ycsb_e;
+      } else if (v == "ycsb-f") {
+        o.load = workload::ycsb_f;
       } else {
-        throw usage_error(fmt::format("unknown workload '{}' (tiny, bank or rpc)", v));
+        throw usage_error(fmt::format(
+            "unknown workload '{}' (tiny, bank, rpc, ycsb-a, ycsb-b, ycsb-c, ycsb-e or ycsb-f)",
+            v));
       }
     } else if (flag == "--engine") {
       const auto v = next();
@@ -240,13 +258,9 @@ inline options parse_options(int argc, char** argv) {
       if (o.objects == 0) throw usage_error("--objects must be at least 1");
     } else if (flag == "--object-size") {
       const auto n = to_count(flag, next(), /*suffixes=*/true);
-      // Powers of 4: each size is a type the tool was compiled with.
-      if (n < 16 || n > (std::uint64_t{1} << 20) || !std::has_single_bit(n) ||
-          std::countr_zero(n) % 2 != 0) {
-        throw usage_error(fmt::format(
-            "--object-size {} is not one of 16, 64, 256, 1K, 4K, 16K, 64K, 256K, 1M", n));
-      }
+      if (n > (std::uint64_t{1} << 20)) throw usage_error("--object-size must be at most 1M");
       o.object_size = static_cast<std::uint32_t>(n);
+      size_given = true;  // checked against the workload below
     } else if (flag == "--fields") {
       const auto n = to_count(flag, next());
       if (n < 2 || n > 1024) throw usage_error("--fields must be 2 to 1024");
@@ -265,6 +279,16 @@ inline options parse_options(int argc, char** argv) {
             o.hot_probability <= 1)) {
         throw usage_error("--hot F:P wants 0 < F <= 1 and 0 <= P <= 1");
       }
+    } else if (flag == "--distribution") {
+      const auto v = next();
+      if (v == "zipfian") {
+        o.distribution = key_distribution::zipfian;
+      } else if (v == "uniform") {
+        o.distribution = key_distribution::uniform;
+      } else {
+        throw usage_error(fmt::format("unknown distribution '{}' (zipfian or uniform)", v));
+      }
+      distribution_given = true;
     } else if (flag == "--seed") {
       o.seed = to_count(flag, next());
     } else if (flag == "--peers") {
@@ -299,6 +323,35 @@ inline options parse_options(int argc, char** argv) {
     if (o.path.empty()) o.path = "ftm-bench.pool";
   } else if (!o.path.empty()) {
     throw usage_error("--path is for --engine pmem");
+  }
+  const bool ycsb = o.load == workload::ycsb_a || o.load == workload::ycsb_b ||
+                    o.load == workload::ycsb_c || o.load == workload::ycsb_e ||
+                    o.load == workload::ycsb_f;
+  if (ycsb) {
+    // Each size is a record type the tool was compiled with.
+    if (!size_given) o.object_size = 100;
+    if (o.object_size != 100 && o.object_size != 1000) {
+      throw usage_error(
+          fmt::format("--object-size {}: a ycsb record is 100 or 1000 bytes", o.object_size));
+    }
+    if (o.read_ratio > 0) {
+      throw usage_error(
+          "--read-ratio: a ycsb workload has its own mix (choose ycsb-a, b, c, e "
+          "or f)");
+    }
+    if (o.hot_probability > 0 && o.distribution == key_distribution::zipfian) {
+      throw usage_error(
+          "--hot: ycsb picks keys by a zipfian distribution; add "
+          "--distribution uniform to pick a hot set instead");
+    }
+  } else {
+    // Powers of 4: each size is a type the tool was compiled with.
+    const std::uint64_t n = o.object_size;
+    if (n < 16 || !std::has_single_bit(n) || std::countr_zero(n) % 2 != 0) {
+      throw usage_error(
+          fmt::format("--object-size {} is not one of 16, 64, 256, 1K, 4K, 16K, 64K, 256K, 1M", n));
+    }
+    if (distribution_given) throw usage_error("--distribution is for the ycsb workloads");
   }
   if (o.load == workload::tiny && o.fields * 8 > o.object_size) {
     throw usage_error(

@@ -62,6 +62,11 @@ std::string_view workload_name(workload w) noexcept {
     case workload::tiny: return "tiny";
     case workload::bank: return "bank";
     case workload::rpc: return "rpc";
+    case workload::ycsb_a: return "ycsb-a";
+    case workload::ycsb_b: return "ycsb-b";
+    case workload::ycsb_c: return "ycsb-c";
+    case workload::ycsb_e: return "ycsb-e";
+    case workload::ycsb_f: return "ycsb-f";
   }
   return "unknown";
 }

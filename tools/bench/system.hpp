@@ -95,6 +95,8 @@ class system {
 
 /// The ftm system for the options' engine and workload (ftm_system.cpp).
 std::unique_ptr<system> make_ftm_system(const options& o);
+/// The ftm system for a YCSB workload (ftm_ycsb.cpp).
+std::unique_ptr<system> make_ftm_ycsb_system(const options& o);
 /// A peer by name ("sqlite", "lmdb"), or nothing if this build has none of that name
 /// (peers.cpp).
 std::unique_ptr<system> make_peer(const std::string& name, const options& o);

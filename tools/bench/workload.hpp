@@ -9,6 +9,7 @@
 
 #include "options.hpp"
 #include "system.hpp"
+#include "ycsb.hpp"
 
 #include <fmt/format.h>
 
@@ -25,6 +26,7 @@ inline std::uint32_t value_size(const options& o) {
 }
 inline std::uint64_t object_count(const options& o, int workers) {
   if (o.load == workload::bank) return o.objects == 0 ? 1000 : o.objects;
+  if (ycsb::is_ycsb(o.load)) return o.objects == 0 ? ycsb::default_records : o.objects;
   return o.objects == 0 ? static_cast<std::uint64_t>(workers) : o.objects;
 }
 
