@@ -511,3 +511,65 @@ TEST_CASE("services: keys outlive the server's process and the pool's reopening"
   ::close(ready[0]);
   ::close(ready[1]);
 }
+
+TEST_CASE_TEMPLATE("services: pipelined calls, their replies matched by id", E, FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.capacity = 64, .max_tries = 1});
+  const auto replies = ftm::atomically(*pool, [](auto& tx) {
+    return ftm::make_port<ftm::reply_to_call<receipt>>(tx, {.capacity = 32});
+  });
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  ftm::pipeline<E, deposit, receipt> pipe(*pool, w.svc, replies);
+  // A stale reply on the port (to an id this pipeline never sent) is discarded.
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, replies, ftm::reply_to_call<receipt>{{99, 99}, receipt{-1, 0}});
+  });
+  std::vector<deposit> batch;
+  for (int i = 1; i <= 20; ++i)
+    batch.push_back(deposit{0, i});
+  const auto ids = pipe.submit_all(std::span<const deposit>(batch));
+  CHECK(pipe.in_flight() == 20);
+  std::vector<std::pair<ftm::call_key, deposit>> keyed;
+  for (std::uint64_t s = 1; s <= 10; ++s)
+    keyed.push_back({ftm::call_key{4, s}, deposit{1, 1}});
+  const auto kids = pipe.submit_all(std::span<const std::pair<ftm::call_key, deposit>>(keyed));
+  const auto bad = pipe.submit(deposit{2, -1});
+  CHECK(pipe.in_flight() == 31);
+  CHECK_THROWS_AS(static_cast<void>(pipe.submit_all(std::span<const deposit>(batch))),
+                  ftm::usage_error);  // past the reply port's capacity
+  // Waited for out of order: each reply is its own call's.
+  std::int64_t sum = 0;
+  std::set<std::uint64_t> handled;
+  for (std::size_t i = ids.size(); i-- > 0;) {
+    const receipt r = pipe.wait(ids[i]);
+    handled.insert(r.handled);
+    sum += r.balance;
+  }
+  // The deposits into account 0 were handled in order: the i-th saw 1 + ... + i.
+  std::int64_t expected = 0;
+  for (int i = 1; i <= 20; ++i)
+    expected += i * (i + 1) / 2;
+  CHECK(sum == expected);
+  CHECK_THROWS_AS(static_cast<void>(pipe.wait(bad)), ftm::call_failed);
+  std::set<std::int64_t> balances;
+  for (const auto id : kids)
+    balances.insert(pipe.wait(id).balance);
+  CHECK(balances.size() == 10);
+  CHECK(*balances.rbegin() == 10);
+  CHECK(pipe.in_flight() == 0);
+  CHECK_THROWS_AS(static_cast<void>(pipe.wait(ids[0])), ftm::usage_error);
+  // Re-sent keys get their recorded replies, without a second deposit.
+  const auto again = pipe.submit(ftm::call_key{4, 10}, deposit{1, 1});
+  CHECK(pipe.wait(again).balance == 10);
+  server.request_stop();
+  server.join();
+  const bank end = ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(w.b); });
+  CHECK(end.balance[0] == 210);
+  CHECK(end.balance[1] == 10);
+  CHECK(end.balance[2] == 0);
+  CHECK(handled.size() == 20);
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, replies).depth; }) ==
+        0);
+}

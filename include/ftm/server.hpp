@@ -39,6 +39,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -47,6 +48,7 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 namespace ftm::FTM_ABI_NAMESPACE {
 
@@ -433,24 +435,39 @@ request_id serve_one(transaction<E>& tx, const service<Req, Rep>& svc, Handler& 
 }
 
 namespace detail {
-/// `ftm::serve_one` that waits at most `timeout` (as `ftm::receive_for`) for a request:
-/// nothing if none came in time. The step of `ftm::serve`, which must look up from
-/// its wait now and then.
+/// The most requests `ftm::serve` answers in one transaction.
+inline constexpr std::size_t serve_batch = 16;
+
+/// `ftm::serve_one` that waits at most `timeout` (as `ftm::receive_for`) for a request,
+/// then answers the requests already waiting behind it, up to `batch` in all, in the
+/// same transaction: a pipelining client's calls cost one commit, not one each. The
+/// step of `ftm::serve`, which must look up from its wait now and then. Returns how
+/// many it answered, 0 if none came in time.
 template <watchable_engine E, class Req, class Rep, class Handler, class R, class P>
-std::optional<request_id> serve_one_for(transaction<E>& tx, const serving<Req, Rep>& how,
-                                        Handler& handler, std::chrono::duration<R, P> timeout,
-                                        handler_failure* failure) {
+std::size_t serve_some_for(transaction<E>& tx, const serving<Req, Rep>& how, Handler& handler,
+                           std::chrono::duration<R, P> timeout, std::size_t batch,
+                           handler_failure* failure) {
   const std::optional<call_request<Req, Rep>> request = receive_for(tx, how.requests, timeout);
-  if (!request) return std::nullopt;
-  return answer(tx, *request, handler, how, failure);
+  if (!request) return 0;
+  answer(tx, *request, handler, how, failure);
+  std::size_t answered = 1;
+  for (; answered < batch; ++answered) {
+    const std::optional<call_request<Req, Rep>> next = try_receive(tx, how.requests);
+    if (!next) break;
+    answer(tx, *next, handler, how, failure);
+  }
+  return answered;
 }
 
-/// The loop of `ftm::serve`.
+/// The loop of `ftm::serve`. After a handler's failure it answers one request per
+/// transaction until it has settled the failed one (the failure undid the whole batch,
+/// and only a failed request at the head of the port can be settled).
 template <watchable_engine E, class Req, class Rep, class Handler>
 std::uint64_t serve_loop(E& engine, const serving<Req, Rep>& how, Handler& handler,
                          std::stop_token stop) {
   using namespace std::chrono_literals;
   std::uint64_t served = 0;
+  std::size_t careful = 0;  // transactions still to run with one request each
   while (!stop.stop_requested()) {
     renew_lease();
     // Waits in slices, to notice a stop request and to renew the lease.
@@ -458,14 +475,16 @@ std::uint64_t serve_loop(E& engine, const serving<Req, Rep>& how, Handler& handl
     if (!await_message(engine, how.requests, deadline_in(slice))) continue;
     handler_failure failure;
     try {
-      const bool answered = atomically(engine, [&](transaction<E>& tx) {
+      const std::size_t batch = careful != 0 ? 1 : serve_batch;
+      served += atomically(engine, [&](transaction<E>& tx) {
         failure.caught = false;
-        return serve_one_for(tx, how, handler, slice, &failure).has_value();
+        return serve_some_for(tx, how, handler, slice, batch, &failure);
       });
-      if (answered) ++served;
+      if (careful != 0) --careful;
     } catch (...) {
       if (!failure.caught) throw;  // not the handler's: the server cannot go on
       if (settle_failure(engine, how, failure)) ++served;
+      careful = serve_batch;
     }
   }
   return served;
@@ -658,6 +677,137 @@ bool forget_client(transaction<E>& tx, const service<Req, Rep>& svc, std::uint64
                                    static_cast<std::uint32_t>(sizeof(Rep)),
                                    layout_fingerprint<Rep>());
 }
+
+/// Pipelined calls: a client sends many requests before it waits, and takes their
+/// replies as they come, matched by id (a reply to an id not in flight, left by an
+/// earlier client on the same reply port, is discarded). `submit_all` sends a batch in
+/// one transaction; `wait` takes every reply that has arrived in one transaction. At
+/// most the reply port's capacity of calls may be in flight: a server that finds a
+/// reply port full fails. One `pipeline` per reply port, used by one thread.
+template <watchable_engine E, class Req, class Rep>
+class pipeline {
+ public:
+  pipeline(E& engine, service_port<Req, Rep> server, reply_port<Rep> replies)
+      : engine_(&engine), server_(server), replies_(replies) {}
+  pipeline(E& engine, const service<Req, Rep>& svc, reply_port<Rep> replies)
+      : pipeline(engine, svc.requests, replies) {}
+
+  /// Sends a call without a key; returns its id, for `wait`.
+  request_id submit(const Req& body) { return submit_all(std::span<const Req>(&body, 1)).front(); }
+
+  /// Sends a call with an idempotency key (to a service; see the keyed `ftm::call`).
+  request_id submit(call_key key, const Req& body) {
+    const call_request<Req, Rep> r{detail::key_id(key, "pipeline::submit"), replies_, body,
+                                   call_request_keyed};
+    send_all(std::span<const call_request<Req, Rep>>(&r, 1));
+    return r.id;
+  }
+
+  /// Sends every body, without keys, in one transaction; returns their ids in order.
+  std::vector<request_id> submit_all(std::span<const Req> bodies) {
+    std::vector<call_request<Req, Rep>> requests;
+    requests.reserve(bodies.size());
+    for (const Req& b : bodies)
+      requests.push_back({next_request_id(), replies_, b});
+    send_all(requests);
+    std::vector<request_id> ids;
+    ids.reserve(requests.size());
+    for (const auto& r : requests)
+      ids.push_back(r.id);
+    return ids;
+  }
+
+  /// Sends every (key, body) pair in one transaction; returns their ids in order.
+  std::vector<request_id> submit_all(std::span<const std::pair<call_key, Req>> calls) {
+    std::vector<call_request<Req, Rep>> requests;
+    requests.reserve(calls.size());
+    for (const auto& [key, body] : calls)
+      requests.push_back(
+          {detail::key_id(key, "pipeline::submit_all"), replies_, body, call_request_keyed});
+    send_all(requests);
+    std::vector<request_id> ids;
+    for (const auto& r : requests)
+      ids.push_back(r.id);
+    return ids;
+  }
+
+  /// The reply to call `id`, waiting for it; throws as `ftm::call` does.
+  Rep wait(request_id id) { return *wait_until(id, std::chrono::steady_clock::time_point::max()); }
+
+  /// `wait` for at most `timeout`: nothing if the reply did not come (the call stays in
+  /// flight).
+  template <class R, class P>
+  std::optional<Rep> wait_for(request_id id, std::chrono::duration<R, P> timeout) {
+    return wait_until(
+        id, detail::deadline_in(
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
+  }
+
+  /// Calls sent and not yet taken by `wait`.
+  [[nodiscard]] std::size_t in_flight() const noexcept { return calls_.size(); }
+
+ private:
+  using key_type = std::pair<std::uint64_t, std::uint64_t>;
+  static key_type key_of(request_id id) noexcept { return {id.process, id.sequence}; }
+
+  void send_all(std::span<const call_request<Req, Rep>> requests) {
+    if (calls_.size() + requests.size() > replies_.capacity()) {
+      throw usage_error(fmt::format(
+          "ftm::pipeline: {} calls in flight and {} more would exceed the reply port's capacity "
+          "of {}; wait for replies first, or give the reply port a larger capacity",
+          calls_.size(), requests.size(), replies_.capacity()));
+    }
+    atomically(*engine_, [&](transaction<E>& tx) {
+      for (const auto& r : requests)
+        send(tx, server_, r);
+    });
+    for (const auto& r : requests)
+      calls_.emplace(key_of(r.id), std::nullopt);
+  }
+
+  std::optional<Rep> wait_until(request_id id, std::chrono::steady_clock::time_point deadline) {
+    const auto it = calls_.find(key_of(id));
+    if (it == calls_.end()) {
+      throw usage_error(
+          fmt::format("ftm::pipeline::wait: no call {} is in flight here", id.sequence));
+    }
+    while (!it->second) {
+      if (!collect(deadline)) return std::nullopt;
+    }
+    const reply_to_call<Rep> r = *it->second;
+    calls_.erase(it);
+    return detail::reply_value(r);
+  }
+
+  /// Takes every reply that has arrived (waiting for one until `deadline`), in one
+  /// transaction. False if none came in time.
+  bool collect(std::chrono::steady_clock::time_point deadline) {
+    if (!detail::await_message(*engine_, replies_, deadline)) return false;
+    const auto left = deadline == std::chrono::steady_clock::time_point::max()
+                          ? std::chrono::steady_clock::duration::max()
+                          : std::max(deadline - std::chrono::steady_clock::now(),
+                                     std::chrono::steady_clock::duration::zero());
+    std::vector<reply_to_call<Rep>> batch;
+    atomically(*engine_, [&](transaction<E>& tx) {
+      batch.clear();
+      auto first = receive_for(tx, replies_, left);
+      if (!first) return;
+      batch.push_back(*first);
+      while (auto more = try_receive(tx, replies_))
+        batch.push_back(*more);
+    });
+    for (const auto& r : batch) {
+      const auto at = calls_.find(key_of(r.id));
+      if (at != calls_.end() && !at->second) at->second = r;  // else stale: discarded
+    }
+    return !batch.empty();
+  }
+
+  E* engine_;
+  service_port<Req, Rep> server_;
+  reply_port<Rep> replies_;
+  std::map<key_type, std::optional<reply_to_call<Rep>>> calls_;
+};
 
 }  // namespace ftm::FTM_ABI_NAMESPACE
 
