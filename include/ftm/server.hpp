@@ -23,6 +23,7 @@
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/port.hpp>
+#include <ftm/stable.hpp>
 #include <ftm/transaction.hpp>
 
 #include <fmt/format.h>
@@ -67,16 +68,23 @@ enum class call_status : std::uint32_t {
   refused = 3,  ///< the key's client is new and the service's key table is full
 };
 
-/// A reply: the id of the request it answers, and the handler's result; a failed call
-/// carries the type and message of the handler's exception instead.
+/// Why a call failed: the handler's exception type and message (or the service's
+/// refusal), in a stable object of its own that the failed reply names, so that replies
+/// stay small. The client that takes the reply frees it.
+struct call_error {
+  char type[96];      ///< NUL-terminated, cut
+  char message[160];  ///< NUL-terminated, cut
+};
+
+/// A reply: the id of the request it answers, and the handler's result; a reply of
+/// another status than `ok` names a `call_error` instead.
 template <class Rep>
 struct reply_to_call {
   request_id id;
   Rep body;
   call_status status = call_status::ok;
-  std::uint32_t failures = 0;    ///< tries on which the handler threw
-  char error_type[96] = {};      ///< the exception's type, NUL-terminated (cut)
-  char error_message[160] = {};  ///< its `what()`, NUL-terminated (cut)
+  std::uint32_t failures = 0;  ///< tries on which the handler threw
+  stable<call_error> error{};  ///< why, when `status` is not `ok`
 };
 
 /// The port a client receives its replies on.
@@ -315,12 +323,14 @@ inline void note_failure(handler_failure* f, request_id id) {
   }
 }
 
-template <class Rep>
-void reply_error(reply_to_call<Rep>& r, call_status status, std::string_view type,
-                 std::string_view message) {
+template <engine E, class Rep>
+void reply_error(transaction<E>& tx, reply_to_call<Rep>& r, call_status status,
+                 std::string_view type, std::string_view message) {
+  call_error e{};
+  copy_text(e.type, type);
+  copy_text(e.message, message);
   r.status = status;
-  copy_text(r.error_type, type);
-  copy_text(r.error_message, message);
+  r.error = tx.create(e);
 }
 
 /// The work of `ftm::serve_one` once it holds a request: answers a key applied before
@@ -343,7 +353,7 @@ request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Han
       return request.id;
     }
     if (state == key_state::too_old) {
-      reply_error(reply, call_status::too_old, "ftm::key_too_old",
+      reply_error(tx, reply, call_status::too_old, "ftm::key_too_old",
                   fmt::format("key (client {}, #{}) is older than the service's window of {} "
                               "sequence numbers per client: whether it was applied is forgotten",
                               request.id.process, request.id.sequence, how.keys.window));
@@ -351,7 +361,7 @@ request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Han
       return request.id;
     }
     if (!has_room_for(tx, how.keys, request.id.process, sizeof(Rep), layout_fingerprint<Rep>())) {
-      reply_error(reply, call_status::refused, "ftm::capacity_exceeded",
+      reply_error(tx, reply, call_status::refused, "ftm::capacity_exceeded",
                   fmt::format("the service remembers the keys of {} clients, its most; client {} "
                               "is new",
                               how.keys.max_clients, request.id.process));
@@ -399,7 +409,7 @@ bool settle_failure(E& engine, const serving<Req, Rep>& how, const handler_failu
     reply_to_call<Rep> reply{};
     reply.id = m->id;
     reply.failures = m->failures;
-    reply_error(reply, call_status::failed, failure.type, failure.message);
+    reply_error(tx, reply, call_status::failed, failure.type, failure.message);
     if (how.dead_letters) send(tx, how.dead_letters, *m);
     send(tx, m->reply_to, reply);
     return true;
@@ -530,12 +540,47 @@ std::uint64_t serve(E& engine, const service<Req, Rep>& svc, Handler handler,
 
 namespace detail {
 
+/// A reply taken from its port, with the text of its `call_error` (read and freed in
+/// the transaction that took the reply).
+template <class Rep>
+struct taken_reply {
+  reply_to_call<Rep> reply;
+  std::string type;
+  std::string message;
+};
+
+template <std::size_t N>
+std::string bounded_text(const char (&text)[N]) {
+  return {text, ::strnlen(text, N)};
+}
+
+/// Takes `r` in `tx`: reads and frees its error object, if it has one.
+template <engine E, class Rep>
+taken_reply<Rep> take_reply(transaction<E>& tx, const reply_to_call<Rep>& r) {
+  taken_reply<Rep> t{r, {}, {}};
+  if (r.error) {
+    {
+      const auto e = tx.open_read(r.error);
+      t.type = bounded_text(e->type);
+      t.message = bounded_text(e->message);
+    }
+    tx.destroy(r.error);
+  }
+  return t;
+}
+
+/// Discards `r` in `tx` (a reply nobody waits for): frees its error object.
+template <engine E, class Rep>
+void drop_reply(transaction<E>& tx, const reply_to_call<Rep>& r) {
+  if (r.error) tx.destroy(r.error);
+}
+
 /// The reply's body, or the exception its status stands for.
 template <class Rep>
-Rep reply_value(const reply_to_call<Rep>& r) {
-  const std::string_view type(r.error_type, ::strnlen(r.error_type, sizeof r.error_type));
-  const std::string_view message(r.error_message,
-                                 ::strnlen(r.error_message, sizeof r.error_message));
+Rep reply_value(const taken_reply<Rep>& t) {
+  const reply_to_call<Rep>& r = t.reply;
+  const std::string& type = t.type;
+  const std::string& message = t.message;
   switch (r.status) {
     case call_status::ok: return r.body;
     case call_status::failed:
@@ -561,9 +606,9 @@ inline request_id key_id(call_key key, std::string_view what) {
 /// Sends the request and waits (until `deadline`) for the reply with its id, discarding
 /// replies to other ids on the way; nothing if none came in time.
 template <watchable_engine E, class Req, class Rep>
-std::optional<reply_to_call<Rep>> round_trip(E& engine, const call_request<Req, Rep>& request,
-                                             service_port<Req, Rep> server,
-                                             std::chrono::steady_clock::duration wait) {
+std::optional<taken_reply<Rep>> round_trip(E& engine, const call_request<Req, Rep>& request,
+                                           service_port<Req, Rep> server,
+                                           std::chrono::steady_clock::duration wait) {
   atomically(engine, [&](transaction<E>& tx) { send(tx, server, request); });
   const auto deadline = deadline_in(wait);
   await_message(engine, request.reply_to, deadline);
@@ -572,11 +617,12 @@ std::optional<reply_to_call<Rep>> round_trip(E& engine, const call_request<Req, 
                         ? wait
                         : std::max(deadline - std::chrono::steady_clock::now(),
                                    std::chrono::steady_clock::duration::zero());
-  return atomically(engine, [&](transaction<E>& tx) -> std::optional<reply_to_call<Rep>> {
+  return atomically(engine, [&](transaction<E>& tx) -> std::optional<taken_reply<Rep>> {
     for (;;) {
       auto r = receive_for(tx, request.reply_to, left);
       if (!r) return std::nullopt;
-      if (r->id == request.id) return r;
+      if (r->id == request.id) return take_reply(tx, *r);
+      drop_reply(tx, *r);
     }
   });
 }
@@ -774,7 +820,7 @@ class pipeline {
     while (!it->second) {
       if (!collect(deadline)) return std::nullopt;
     }
-    const reply_to_call<Rep> r = *it->second;
+    const detail::taken_reply<Rep> r = *std::move(it->second);
     calls_.erase(it);
     return detail::reply_value(r);
   }
@@ -787,26 +833,29 @@ class pipeline {
                           ? std::chrono::steady_clock::duration::max()
                           : std::max(deadline - std::chrono::steady_clock::now(),
                                      std::chrono::steady_clock::duration::zero());
-    std::vector<reply_to_call<Rep>> batch;
+    std::vector<detail::taken_reply<Rep>> batch;
     atomically(*engine_, [&](transaction<E>& tx) {
       batch.clear();
-      auto first = receive_for(tx, replies_, left);
-      if (!first) return;
-      batch.push_back(*first);
-      while (auto more = try_receive(tx, replies_))
-        batch.push_back(*more);
+      auto r = receive_for(tx, replies_, left);
+      while (r) {
+        const auto at = calls_.find(key_of(r->id));
+        if (at != calls_.end() && !at->second) {
+          batch.push_back(detail::take_reply(tx, *r));
+        } else {
+          detail::drop_reply(tx, *r);  // stale: nobody waits for it
+        }
+        r = try_receive(tx, replies_);
+      }
     });
-    for (const auto& r : batch) {
-      const auto at = calls_.find(key_of(r.id));
-      if (at != calls_.end() && !at->second) at->second = r;  // else stale: discarded
-    }
-    return !batch.empty();
+    for (auto& t : batch)
+      calls_.find(key_of(t.reply.id))->second = std::move(t);
+    return true;
   }
 
   E* engine_;
   service_port<Req, Rep> server_;
   reply_port<Rep> replies_;
-  std::map<key_type, std::optional<reply_to_call<Rep>>> calls_;
+  std::map<key_type, std::optional<detail::taken_reply<Rep>>> calls_;
 };
 
 }  // namespace ftm::FTM_ABI_NAMESPACE
