@@ -21,6 +21,7 @@
 #include <stop_token>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sys/prctl.h>
@@ -378,6 +379,22 @@ TEST_CASE_TEMPLATE("services: a handler that throws reaches its caller as an err
       [&](std::stop_token stop) { ftm::serve(*pool, port, strict_handler<E>(w.b, runs), stop); });
   CHECK_THROWS_AS(ftm::call(*pool, port, w.replies, deposit{3, -1}), ftm::call_failed);
   CHECK(ftm::call(*pool, port, w.replies, deposit{3, 1}).balance == 1);
+  // The failed reply as it travels: a status, and a call_error object with the text.
+  const auto raw = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<receipt>>(tx); });
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, port, ftm::call_request<deposit, receipt>{{1, 1}, raw, deposit{3, -7}});
+  });
+  const auto failed = ftm::atomically(*pool, [&](auto& tx) {
+    const auto r = ftm::receive(tx, raw);
+    const ftm::call_error e = *tx.open_read(r.error);
+    tx.destroy(r.error);
+    return std::pair{r, e};
+  });
+  CHECK(failed.first.status == ftm::call_status::failed);
+  CHECK(failed.first.failures == 1);
+  CHECK(std::string(failed.second.type) == "std::domain_error");
+  CHECK(std::string(failed.second.message) == "no withdrawals (-7)");
   server.request_stop();
   bare.request_stop();
   server.join();
