@@ -811,10 +811,11 @@ struct report {
     std::uint32_t how;
     std::atomic<std::uint32_t> valid;
   };
-  static constexpr std::size_t max_recs = 1 << 16;
+  static constexpr std::size_t max_recs = 1 << 17;
   std::atomic<std::uint64_t> count;
-  std::atomic<std::uint64_t> acked;   // replies taken, for pacing
-  std::atomic<std::uint32_t> finish;  // 1: clients end after their current call
+  std::atomic<std::uint64_t> acked;      // replies taken, for pacing
+  std::atomic<std::uint64_t> kill_mark;  // `acked` at the killer's last kill
+  std::atomic<std::uint32_t> finish;     // 1: clients end after their current call
   std::atomic<std::uint32_t> errors;
   std::atomic<std::uint32_t> client_done[n_clients];
   rec recs[max_recs];
@@ -865,6 +866,12 @@ using E = ftm::engines::pmem;
       const std::uint64_t s =
           ftm::atomically(pool, [&](auto& tx) { return tx.open_read(w.clients)->next[c]; });
       if (rep->finish.load() != 0 && !resuming) break;
+      // Runs at most a few calls ahead of the killer (waiting a bounded time), so the
+      // calls made, and the log, stay bounded however slow the machine is.
+      for (int i = 0;
+           i < 4000 && rep->finish.load() == 0 && rep->acked.load() > rep->kill_mark.load() + 16;
+           ++i)
+        std::this_thread::sleep_for(50us);
       const ftm::call_key key{c + 1, s};
       result r{};
       std::uint32_t how = resuming ? report::resent : report::first;
@@ -938,7 +945,8 @@ void run() {
       for (auto& n : cs.next)
         n = 1;
       wr->clients = tx.create(cs);
-      wr->svc = ftm::make_service<work, result>(tx, {.capacity = 64, .window = 64});
+      wr->svc = ftm::make_service<work, result>(
+          tx, {.capacity = 256, .window = 64, .on_full = ftm::when_full::block});
       for (auto& r : wr->replies)
         r = ftm::make_port<ftm::reply_to_call<result>>(tx);
       return *wr;
@@ -964,6 +972,7 @@ void run() {
     }
     REQUIRE(rep->errors.load() == 0);
     acked_at_kill = rep->acked.load();
+    rep->kill_mark.store(acked_at_kill);
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 500));
     const std::uint64_t pick = rng() % 100;
     if (pick < 8) {
