@@ -10,6 +10,11 @@
 ///   oneway/<where>/<system>   one-way throughput: a sender sends 64-byte messages, one
 ///                             per transaction, a receiver takes them, one per
 ///                             transaction (ports of capacity 64 that block when full),
+///   call/3-client-processes/<ftm|ftm-pipelined>
+///                             three client processes call one server process, 600
+///                             calls each per iteration: `ftm::call` one at a time, or
+///                             `ftm::pipeline` with 16 calls in flight (sent as one
+///                             batch, one transaction), replies matched by id,
 ///   recovery/processes/ftm    a server process is killed with SIGKILL while a client
 ///                             process keeps calling it; the time of `recover()` and
 ///                             the time until a restarted server answers a call.
@@ -400,6 +405,87 @@ void ftm_call_processes(benchmark::State& state) {
   stopper.close_write();
   if (!reap(server)) fail(state, "the server process failed");
   s.verify(state, calls);
+  state.SetItemsProcessed(calls);
+}
+
+// ---- several client processes: synchronous and pipelined calls ----------------------
+
+/// Client processes of the `clients` rows, calls per client and round, and the calls a
+/// pipelined client keeps in flight.
+constexpr int n_clients = 3;
+constexpr std::int64_t calls_per_client = 600;
+constexpr std::int64_t pipeline_depth = 16;
+
+/// One round per iteration: `n_clients` forked clients each make `calls_per_client`
+/// calls to one server process, synchronously (`ftm::call`) or pipelined
+/// (`ftm::pipeline`, batches of `pipeline_depth` sent in one transaction). Timed from
+/// the start signal until every client is done (forks outside the time).
+template <bool Pipelined>
+void ftm_call_clients(benchmark::State& state) {
+  using E = ftm::engines::dual_bank;
+  service<E> s;
+  std::array<ftm::reply_port<record>, n_clients> replies;
+  for (auto& r : replies)
+    r = ftm::atomically(*s.pool,
+                        [](auto& tx) { return ftm::make_port<reply>(tx, {.capacity = 64}); });
+  stop_pipe stopper;
+  const pid_t server = fork_child([&] {
+    std::stop_source source;
+    std::thread watcher = stopper.watch(source);
+    run_server<E, false>(s, source.get_token());
+    watcher.join();
+    return 0;
+  });
+  stopper.close_read();
+  std::int64_t calls = 0;
+  for (auto _ : state) {
+    int go[2];
+    if (::pipe(go) != 0) std::exit(2);
+    std::array<pid_t, n_clients> clients{};
+    for (int c = 0; c < n_clients; ++c) {
+      clients[c] = fork_child([&, c] {
+        ::close(go[1]);
+        char x;
+        if (::read(go[0], &x, 1) != 0) return 2;
+        const std::int64_t base = (calls + c * calls_per_client) * 16;
+        if constexpr (Pipelined) {
+          ftm::pipeline<E, record, record> pipe(*s.pool, s.port, replies[c]);
+          std::vector<record> bodies;
+          for (std::int64_t i = 0; i < calls_per_client; i += pipeline_depth) {
+            bodies.clear();
+            for (std::int64_t k = i; k < std::min(i + pipeline_depth, calls_per_client); ++k)
+              bodies.push_back(body_of(base + k));
+            const auto ids = pipe.submit_all(std::span<const record>(bodies));
+            for (std::size_t k = 0; k < ids.size(); ++k)
+              if (!same(pipe.wait(ids[k]), bodies[k])) return 3;
+          }
+        } else {
+          for (std::int64_t i = 0; i < calls_per_client; ++i) {
+            const record body = body_of(base + i);
+            if (!same(ftm::call(*s.pool, s.port, replies[c], body), body)) return 3;
+          }
+        }
+        return 0;
+      });
+    }
+    ::close(go[0]);
+    const auto start = clock_type::now();
+    ::close(go[1]);  // the start signal
+    bool ok = true;
+    for (const pid_t c : clients)
+      ok = reap(c) && ok;
+    state.SetIterationTime(std::chrono::duration<double>(clock_type::now() - start).count());
+    if (!ok) {
+      fail(state, "a client process failed (a reply that was not the echo of its call?)");
+      break;
+    }
+    calls += n_clients * calls_per_client;
+  }
+  stopper.close_write();
+  if (!reap(server)) fail(state, "the server process failed");
+  const std::int64_t n = s.handled();
+  if (n != calls)
+    fail(state, fmt::format("the server handled {} calls, {} were answered", n, calls));
   state.SetItemsProcessed(calls);
 }
 
@@ -843,6 +929,10 @@ void register_all() {
   add("call/processes/ftm-session", ftm_call_processes<dual_bank, true>);
   add("call/processes/ftm-pmem", ftm_call_processes<pmem, false>);
   add("call/processes/pthread", pthread_call_processes);
+  benchmark::RegisterBenchmark("call/3-client-processes/ftm", ftm_call_clients<false>)
+      ->UseManualTime();
+  benchmark::RegisterBenchmark("call/3-client-processes/ftm-pipelined", ftm_call_clients<true>)
+      ->UseManualTime();
   add("oneway/threads/ftm", ftm_oneway_threads<false>);
   add("oneway/threads/ftm-session", ftm_oneway_threads<true>);
   add("oneway/threads/mutex", mutex_oneway_threads);

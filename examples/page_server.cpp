@@ -63,7 +63,8 @@ class segment {
 
 // [snippet:messages]
 /// The paper's `Message`, less what ftm adds around it: `ftm::call` wraps it with a
-/// request id and the client's reply port (the paper's `sender_port`).
+/// request id (here the client's idempotency key) and the client's reply port (the
+/// paper's `sender_port`).
 struct page_request {
   enum kind_t : std::uint32_t { read_page, write_page } kind;
   std::uint32_t page_number;
@@ -75,7 +76,8 @@ struct page_reply {
   std::uint64_t version;  // the page's write count, as the server's transaction left it
   page data;              // the page read
 };
-using page_service = ftm::service_port<page_request, page_reply>;
+/// A service: its request port, dead-letter port and key table (the keys it applied).
+using page_service = ftm::service<page_request, page_reply>;
 // [end-snippet]
 
 constexpr std::uint32_t max_clients = 8;
@@ -103,7 +105,7 @@ struct server_state {
   ftm::stable<segment> seg;
   ftm::stable<effect_log> log;
   ftm::stable<bookkeeping> books;
-  page_service port;
+  page_service service;
 };
 
 /// What the demo shares with its client and server processes (a MAP_SHARED page).
@@ -189,15 +191,15 @@ void page_server(pool_type& pool, shared_state* shared) {
     ++log->count;
     return reply;
   };
-  ftm::serve(pool, st.port, handle);
+  ftm::serve(pool, st.service, handle);
 }
 // [end-snippet]
 
 /// A client process: reads and writes random pages until told to stop, and records
 /// what each call returned.
-[[noreturn]] void client(pool_type& pool, page_service port, ftm::reply_port<page_reply> replies,
-                         std::uint32_t index, shared_state* shared, acked_call* acked,
-                         std::uint64_t max_own) {
+[[noreturn]] void client(pool_type& pool, const page_service& service,
+                         ftm::reply_port<page_reply> replies, std::uint32_t index,
+                         shared_state* shared, acked_call* acked, std::uint64_t max_own) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   std::mt19937 rng(index + 1);
   std::uniform_int_distribution<std::uint32_t> which(0, n_pages - 1), percent(0, 99);
@@ -214,8 +216,10 @@ void page_server(pool_type& pool, shared_state* shared) {
         std::memcpy(req.data.data(), &req.call_id, sizeof req.call_id);  // stamp the writer
         std::fill(req.data.begin() + sizeof req.call_id, req.data.end(), char('a' + index));
       }
-      // One transaction sends the request, a second waits for its reply.
-      const page_reply rep = ftm::call(pool, port, replies, req);
+      // One transaction sends the request, a second waits for its reply. The key
+      // (client, call number) makes the call safe to send again after a restart.
+      const ftm::call_key key{index + 1, n + 1};
+      const page_reply rep = ftm::call(pool, service, replies, key, req);
       // [end-snippet]
       acked[n] = {req.kind, req.page_number, req.call_id, rep.version,
                   req.kind == page_request::read_page ? writer_of(rep.data) : 0};
@@ -352,7 +356,7 @@ int verify(pool_type& pool, const options& o, const std::vector<acked_call*>& ac
     }
     check(ledger_ok && total == opening_quota * max_clients,
           fmt::format("the ledger's total is conserved ({} credits)", total));
-    const auto ps = ftm::port_stats_of(tx, st.port);
+    const auto ps = ftm::port_stats_of(tx, st.service.requests);
     bool replies_empty = true;
     for (const auto& r : reply_ports)
       replies_empty = replies_empty && ftm::port_stats_of(tx, r).depth == 0;
@@ -393,9 +397,10 @@ int main(int argc, char** argv) {
     bookkeeping b{};
     std::fill(std::begin(b.client_quota), std::end(b.client_quota), opening_quota);
     st->books = tx.create(b);
-    // No delivery limit: a request is delivered again after each kill of its server.
-    st->port = ftm::make_port<ftm::call_request<page_request, page_reply>>(
-        tx, ftm::port_options{.capacity = 64, .max_deliveries = 0});
+    // A service's request port has no delivery limit: a request is delivered again
+    // after each kill of its server. Each client keeps 64 call numbers' replies.
+    st->service = ftm::make_service<page_request, page_reply>(
+        tx, {.capacity = 64, .window = 64, .max_clients = max_clients});
   });
   const server_state st = ftm::atomically(
       pool, [](auto& tx) { return *tx.open_read(ftm::root<server_state>(tx, "page_server")); });
@@ -411,7 +416,7 @@ int main(int argc, char** argv) {
       std::perror("fork");
       return 2;
     }
-    if (pid == 0) client(pool, st.port, reply_ports.back(), c, shared, acked[c], max_own);
+    if (pid == 0) client(pool, st.service, reply_ports.back(), c, shared, acked[c], max_own);
     clients.push_back(pid);
   }
 

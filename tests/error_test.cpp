@@ -28,7 +28,7 @@ TEST_CASE("errc is a std::error_code enum of the ftm category") {
   CHECK(std::string(ec.category().name()) == "ftm");
   CHECK(ec.message() == "pool full");
   CHECK(ftm::make_error_code(ftm::errc::io_error).message() == "i/o error");
-  for (int v = static_cast<int>(ftm::errc::conflict); v <= static_cast<int>(ftm::errc::port_full);
+  for (int v = static_cast<int>(ftm::errc::conflict); v <= static_cast<int>(ftm::errc::key_too_old);
        ++v) {
     CHECK(std::error_code(v, ftm::error_category()).message() != "unknown");
   }

@@ -17,6 +17,9 @@
 // not vacuous (requests were redelivered, recoveries undid transactions, every fault
 // point was hit).
 //
+// A last case kills clients mid-call and the whole system (every process at once) around
+// a service with idempotency keys: see "clients killed mid-call" below.
+//
 // Scale with FTM_EO_KILLS (random kills per engine, default 1000; a quarter in sanitizer
 // builds). The killer paces its kills by progress: it waits until a call was
 // acknowledged since its last kill, then kills at a random instant.
@@ -42,11 +45,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <poll.h>
@@ -189,7 +195,7 @@ struct server_task {
       m->running = self;
       ++m->instances;
     });
-    std::uint64_t conflicted = 0;
+    std::set<std::uint64_t> conflicted;  // a server answers several requests per transaction
     auto handler = [&](ftm::transaction<E>& tx, const transfer& t) {
 #if FTM_FAULT_INJECTION
       if (ctl->arm_pending.exchange(0) != 0) {
@@ -215,8 +221,7 @@ struct server_task {
       root->receipt = tx.create(receipt_object{t.id});
       // Every fourth request loses a made-up conflict on its first try here, after
       // its writes: the abort undoes them and the request is delivered again.
-      if (t.id % 4 == 0 && conflicted != t.id) {
-        conflicted = t.id;
+      if (t.id % 4 == 0 && conflicted.insert(t.id).second) {
         throw ftm::conflict("exactly_once_test: a conflict made up to abort the writes");
       }
       return answer{t.id, seen};
@@ -737,4 +742,361 @@ TEST_CASE("exactly once: a client killed after sending still has its request exe
     CHECK(acc->balance[0] == opening_balance - 25 + 5);
     CHECK(acc->balance[1] == opening_balance + 25 - 5);
   });
+}
+
+// ---- clients killed mid-call, and whole-system restarts -----------------------------
+//
+// A service with idempotency keys on a pool file. Three client processes make calls
+// with keys (client c, sequence s); each keeps in the pool the sequence number of the
+// call it is making, and moves past it only after the reply came. A server process
+// handles each call in one transaction that appends (c, s, token) to a stable log,
+// where the token is a counter unique to that application, and replies with it. The
+// killer kills, paced by progress (a reply since its last kill), a client mid-call, the
+// server mid-request, or every process at once (a whole-system restart: the pool is
+// then reopened with nobody using it). A restarted client re-sends its call with the
+// same key, or asks `ftm::outcome_of` first (every other start), and reports every
+// reply it gets.
+//
+// The checker, Jepsen's total-queue categories over the log and the clients' state
+// (lost: a call a client moved past missing from the log; duplicated: a key in the
+// log twice; unexpected: a logged key no client made), plus: each key applied once,
+// and each reply reported (first, re-sent, or read with `outcome_of`) is the original
+// one, the token in the log.
+
+namespace keyed {
+
+constexpr std::uint32_t n_clients = 3;
+constexpr std::size_t seg_entries = 512;
+constexpr std::size_t n_segs = 256;  // 131072 applications
+
+struct work {
+  std::uint64_t client;
+  std::uint64_t sequence;
+};
+struct result {
+  std::uint64_t client;
+  std::uint64_t sequence;
+  std::uint64_t token;  // the application's number: unique to it
+};
+struct entry {
+  std::uint64_t client;
+  std::uint64_t sequence;
+  std::uint64_t token;
+};
+struct segment {
+  entry e[seg_entries];
+};
+struct applied_log {
+  std::uint64_t count;
+  ftm::stable<segment> segs[n_segs];
+};
+struct client_state {
+  std::uint64_t next[n_clients];  // the call each client is making (1 at first)
+  std::uint64_t starts[n_clients];
+};
+using svc_type = ftm::service<work, result>;
+struct world {
+  ftm::stable<applied_log> lg;
+  ftm::stable<client_state> clients;
+  svc_type svc;
+  ftm::reply_port<result> replies[n_clients];
+};
+constexpr std::string_view root_name = "exactly_once.keyed";
+
+/// What the processes report to the test, in memory shared with them.
+struct report {
+  enum kind : std::uint32_t { first = 1, resent = 2, outcome = 3, resent_applied = 4 };
+  struct rec {
+    std::uint64_t client, sequence, token;
+    std::uint32_t how;
+    std::atomic<std::uint32_t> valid;
+  };
+  static constexpr std::size_t max_recs = 1 << 17;
+  std::atomic<std::uint64_t> count;
+  std::atomic<std::uint64_t> acked;      // replies taken, for pacing
+  std::atomic<std::uint64_t> kill_mark;  // `acked` at the killer's last kill
+  std::atomic<std::uint32_t> finish;     // 1: clients end after their current call
+  std::atomic<std::uint32_t> errors;
+  std::atomic<std::uint32_t> client_done[n_clients];
+  rec recs[max_recs];
+
+  void add(std::uint64_t c, std::uint64_t s, std::uint64_t t, std::uint32_t how) {
+    const std::uint64_t i = count.fetch_add(1);
+    if (i >= max_recs) return;
+    recs[i].client = c;
+    recs[i].sequence = s;
+    recs[i].token = t;
+    recs[i].how = how;
+    recs[i].valid.store(1);
+  }
+};
+
+using E = ftm::engines::pmem;
+
+[[noreturn]] void server_main(const std::filesystem::path& path) {
+  try {
+    auto pool = E::open(path);
+    const world w = ftm::atomically(
+        pool, [](auto& tx) { return *tx.open_read(ftm::root<world>(tx, root_name)); });
+    auto handler = [&](ftm::transaction<E>& tx, const work& job) {
+      auto l = tx.open(w.lg);
+      const std::uint64_t token = l->count + 1;
+      auto seg = tx.open(l->segs[l->count / seg_entries]);
+      seg->e[l->count % seg_entries] = {job.client, job.sequence, token};
+      ++l->count;
+      pause_a_little();
+      return result{job.client, job.sequence, token};
+    };
+    ftm::serve(pool, w.svc, handler);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keyed server: %s\n", e.what());
+  }
+  std::_Exit(3);
+}
+
+[[noreturn]] void client_main(const std::filesystem::path& path, std::uint32_t c, report* rep) {
+  try {
+    auto pool = E::open(path);
+    const world w = ftm::atomically(
+        pool, [](auto& tx) { return *tx.open_read(ftm::root<world>(tx, root_name)); });
+    const std::uint64_t starts =
+        ftm::atomically(pool, [&](auto& tx) { return ++tx.open(w.clients)->starts[c]; });
+    bool resuming = true;  // the call in the state may have been sent by an earlier start
+    for (;;) {
+      const std::uint64_t s =
+          ftm::atomically(pool, [&](auto& tx) { return tx.open_read(w.clients)->next[c]; });
+      if (rep->finish.load() != 0 && !resuming) break;
+      // Runs at most a few calls ahead of the killer (waiting a bounded time), so the
+      // calls made, and the log, stay bounded however slow the machine is.
+      for (int i = 0;
+           i < 4000 && rep->finish.load() == 0 && rep->acked.load() > rep->kill_mark.load() + 16;
+           ++i)
+        std::this_thread::sleep_for(50us);
+      const ftm::call_key key{c + 1, s};
+      result r{};
+      std::uint32_t how = resuming ? report::resent : report::first;
+      bool known = false;
+      std::optional<result> before;  // the reply recorded before this start, if applied
+      if (resuming) {
+        const auto o = ftm::outcome_of(pool, w.svc, key);
+        if (o.outcome == ftm::key_outcome::too_old) rep->errors.fetch_add(1);
+        if (o.outcome == ftm::key_outcome::applied) before = o.reply;
+      }
+      if (before && starts % 2 == 0) {
+        r = *before;  // every other start takes the outcome and does not re-send
+        how = report::outcome;
+        known = true;
+      }
+      if (!known) r = ftm::call(pool, w.svc, w.replies[c], key, work{c + 1, s});
+      if (before && !known) {
+        how = report::resent_applied;  // re-sent although applied: the original reply
+        if (r.token != before->token) rep->errors.fetch_add(1);
+      }
+      if (r.client != c + 1 || r.sequence != s) rep->errors.fetch_add(1);
+      rep->add(c + 1, s, r.token, how);
+      rep->acked.fetch_add(1);
+      ftm::atomically(pool, [&](auto& tx) { tx.open(w.clients)->next[c] = s + 1; });
+      resuming = false;
+    }
+    rep->client_done[c].store(1);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keyed client %u: %s\n", c, e.what());
+    rep->errors.fetch_add(1);
+    std::_Exit(3);
+  }
+  std::_Exit(0);
+}
+
+pid_t spawn(const std::function<void()>& body) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    body();
+    std::_Exit(0);
+  }
+  return pid;
+}
+
+void reap(pid_t pid) {
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+}
+
+/// Kills wanted: FTM_EO_KILLS (default 1000), a quarter in sanitizer builds.
+std::uint64_t kills_wanted() {
+  std::uint64_t n = 1000;
+  if (const char* s = std::getenv("FTM_EO_KILLS")) n = std::strtoull(s, nullptr, 10);
+  return std::max<std::uint64_t>(1, n / ftm_test::sanitizer_divisor);
+}
+
+void run() {
+  const auto path = ftm_test::scratch_file("keyed");
+  world w{};
+  {
+    auto pool = E::create(path, {.bank_size = std::size_t{16} << 20});
+    w = ftm::atomically(pool, [](auto& tx) {
+      auto wr = tx.open(ftm::root<world>(tx, root_name));
+      applied_log fresh{};
+      for (auto& s : fresh.segs)
+        s = ftm::create<segment>(tx);
+      wr->lg = tx.create(fresh);
+      client_state cs{};
+      for (auto& n : cs.next)
+        n = 1;
+      wr->clients = tx.create(cs);
+      wr->svc = ftm::make_service<work, result>(
+          tx, {.capacity = 256, .window = 64, .on_full = ftm::when_full::block});
+      for (auto& r : wr->replies)
+        r = ftm::make_port<ftm::reply_to_call<result>>(tx);
+      return *wr;
+    });
+  }
+  ftm_test::shared_page<report> rep;
+  const std::uint64_t wanted = kills_wanted();
+  pid_t server = spawn([&] { server_main(path); });
+  std::vector<pid_t> clients(n_clients);
+  for (std::uint32_t c = 0; c < n_clients; ++c)
+    clients[c] = spawn([&, c] { client_main(path, c, rep.get()); });
+  std::mt19937_64 rng(20261207);
+  std::uint64_t kills = 0, client_kills = 0, server_kills = 0, system_restarts = 0;
+  std::uint64_t acked_at_kill = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const auto until = start + 300s;  // a stall, not a slow machine
+  while (kills < wanted) {
+    // Progress first: a reply since the last kill.
+    while (rep->acked.load() == acked_at_kill && rep->errors.load() == 0) {
+      REQUIRE_MESSAGE(std::chrono::steady_clock::now() < until,
+                      fmt::format("no progress after {} kills", kills));
+      std::this_thread::sleep_for(50us);
+    }
+    REQUIRE(rep->errors.load() == 0);
+    acked_at_kill = rep->acked.load();
+    rep->kill_mark.store(acked_at_kill);
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 500));
+    const std::uint64_t pick = rng() % 100;
+    if (pick < 8) {
+      // The whole system: every process at once; the pool is reopened by nobody's heir.
+      ::kill(server, SIGKILL);
+      for (const pid_t p : clients)
+        ::kill(p, SIGKILL);
+      reap(server);
+      for (const pid_t p : clients)
+        reap(p);
+      kills += 1 + n_clients;
+      ++system_restarts;
+      {
+        auto pool = E::open(path);  // recovers what the dead left
+        static_cast<void>(pool);
+      }
+      server = spawn([&] { server_main(path); });
+      for (std::uint32_t c = 0; c < n_clients; ++c)
+        clients[c] = spawn([&, c] { client_main(path, c, rep.get()); });
+    } else if (pick < 40) {
+      ::kill(server, SIGKILL);
+      reap(server);
+      ++kills;
+      ++server_kills;
+      server = spawn([&] { server_main(path); });
+    } else {
+      const std::uint32_t c = static_cast<std::uint32_t>(rng() % n_clients);
+      ::kill(clients[c], SIGKILL);
+      reap(clients[c]);
+      ++kills;
+      ++client_kills;
+      clients[c] = spawn([&, c] { client_main(path, c, rep.get()); });
+    }
+  }
+  // The end: each client finishes its call (re-sending it if it was just killed).
+  rep->finish.store(1);
+  for (std::uint32_t c = 0; c < n_clients; ++c) {
+    int status = 0;
+    REQUIRE(::waitpid(clients[c], &status, 0) == clients[c]);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  ::kill(server, SIGKILL);
+  reap(server);
+  const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start);
+  CHECK(rep->errors.load() == 0);
+  REQUIRE(rep->count.load() <= report::max_recs);
+
+  // The checker.
+  auto pool = E::open(path);
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> applied;  // key -> token
+  std::uint64_t duplicated = 0, lost = 0, unexpected = 0, wrong_reply = 0, unreported = 0;
+  std::uint64_t resent = 0, resent_applied = 0, by_outcome = 0;
+  client_state cs{};
+  ftm::atomically(pool, [&](auto& tx) {
+    applied.clear();
+    duplicated = 0;
+    const auto l = tx.open_read(w.lg);
+    for (std::uint64_t i = 0; i < l->count; ++i) {
+      const entry& e = tx.open_read(l->segs[i / seg_entries])->e[i % seg_entries];
+      if (!applied.emplace(std::pair{e.client, e.sequence}, e.token).second) ++duplicated;
+      if (e.token != i + 1) ++wrong_reply;
+    }
+    cs = *tx.open_read(w.clients);
+    // The service's port holds nothing: every request was answered.
+    CHECK(ftm::port_stats_of(tx, w.svc.requests).depth == 0);
+    CHECK(ftm::port_stats_of(tx, w.svc.dead_letters).depth == 0);
+  });
+  for (std::uint32_t c = 0; c < n_clients; ++c) {
+    for (std::uint64_t s = 1; s < cs.next[c]; ++s)
+      if (applied.count({c + 1, s}) == 0) ++lost;
+  }
+  for (const auto& [key, token] : applied) {
+    const auto [client, sequence] = key;
+    if (client == 0 || client > n_clients || sequence >= cs.next[client - 1]) ++unexpected;
+  }
+  std::map<std::pair<std::uint64_t, std::uint64_t>, int> reported;
+  for (std::uint64_t i = 0; i < rep->count.load(); ++i) {
+    const auto& r = rep->recs[i];
+    if (r.valid.load() == 0) continue;
+    ++reported[{r.client, r.sequence}];
+    const auto it = applied.find({r.client, r.sequence});
+    if (it == applied.end() || it->second != r.token) {
+      ++wrong_reply;
+      FAIL_CHECK(fmt::format("key ({}, #{}): reply token {}, applied with {}", r.client, r.sequence,
+                             r.token, it == applied.end() ? 0 : it->second));
+    }
+    if (r.how == report::resent || r.how == report::resent_applied) ++resent;
+    if (r.how == report::resent_applied) ++resent_applied;
+    if (r.how == report::outcome) ++by_outcome;
+  }
+  std::uint64_t answered_twice = 0;
+  for (const auto& [key, n] : reported) {
+    if (n > 1) answered_twice += n - 1;  // a key answered again: the original reply, checked
+  }
+  for (const auto& [key, token] : applied)
+    if (reported.count(key) == 0) ++unreported;  // killed between reply and report
+  MESSAGE(fmt::format(
+      "keyed clients: {} kills in {:.1f} s ({} clients, {} servers, {} whole-system restarts); "
+      "{} keys applied, {} replies reported ({} after a re-send, {} of them re-sent after the key "
+      "was applied, {} read with outcome_of, {} keys answered more than once); lost {}, duplicated "
+      "{}, unexpected {}, wrong replies {}, "
+      "applied but unreported (killed before reporting) {}",
+      kills, elapsed.count(), client_kills, server_kills, system_restarts, applied.size(),
+      rep->count.load(), resent, resent_applied, by_outcome, answered_twice, lost, duplicated,
+      unexpected, wrong_reply, unreported));
+  CHECK(lost == 0);
+  CHECK(duplicated == 0);
+  CHECK(unexpected == 0);
+  CHECK(wrong_reply == 0);
+  CHECK(kills >= wanted);
+  // Not vacuous: clients were killed and re-sent, keys were answered twice, the whole
+  // system restarted.
+  CHECK(client_kills > 0);
+  CHECK(resent > 0);
+  if (wanted >= 100) {
+    CHECK(resent_applied > 0);
+    CHECK(by_outcome > 0);
+    CHECK(system_restarts > 0);
+  }
+}
+
+}  // namespace keyed
+
+TEST_CASE("exactly once: clients killed mid-call re-send with their keys; whole-system restarts") {
+  keyed::run();
 }

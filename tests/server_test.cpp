@@ -17,8 +17,11 @@
 #include <cstdint>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <stop_token>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sys/prctl.h>
@@ -253,4 +256,337 @@ TEST_CASE("a supervised task blocked in receive under a lease keeps its lease") 
   CHECK(report.stats.lease_kills == 0);
   CHECK(read_box().started == 1);
   CHECK(read_box().got == 42);
+}
+
+// ---- services: idempotency keys, error replies, dead letters -----------------------
+
+namespace {
+
+using bank_service = ftm::service<deposit, receipt>;
+
+template <class E>
+struct service_world {
+  ftm::stable<bank> b;
+  bank_service svc;
+  ftm::reply_port<receipt> replies;
+};
+
+template <class E>
+service_world<E> make_service_world(E& pool, ftm::service_options options = {}) {
+  return ftm::atomically(pool, [&](auto& tx) {
+    service_world<E> w;
+    w.b = tx.create(bank{});
+    w.svc = ftm::make_service<deposit, receipt>(tx, options);
+    w.replies = ftm::make_port<ftm::reply_to_call<receipt>>(tx);
+    return w;
+  });
+}
+
+/// A bank handler that throws `std::domain_error` for a negative amount (after its
+/// writes: the abort must undo them) and counts its runs outside the pool.
+template <class E>
+auto strict_handler(ftm::stable<bank> b, std::atomic<int>& runs) {
+  return [b, &runs](ftm::transaction<E>& tx, const deposit& d) {
+    ++runs;
+    const receipt r = bank_handler<E>(b)(tx, d);
+    if (d.amount < 0) throw std::domain_error(fmt::format("no withdrawals ({})", d.amount));
+    return r;
+  };
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("services: a key re-sent gets the recorded reply and is applied once", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.window = 4});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  const ftm::call_key k1{7, 1}, k2{7, 2};
+  const receipt first = ftm::call(*pool, w.svc, w.replies, k1, deposit{0, 10});
+  CHECK(first.balance == 10);
+  // The same key again, even with another body: the recorded reply, no second deposit.
+  const receipt again = ftm::call(*pool, w.svc, w.replies, k1, deposit{0, 10});
+  CHECK(again.balance == first.balance);
+  CHECK(again.handled == first.handled);
+  CHECK(ftm::call(*pool, w.svc, w.replies, k2, deposit{0, 5}).balance == 15);
+  // Another client's sequence numbers are its own.
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{8, 1}, deposit{1, 3}).balance == 3);
+  CHECK(runs == 3);
+  // The outcome of each key, as a restarted client asks it.
+  const auto o1 = ftm::outcome_of(*pool, w.svc, k1);
+  CHECK(o1.outcome == ftm::key_outcome::applied);
+  CHECK(o1.reply.balance == 10);
+  CHECK(o1.reply.handled == first.handled);
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::call_key{7, 3}).outcome ==
+        ftm::key_outcome::not_applied);
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::call_key{9, 1}).outcome ==
+        ftm::key_outcome::not_applied);
+  // A window of 4: once #6 is applied, #1 and #2 are too old to know.
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{7, 6}, deposit{0, 1}).balance == 16);
+  CHECK(ftm::outcome_of(*pool, w.svc, k1).outcome == ftm::key_outcome::too_old);
+  CHECK(ftm::outcome_of(*pool, w.svc, k2).outcome == ftm::key_outcome::too_old);
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::call_key{7, 3}).outcome ==
+        ftm::key_outcome::not_applied);  // #3 to #6 are within the window
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, k1, deposit{0, 10}), ftm::key_too_old);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, ftm::call_key{7, 2}, deposit{0, 10}),
+                  ftm::key_too_old);
+  // #3 was never applied and is within the window: it is applied now, once.
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{7, 3}, deposit{0, 2}).balance == 18);
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{7, 3}, deposit{0, 2}).balance == 18);
+  CHECK(runs == 5);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, ftm::call_key{0, 1}, deposit{0, 1}),
+                  ftm::invalid_argument);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, ftm::call_key{7, 0}, deposit{0, 1}),
+                  ftm::invalid_argument);
+  server.request_stop();
+  server.join();
+  const bank end = ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(w.b); });
+  CHECK(end.balance[0] == 18);
+  CHECK(end.balance[1] == 3);
+  CHECK(end.handled == 5);
+}
+
+TEST_CASE_TEMPLATE("services: a handler that throws reaches its caller as an error reply", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_tries = 3});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{1, 1}, deposit{2, 40}).balance == 40);
+  // Tried three times, then dead-lettered: the caller is told, with the type and message.
+  try {
+    static_cast<void>(ftm::call(*pool, w.svc, w.replies, ftm::call_key{1, 2}, deposit{2, -5}));
+    FAIL("a call whose handler throws returned");
+  } catch (const ftm::call_failed& e) {
+    const std::string what = e.what();
+    CHECK(what.find("std::domain_error") != std::string::npos);
+    CHECK(what.find("no withdrawals (-5)") != std::string::npos);
+    CHECK(what.find("3 tries") != std::string::npos);
+    CHECK(e.code() == ftm::errc::call_failed);
+  }
+  CHECK(runs == 4);
+  // Not applied: the outcome says so, and the server goes on serving.
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::call_key{1, 2}).outcome ==
+        ftm::key_outcome::not_applied);
+  CHECK(ftm::call(*pool, w.svc, w.replies, deposit{2, 2}).balance == 42);  // without a key
+  // A bare service port: one try, the error reply at once.
+  const auto port = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::call_request<deposit, receipt>>(tx); });
+  std::jthread bare(
+      [&](std::stop_token stop) { ftm::serve(*pool, port, strict_handler<E>(w.b, runs), stop); });
+  CHECK_THROWS_AS(ftm::call(*pool, port, w.replies, deposit{3, -1}), ftm::call_failed);
+  CHECK(ftm::call(*pool, port, w.replies, deposit{3, 1}).balance == 1);
+  // The failed reply as it travels: a status, and a call_error object with the text.
+  const auto raw = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<receipt>>(tx); });
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, port, ftm::call_request<deposit, receipt>{{1, 1}, raw, deposit{3, -7}});
+  });
+  const auto failed = ftm::atomically(*pool, [&](auto& tx) {
+    const auto r = ftm::receive(tx, raw);
+    const ftm::call_error e = *tx.open_read(r.error);
+    tx.destroy(r.error);
+    return std::pair{r, e};
+  });
+  CHECK(failed.first.status == ftm::call_status::failed);
+  CHECK(failed.first.failures == 1);
+  CHECK(std::string(failed.second.type) == "std::domain_error");
+  CHECK(std::string(failed.second.message) == "no withdrawals (-7)");
+  server.request_stop();
+  bare.request_stop();
+  server.join();
+  bare.join();
+  ftm::atomically(*pool, [&](auto& tx) {
+    const auto b = tx.open_read(w.b);
+    CHECK(b->balance[2] == 42);  // the failed deposits were undone
+    CHECK(b->balance[3] == 1);
+    CHECK(b->handled == 3);
+    const auto dead = ftm::port_stats_of(tx, w.svc.dead_letters);
+    CHECK(dead.depth == 1);
+    CHECK(ftm::port_stats_of(tx, w.svc.requests).depth == 0);
+    CHECK(ftm::port_stats_of(tx, port).depth == 0);
+  });
+  const auto dl =
+      ftm::atomically(*pool, [&](auto& tx) { return ftm::try_receive(tx, w.svc.dead_letters); });
+  REQUIRE(dl.has_value());
+  CHECK(dl->body.amount == -5);
+  CHECK(dl->failures == 3);
+}
+
+TEST_CASE_TEMPLATE("services: a request port does not dead-letter for deliveries alone", E,
+                   FTM_TEST_ENGINES) {
+  // Servers killed mid-request deliver it again and again: 20 deliveries here, each
+  // aborted (a conflict made up by the handler), and the request is still served once.
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool);
+  int aborted = 0;
+  auto flaky = [&](ftm::transaction<E>& tx, const deposit& d) {
+    const receipt r = bank_handler<E>(w.b)(tx, d);
+    if (aborted < 20) {
+      ++aborted;
+      // An abort that is not the handler's failure: atomically delivers it again.
+      throw ftm::conflict("server_test: a conflict made up to deliver the request again");
+    }
+    return r;
+  };
+  std::jthread server([&](std::stop_token stop) { ftm::serve(*pool, w.svc, flaky, stop); });
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{5, 1}, deposit{0, 9}).balance == 9);
+  server.request_stop();
+  server.join();
+  const auto st =
+      ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, w.svc.requests); });
+  CHECK(st.deliveries == 21);
+  CHECK(st.dead_lettered == 0);
+}
+
+TEST_CASE_TEMPLATE("services: a bounded key table refuses a new client, and forgets one", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_clients = 2});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{11, 1}, deposit{0, 1}).balance == 1);
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{12, 1}, deposit{0, 1}).balance == 2);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, ftm::call_key{13, 1}, deposit{0, 1}),
+                  ftm::capacity_exceeded);
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return ftm::forget_client(tx, w.svc, 11); }));
+  CHECK_FALSE(ftm::atomically(*pool, [&](auto& tx) { return ftm::forget_client(tx, w.svc, 11); }));
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::call_key{11, 1}).outcome ==
+        ftm::key_outcome::not_applied);
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{13, 1}, deposit{0, 1}).balance == 3);
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{12, 1}, deposit{0, 1}).balance == 2);
+  CHECK(ftm::call(*pool, w.svc, w.replies, ftm::call_key{13, 1}, deposit{0, 1}).balance == 3);
+  CHECK(runs == 3);
+  server.request_stop();
+  server.join();
+}
+
+TEST_CASE("services: keys outlive the server's process and the pool's reopening") {
+  // A pool file: a server process answers key 1 and is killed while handling key 2
+  // (after its writes); the pool is reopened (recovering it) and a new server answers.
+  // Key 1 re-sent gets its recorded reply; key 2 is applied once.
+  const auto path = ftm_test::scratch_file("keys");
+  using E = ftm::engines::pmem;
+  service_world<E> w;
+  {
+    auto pool = E::create(path, {.bank_size = std::size_t{4} << 20});
+    w = make_service_world(pool);
+  }
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t server = ::fork();
+  REQUIRE(server >= 0);
+  if (server == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    auto pool = E::open(path);
+    auto handler = [&](ftm::transaction<E>& tx, const deposit& d) {
+      const receipt r = bank_handler<E>(w.b)(tx, d);
+      if (d.amount == 2) {
+        const char c = 1;
+        (void)!::write(ready[1], &c, 1);
+        ::pause();  // killed here
+      }
+      return r;
+    };
+    ftm::serve(pool, w.svc, handler);
+    ::_exit(0);
+  }
+  receipt first{};
+  {
+    auto pool = E::open(path);
+    first = ftm::call(pool, w.svc, w.replies, ftm::call_key{3, 1}, deposit{0, 1});
+    CHECK(first.balance == 1);
+    ftm::atomically(pool, [&](auto& tx) {
+      ftm::send(tx, w.svc.requests,
+                ftm::call_request<deposit, receipt>{
+                    {3, 2}, w.replies, deposit{0, 2}, ftm::call_request_keyed});
+    });
+    char c = 0;
+    REQUIRE(::read(ready[0], &c, 1) == 1);
+  }
+  ::kill(server, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(server, &status, 0) == server);
+  auto pool = E::open(path);
+  CHECK(ftm::outcome_of(pool, w.svc, ftm::call_key{3, 2}).outcome == ftm::key_outcome::not_applied);
+  std::jthread backup(
+      [&](std::stop_token stop) { ftm::serve(pool, w.svc, bank_handler<E>(w.b), stop); });
+  const receipt again = ftm::call(pool, w.svc, w.replies, ftm::call_key{3, 1}, deposit{0, 1});
+  CHECK(again.balance == first.balance);
+  CHECK(again.handled == first.handled);
+  const receipt second = ftm::call(pool, w.svc, w.replies, ftm::call_key{3, 2}, deposit{0, 2});
+  CHECK(second.balance == 3);
+  backup.request_stop();
+  backup.join();
+  const bank end = ftm::atomically(pool, [&](auto& tx) { return *tx.open_read(w.b); });
+  CHECK(end.balance[0] == 3);
+  CHECK(end.handled == 2);
+  ::close(ready[0]);
+  ::close(ready[1]);
+}
+
+TEST_CASE_TEMPLATE("services: pipelined calls, their replies matched by id", E, FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.capacity = 64, .max_tries = 1});
+  const auto replies = ftm::atomically(*pool, [](auto& tx) {
+    return ftm::make_port<ftm::reply_to_call<receipt>>(tx, {.capacity = 32});
+  });
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  ftm::pipeline<E, deposit, receipt> pipe(*pool, w.svc, replies);
+  // A stale reply on the port (to an id this pipeline never sent) is discarded.
+  ftm::atomically(*pool, [&](auto& tx) {
+    ftm::send(tx, replies, ftm::reply_to_call<receipt>{{99, 99}, receipt{-1, 0}});
+  });
+  std::vector<deposit> batch;
+  for (int i = 1; i <= 20; ++i)
+    batch.push_back(deposit{0, i});
+  const auto ids = pipe.submit_all(std::span<const deposit>(batch));
+  CHECK(pipe.in_flight() == 20);
+  std::vector<std::pair<ftm::call_key, deposit>> keyed;
+  for (std::uint64_t s = 1; s <= 10; ++s)
+    keyed.push_back({ftm::call_key{4, s}, deposit{1, 1}});
+  const auto kids = pipe.submit_all(std::span<const std::pair<ftm::call_key, deposit>>(keyed));
+  const auto bad = pipe.submit(deposit{2, -1});
+  CHECK(pipe.in_flight() == 31);
+  CHECK_THROWS_AS(static_cast<void>(pipe.submit_all(std::span<const deposit>(batch))),
+                  ftm::usage_error);  // past the reply port's capacity
+  // Waited for out of order: each reply is its own call's.
+  std::int64_t sum = 0;
+  std::set<std::uint64_t> handled;
+  for (std::size_t i = ids.size(); i-- > 0;) {
+    const receipt r = pipe.wait(ids[i]);
+    handled.insert(r.handled);
+    sum += r.balance;
+  }
+  // The deposits into account 0 were handled in order: the i-th saw 1 + ... + i.
+  std::int64_t expected = 0;
+  for (int i = 1; i <= 20; ++i)
+    expected += i * (i + 1) / 2;
+  CHECK(sum == expected);
+  CHECK_THROWS_AS(static_cast<void>(pipe.wait(bad)), ftm::call_failed);
+  std::set<std::int64_t> balances;
+  for (const auto id : kids)
+    balances.insert(pipe.wait(id).balance);
+  CHECK(balances.size() == 10);
+  CHECK(*balances.rbegin() == 10);
+  CHECK(pipe.in_flight() == 0);
+  CHECK_THROWS_AS(static_cast<void>(pipe.wait(ids[0])), ftm::usage_error);
+  // Re-sent keys get their recorded replies, without a second deposit.
+  const auto again = pipe.submit(ftm::call_key{4, 10}, deposit{1, 1});
+  CHECK(pipe.wait(again).balance == 10);
+  server.request_stop();
+  server.join();
+  const bank end = ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(w.b); });
+  CHECK(end.balance[0] == 210);
+  CHECK(end.balance[1] == 10);
+  CHECK(end.balance[2] == 0);
+  CHECK(handled.size() == 20);
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, replies).depth; }) ==
+        0);
 }

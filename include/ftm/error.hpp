@@ -36,6 +36,8 @@ enum class errc {
   bad_pool,           ///< a pool file is damaged, truncated, foreign or from a newer ftm
   io_error,           ///< the system refused a file operation
   port_full,          ///< a send found its port at capacity, and the port fails rather than waits
+  call_failed,        ///< a service's handler threw: the reply carries its type and message
+  key_too_old,        ///< an idempotency key below its client's window: its outcome is forgotten
 };
 
 constexpr std::string_view to_string(errc c) noexcept {
@@ -50,6 +52,8 @@ constexpr std::string_view to_string(errc c) noexcept {
     case errc::bad_pool: return "bad pool";
     case errc::io_error: return "i/o error";
     case errc::port_full: return "port full";
+    case errc::call_failed: return "call failed";
+    case errc::key_too_old: return "key too old";
   }
   return "unknown";
 }
@@ -187,6 +191,22 @@ class io_error : public std::system_error, public error {
 /// A send found its port holding as many messages as its capacity, and the port was
 /// made with `ftm::when_full::fail`. The transaction may only abort; nothing was sent.
 class port_full : public error::as<std::runtime_error, errc::port_full> {
+ public:
+  using as::as;
+};
+
+/// A call's handler threw (`ftm::call` on the client's side): the server's transaction
+/// was undone, and after the service's tries the request was dead-lettered. `what()`
+/// names the handler's exception type and quotes its message.
+class call_failed : public error::as<std::runtime_error, errc::call_failed> {
+ public:
+  using as::as;
+};
+
+/// A call's idempotency key is older than the service keeps keys for (below its
+/// client's window of sequence numbers): the service cannot tell whether it was
+/// applied, so it refuses to apply it.
+class key_too_old : public error::as<std::runtime_error, errc::key_too_old> {
  public:
   using as::as;
 };

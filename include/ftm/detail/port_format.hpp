@@ -3,9 +3,10 @@
 
 /// \file
 /// The bytes of a port in the pool, all in one place: the port object (a header, then
-/// a ring of slots) and the port directory (the root `ftm.ports`, chained blocks of
-/// entries). Every offset is pinned by a `static_assert`: changing one changes the
-/// pool format (`bank_layout::format_version`).
+/// a ring of slots), the port directory (the root `ftm.ports`, chained blocks of
+/// entries) and a service's key table (a header and index, and one record per client). Every offset
+/// is pinned by a `static_assert`: changing one changes the pool format
+/// (`bank_layout::format_version`).
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/type_name.hpp>
@@ -119,6 +120,67 @@ static_assert(sizeof(port_directory_block) == 16 + port_directory_block_entries 
                   offsetof(port_directory_block, entries) == 16,
               "a directory block is part of the pool format");
 static_assert(sizeof(port_directory) == 32, "the directory root is part of the pool format");
+
+// ---- the key table of a service (`ftm::make_service`) -----------------------------
+
+/// The first bytes of a service's key table ("keys" in ASCII).
+inline constexpr std::uint32_t key_table_kind = 0x7379656b;
+
+/// A service's key table: its settings, then `2 * max_clients` index entries (open
+/// addressing by client id), each naming the client's record object. Written only
+/// when a client is first seen; a call reads it.
+struct key_table_header {
+  std::uint32_t kind;  // key_table_kind
+  std::uint32_t window;
+  std::uint32_t max_clients;
+  std::uint32_t clients;
+  std::uint32_t max_tries;
+  std::uint32_t reply_size;  // of the service's reply type
+  std::uint64_t reply_fingerprint;
+};
+static_assert(offsetof(key_table_header, window) == 4 &&
+                  offsetof(key_table_header, max_clients) == 8 &&
+                  offsetof(key_table_header, clients) == 12 &&
+                  offsetof(key_table_header, max_tries) == 16 &&
+                  offsetof(key_table_header, reply_size) == 20 &&
+                  offsetof(key_table_header, reply_fingerprint) == 24 &&
+                  sizeof(key_table_header) == 32,
+              "a key table's header is part of the pool format");
+
+struct key_index_entry {
+  std::uint64_t client;  // 0: free
+  std::uint64_t record;  // the client's record object
+};
+static_assert(sizeof(key_index_entry) == 16);
+
+/// One client's record: the highest sequence number applied, then `window` entries; the
+/// entry of sequence `s` is at `s % window` and holds `s` (0: none) and its reply.
+struct key_record_header {
+  std::uint64_t client;
+  std::uint64_t high;  // the highest sequence number applied, 0: none yet
+  std::uint32_t window;
+  std::uint32_t reply_size;
+  std::uint64_t applied;  // keys of this client applied, ever
+};
+static_assert(offsetof(key_record_header, high) == 8 && offsetof(key_record_header, window) == 16 &&
+                  offsetof(key_record_header, applied) == 24 && sizeof(key_record_header) == 32,
+              "a key record's header is part of the pool format");
+
+/// A key entry: the sequence number it holds, then the reply's bytes (`reply_size`
+/// rounded up to 8).
+inline constexpr std::size_t key_entry_reply = 8;
+constexpr std::size_t key_entry_size(std::size_t reply_size) {
+  return key_entry_reply + (reply_size + 7) / 8 * 8;
+}
+
+inline object_type key_table_type(std::uint32_t max_clients) {
+  return {sizeof(key_table_header) + std::size_t{2} * max_clients * sizeof(key_index_entry), 16,
+          "ftm::key_table"};
+}
+inline object_type key_record_type(std::uint32_t window, std::uint32_t reply_size) {
+  return {sizeof(key_record_header) + std::size_t{window} * key_entry_size(reply_size), 16,
+          "ftm::key_record"};
+}
 
 }  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
