@@ -6,9 +6,9 @@
 /// that the pool outlives every process that uses it.
 
 #include <ftm/detail/bank/check.hpp>
-#include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
+#include <ftm/detail/protected_bank.hpp>
 #include <ftm/detail/redo_log.hpp>
 #include <ftm/durability.hpp>
 #include <ftm/engine.hpp>
@@ -499,7 +499,7 @@ class pmem_view : private detail::file_region {
 /// returns once it is on the medium; concurrent committers share one flush, or on a
 /// DAX file system the record's cache lines are flushed (`ftm::flush_method`). Every
 /// process that has a pool open uses the same level and the same flush method.
-class pmem : private detail::file_region, public detail::bank_engine {
+class pmem : private detail::file_region, public detail::protectable_bank {
  public:
   /// The file mapping is `MAP_SHARED`: a forked child uses the same pool.
   static constexpr bool fork_shared = true;
@@ -517,6 +517,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     /// `power`: how commits put the redo log on the medium. A process opening a pool
     /// that others use with `automatic` takes their method.
     flush_method flush = flush_method::automatic;
+    /// Protected mode, for this process: it may write only the objects its transactions
+    /// opened for writing; any other write to the pool stops it (see the reference).
+    bool protected_mode = false;
   };
 
   /// Creates a new pool file at `path` (and its redo log, for `durability::power`).
@@ -610,8 +613,10 @@ class pmem : private detail::file_region, public detail::bank_engine {
  private:
   pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
        const options& opts)
-      : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true, "pmem") {
+      : file_region(tag, path, g), protectable_bank(region(), g, /*fresh=*/true, "pmem") {
     set_pool_name(path.string());
+    if (opts.protected_mode) protect(region_fd(), g.map_size, path.string());
+    record_mode();
     // Held before the name is published: no opener may take this pool for unused.
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
     if (opts.level != durability::power) {
@@ -640,7 +645,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
   }
 
   pmem(open_tag tag, const std::filesystem::path& path, const options& asked)
-      : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false, "pmem") {
+      : file_region(tag, path),
+        protectable_bank(region(), region_geometry(), /*fresh=*/false, "pmem") {
     const opening_lock lock(region_fd());
     auto& h = region_header();
     set_pool_name(path.string());
@@ -699,6 +705,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
       detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
       start_power(opts);
     }
+    if (opts.protected_mode) protect(region_fd(), region_geometry().map_size, path.string());
+    record_mode();
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
   }
 
