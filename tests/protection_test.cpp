@@ -332,3 +332,32 @@ TEST_CASE("protected mode: a supervised task stopped by a violation is restarted
         std::byte{2});
   CHECK(pool->check().ok());
 }
+
+PROTECTED_TEST(
+    "protected mode: a fork while other threads run transactions leaves the child "
+    "working") {
+  auto pool = protected_pool<E>::make();
+  auto busy = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{0, 0}); });
+  auto forked = ftm::atomically(*pool, [](auto& tx) { return tx.create(page_sized{}); });
+  std::atomic<bool> stop{false};
+  std::thread worker([&] {
+    // Bounded: stops after the forks, or after this many transactions at most.
+    for (int i = 0; i < 2'000'000 && !stop.load(); ++i)
+      ftm::atomically(*pool, [&](auto& tx) { tx.open(busy)->value += 1; });
+  });
+  constexpr int forks = 40;
+  int good = 0;
+  for (int i = 0; i < forks; ++i) {
+    const int status = ftm_test::in_child([&] {
+      ::alarm(20);  // a child stuck on a lock its parent's other thread held dies
+      // The worker's object is not this child's to write: its page is read-only here.
+      ftm::atomically(*pool, [&](auto& tx) { tx.open(forked)->bytes[0] = std::byte{1}; });
+      return 0;
+    });
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) ++good;
+  }
+  stop = true;
+  worker.join();
+  CHECK(good == forks);
+  CHECK(pool->check().ok());
+}

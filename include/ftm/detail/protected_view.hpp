@@ -119,6 +119,25 @@ class protected_view {
     held.clear();
   }
 
+  /// Around `fork()` (see violation.hpp): the parent holds the lock while it forks, so
+  /// that the child's copy is not locked by a thread the child does not have.
+  void lock_for_fork() noexcept { mutex_.lock(); }
+  void unlock_after_fork() noexcept { mutex_.unlock(); }
+
+  /// In a child just forked: only the forking thread lives on, so the objects other
+  /// threads' transactions held are not the child's to write. Their pages become
+  /// read-only again (their transactions end in the parent, not here).
+  void forget_other_threads() noexcept {
+    const pthread_t self = ::pthread_self();
+    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+      if (held_[d].empty() || runner_[d].load(std::memory_order_relaxed) == self) continue;
+      for (const grant_record& g : held_[d])
+        change(g.first, g.last, -1);
+      held_[d].clear();
+      runner_[d].store(pthread_t{}, std::memory_order_relaxed);
+    }
+  }
+
  private:
   struct grant_record {
     std::uint64_t offset;       // the object's, in the working bank

@@ -32,7 +32,7 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// One pool in protected mode, as the fault handler sees it: its view, and how to
 /// abort a transaction of its engine.
 struct protected_pool {
-  const protected_view* view;
+  protected_view* view;
   void* engine;
   void (*abort)(void* engine, descriptor_index d) noexcept;
 };
@@ -49,6 +49,15 @@ struct protected_registry {
 inline protected_registry& protected_pools() noexcept {
   static protected_registry r;
   return r;
+}
+
+/// Calls `f` on the view of every protected pool of this process.
+template <class F>
+void for_each_protected_view(F f) noexcept {
+  for (auto& slot : protected_pools().slots) {
+    const protected_pool* p = slot.load(std::memory_order_acquire);
+    if (p != nullptr) f(*p->view);
+  }
 }
 
 /// What a pool offset (of the working bank) holds, in words, into `out`: the object
@@ -222,6 +231,17 @@ inline void register_protected_pool(const protected_pool* pool) {
   std::call_once(r.installed, [] {
     void* warm[1];
     ::backtrace(warm, 1);  // loads what backtrace needs now, not in the handler
+    // A thread that forks while another is inside a view's lock would leave the child
+    // a lock nobody releases: the fork waits for every view's lock instead.
+    ::pthread_atfork(
+        [] { for_each_protected_view([](protected_view& v) { v.lock_for_fork(); }); },
+        [] { for_each_protected_view([](protected_view& v) { v.unlock_after_fork(); }); },
+        [] {
+          for_each_protected_view([](protected_view& v) {
+            v.forget_other_threads();
+            v.unlock_after_fork();
+          });
+        });
   });
   {
     const std::lock_guard lock(r.installing);
