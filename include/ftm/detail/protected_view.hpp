@@ -112,8 +112,11 @@ class protected_view {
   /// writable, and forgets that `d` runs here. Called as `d` commits or aborts.
   void revoke(descriptor_index d) noexcept {
     runner_[d].store(pthread_t{}, std::memory_order_relaxed);
-    const std::lock_guard lock(mutex_);
     auto& held = held_[d];
+    // Only the thread that runs `d` changes its list (and a child just forked, alone):
+    // a transaction that opened nothing for writing takes no lock.
+    if (held.empty()) return;
+    const std::lock_guard lock(mutex_);
     for (const grant_record& g : held)
       change(g.first, g.last, -1);
     held.clear();
