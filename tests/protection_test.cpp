@@ -361,3 +361,28 @@ PROTECTED_TEST(
   CHECK(good == forks);
   CHECK(pool->check().ok());
 }
+
+TEST_CASE("protected mode: a violation aborts the thread's transactions on every protected pool") {
+  auto one = protected_pool<ftm::engines::dual_bank>::make();
+  auto two = protected_pool<ftm::engines::dual_bank>::make();
+  auto c = ftm::atomically(*one, [](auto& tx) { return tx.create(counter{7, 0}); });
+  auto d1 = ftm::atomically(*one, [](auto& tx) { return tx.create(page_sized{}); });
+  auto d2 = ftm::atomically(*two, [](auto& tx) { return tx.create(counter{1, 0}); });
+  const auto o = run_child([&] {
+    ftm::transaction t1{*one};
+    ftm::transaction t2{*two};
+    t1.begin();
+    t2.begin();
+    t1.open(d1)->bytes[0] = std::byte{9};
+    t2.open(d2)->value = 2;
+    const_cast<counter&>(*t1.open_read(c)).value = 666;
+  });
+  require_stopped(o, c.offset() + header_bytes, object_at(c.offset()));
+  CHECK(o.err.find("aborted: none of its writes reach the pool") != o.err.rfind("aborted: none"));
+  CHECK(one->check().ok());
+  CHECK(two->check().ok());
+  CHECK(value_of(*one, c) == 7);
+  CHECK(value_of(*two, d2) == 1);
+  CHECK(ftm::atomically(*one, [&](auto& tx) { return tx.open_read(d1)->bytes[0]; }) ==
+        std::byte{0});
+}

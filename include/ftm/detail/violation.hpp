@@ -136,8 +136,7 @@ inline void write_stderr(const char* p, std::size_t n) noexcept {
   }
 }
 
-/// Reports the write at `address` into `pool`'s view, and aborts the calling thread's
-/// transactions on that pool.
+/// Reports the write at `address` into `pool`'s view.
 inline void report_violation(const protected_pool& pool, const std::byte* address,
                              std::uintptr_t code) noexcept {
   const protected_view& v = *pool.view;
@@ -173,18 +172,27 @@ inline void report_violation(const protected_pool& pool, const std::byte* addres
     write_stderr("ftm:   at ", 10);
     ::backtrace_symbols_fd(&frame, 1, STDERR_FILENO);
   }
-  for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
-    if (!v.runs(d)) continue;
-    pool.abort(pool.engine, d);
-    fmt::memory_buffer line;
-    try {
-      fmt::format_to(std::back_inserter(line),
-                     "ftm: the transaction on descriptor {} was aborted: none of its writes reach "
-                     "the pool\n",
-                     d);
-    } catch (...) {
+}
+
+/// Aborts every transaction the calling thread runs on a protected pool (the one the
+/// faulting write hit, and any other), and says so on stderr.
+inline void abort_this_threads_transactions() noexcept {
+  for (auto& slot : protected_pools().slots) {
+    const protected_pool* p = slot.load(std::memory_order_acquire);
+    if (p == nullptr) continue;
+    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+      if (!p->view->runs(d)) continue;
+      p->abort(p->engine, d);
+      fmt::memory_buffer line;
+      try {
+        fmt::format_to(std::back_inserter(line),
+                       "ftm: the transaction on descriptor {} of the pool '{}' was aborted: none "
+                       "of its writes reach the pool\n",
+                       d, p->view->name());
+      } catch (...) {
+      }
+      write_stderr(line.data(), line.size());
     }
-    write_stderr(line.data(), line.size());
   }
 }
 
@@ -216,6 +224,7 @@ inline void on_protection_fault(int sig, siginfo_t* info, void* context) {
     return;
   }
   report_violation(*hit, address, fault_code_address(context));
+  abort_this_threads_transactions();
   static constexpr char stop[] = "ftm: stopping the program (SIGSEGV)\n";
   write_stderr(stop, sizeof stop - 1);
   // The write faults again on return, and kills the process with SIGSEGV: a supervisor
