@@ -28,6 +28,7 @@
 ///                engine, so this row spells out their two transactions and loop),
 ///   ftm-pmem     `ftm::serve` / `ftm::call` on an `ftm::engines::pmem` pool file
 ///                (process durability: nothing is flushed at commit),
+///   ftm-protected  `ftm::serve` / `ftm::call` on a `dual_bank` pool in protected mode,
 ///   mutex        between threads: a bounded ring guarded by a `std::mutex` with two
 ///                `std::condition_variable`s (not empty, not full) per direction,
 ///   pthread      between processes: the same ring in a `MAP_SHARED` page, guarded by
@@ -236,6 +237,21 @@ struct pool_maker<ftm::engines::pmem> {
       delete p;
       std::filesystem::remove(path);
     });
+  }
+};
+
+/// `dual_bank` in protected mode (`options::protected_mode`), a type of its own for
+/// the `ftm-protected` rows.
+class protected_dual_bank : public ftm::engines::dual_bank {
+ public:
+  protected_dual_bank()
+      : dual_bank(options{.bank_size = std::size_t{1} << 20, .protected_mode = true}) {}
+};
+
+template <>
+struct pool_maker<protected_dual_bank> {
+  static std::shared_ptr<protected_dual_bank> make() {
+    return std::make_shared<protected_dual_bank>();
   }
 };
 
@@ -924,10 +940,12 @@ void register_all() {
   add("call/threads/ftm", ftm_call_threads<dual_bank, false>);
   add("call/threads/ftm-session", ftm_call_threads<dual_bank, true>);
   add("call/threads/ftm-pmem", ftm_call_threads<pmem, false>);
+  add("call/threads/ftm-protected", ftm_call_threads<protected_dual_bank, false>);
   add("call/threads/mutex", mutex_call_threads);
   add("call/processes/ftm", ftm_call_processes<dual_bank, false>);
   add("call/processes/ftm-session", ftm_call_processes<dual_bank, true>);
   add("call/processes/ftm-pmem", ftm_call_processes<pmem, false>);
+  add("call/processes/ftm-protected", ftm_call_processes<protected_dual_bank, false>);
   add("call/processes/pthread", pthread_call_processes);
   benchmark::RegisterBenchmark("call/3-client-processes/ftm", ftm_call_clients<false>)
       ->UseManualTime();

@@ -9,6 +9,9 @@
 ///              claims a transaction descriptor for each transaction,
 ///   ftm-session  `ftm::atomically(session, f)`: each thread keeps an `ftm::session`
 ///              (a descriptor held across its transactions) on such a pool,
+///   ftm-protected, ftm-session-protected  the same on a pool in protected mode
+///              (`options::protected_mode`: the program sees the pool read-only but
+///              the objects its transactions opened for writing),
 ///   mutex      a `std::mutex` per object (alignas(64)) and an undo copy: the write
 ///              saves the 64-byte object before changing it, as an undo log would,
 ///              and discards the copy at "commit",
@@ -58,12 +61,16 @@ struct alignas(256) apart {
 
 // ---- ftm ------------------------------------------------------------------------
 
-/// `ftm::atomically` on the pool, or with `UseSession` on each thread's session.
-template <bool UseSession>
+/// `ftm::atomically` on the pool, or with `UseSession` on each thread's session; with
+/// `Protected`, on a pool in protected mode.
+template <bool UseSession, bool Protected = false>
 struct ftm_system {
-  static constexpr const char* name = UseSession ? "ftm-session" : "ftm";
+  static constexpr const char* name = UseSession
+                                          ? (Protected ? "ftm-session-protected" : "ftm-session")
+                                          : (Protected ? "ftm-protected" : "ftm");
 
-  ftm::engines::dual_bank pool{std::size_t{1} << 20};
+  ftm::engines::dual_bank pool{ftm::engines::dual_bank::options{.bank_size = std::size_t{1} << 20,
+                                                                .protected_mode = Protected}};
   std::array<ftm::stable<record>, max_threads> objects;
 
   ftm_system() {
@@ -353,10 +360,13 @@ bool verify_all() {
 }
 
 #ifdef FTM_BENCH_NO_ITM
-#define FTM_BENCH_SYSTEMS ftm_system<false>, ftm_system<true>, floor_system, mutex_system
+#define FTM_BENCH_SYSTEMS                                                               \
+  ftm_system<false>, ftm_system<true>, ftm_system<false, true>, ftm_system<true, true>, \
+      floor_system, mutex_system
 #else
-#define FTM_BENCH_SYSTEMS \
-  ftm_system<false>, ftm_system<true>, floor_system, mutex_system, itm_system
+#define FTM_BENCH_SYSTEMS                                                               \
+  ftm_system<false>, ftm_system<true>, ftm_system<false, true>, ftm_system<true, true>, \
+      floor_system, mutex_system, itm_system
 #endif
 
 }  // namespace

@@ -17,6 +17,17 @@
 
 namespace ftm_test {
 
+/// Whether the suites run their pools in protected mode: the environment variable
+/// FTM_TEST_PROTECTED=1 (the `.protected` CTest entries) turns it on for every pool the
+/// factories below make.
+inline bool protected_pools() {
+  static const bool on = [] {
+    const char* v = std::getenv("FTM_TEST_PROTECTED");
+    return v != nullptr && v[0] == '1';
+  }();
+  return on;
+}
+
 /// How a test makes a fresh pool of engine `E` with `bank_size` bytes of objects: by
 /// default `E(bank_size)`, for an engine constructible from a capacity in bytes
 /// (`ftm::engines::reference`); the engines below say otherwise.
@@ -32,8 +43,10 @@ template <>
 struct engine_factory<ftm::engines::dual_bank> {
   static std::unique_ptr<ftm::engines::dual_bank> make(std::size_t bank_size = std::size_t{4} << 20,
                                                        std::uint32_t max_objects = 1024) {
-    return std::make_unique<ftm::engines::dual_bank>(ftm::engines::dual_bank::options{
-        .bank_size = bank_size, .max_objects_per_transaction = max_objects});
+    return std::make_unique<ftm::engines::dual_bank>(
+        ftm::engines::dual_bank::options{.bank_size = bank_size,
+                                         .max_objects_per_transaction = max_objects,
+                                         .protected_mode = protected_pools()});
   }
 };
 
@@ -84,7 +97,8 @@ class pmem_power : public ftm::engines::pmem {
              {.bank_size = bank_size,
               .max_objects_per_transaction = max_objects,
               .level = ftm::durability::power,
-              .log_size = std::size_t{1} << 20}) {}
+              .log_size = std::size_t{1} << 20,
+              .protected_mode = protected_pools()}) {}
 
   /// Opens a pool with durability `power`, as every user of a `power` pool must.
   static ftm::engines::pmem open(const std::filesystem::path& path) {
@@ -125,7 +139,8 @@ class pmem_power_lines : public ftm::engines::pmem {
             .max_objects_per_transaction = max_objects,
             .level = ftm::durability::power,
             .log_size = std::size_t{1} << 20,
-            .flush = ftm::flush_method::cache_lines};
+            .flush = ftm::flush_method::cache_lines,
+            .protected_mode = protected_pools()};
   }
 };
 
@@ -143,9 +158,10 @@ template <>
 struct engine_factory<ftm::engines::pmem> {
   static std::unique_ptr<ftm::engines::pmem, pool_file_deleter> make(
       std::size_t bank_size = std::size_t{4} << 20, std::uint32_t max_objects = 1024) {
-    return std::unique_ptr<ftm::engines::pmem, pool_file_deleter>(
-        new ftm::engines::pmem(ftm::engines::pmem::create(
-            scratch_file(), {.bank_size = bank_size, .max_objects_per_transaction = max_objects})));
+    return std::unique_ptr<ftm::engines::pmem, pool_file_deleter>(new ftm::engines::pmem(
+        ftm::engines::pmem::create(scratch_file(), {.bank_size = bank_size,
+                                                    .max_objects_per_transaction = max_objects,
+                                                    .protected_mode = protected_pools()})));
   }
 };
 

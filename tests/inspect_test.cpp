@@ -101,6 +101,7 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   CHECK_MATCH(r.out, fmt::format("file size +{} bytes", fs::file_size(path)));
   CHECK_MATCH(r.out, "\\(this boot\\)");
   CHECK_MATCH(r.out, "durability +process\n");
+  CHECK_MATCH(r.out, "protected mode +off\n");
   CHECK_MATCH(r.out, "roots \\(0\\)\n");
   CHECK_MATCH(r.out, fmt::format("chunks +{0} in all, 0 in use, {0} free", chunks));
   CHECK_MATCH(r.out, "objects +0 live, 0 bytes");
@@ -111,6 +112,20 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   const auto c = inspect("--check " + path.string());
   CHECK(c.status == 0);
   CHECK_MATCH(c.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect shows whether a pool's latest opener uses protected mode") {
+  const fs::path path = ftm_test::scratch_file();
+  auto opts = small;
+  opts.protected_mode = true;
+  { auto pool = pmem::create(path, opts); }
+  CHECK_MATCH(inspect(path.string()).out, "protected mode +on \\(its latest opener");
+  { auto pool = pmem::open(path); }
+  CHECK_MATCH(inspect(path.string()).out, "protected mode +off\n");
+  {
+    auto pool = pmem::open(path, opts);
+    CHECK_MATCH(inspect(path.string()).out, "protected mode +on");  // while it is open
+  }
 }
 
 TEST_CASE("ftm-inspect shows a power pool's durability and how its redo log is flushed") {

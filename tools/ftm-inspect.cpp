@@ -73,6 +73,8 @@ int inspect(const std::string& path, bool check) {
   } else {
     fmt::print("  durability      process\n");
   }
+  fmt::print("  protected mode  {}\n",
+             h.protected_mode ? "on (its latest opener may write only objects it opened)" : "off");
 
   const auto roots = pool.roots();
   fmt::print("roots ({})\n", roots.size());

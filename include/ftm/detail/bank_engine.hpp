@@ -63,6 +63,7 @@ class bank_engine : protected bank_roots {
   struct options {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
     std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
+    bool protected_mode = false;  ///< the program may write only objects it opened for writing
   };
 
   static constexpr std::size_t chunk_size = bank_layout::chunk_size;

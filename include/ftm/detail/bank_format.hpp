@@ -143,6 +143,10 @@ struct pool_header {
   /// descriptor of the earlier boot, so the pool counts as of an earlier boot then).
   std::uint64_t boot_check;
   std::uint64_t header_check;  // check_bytes() of the fields before `boot_id`
+  /// 1 if the pool's latest opener uses it in protected mode, else 0 (and in pools made
+  /// before the field existed): what ftm-inspect shows. Not in any check: it changes.
+  std::uint32_t protected_mode;
+  std::uint32_t reserved;
 };
 inline constexpr std::uint64_t header_check_seed = 0x6865616465723a32ull;
 inline constexpr std::uint64_t boot_check_seed = 0x626f6f7469643a32ull;
@@ -338,11 +342,12 @@ struct geometry {
 };
 
 // The format, checked: a change to any of these is a new `format_version`.
-static_assert(sizeof(pool_header) == 128 && offsetof(pool_header, version) == 8 &&
+static_assert(sizeof(pool_header) == 136 && offsetof(pool_header, version) == 8 &&
                   offsetof(pool_header, pool_id) == 16 && offsetof(pool_header, map_size) == 64 &&
                   offsetof(pool_header, boot_id) == 72 &&
                   offsetof(pool_header, boot_check) == 112 &&
-                  offsetof(pool_header, header_check) == 120,
+                  offsetof(pool_header, header_check) == 120 &&
+                  offsetof(pool_header, protected_mode) == 128,
               "the pool header's layout is part of the file format");
 static_assert(sizeof(watch_line) == 64 && sizeof(watch_table) == 32 * 64,
               "the watchers' table is one cache line per counter pair");

@@ -4,8 +4,8 @@
 /// \file
 /// `ftm::engines::dual_bank`: the paper's STM board in software, in shared memory.
 
-#include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/config.hpp>
+#include <ftm/detail/protected_bank.hpp>
 #include <ftm/error.hpp>
 
 #include <fmt/format.h>
@@ -70,7 +70,7 @@ namespace ftm::FTM_ABI_NAMESPACE::engines {
 /// The pool is a `MAP_SHARED` memfd mapping: a `fork()`ed child uses the same pool.
 /// When a process dies, any survivor calls `recover()`: transactions that were
 /// active are undone from the second bank, those that were committing are completed.
-class dual_bank : private detail::memfd_region, public detail::bank_engine {
+class dual_bank : private detail::memfd_region, public detail::protectable_bank {
  public:
   /// The memfd mapping is `MAP_SHARED`: a forked child uses the same pool.
   static constexpr bool fork_shared = true;
@@ -78,14 +78,18 @@ class dual_bank : private detail::memfd_region, public detail::bank_engine {
   explicit dual_bank(std::size_t bank_size) : dual_bank(options{.bank_size = bank_size}) {}
   explicit dual_bank(options opts)
       : dual_bank(detail::bank_layout::geometry::compute(
-            opts.bank_size, opts.max_objects_per_transaction, "dual_bank")) {}
+                      opts.bank_size, opts.max_objects_per_transaction, "dual_bank"),
+                  opts.protected_mode) {}
 
   /// The memfd behind the pool, for handing it to another process.
   [[nodiscard]] int fd() const noexcept { return region_fd(); }
 
  private:
-  explicit dual_bank(const detail::bank_layout::geometry& g)
-      : memfd_region(g.map_size), bank_engine(region(), g, /*fresh=*/true, "dual_bank") {}
+  dual_bank(const detail::bank_layout::geometry& g, bool protected_mode)
+      : memfd_region(g.map_size), protectable_bank(region(), g, /*fresh=*/true, "dual_bank") {
+    if (protected_mode) protect(region_fd(), g.map_size, "dual_bank");
+    record_mode();
+  }
 };
 
 }  // namespace ftm::FTM_ABI_NAMESPACE::engines

@@ -6,9 +6,9 @@
 /// that the pool outlives every process that uses it.
 
 #include <ftm/detail/bank/check.hpp>
-#include <ftm/detail/bank_engine.hpp>
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/process.hpp>
+#include <ftm/detail/protected_bank.hpp>
 #include <ftm/detail/redo_log.hpp>
 #include <ftm/durability.hpp>
 #include <ftm/engine.hpp>
@@ -383,6 +383,8 @@ class pmem_view : private detail::file_region {
     /// refuses the pool, and `check()` reports it.
     std::filesystem::path log_path;
     bool log_missing = false;
+    /// Its latest opener uses it in protected mode (`options::protected_mode`).
+    bool protected_mode = false;
   };
 
   /// Opens the pool file at `path` for reading. Throws `ftm::io_error` if it cannot be
@@ -401,6 +403,7 @@ class pmem_view : private detail::file_region {
     header_.file_size = h.map_size;
     header_.boot_id.assign(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id));
     header_.earlier_boot = of_earlier_boot(h, detail::current_boot_id());
+    header_.protected_mode = h.protected_mode == 1;
     const auto& ctl =
         *reinterpret_cast<const detail::redo::control*>(region() + detail::redo::control_offset);
     header_.level = ctl.level == 1 ? durability::power : durability::process;
@@ -499,7 +502,7 @@ class pmem_view : private detail::file_region {
 /// returns once it is on the medium; concurrent committers share one flush, or on a
 /// DAX file system the record's cache lines are flushed (`ftm::flush_method`). Every
 /// process that has a pool open uses the same level and the same flush method.
-class pmem : private detail::file_region, public detail::bank_engine {
+class pmem : private detail::file_region, public detail::protectable_bank {
  public:
   /// The file mapping is `MAP_SHARED`: a forked child uses the same pool.
   static constexpr bool fork_shared = true;
@@ -517,6 +520,9 @@ class pmem : private detail::file_region, public detail::bank_engine {
     /// `power`: how commits put the redo log on the medium. A process opening a pool
     /// that others use with `automatic` takes their method.
     flush_method flush = flush_method::automatic;
+    /// Protected mode, for this process: it may write only the objects its transactions
+    /// opened for writing; any other write to the pool stops it (see the reference).
+    bool protected_mode = false;
   };
 
   /// Creates a new pool file at `path` (and its redo log, for `durability::power`).
@@ -610,8 +616,10 @@ class pmem : private detail::file_region, public detail::bank_engine {
  private:
   pmem(create_tag tag, const std::filesystem::path& path, const detail::bank_layout::geometry& g,
        const options& opts)
-      : file_region(tag, path, g), bank_engine(region(), g, /*fresh=*/true, "pmem") {
+      : file_region(tag, path, g), protectable_bank(region(), g, /*fresh=*/true, "pmem") {
     set_pool_name(path.string());
+    if (opts.protected_mode) protect(region_fd(), g.map_size, path.string());
+    record_mode();
     // Held before the name is published: no opener may take this pool for unused.
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
     if (opts.level != durability::power) {
@@ -640,7 +648,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
   }
 
   pmem(open_tag tag, const std::filesystem::path& path, const options& asked)
-      : file_region(tag, path), bank_engine(region(), region_geometry(), /*fresh=*/false, "pmem") {
+      : file_region(tag, path),
+        protectable_bank(region(), region_geometry(), /*fresh=*/false, "pmem") {
     const opening_lock lock(region_fd());
     auto& h = region_header();
     set_pool_name(path.string());
@@ -699,6 +708,8 @@ class pmem : private detail::file_region, public detail::bank_engine {
       detail::redo::redo_log::create_file(wal, pool_id(), opts.log_size);
       start_power(opts);
     }
+    if (opts.protected_mode) protect(region_fd(), region_geometry().map_size, path.string());
+    record_mode();
     users_.take(region_fd(), /*exclusive=*/false, /*wait=*/true);
   }
 
