@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -22,6 +23,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -73,6 +75,7 @@ class nats_server {
       std::ofstream conf(dir_ / "server.conf");
       conf << "server_name: " << name_ << "\n"
            << "listen: 127.0.0.1:" << port_ << "\n"
+           << "http: 127.0.0.1:" << monitor_port_ << "\n"
            << "jetstream { store_dir: \"" << (dir_ / "store").string() << "\" }\n"
            << "cluster {\n  name: ftm\n  listen: 127.0.0.1:" << cluster_port_ << "\n  routes: [\n";
       for (int p : cluster_)
@@ -144,12 +147,36 @@ class nats_server {
 
   [[nodiscard]] int starts() const { return starts_; }
 
+  /// GET `path` from the monitoring port (cluster members only); empty on failure.
+  [[nodiscard]] std::string http_get(const std::string& path) const {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<std::uint16_t>(monitor_port_));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    std::string out;
+    timeval tv{2, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) {
+      const std::string req =
+          "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+      if (::write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+        char buf[4096];
+        for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+          out.append(buf, static_cast<std::size_t>(n));
+      }
+    }
+    ::close(fd);
+    return out;
+  }
+
  private:
   std::filesystem::path dir_;
   std::string name_;
   int port_;
   int cluster_port_;
   std::vector<int> cluster_;
+  int monitor_port_ = free_port();
   pid_t pid_ = -1;
   int starts_ = 0;
 };
@@ -176,6 +203,30 @@ class nats_cluster {
     return out;
   }
   nats_server& operator[](std::size_t i) { return *servers_[i]; }
+
+  /// The name of the server that leads the stream `stream`, as a live member reports
+  /// it; empty if none knows.
+  std::string leader_of(const std::string& stream) {
+    for (auto& s : servers_) {
+      if (!s->running()) continue;
+      const std::string body = s->http_get("/jsz?accounts=true&streams=true");
+      // Pretty-printed JSON: "name": "FTM_B", ... "cluster": { ... "leader": "n1"
+      const std::size_t at = body.find("\"" + stream + "\"");
+      if (at == std::string::npos) continue;
+      const std::size_t l = body.find("\"leader\":", at);
+      if (l == std::string::npos) continue;
+      const std::size_t b = body.find('"', l + 9) + 1;
+      const std::size_t e = body.find('"', b);
+      if (e != std::string::npos && e > b) return body.substr(b, e - b);
+    }
+    return {};
+  }
+  /// The index of the member named `name`, or size() if none.
+  std::size_t index_of(const std::string& name) const {
+    for (std::size_t i = 0; i < servers_.size(); ++i)
+      if (servers_[i]->name() == name) return i;
+    return servers_.size();
+  }
   [[nodiscard]] std::size_t size() const { return servers_.size(); }
 
  private:
