@@ -84,6 +84,9 @@ client::client(const client_options& options, std::chrono::milliseconds give_up)
   natsOptions_SetTimeout(o, options.timeout.count());
   natsOptions_SetPingInterval(o, 1000);
   natsOptions_SetMaxPingsOut(o, 3);
+  // Each publish goes out at once instead of waiting for libnats' flusher thread: a
+  // bridge publishes one message and waits for its PubAck, so batching only adds delay.
+  natsOptions_SetSendAsap(o, true);
   const auto deadline = std::chrono::steady_clock::now() + give_up;
   natsStatus s = NATS_OK;
   for (;;) {
