@@ -745,6 +745,13 @@ void bridge<E>::run_inbound(E& engine) const {
       // was lost with a killed server. Start again from the ack floor (at most every
       // 200 ms); a gap that never fills means a lost message upstream.
       if (std::chrono::steady_clock::now() - last_resync > 200ms) {
+        if (d->delivered > 3) {
+          std::fprintf(stderr,
+                       "ftm::nats: node '%s' holds %s (delivered %llu times): a message of "
+                       "that sender before it has not arrived; it is never skipped\n",
+                       options_.name.c_str(), d->message_id.c_str(),
+                       static_cast<unsigned long long>(d->delivered));
+        }
         resync();
         last_resync = std::chrono::steady_clock::now();
       }
