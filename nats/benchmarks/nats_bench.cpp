@@ -13,9 +13,10 @@
 //   build/gcc/nats/benchmarks/ftm_nats_bench --benchmark_repetitions=5
 //     --benchmark_report_aggregates_only=true   (one line)
 //
-// libnats starts threads, so the program forks every process that uses it (the
-// bridges, the plain responder) before its own first use of libnats (the plain
-// requester).
+// libnats starts threads and has global state, so the program forks every process
+// that uses it (the bridges, the plain responder) before its own first use of libnats
+// (the plain requester); a task restarted after that would inherit libnats' state
+// from this process, so nothing here is killed.
 #include "../tests/nats_harness.hpp"
 
 #include <ftm/engines/pmem.hpp>
@@ -134,6 +135,12 @@ struct world {
     sups.push_back(std::make_unique<ftm::supervisor<pmem>>(*b, forever("local"), server(local)));
     for (auto& s : sups)
       threads.emplace_back([p = s.get()] { p->run(); });
+    // Every task instance forked before this process uses libnats itself (below): a
+    // fork while libnats' start-up holds its global lock leaves the child stuck on it.
+    for (auto& s : sups) {
+      for (int i = 0; i < 10000 && s->stats().starts == 0; ++i)
+        std::this_thread::sleep_for(1ms);
+    }
     // The plain responder: a child process of its own.
     plain_responder = ::fork();
     if (plain_responder == 0) {
