@@ -263,7 +263,7 @@ int main(int argc, char** argv) {
     // Verification: every acknowledged call is in the server's log exactly once, and
     // nothing else is; each page's writes saw versions 1..n; reads saw a page written
     // by an acknowledged write (or never written).
-    const server_state s = ftm::atomically(b, [&](auto& tx) { return *tx.open_read(state); });
+    const server_state s = ftm::atomically(b, [&](auto& tx) { return *tx.open_read(st); });
     std::map<std::uint64_t, int> logged;
     for (std::uint64_t i = 0; i < s.count; ++i) {
       const log_segment seg =

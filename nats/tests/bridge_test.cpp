@@ -164,7 +164,7 @@ TEST_CASE("ftm::call on node A is served by ftm::serve on node B") {
     s->stop();
   for (auto* r : {&r1, &r2, &r3, &r4, &r5})
     r->join();
-  const auto tot = ftm::atomically(*b, [&](auto& tx) { return *tx.open_read(totals); });
+  const auto tot = ftm::atomically(*b, [&](auto& tx) { return *tx.open_read(t); });
   CHECK(tot[0] + tot[1] + tot[2] + tot[3] == sum);
 }
 
