@@ -399,8 +399,10 @@ class bridge {
                       "latest: node '{}', service '{}'); callers should reuse their reply ports",
                       max_mirrors, node, service));
     }
-    const reply_port<Rep> mirror =
-        make_port<reply_to_call<Rep>>(tx, port_options{.capacity = capacity, .max_deliveries = 0});
+    // A full mirror (its node's outbound side cannot publish) makes the server wait
+    // for room, instead of failing its request's transaction over and over.
+    const reply_port<Rep> mirror = make_port<reply_to_call<Rep>>(
+        tx, port_options{.capacity = capacity, .max_deliveries = 0, .on_full = when_full::block});
     detail::mirror_entry& e = table->entries[table->count++];
     detail::copy_name(e.node, node);
     detail::copy_name(e.service, service);
