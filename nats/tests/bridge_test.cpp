@@ -14,6 +14,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -121,6 +122,65 @@ TEST_CASE("a bound port carries messages to another node, in order, exactly once
   CHECK(sa.published == n);
   CHECK(sb.applied == n);
   CHECK(sb.rejected == 0);
+}
+
+TEST_CASE("a bound port keeps order and exactly once while its bridges and nats-server die") {
+  ftm_nats_test::nats_server server(ftm_test::scratch_dir() / "nats-order", "s3");
+  server.start();
+  pool_ptr a = make_pool(), b = make_pool();
+  auto out = ftm::atomically(*a, [](auto& tx) {
+    return ftm::make_port<note>(
+        tx, {.capacity = 64, .max_deliveries = 0, .on_full = ftm::when_full::block});
+  });
+  auto in = ftm::atomically(*b, [](auto& tx) {
+    return ftm::make_port<note>(tx, {.capacity = 4096, .max_deliveries = 0});
+  });
+  auto opts = [&](const char* name) {
+    ftm::nats::node_options o = node(name, server);
+    o.nats.timeout = 300ms;
+    return o;
+  };
+  ftm::nats::bridge<pmem> ba(opts("A")), bb(opts("B"));
+  ba.bind(out, "B", "notes");
+  bb.expose("notes", in);
+  ftm::supervisor<pmem> a_out(*a, task("nats-out"), ba.outbound_task());
+  ftm::supervisor<pmem> b_in(*b, task("nats-in"), bb.inbound_task());
+  ftm_test::running_supervisor ra(a_out), rb(b_in);
+  const stopper guard{{&a_out, &b_in}};
+
+  constexpr std::uint64_t n = 3000;
+  std::thread sender([&] {
+    for (std::uint64_t i = 1; i <= n; ++i)
+      ftm::atomically(*a, [&](auto& tx) { ftm::send(tx, out, note{i, i * 7}); });
+  });
+  // The receiver checks the order as it goes; the killer kills after each 100
+  // messages received: the outbound task, the inbound task, then nats-server.
+  std::uint64_t expect = 1, kills = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (expect <= n && std::chrono::steady_clock::now() < deadline) {
+    auto m = ftm::atomically(*b, [&](auto& tx) { return ftm::receive_for(tx, in, 200ms); });
+    if (!m) continue;
+    REQUIRE(m->seq == expect);
+    CHECK(m->value == expect * 7);
+    if (expect % 100 == 0) {
+      switch (kills++ % 3) {
+        case 0: a_out.signal_task(SIGKILL); break;
+        case 1: b_in.signal_task(SIGKILL); break;
+        default:
+          server.kill9();
+          server.start();
+          break;
+      }
+    }
+    ++expect;
+  }
+  sender.join();
+  CHECK(expect == n + 1);
+  std::this_thread::sleep_for(500ms);  // a late second copy would be applied by now
+  const auto left = ftm::atomically(*b, [&](auto& tx) { return ftm::port_stats_of(tx, in); });
+  CHECK(left.depth == 0);
+  CHECK(left.sent == n);
+  CHECK(kills >= 29);
 }
 
 TEST_CASE("ftm::call on node A is served by ftm::serve on node B") {

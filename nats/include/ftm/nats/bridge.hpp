@@ -325,7 +325,11 @@ class bridge {
           if (!r) return false;
           const reply_port<Rep> mirror = mirror_for<Rep>(tx, source, name, r->reply_to.offset(),
                                                          r->reply_to.capacity(), mirror_capacity);
-          send(tx, server, call_request<Req, Rep>{r->id, mirror, r->body});
+          // The request as the caller made it (its id and whatever else it carries),
+          // with the mirror as its reply port.
+          call_request<Req, Rep> forwarded = *r;
+          forwarded.reply_to = mirror;
+          send(tx, server, forwarded);
           return true;
         };
     mirror_takers_[name] = [name](transaction<E>& tx,
