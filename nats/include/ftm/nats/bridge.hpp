@@ -549,7 +549,12 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
   // was found holding a message: then the wait is not blocking.
   const auto deadline =
       all_empty ? std::chrono::steady_clock::now() + slice : std::chrono::steady_clock::now();
-  if (!tokens.empty()) engine.wait(std::span<const watch_token>(tokens), deadline);
+  if (!tokens.empty()) {
+    engine.wait(std::span<const watch_token>(tokens), deadline);
+  } else if (all_empty) {
+    // Nothing to watch yet (no bound port, no mirror table): look again soon.
+    std::this_thread::sleep_for(std::min(slice, std::chrono::milliseconds(10)));
+  }
 }
 
 template <watchable_engine E>
