@@ -169,11 +169,11 @@ std::optional<std::uint64_t> client::ack_floor(std::string_view stream, std::str
   jsConsumerInfo* ci = nullptr;
   jsErrCode jerr{};
   const natsStatus s = js_GetConsumerInfo(&ci, impl_->js, st.c_str(), co.c_str(), nullptr, &jerr);
-  if (found != nullptr) *found = s == NATS_OK;
-  if (s != NATS_OK) {
-    if (found != nullptr && (jerr == JSConsumerNotFoundErr || s == NATS_NOT_FOUND)) *found = false;
-    return std::nullopt;
+  // Not found only when the server says so; no answer leaves it unknown (found).
+  if (found != nullptr) {
+    *found = !(jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr || s == NATS_NOT_FOUND);
   }
+  if (s != NATS_OK) return std::nullopt;
   const std::uint64_t floor = ci->AckFloor.Stream;
   jsConsumerInfo_Destroy(ci);
   return floor;

@@ -587,6 +587,7 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node,
     const std::string id = fmt::format("{}/{}/{}", options_.name, head->epoch, head->n);
     const publish_result r = c.publish(detail::name_of(head->subject), id,
                                        std::span<const std::byte>(head->bytes, head->size));
+    if (r == publish_result::refused) streams.erase(node);  // make it again if it is gone
     if (r == publish_result::no_answer || r == publish_result::refused) return false;
     atomically(engine, [&](transaction<E>& tx) {
       auto b = tx.open(box);
@@ -669,10 +670,30 @@ void bridge<E>::run_inbound(E& engine) const {
   };
   resync();
   auto last_resync = std::chrono::steady_clock::now();
+  auto last_delivery = last_resync;
   for (;;) {
     ftm::heartbeat();
     const std::optional<delivery> d = c.next(100ms);
-    if (!d) continue;
+    if (!d) {
+      // Quiet for a second: check that the consumer still exists. A server killed just
+      // after it made the consumer may come back without it (and without the stream),
+      // and then nothing would ever be delivered.
+      if (std::chrono::steady_clock::now() - last_delivery > 1s) {
+        last_delivery = std::chrono::steady_clock::now();
+        bool found = false;
+        const std::optional<std::uint64_t> acked = c.ack_floor(stream, consumer, &found);
+        if (!acked && !found) {
+          std::string why;
+          if (c.ensure_stream(stream, fmt::format("ftm.{}.>", options_.name), options_.stream,
+                              &why)) {
+            resync();
+            last_resync = std::chrono::steady_clock::now();
+          }
+        }
+      }
+      continue;
+    }
+    last_delivery = std::chrono::steady_clock::now();
     enum class outcome { applied, dropped, held, rejected, stale, full };
     const std::optional<detail::message_id> id = detail::parse_id(d->message_id);
     std::string_view rest = d->subject;

@@ -97,7 +97,8 @@ class client {
                          std::span<const std::byte> data, std::string* error = nullptr);
 
   /// The ack floor of a consumer (every stream sequence up to it was acked), or
-  /// nothing if the consumer does not exist (`found` false) or no answer came.
+  /// nothing if the consumer or its stream does not exist (then `found` is false) or
+  /// no answer came (`found` true: unknown).
   std::optional<std::uint64_t> ack_floor(std::string_view stream, std::string_view consumer,
                                          bool* found = nullptr);
 
