@@ -4,6 +4,7 @@
 // a subscription of ours, and acks are plain publishes to the ack subject.
 #include <ftm/error.hpp>
 #include <ftm/nats/client.hpp>
+#include <ftm/supervisor.hpp>
 
 #include <fmt/format.h>
 #include <nats/nats.h>
@@ -92,6 +93,7 @@ client::client(const client_options& options, std::chrono::milliseconds give_up)
   for (;;) {
     s = natsConnection_Connect(&impl_->nc, o);
     if (s == NATS_OK || std::chrono::steady_clock::now() > deadline) break;
+    ftm::heartbeat();  // waiting for a server is not hanging
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   natsOptions_Destroy(o);

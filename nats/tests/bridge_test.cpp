@@ -67,6 +67,7 @@ struct stopper {
 
 ftm::task_options task(const char* name) {
   return {.name = name,
+          .lease = 10000ms,  // a hung instance (see two_nodes.hpp) is started again
           .intensity = {.max_restarts = 1000000, .period = 1ms},
           .restart = ftm::restart_policy::permanent};
 }
