@@ -32,7 +32,7 @@ TEST_CASE("calls between nodes are exactly once while bridges, server and nats-s
   ns.start();
   two_nodes w({ns.url()}, 1, 300ms);
   w.start_clients();
-  REQUIRE(w.wait_progress(0, 20, 60s));
+  REQUIRE(w.wait_progress(0, 20, 120s));
 
   std::mt19937_64 rng(std::random_device{}());
   std::uint64_t bridge_kills = 0, server_kills = 0, nats_kills = 0;
