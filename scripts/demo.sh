@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the examples in Release and runs the demos: first the reliable page server
 # and the key-value server over a stable_hash_map (each server killed at random
-# intervals for a few seconds), then segment, bank, persistent, ports and failover.
+# intervals for a few seconds), then segment, bank, persistent, ports and failover;
+# then, when libnats and nats-server are installed, the page server across two nodes
+# over NATS (nats/examples/nats_page_server.cpp), with kills on both nodes and of the
+# nats-server.
 #
 #   scripts/demo.sh
 #
@@ -32,3 +35,12 @@ for demo in "${demos[@]}"; do
     "$dir/examples/$demo"
   fi
 done
+
+# The NATS bridge is optional: its demo runs when CMake found libnats and nats-server.
+if cmake --build "$dir" --target help 2>/dev/null | grep -q '^nats_page_server:'; then
+  cmake --build "$dir" -j "$jobs" --target nats_page_server
+  printf '\n=== nats_page_server (clients on node A, server on node B) ===\n'
+  "$dir/nats/examples/nats_page_server" --seconds "${FTM_DEMO_SECONDS:-5}"
+else
+  printf '\n=== nats_page_server: skipped (needs libnats-dev and nats-server) ===\n'
+fi

@@ -7,11 +7,15 @@ set -euo pipefail
 # libpmemobj-dev, libpmem-dev, libsqlite3-dev and liblmdb-dev are the peers of the
 # durable benchmark (benchmarks/durable_bench.cpp), found with pkg-config.
 # clang-tidy runs in the clang stage of scripts/test.sh (.clang-tidy).
+# libnats-dev and nats-server are the optional NATS JetStream bridge (nats/), found with
+# pkg-config; without them it is skipped. Debian's nats-server package enables a systemd
+# unit on port 4222 where systemd runs; the tests start their own servers on other ports.
 # libclang-rt-dev holds clang's sanitizer runtimes (the TSan stage needs them); clang
 # only recommends it, and recommends are not installed here.
 packages=(g++ clang libclang-rt-dev clang-format clang-tidy cmake ninja-build git python3
   libboost-dev libfmt-dev doctest-dev libbenchmark-dev
-  pkg-config libpmemobj-dev libpmem-dev libsqlite3-dev liblmdb-dev)
+  pkg-config libpmemobj-dev libpmem-dev libsqlite3-dev liblmdb-dev
+  libnats-dev nats-server)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -95,7 +95,8 @@ stage_clang() {
   local dir=$build_root/clang
   configure "$dir" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFTM_INSTALL=ON -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
-    -DFTM_BUILD_EXAMPLES=ON -DFTM_BUILD_BENCHMARKS=OFF -DFTM_BUILD_FUZZERS=ON
+    -DFTM_BUILD_EXAMPLES=ON -DFTM_BUILD_BENCHMARKS=OFF -DFTM_BUILD_FUZZERS=ON \
+    -DFTM_NATS_KILLS=100
   cmake --build "$dir" -j "$jobs"
   echo "-- clang-tidy (.clang-tidy) over ${tidy_sources[*]}"
   printf '%s\n' "${tidy_sources[@]}" |

@@ -1,0 +1,240 @@
+// A call between two nodes over the NATS bridge (ftm::call on node A, ftm::serve on
+// node B, each a pool file with its own supervised bridge tasks), side by side with a
+// plain NATS request/reply (core NATS, nothing stored, not reliable) and a local
+// ftm::call (client and server on one pool). One nats-server, started by the program
+// on 127.0.0.1 with its store in a temporary directory.
+//
+// Each benchmark records every call's latency: the counters p50_us and p99_us are its
+// percentiles in microseconds (with 4 threads, the mean of each thread's percentile);
+// Google Benchmark's time is the mean. The `threads`
+// variants run 4 callers at once (each with its own reply port), for throughput
+// (items_per_second); ftm has no pipelined call yet, so this is the stand-in.
+//
+//   build/gcc/nats/benchmarks/ftm_nats_bench --benchmark_repetitions=5
+//     --benchmark_report_aggregates_only=true   (one line)
+//
+// libnats starts threads and has global state, so the program forks every process
+// that uses it (the bridges, the plain responder) before its own first use of libnats
+// (the plain requester); a task restarted after that would inherit libnats' state
+// from this process, so nothing here is killed.
+#include "../tests/nats_harness.hpp"
+
+#include <ftm/engines/pmem.hpp>
+#include <ftm/nats/bridge.hpp>
+#include <ftm/nats/client.hpp>
+#include <ftm/port.hpp>
+#include <ftm/server.hpp>
+#include <ftm/supervisor.hpp>
+
+#include <benchmark/benchmark.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace {
+
+using namespace std::chrono_literals;
+using ftm::engines::pmem;
+
+struct request {
+  std::uint64_t key;
+  std::uint64_t amount;
+};
+struct response {
+  std::uint64_t total;
+};
+using service = ftm::service_port<request, response>;
+using replies = ftm::reply_port<response>;
+constexpr std::size_t max_callers = 4;
+
+ftm::task_options forever(const char* name) {
+  return {.name = name,
+          .intensity = {.max_restarts = 1000, .period = 1000ms},
+          .restart = ftm::restart_policy::permanent};
+}
+
+/// The world: a nats-server, nodes A and B over it, and a local server on B.
+struct world {
+  std::filesystem::path dir;
+  std::unique_ptr<ftm_nats_test::nats_server> nats;
+  std::unique_ptr<pmem> a, b;
+  service proxy{}, remote{}, local{};
+  std::array<replies, max_callers> a_replies{}, b_replies{};
+  std::vector<std::unique_ptr<ftm::supervisor<pmem>>> sups;
+  std::vector<std::thread> threads;
+  pid_t plain_responder = -1;
+  std::unique_ptr<ftm::nats::client> plain;
+
+  world() {
+    char templ[] = "/tmp/ftm-nats-bench-XXXXXX";
+    dir = ::mkdtemp(templ);
+    nats = std::make_unique<ftm_nats_test::nats_server>(dir / "nats", "bench");
+    nats->start();
+    a = std::make_unique<pmem>(pmem::creating, dir / "a.ftm", pmem::options{});
+    b = std::make_unique<pmem>(pmem::creating, dir / "b.ftm", pmem::options{});
+    auto totals_a = ftm::atomically(
+        *b, [](auto& tx) { return tx.template create<std::array<std::uint64_t, 8>>(); });
+    proxy = ftm::atomically(*a, [](auto& tx) {
+      return service(ftm::make_port<ftm::call_request<request, response>>(
+          tx, {.capacity = 64, .max_deliveries = 0}));
+    });
+    for (std::size_t i = 0; i < max_callers; ++i) {
+      a_replies[i] = ftm::atomically(*a, [](auto& tx) {
+        return replies(ftm::make_port<ftm::reply_to_call<response>>(tx, {.capacity = 16}));
+      });
+      b_replies[i] = ftm::atomically(*b, [](auto& tx) {
+        return replies(ftm::make_port<ftm::reply_to_call<response>>(tx, {.capacity = 16}));
+      });
+    }
+    std::tie(remote, local) = ftm::atomically(*b, [](auto& tx) {
+      auto mk = [&] {
+        return service(ftm::make_port<ftm::call_request<request, response>>(
+            tx, {.capacity = 64, .max_deliveries = 0}));
+      };
+      return std::pair{mk(), mk()};
+    });
+    auto opts = [&](const char* name) {
+      ftm::nats::node_options o;
+      o.name = name;
+      o.nats.servers = {nats->url()};
+      return o;
+    };
+    ftm::nats::bridge<pmem> ba(opts("A")), bb(opts("B"));
+    ba.bind_service(proxy, "B", "adder");
+    bb.expose_service("adder", remote);
+    auto server = [totals_a](service svc) {
+      return [svc, totals_a](pmem& pool) {
+        ftm::serve(pool, svc, [totals_a](ftm::transaction<pmem>& tx, const request& q) {
+          auto t = tx.open(totals_a);
+          (*t)[q.key % 8] += q.amount;
+          return response{(*t)[q.key % 8]};
+        });
+      };
+    };
+    sups.push_back(
+        std::make_unique<ftm::supervisor<pmem>>(*a, forever("nats-out"), ba.outbound_task()));
+    sups.push_back(
+        std::make_unique<ftm::supervisor<pmem>>(*a, forever("nats-in"), ba.inbound_task()));
+    sups.push_back(
+        std::make_unique<ftm::supervisor<pmem>>(*b, forever("nats-out"), bb.outbound_task()));
+    sups.push_back(
+        std::make_unique<ftm::supervisor<pmem>>(*b, forever("nats-in"), bb.inbound_task()));
+    sups.push_back(std::make_unique<ftm::supervisor<pmem>>(*b, forever("remote"), server(remote)));
+    sups.push_back(std::make_unique<ftm::supervisor<pmem>>(*b, forever("local"), server(local)));
+    for (auto& s : sups)
+      threads.emplace_back([p = s.get()] { p->run(); });
+    // Every task instance forked before this process uses libnats itself (below): a
+    // fork while libnats' start-up holds its global lock leaves the child stuck on it.
+    for (auto& s : sups) {
+      for (int i = 0; i < 10000 && s->stats().starts == 0; ++i)
+        std::this_thread::sleep_for(1ms);
+    }
+    // The plain responder: a child process of its own.
+    plain_responder = ::fork();
+    if (plain_responder == 0) {
+      ftm::nats::client c({.servers = {nats->url()}});
+      c.serve_plain("plain.adder", ~std::uint64_t{0}, [](std::span<const std::byte> in) {
+        return std::vector<std::byte>(in.begin(), in.end());
+      });
+      ::_exit(0);
+    }
+    plain =
+        std::make_unique<ftm::nats::client>(ftm::nats::client_options{.servers = {nats->url()}});
+    // Warm up: the first calls make the streams, consumers and mirrors.
+    for (int i = 0; i < 50; ++i)
+      ftm::call(*a, proxy, a_replies[0], request{1, 1});
+    const std::array<std::byte, 16> ping{};
+    for (int i = 0; i < 50 && !plain->request_plain("plain.adder", ping, 2000ms);)
+      ++i;
+  }
+
+  ~world() {
+    plain.reset();
+    ::kill(plain_responder, SIGKILL);
+    ::waitpid(plain_responder, nullptr, 0);
+    for (auto& s : sups)
+      s->stop();
+    for (auto& t : threads)
+      t.join();
+    sups.clear();
+    a.reset();
+    b.reset();
+    nats.reset();
+    std::filesystem::remove_all(dir);
+  }
+};
+
+world* the_world = nullptr;
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p / 100 * (v.size() - 1) + 0.5))];
+}
+
+template <class Call>
+void measure(benchmark::State& state, Call call) {
+  std::vector<double> us;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    call(static_cast<std::size_t>(state.thread_index()));
+    us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.counters["p50_us"] =
+      benchmark::Counter(percentile(us, 50), benchmark::Counter::kAvgThreads);
+  state.counters["p99_us"] =
+      benchmark::Counter(percentile(us, 99), benchmark::Counter::kAvgThreads);
+}
+
+void bridged_call(benchmark::State& state) {
+  measure(state, [](std::size_t t) {
+    benchmark::DoNotOptimize(
+        ftm::call(*the_world->a, the_world->proxy, the_world->a_replies[t], request{t, 1}));
+  });
+}
+void local_call(benchmark::State& state) {
+  measure(state, [](std::size_t t) {
+    benchmark::DoNotOptimize(
+        ftm::call(*the_world->b, the_world->local, the_world->b_replies[t], request{t, 1}));
+  });
+}
+void plain_request(benchmark::State& state) {
+  measure(state, [](std::size_t) {
+    const std::array<std::byte, sizeof(request)> body{};
+    benchmark::DoNotOptimize(the_world->plain->request_plain("plain.adder", body, 2000ms));
+  });
+}
+
+}  // namespace
+
+BENCHMARK(bridged_call)->Name("nats/ftm_call_between_nodes")->UseRealTime();
+BENCHMARK(bridged_call)->Name("nats/ftm_call_between_nodes")->Threads(4)->UseRealTime();
+BENCHMARK(plain_request)->Name("nats/plain_request_reply")->UseRealTime();
+BENCHMARK(plain_request)->Name("nats/plain_request_reply")->Threads(4)->UseRealTime();
+BENCHMARK(local_call)->Name("nats/ftm_call_local")->UseRealTime();
+BENCHMARK(local_call)->Name("nats/ftm_call_local")->Threads(4)->UseRealTime();
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  world w;
+  the_world = &w;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  the_world = nullptr;
+  return 0;
+}
