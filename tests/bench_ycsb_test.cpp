@@ -6,9 +6,12 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace ycsb = bench::ycsb;
@@ -85,6 +88,29 @@ TEST_CASE("each workload's mix of operations is YCSB's") {
     if (w == bench::workload::ycsb_e)
       CHECK(insert / double(ops) == doctest::Approx(0.05).epsilon(0.1));
   }
+}
+
+TEST_CASE("an ordered walk's invariant catches keys out of order") {
+  bench::options o;
+  o.load = bench::workload::ycsb_e;
+  constexpr std::size_t size = 100;
+  std::vector<std::pair<std::uint64_t, std::vector<unsigned char>>> records;
+  for (std::uint64_t i = 0; i < 10; ++i) {
+    records.emplace_back(ycsb::key_of(i), std::vector<unsigned char>(size));
+    ycsb::fill(records.back().second.data(), size, i, 0);
+  }
+  auto walk = [&] {
+    ycsb::invariant inv(o, size, /*in_key_order=*/true);
+    for (const auto& [key, value] : records)
+      inv.add(key, value.data());
+    return inv.result(10, 0);
+  };
+  std::sort(records.begin(), records.end());
+  CHECK(walk().ok);
+  std::swap(records[3], records[4]);
+  const auto r = walk();
+  CHECK(!r.ok);
+  CHECK(r.message.find("out of key order") != std::string::npos);
 }
 
 TEST_CASE("the invariant catches a torn record, a lost one and a miscount") {

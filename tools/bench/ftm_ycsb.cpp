@@ -72,7 +72,7 @@ class ycsb_system final : public system {
 
   check_result check(std::uint64_t writes) override {
     E& engine = pool_->engine();
-    ycsb::invariant all(o_, Size);
+    ycsb::invariant all(o_, Size, Ordered);
     try {
       if constexpr (Ordered) {
         // Every record, in key order, `batch` per transaction.
@@ -86,7 +86,7 @@ class ycsb_system final : public system {
             for (; it != m.end() && k < batch; ++it, ++k)
               all.add(it->first, it->second.byte);
             more = it != m.end();
-            if (more) from = it->first;
+            if (more) from = it->first;  // the walk goes on from here, in key order
           });
         }
       } else {

@@ -366,7 +366,7 @@ class lmdb_system final : public system {
     MDB_txn* txn = nullptr;
     check_rc(mdb_txn_begin(e.get(), nullptr, MDB_RDONLY, &txn), "begin");
     if (ycsb::is_ycsb(o_.load)) {
-      ycsb::invariant inv(o_, o_.object_size);
+      ycsb::invariant inv(o_, o_.object_size, /*in_key_order=*/true);
       MDB_cursor* cur = nullptr;
       check_rc(mdb_cursor_open(txn, e.dbi(), &cur), "cursor");
       MDB_val k{}, v{};

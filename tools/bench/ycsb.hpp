@@ -161,11 +161,15 @@ inline std::int64_t digest(const unsigned char* v, std::size_t size) noexcept {
 /// The invariant of a YCSB run over every record, given one by one with its stored key:
 /// each record is whole (its key, number and filler agree), the loaded records are all
 /// there, and the update counters add up to the updates committed (A, B, F) or the
-/// records to the loaded ones plus the inserts committed (E).
+/// records to the loaded ones plus the inserts committed (E). Records given in key order
+/// (`in_key_order`, an ordered map's walk) must come in strictly increasing keys.
 class invariant {
  public:
-  invariant(const options& o, std::size_t size) : o_(o), size_(size) {}
+  invariant(const options& o, std::size_t size, bool in_key_order = false)
+      : o_(o), size_(size), in_key_order_(in_key_order) {}
   void add(std::uint64_t key, const unsigned char* v) {
+    if (in_key_order_ && records_ != 0 && key <= last_key_) ++out_of_order_;
+    last_key_ = key;
     std::uint64_t record;
     std::memcpy(&record, v, 8);
     const std::uint64_t updates = updates_of(v);
@@ -178,6 +182,10 @@ class invariant {
     if (record < first_insert(0)) ++loaded_;
   }
   check_result result(std::uint64_t n, std::uint64_t writes) const {
+    if (out_of_order_ != 0) {
+      return {false,
+              fmt::format("{} records out of key order in the ordered map's walk", out_of_order_)};
+    }
     if (broken_ != 0) {
       return {false, fmt::format("{} of {} records are not whole (key, number and bytes "
                                  "disagree)",
@@ -201,6 +209,8 @@ class invariant {
  private:
   const options& o_;
   std::size_t size_;
+  bool in_key_order_;
+  std::uint64_t last_key_ = 0, out_of_order_ = 0;
   std::uint64_t broken_ = 0, updates_ = 0, records_ = 0, loaded_ = 0;
 };
 
