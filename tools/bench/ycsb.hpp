@@ -58,7 +58,7 @@ constexpr std::uint64_t first_insert(int w) noexcept {
 /// popular. `scrambled` spreads the popular items over the key space, as YCSB does.
 class zipfian {
  public:
-  explicit zipfian(std::uint64_t n, double theta = 0.99) : n_(n), theta_(theta) {
+  explicit zipfian(std::uint64_t n, double theta = 0.99) : n_(n) {
     for (std::uint64_t i = 1; i <= n; ++i)
       zeta_n_ += 1.0 / std::pow(static_cast<double>(i), theta);
     const double zeta2 = 1.0 + 1.0 / std::pow(2.0, theta);
@@ -79,7 +79,6 @@ class zipfian {
 
  private:
   std::uint64_t n_;
-  double theta_;
   double zeta_n_ = 0;
   double alpha_ = 0, eta_ = 0, half_pow_theta_ = 0;
 };
