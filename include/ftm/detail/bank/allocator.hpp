@@ -190,7 +190,10 @@ class bank_allocator : public bank_locks {
     push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
     descriptor_at(d).flags |= wrote_objects;
     object_header& h = header(off);
-    h.readers.store(0, std::memory_order_relaxed);
+    // The version goes on from the block's last object (a reader that still names the
+    // offset must see a change), even: zeroed headers and freed objects' both are.
+    const std::uint64_t v = h.version.load(std::memory_order_relaxed);
+    if ((v & 1) != 0) h.version.store(v + 1, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
     h.size = static_cast<std::uint32_t>(t.size);
     store_barrier();

@@ -14,14 +14,44 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#if defined(__SANITIZE_THREAD__)
+#define FTM_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FTM_TSAN 1
+#endif
+#endif
+#ifdef FTM_TSAN
+// ThreadSanitizer's annotations (its runtime defines them).
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+#endif
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
+
+/// The writes to the second bank that readers may see while they happen: a reader
+/// reads it without a lock and checks the object's version afterwards (a seqlock),
+/// which ThreadSanitizer cannot model. Under it, those writes are not recorded (the
+/// version protocol is tested by the concurrency tests' results instead).
+struct second_bank_writes {
+#ifdef FTM_TSAN
+  second_bank_writes() noexcept { AnnotateIgnoreWritesBegin(__FILE__, __LINE__); }
+  ~second_bank_writes() { AnnotateIgnoreWritesEnd(__FILE__, __LINE__); }
+#else
+  second_bank_writes() noexcept = default;
+#endif
+  second_bank_writes(const second_bank_writes&) = delete;
+  second_bank_writes& operator=(const second_bank_writes&) = delete;
+};
 
 /// What a descriptor is for the transaction that holds it: its log of the objects it
 /// locked (written before each lock is taken), the copies between the banks that commit
@@ -31,6 +61,34 @@ class bank_descriptors : public bank_mapping {
   using bank_mapping::bank_mapping;
 
  protected:
+  /// An object a transaction read, and the version it read: the read set, which lives
+  /// in the process (a reader holds no lock, so recovery has nothing to do for it).
+  struct read_entry {
+    std::uint64_t offset;
+    std::uint64_t version;
+  };
+
+  /// The read set of descriptor `d` in this process: only the thread that runs `d`'s
+  /// transaction touches it. Cleared when a transaction begins.
+  std::vector<read_entry>& reads(descriptor_index d) noexcept { return reads_[d]; }
+
+  /// Whether every object `d` read still has the version it read (none changed in the
+  /// second bank since). `writing`: also refuse an object another transaction holds for
+  /// writing, which is about to change (a transaction that writes must see its reads
+  /// unlocked and unchanged while it holds its own write locks: serializability).
+  [[nodiscard]] bool reads_valid(descriptor_index d, bool writing) const noexcept {
+    std::atomic_thread_fence(std::memory_order_acquire);  // the reads before the checks
+    for (const read_entry& r : reads_[d]) {
+      const bank_layout::object_header& h = header(r.offset);
+      if (writing) {
+        const std::uint32_t w = h.writer.load(std::memory_order_seq_cst);
+        if (w != 0 && w != d + 1) return false;
+      }
+      if (h.version.load(std::memory_order_acquire) != r.version) return false;
+    }
+    return true;
+  }
+
   static void bump(std::atomic<std::uint64_t>& counter) noexcept {
     // Only the descriptor's owner writes its counters: no read-modify-write needed.
     // Release (a plain store on x86): commits and aborts are the generation that
@@ -65,7 +123,7 @@ class bank_descriptors : public bank_mapping {
   /// copied inline: the 8-byte size, then the object in 16-byte pieces, rounded up.
   /// Every block ends on a 64-byte boundary and its object starts 16 bytes in, so the
   /// rounding stays in the block (rounding from the size field instead would copy the
-  /// next block's `readers` word when the object ends 8 bytes before its block does).
+  /// next block's `version` word when the object ends 8 bytes before its block does).
   static void copy_tracked(std::byte* to, const std::byte* from, std::uint32_t length) noexcept {
     if (length > 256) {
       std::memcpy(to, from, length);
@@ -78,12 +136,33 @@ class bank_descriptors : public bank_mapping {
 
   void redo(const log_entry& e) noexcept {
     using namespace bank_layout;
+    [[maybe_unused]] const second_bank_writes unseen;
     copy_tracked(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
   }
 
   void undo(const log_entry& e) noexcept {
     using namespace bank_layout;
     copy_tracked(a_ + e.offset + tracked_offset, b_ + e.offset + tracked_offset, e.length);
+  }
+
+  /// Marks the version of every object `d` holds for writing odd: their second-bank
+  /// bytes are about to change, and a reader that sees the mark, or sees it come and
+  /// go, knows its copy of them is out of date. Every mark is set before the first copy
+  /// (a reader must not see one object of the commit new and another old, both
+  /// unchanged); `release_locks` makes them even again, one higher.
+  void mark_held(descriptor_index d) noexcept {
+    using namespace bank_layout;
+    const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
+    const log_entry* log = log_of(d);
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const log_entry& e = log[k];
+      if (e.kind != entry_kind::write || e.length == 0) continue;
+      object_header& h = header(e.offset);
+      if (h.writer.load(std::memory_order_acquire) != d + 1) continue;
+      const std::uint64_t v = h.version.load(std::memory_order_relaxed);
+      if ((v & 1) == 0) h.version.store(v + 1, std::memory_order_relaxed);
+    }
+    store_barrier();  // the marks before the copies
   }
 
   /// Copies every object `d` holds for writing between the banks: to the second bank
@@ -128,12 +207,14 @@ class bank_descriptors : public bank_mapping {
       for (std::uint32_t i = 0; i < n; ++i) {
         if ((log[i].offset < chunks_offset_) != records) continue;
         object_header& h = header(log[i].offset);
-        if (log[i].kind == entry_kind::write) {
-          if (h.writer.load(std::memory_order_relaxed) == d + 1) {
-            h.writer.store(0, std::memory_order_release);
-            ++released;
-          }
-        } else if ((h.readers.fetch_and(~bit(d), std::memory_order_release) & bit(d)) != 0) {
+        // Read entries are from pools of format 3 and older: such a reader held no
+        // lock here, since readers take none.
+        if (log[i].kind == entry_kind::write && h.writer.load(std::memory_order_relaxed) == d + 1) {
+          // A marked version (the second bank changed) becomes even, one higher: the
+          // readers that read the old bytes fail their validation.
+          const std::uint64_t v = h.version.load(std::memory_order_relaxed);
+          if ((v & 1) != 0) h.version.store(v + 1, std::memory_order_release);
+          h.writer.store(0, std::memory_order_release);
           ++released;
         }
       }
@@ -148,10 +229,11 @@ class bank_descriptors : public bank_mapping {
     descriptor& s = descriptor_at(d);
     const std::uint32_t n = s.count.load(std::memory_order_relaxed);
     if (n == max_entries_) {
-      throw capacity_exceeded(
-          fmt::format("a transaction may lock at most {} objects ({}::options::"
-                      "max_objects_per_transaction)",
-                      max_entries_, engine_));
+      throw capacity_exceeded(fmt::format(
+          "{0}: a transaction may write at most {1} objects (creations, destructions and "
+          "allocator records count; reads do not): make the pool with a larger "
+          "{0}::options::max_objects_per_transaction, or split the writes",
+          engine_, max_entries_));
     }
     log_entry& e = log_of(d)[n];
     e.offset = off;
@@ -169,6 +251,9 @@ class bank_descriptors : public bank_mapping {
     static_assert(offsetof(log_entry, length) == 8 && offsetof(log_entry, check) == 14);
     std::memcpy(reinterpret_cast<char*>(&e) + offsetof(log_entry, length), &word, sizeof word);
   }
+
+ private:
+  std::array<std::vector<read_entry>, bank_layout::max_descriptors> reads_;
 };
 
 // What recovery and `check_pool()` verify before they trust a descriptor.
