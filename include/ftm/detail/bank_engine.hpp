@@ -33,9 +33,11 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// The dual-bank algorithm over a mapped pool, whoever owns the mapping: a memfd
 /// (`ftm::engines::dual_bank`) or a file (`ftm::engines::pmem`). Models `ftm::engine`.
 ///
-/// Isolation is strict two-phase locking at open (shared for read, exclusive for
-/// write, upgrade allowed); a transaction that must not wait for an older one's lock
-/// dies with `ftm::conflict` (wait-die), which `atomically()` retries. Up to 64
+/// Isolation: writers take an exclusive lock at open, kept to the end (two-phase);
+/// readers take none, read the second bank and validate the versions they read (see
+/// docs/design.md, "Invisible reads"). A writer that must not wait for an older one's
+/// lock dies with `ftm::conflict` (wait-die), and so does a transaction whose reads
+/// went out of date; `atomically()` retries both. Up to 64
 /// transactions run at once per pool; `begin()` waits for a free descriptor beyond.
 /// When a process dies, any survivor calls `recover()`: transactions that were active
 /// are undone from the second bank, those that were committing are completed.
@@ -98,6 +100,7 @@ class bank_engine : protected bank_roots {
           // 0: the age is taken when a conflict first asks for it (see priority()).
           s.flags = 0;
           reads(d).clear();
+          copies(d).clear();
           activate(s, o);
           return d;
         }
@@ -129,6 +132,7 @@ class bank_engine : protected bank_roots {
       refuse_session(d);
     }
     reads(d).clear();
+    copies(d).clear();
     activate(s, o);
   }
 
@@ -223,10 +227,7 @@ class bank_engine : protected bank_roots {
     const std::uint64_t v = version.load(std::memory_order_relaxed) | 1;
     version.store(v, std::memory_order_relaxed);
     store_barrier();
-    {
-      [[maybe_unused]] const second_bank_writes unseen;
-      std::memcpy(b_ + off + header_size + at, src, n);
-    }
+    std::memcpy(b_ + off + header_size + at, src, n);
     store_barrier();
     std::memcpy(a_ + off + header_size + at, src, n);
     version.store(v + 1, std::memory_order_release);

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,25 +33,71 @@
 #endif
 #ifdef FTM_TSAN
 // ThreadSanitizer's annotations (its runtime defines them).
-extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
-extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
 #endif
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// The writes to the second bank that readers may see while they happen: a reader
-/// reads it without a lock and checks the object's version afterwards (a seqlock),
-/// which ThreadSanitizer cannot model. Under it, those writes are not recorded (the
-/// version protocol is tested by the concurrency tests' results instead).
-struct second_bank_writes {
+/// The engine's reads of the second bank without a lock, which a commit may be
+/// changing meanwhile: each is checked against the object's version afterwards (a
+/// seqlock) and made again if it moved, which ThreadSanitizer cannot model. Under it,
+/// those reads are not recorded. The program never reads the second bank itself: it
+/// reads the copy `open_read` made (see `bank_locks::read_committed`).
+struct second_bank_reads {
 #ifdef FTM_TSAN
-  second_bank_writes() noexcept { AnnotateIgnoreWritesBegin(__FILE__, __LINE__); }
-  ~second_bank_writes() { AnnotateIgnoreWritesEnd(__FILE__, __LINE__); }
+  second_bank_reads() noexcept { AnnotateIgnoreReadsBegin(__FILE__, __LINE__); }
+  ~second_bank_reads() { AnnotateIgnoreReadsEnd(__FILE__, __LINE__); }
 #else
-  second_bank_writes() noexcept = default;
+  second_bank_reads() noexcept = default;
 #endif
-  second_bank_writes(const second_bank_writes&) = delete;
-  second_bank_writes& operator=(const second_bank_writes&) = delete;
+  second_bank_reads(const second_bank_reads&) = delete;
+  second_bank_reads& operator=(const second_bank_reads&) = delete;
+};
+
+/// Where a transaction keeps the copies of the objects it read: blocks of the
+/// process's memory that stay put until the transaction ends (the program holds
+/// pointers into them), reused by the descriptor's next transaction.
+class read_copies {
+ public:
+  /// `n` bytes, 16-aligned, valid until `clear()`.
+  std::byte* take(std::size_t n) {
+    n = (n + 15) & ~std::size_t{15};
+    if (current_ < blocks_.size() && used_ + n <= blocks_[current_].size) {
+      std::byte* p = blocks_[current_].bytes.get() + used_;
+      used_ += n;
+      return p;
+    }
+    return take_slow(n);
+  }
+  void clear() noexcept {
+    current_ = 0;
+    used_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t block_size = std::size_t{64} << 10;
+  struct block {
+    std::unique_ptr<std::byte[]> bytes;
+    std::size_t size;
+  };
+  std::byte* take_slow(std::size_t n) {
+    // The next block that has room (blocks are kept across transactions), or a new one.
+    for (++current_; current_ < blocks_.size(); ++current_) {
+      if (n <= blocks_[current_].size) {
+        used_ = n;
+        return blocks_[current_].bytes.get();
+      }
+    }
+    const std::size_t size = std::max(n, block_size);
+    blocks_.push_back(block{std::make_unique<std::byte[]>(size), size});
+    current_ = blocks_.size() - 1;
+    used_ = n;
+    return blocks_.back().bytes.get();
+  }
+  std::vector<block> blocks_;
+  std::size_t current_ = 0;
+  std::size_t used_ = 0;
 };
 
 /// What a descriptor is for the transaction that holds it: its log of the objects it
@@ -71,6 +118,9 @@ class bank_descriptors : public bank_mapping {
   /// The read set of descriptor `d` in this process: only the thread that runs `d`'s
   /// transaction touches it. Cleared when a transaction begins.
   std::vector<read_entry>& reads(descriptor_index d) noexcept { return reads_[d]; }
+
+  /// The copies of the objects descriptor `d` read, in this process.
+  read_copies& copies(descriptor_index d) noexcept { return copies_[d]; }
 
   /// Whether every object `d` read still has the version it read (none changed in the
   /// second bank since). `writing`: also refuse an object another transaction holds for
@@ -136,7 +186,6 @@ class bank_descriptors : public bank_mapping {
 
   void redo(const log_entry& e) noexcept {
     using namespace bank_layout;
-    [[maybe_unused]] const second_bank_writes unseen;
     copy_tracked(b_ + e.offset + tracked_offset, a_ + e.offset + tracked_offset, e.length);
   }
 
@@ -202,13 +251,11 @@ class bank_descriptors : public bank_mapping {
     const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_acquire);
     const log_entry* log = log_of(d);
     std::uint64_t released = 0;
-    for (const bool records : {false, true}) {
-      if (records && !with_records) break;
+    // The log holds write entries only (readers take no lock; a read entry is damage).
+    auto release = [&](bool records) {
       for (std::uint32_t i = 0; i < n; ++i) {
         if ((log[i].offset < chunks_offset_) != records) continue;
         object_header& h = header(log[i].offset);
-        // Read entries are from pools of format 3 and older: such a reader held no
-        // lock here, since readers take none.
         if (log[i].kind == entry_kind::write && h.writer.load(std::memory_order_relaxed) == d + 1) {
           // A marked version (the second bank changed) becomes even, one higher: the
           // readers that read the old bytes fail their validation.
@@ -218,7 +265,9 @@ class bank_descriptors : public bank_mapping {
           ++released;
         }
       }
-    }
+    };
+    release(false);
+    if (with_records) release(true);
     return released;
   }
 
@@ -254,6 +303,7 @@ class bank_descriptors : public bank_mapping {
 
  private:
   std::array<std::vector<read_entry>, bank_layout::max_descriptors> reads_;
+  std::array<read_copies, bank_layout::max_descriptors> copies_;
 };
 
 // What recovery and `check_pool()` verify before they trust a descriptor.

@@ -2,8 +2,8 @@
 #define FTM_DETAIL_BANK_LOCKS_HPP
 
 /// \file
-/// The objects' locks: taking them (wait-die), waiting for them, and the checks of a
-/// handle and its object's size as it is opened.
+/// The objects' locks: taking them (wait-die), waiting for them, reading without them
+/// (invisible reads), and the checks of a handle and its object's size as it is opened.
 
 #include <ftm/detail/bank/recovery.hpp>
 #include <ftm/detail/config.hpp>
@@ -24,9 +24,10 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// The locks: each object's header holds a writer and a reader bit per descriptor.
-/// Strict two-phase locking at open, wait-die between transactions, and the recovery of
-/// a holder whose process died, while waiting for its lock.
+/// The locks: each object's header holds its writer and its version. Writers lock at
+/// open until the end (two-phase), wait-die between them, and recover a holder whose
+/// process died while waiting for its lock; readers take no lock, and record the
+/// version they read in the second bank.
 class bank_locks : public bank_recovery {
  public:
   using bank_recovery::bank_recovery;
@@ -43,9 +44,9 @@ class bank_locks : public bank_recovery {
   }
 
   /// Opens the object at `off` for reading, without a lock: an object `d` holds for
-  /// writing is read in the working bank; any other in the second bank, the committed
-  /// state, with the version it has there recorded in `d`'s read set (see
-  /// docs/design.md, "Invisible reads").
+  /// writing is read in the working bank; any other is copied from the second bank,
+  /// the committed state, with the version it has there recorded in `d`'s read set
+  /// (see docs/design.md, "Invisible reads").
   const void* open_read(descriptor_index d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
     check_handle(off, t);
@@ -53,12 +54,7 @@ class bank_locks : public bank_recovery {
       check_size(off, t);
       return a_ + off + header_size;
     }
-    const std::uint32_t size = read_committed(d, off);
-    if (size != t.size) {
-      if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
-      refuse_size(off, t, size);
-    }
-    return b_ + off + header_size;
+    return read_committed(d, off, t);
   }
 
   /// Whether every object `d` read is unchanged since (`ftm::validating_engine`): a
@@ -197,35 +193,54 @@ class bank_locks : public bank_recovery {
     }
   }
 
-  /// Reads the committed size of the object at `off` and records the object in `d`'s
-  /// read set; returns the size. Waits while a commit copies the object to the second
-  /// bank (its version is odd), recovering the committer if its process died. Every
-  /// time the read set doubles, checks it whole: a transaction that keeps reading after
-  /// its reads went out of date learns it within as many reads as it made.
-  std::uint32_t read_committed(descriptor_index d, std::uint64_t off) {
+  /// Copies the object at `off`, of type `t`, from the second bank into `d`'s copies,
+  /// as one committed value (the version did not move around the copy), records it in
+  /// `d`'s read set and returns the copy: the program reads it, never the second bank,
+  /// so what it opened stays whole and unchanged while it is open. Waits while a
+  /// commit copies the object to the second bank (its version is odd), recovering the
+  /// committer if its process died.
+  const void* read_committed(descriptor_index d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
     const object_header& h = header(off);
     const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
+    std::byte* copy = nullptr;
     std::uint32_t spins = 0;
     for (;;) {
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
-      if ((v & 1) == 0) {
-        const std::uint32_t size = second.size;
-        std::atomic_thread_fence(std::memory_order_acquire);  // the size before the check
-        if (h.version.load(std::memory_order_relaxed) == v) {
-          auto& set = reads(d);
-          set.push_back({off, v});
-          const std::size_t n = set.size();
-          if (n >= 2 && (n & (n - 1)) == 0 && !reads_valid(d, false)) {
-            lose(d, fmt::format("an object this transaction read (of {}) was changed by a "
-                                "commit since",
-                                n));
-          }
-          return size;
-        }
+      if ((v & 1) != 0) {
+        wait_for_copy(h, off, spins);
         continue;
       }
-      wait_for_copy(h, off, spins);
+      std::uint32_t size = 0;
+      {
+        [[maybe_unused]] const second_bank_reads unseen;
+        size = second.size;
+        if (size == t.size) {
+          if (copy == nullptr) copy = copies(d).take(size);
+          std::memcpy(copy, b_ + off + header_size, size);
+        }
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
+      if (h.version.load(std::memory_order_relaxed) != v) continue;
+      if (size != t.size) {
+        if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
+        refuse_size(off, t, size);
+      }
+      record_read(d, off, v);
+      return copy;
+    }
+  }
+
+  /// Adds the object at `off`, read at version `v`, to `d`'s read set. Every time the
+  /// set doubles, checks it whole: a transaction that keeps reading after its reads
+  /// went out of date learns it within as many reads as it made.
+  void record_read(descriptor_index d, std::uint64_t off, std::uint64_t v) {
+    auto& set = reads(d);
+    set.push_back({off, v});
+    const std::size_t n = set.size();
+    if (n >= 2 && (n & (n - 1)) == 0 && !reads_valid(d, false)) {
+      lose(d,
+           fmt::format("an object this transaction read (of {}) was changed by a commit since", n));
     }
   }
 

@@ -39,25 +39,35 @@ class bank_roots : public bank_allocator {
     }
     const auto& committed =
         *std::launder(reinterpret_cast<const roots_table*>(b_ + roots_offset + header_size));
+    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + roots_offset));
+    const object_header& h = header(roots_offset);
+    std::uint32_t spins = 0;
     for (;;) {
-      const std::uint64_t before = header(roots_offset).version.load(std::memory_order_acquire);
-      if (read_committed(d, roots_offset) != sizeof(roots_table)) {
-        if (header(roots_offset).version.load(std::memory_order_acquire) != before) continue;
-        damaged(
-            fmt::format("the roots table has a damaged size (expected {})", sizeof(roots_table)));
+      const std::uint64_t v = h.version.load(std::memory_order_acquire);
+      if ((v & 1) != 0) {
+        wait_for_copy(h, roots_offset, spins);
+        continue;
       }
-      const std::uint64_t v = reads(d).back().version;
       auto changed = [&] {
         std::atomic_thread_fence(std::memory_order_acquire);
-        return header(roots_offset).version.load(std::memory_order_relaxed) != v;
+        return h.version.load(std::memory_order_relaxed) != v;
       };
+      std::uint64_t found = 0;
       try {
-        const std::uint64_t found = look_up(committed, name, t);
-        if (!changed()) return found;
+        [[maybe_unused]] const second_bank_reads unseen;
+        if (second.size != sizeof(roots_table)) {
+          if (changed()) continue;
+          damaged(fmt::format("the roots table has a damaged size {} (expected {})", second.size,
+                              sizeof(roots_table)));
+        }
+        found = look_up(committed, name, t);
       } catch (...) {
         if (!changed()) throw;
+        continue;
       }
-      reads(d).pop_back();
+      if (changed()) continue;
+      record_read(d, roots_offset, v);
+      return found;
     }
   }
 

@@ -45,7 +45,7 @@ class bank_watchers : public bank_descriptors {
  public:
   using bank_descriptors::bank_descriptors;
 
-  /// Registers interest in the object at `off`, which `d` holds a lock on.
+  /// Registers interest in the object at `off`, which `d` read or holds for writing.
   watch_token watch(descriptor_index d, std::uint64_t off) {
     using namespace bank_layout;
     const bool written = off >= roots_offset && off < bank_size_ && off % min_block == 0 &&
