@@ -208,7 +208,7 @@ class bank_locks : public bank_recovery {
     for (;;) {
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
       if ((v & 1) != 0) {
-        wait_for_copy(h, off, spins);
+        wait_for_copy(h, off, v, spins);
         continue;
       }
       std::uint32_t size = 0;
@@ -244,10 +244,13 @@ class bank_locks : public bank_recovery {
     }
   }
 
-  /// One step of waiting for the commit that marked the object at `off`: its holder
-  /// copies it to the second bank and releases it. A holder whose process died is
-  /// recovered; a mark that no transaction holds is damage.
-  void wait_for_copy(const bank_layout::object_header& h, std::uint64_t off, std::uint32_t& spins) {
+  /// One step of waiting for the commit that marked the object at `off` (its version
+  /// `v`, odd): its holder copies it to the second bank and releases it. A holder whose
+  /// process died is recovered. A mark that no transaction holds is damage: a release
+  /// makes the version even before it clears the writer, so a version still `v` after
+  /// the writer was seen clear was never released.
+  void wait_for_copy(const bank_layout::object_header& h, std::uint64_t off, std::uint64_t v,
+                     std::uint32_t& spins) {
     ++spins;
     if (spins < 64) {
       detail::cpu_relax();
@@ -256,12 +259,18 @@ class bank_locks : public bank_recovery {
     if (spins % 256 == 0) {
       const std::uint32_t w = h.writer.load(std::memory_order_acquire);
       if (w == 0 || w > bank_layout::max_descriptors) {
-        if ((h.version.load(std::memory_order_acquire) & 1) != 0 && spins >= (1u << 16)) {
+        if (h.version.load(std::memory_order_acquire) == v) {
           damaged(
               fmt::format("the object at offset {} is marked as being committed, but no "
                           "transaction holds it",
                           off));
         }
+      } else if (!running(w - 1) && stale_lock(w - 1, off)) {
+        damaged(
+            fmt::format("the object at offset {} is locked by descriptor {}, which runs no "
+                        "transaction (a stale lock: opening the pool when no other process "
+                        "has it open clears it)",
+                        off, w - 1));
       } else {
         recovery_report ignored;
         recover_if_dead(w - 1, ignored);

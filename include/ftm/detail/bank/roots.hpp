@@ -45,7 +45,7 @@ class bank_roots : public bank_allocator {
     for (;;) {
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
       if ((v & 1) != 0) {
-        wait_for_copy(h, roots_offset, spins);
+        wait_for_copy(h, roots_offset, v, spins);
         continue;
       }
       auto changed = [&] {
