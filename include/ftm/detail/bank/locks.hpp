@@ -57,8 +57,9 @@ class bank_locks : public bank_recovery {
     return read_committed(d, off, t);
   }
 
-  /// Whether every object `d` read is unchanged since (`ftm::validating_engine`): a
-  /// transaction that is not may have seen a mix of commits, and can only abort.
+  /// Whether every object `d` read is unchanged since: a transaction that is not may
+  /// have seen a mix of commits, and can only abort (`ftm::atomically` asks when its
+  /// function throws; see docs/reference.md).
   [[nodiscard]] bool valid(descriptor_index d) const noexcept { return reads_valid(d, false); }
 
  protected:
