@@ -117,10 +117,10 @@ class bank_descriptors : public bank_mapping {
 
   /// The read set of descriptor `d` in this process: only the thread that runs `d`'s
   /// transaction touches it. Cleared when a transaction begins.
-  std::vector<read_entry>& reads(descriptor_index d) noexcept { return reads_[d]; }
+  std::vector<read_entry>& reads(descriptor_index d) noexcept { return mine_[d].reads; }
 
   /// The copies of the objects descriptor `d` read, in this process.
-  read_copies& copies(descriptor_index d) noexcept { return copies_[d]; }
+  read_copies& copies(descriptor_index d) noexcept { return mine_[d].copies; }
 
   /// Whether every object `d` read still has the version it read (none changed in the
   /// second bank since). `writing`: also refuse an object another transaction holds for
@@ -128,7 +128,7 @@ class bank_descriptors : public bank_mapping {
   /// unlocked and unchanged while it holds its own write locks: serializability).
   [[nodiscard]] bool reads_valid(descriptor_index d, bool writing) const noexcept {
     std::atomic_thread_fence(std::memory_order_acquire);  // the reads before the checks
-    for (const read_entry& r : reads_[d]) {
+    for (const read_entry& r : mine_[d].reads) {
       const bank_layout::object_header& h = header(r.offset);
       if (writing) {
         const std::uint32_t w = h.writer.load(std::memory_order_seq_cst);
@@ -302,8 +302,13 @@ class bank_descriptors : public bank_mapping {
   }
 
  private:
-  std::array<std::vector<read_entry>, bank_layout::max_descriptors> reads_;
-  std::array<read_copies, bank_layout::max_descriptors> copies_;
+  /// A descriptor's read set and copies, a cache line of their own: threads on
+  /// different descriptors must not share a line they write at every read.
+  struct alignas(64) in_process {
+    std::vector<read_entry> reads;
+    read_copies copies;
+  };
+  std::array<in_process, bank_layout::max_descriptors> mine_;
 };
 
 // What recovery and `check_pool()` verify before they trust a descriptor.
