@@ -469,11 +469,12 @@ TEST_CASE("stale locks: a lock naming a descriptor that runs no transaction is n
     CAPTURE(reader);
     auto held = pmem::open(path, small);  // the first opener: nothing stale yet
     const auto why = in_child_with_timeout([&]() -> std::string {
-      // Damage while the pool is open: a lock on the roots table for descriptor 17.
+      // Damage while the pool is open: the roots table marked as being committed (an
+      // odd version) with no holder, or locked for descriptor 17.
       const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
       if (reader) {
-        const std::uint64_t mask = std::uint64_t{1} << 17;
-        ::pwrite(fd, &mask, sizeof mask, static_cast<off_t>(b.control + layout::roots_offset));
+        const std::uint64_t odd = (std::uint64_t{1} << 17) | 1;
+        ::pwrite(fd, &odd, sizeof odd, static_cast<off_t>(b.control + layout::roots_offset));
       } else {
         const std::uint32_t w = 18;
         ::pwrite(fd, &w, sizeof w,
@@ -484,17 +485,20 @@ TEST_CASE("stale locks: a lock naming a descriptor that runs no transaction is n
       try {
         auto pool = pmem::open(path, small);  // not the first: recovers nothing
         ftm::atomically(pool, [&](auto& tx) {
-          // A read waits for a writer; binding a root waits for the readers.
+          // A read waits while the version is odd (a commit copying); binding a root
+          // waits for the writer. Readers take no lock, so they never wait for one.
           if (reader) {
-            ftm::root<other>(tx, "fresh");
-          } else {
             tx.open_read(ftm::root<account>(tx, "acct"));
+          } else {
+            ftm::root<other>(tx, "fresh");
           }
         });
         return "no error";
       } catch (const ftm::bad_pool& e) {
         const std::string what = e.what();
-        if (what.find("locked by descriptor 17, which runs no transaction") == std::string::npos ||
+        const char* expected = reader ? "marked as being committed, but no transaction holds it"
+                                      : "locked by descriptor 17, which runs no transaction";
+        if (what.find(expected) == std::string::npos ||
             what.find(path.string()) == std::string::npos) {
           return "unexpected message: " + what;
         }
@@ -595,12 +599,15 @@ TEST_CASE("damaged roots: sizes, offsets and vanished entries get errors, never 
     const auto what = expect_error<ftm::type_mismatch>(
         b,
         [&](auto& f) {
-          const std::uint64_t at = b.root_entry(0, "acct");
-          layout::root_entry e{};
-          std::memcpy(&e, f.data() + at, sizeof e);
-          e.layout = std::uint64_t{1} << 40;
-          e.used = layout::root_check(e);
-          std::memcpy(f.data() + at, &e, sizeof e);
+          // Both banks: a lookup reads the committed table (the second bank).
+          for (int bank = 0; bank < 2; ++bank) {
+            const std::uint64_t at = b.root_entry(bank, "acct");
+            layout::root_entry e{};
+            std::memcpy(&e, f.data() + at, sizeof e);
+            e.layout = std::uint64_t{1} << 40;
+            e.used = layout::root_check(e);
+            std::memcpy(f.data() + at, &e, sizeof e);
+          }
         },
         [](pmem& pool) { ftm::atomically(pool, [](auto& tx) { ftm::root<other>(tx, "acct"); }); });
     CHECK_CONTAINS(what, "its layout description (offset 1099511627776) is damaged");

@@ -276,7 +276,7 @@ std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
           std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
 }
 
-/// The port's counts, as of `tx` (which takes the port's shared lock).
+/// The port's counts, as of `tx` (which reads the port).
 template <engine E, class Msg>
 port_stats port_stats_of(transaction<E>& tx, stable_port<Msg> port) {
   auto access = detail::open_port<Msg, false>(tx, port.offset(), port.capacity(), "port_stats_of");

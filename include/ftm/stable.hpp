@@ -166,6 +166,9 @@ class opened_base {
   inline void link(transaction_base& tx) noexcept;
   inline void unlink() noexcept;
 
+  void* addr_ = nullptr;  // the object's bytes; null once closed
+  std::uint64_t at_ = 0;  // the object's offset
+
   transaction_base* tx_ = nullptr;  // null once closed, or once the transaction is destroyed
   opened_base* prev_ = nullptr;
   opened_base* next_ = nullptr;
@@ -196,6 +199,14 @@ class transaction_base {
   void end_generation() noexcept {
     active_ = false;
     ++generation_;
+  }
+  /// Points every open handle of the object at `at` to `addr`: an engine may hand out
+  /// a read view elsewhere than the object's bytes it writes (the dual-bank engines
+  /// read the committed bank), and a transaction sees its own writes through every
+  /// view.
+  void repoint(std::uint64_t at, void* addr) noexcept {
+    for (opened_base* h = handles_; h != nullptr; h = h->next_)
+      if (h->at_ == at && h->addr_ != nullptr) h->addr_ = addr;
   }
 
   std::uint64_t generation_ = 1;
@@ -270,37 +281,39 @@ class opened : private detail::opened_base {
 #if FTM_CHECKED
     check();
 #endif
-    return ptr_;
+    return static_cast<T*>(addr_);
   }
 
   /// The handle this access came from.
-  [[nodiscard]] stable<object> ref() const noexcept { return {detail::from_offset, offset_}; }
+  [[nodiscard]] stable<object> ref() const noexcept { return {detail::from_offset, at_}; }
 
   [[nodiscard]] bool is_open() const noexcept {
-    return ptr_ != nullptr && tx_ != nullptr && tx_->active() && tx_->generation() == generation_;
+    return addr_ != nullptr && tx_ != nullptr && tx_->active() && tx_->generation() == generation_;
   }
 
   /// Ends this access (the paper's Close). Locks stay held until the transaction
   /// ends (strict two-phase locking). Closing twice is harmless.
   void close() noexcept {
-    if (ptr_ == nullptr) return;
+    if (addr_ == nullptr) return;
     if (tx_ != nullptr && tx_->close_object_ != nullptr && tx_->active() &&
         tx_->generation() == generation_) {
-      tx_->close_object_(*tx_, offset_);
+      tx_->close_object_(*tx_, at_);
     }
     unlink();
-    ptr_ = nullptr;
+    addr_ = nullptr;
   }
 
   // Made only by transactions.
   opened(detail::from_offset_t, T* ptr, detail::transaction_base& tx, std::uint64_t offset) noexcept
-      : ptr_(ptr), generation_(tx.generation()), offset_(offset) {
+      : generation_(tx.generation()) {
+    addr_ = const_cast<void*>(static_cast<const void*>(ptr));
+    at_ = offset;
     link(tx);
   }
 
  private:
   void check() const {
-    if (ptr_ == nullptr) {
+    if (addr_ == nullptr) {
       throw usage_error(fmt::format("ftm::opened<{}> used after close()", detail::type_name<T>()));
     }
     if (tx_ == nullptr) {
@@ -317,9 +330,7 @@ class opened : private detail::opened_base {
     }
   }
 
-  T* ptr_;
   std::uint64_t generation_;
-  std::uint64_t offset_;
 };
 
 namespace detail {

@@ -164,10 +164,12 @@ class transaction : private detail::transaction_base {
     require_active("open");
     require_not_null(ref, "open");
     void* p = engine_->open_write(id_, ref.offset(), detail::object_type_of<T>);
+    if (handles_ != nullptr) repoint(ref.offset(), p);
     return {detail::from_offset, static_cast<T*>(p), *this, ref.offset()};
   }
 
-  /// Opens an object for reading: takes its shared lock; the view is const.
+  /// Opens an object for reading; the view is const. It takes no lock: the engine
+  /// checks at commit that what it read did not change meanwhile.
   template <class T>
   opened<const T> open_read(stable<T> ref) {
     require_active("open_read");
@@ -298,7 +300,7 @@ struct byte_access {
     return static_cast<std::byte*>(tx.engine_->open_write(tx.id_, offset, type));
   }
 
-  /// Opens the object at `offset` for reading (its shared lock), as `tx.open_read`.
+  /// Opens the object at `offset` for reading, as `tx.open_read`.
   template <engine E>
   static const std::byte* open_read(transaction<E>& tx, std::uint64_t offset,
                                     const object_type& type) {
@@ -536,6 +538,18 @@ inline std::chrono::steady_clock::time_point deadline_after_slice(
              : now + slice;
 }
 
+/// After a lost conflict: the age to keep, the limit, the backoff.
+inline void lost_conflict(begin_options& options, const retry_policy& policy,
+                          std::string_view what) {
+  if (options.priority == 0) options.priority = timestamp();
+  if (++options.attempt >= policy.max_attempts) {
+    throw retry_limit(
+        fmt::format("ftm::atomically gave up after {} conflicting attempts; the last: {}",
+                    options.attempt, what));
+  }
+  backoff(options.attempt, policy.max_backoff);
+}
+
 /// The body of `atomically()`: `make_tx()` gives a fresh, inactive transaction.
 template <engine E, class MakeTx, class F>
 auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
@@ -569,13 +583,7 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
       }
     } catch (const conflict& lost) {
       atomically_access::abort(tx);
-      if (options.priority == 0) options.priority = timestamp();
-      if (++options.attempt >= policy.max_attempts) {
-        throw retry_limit(
-            fmt::format("ftm::atomically gave up after {} conflicting attempts; the last: {}",
-                        options.attempt, lost.what()));
-      }
-      backoff(options.attempt, policy.max_backoff);
+      lost_conflict(options, policy, lost.what());
     } catch (const retry_request& wait) {
       atomically_access::abort(tx);
       if constexpr (watchable_engine<E>) {
@@ -594,6 +602,17 @@ auto run_atomically(E& engine, MakeTx make_tx, F& f, retry_policy policy)
             "ftm: a blocking operation needs an engine that models "
             "ftm::watchable_engine; use the try_ operation instead");
       }
+    } catch (...) {
+      // On an engine whose readers validate, `f` may have read a mix of commits (and
+      // failed because of it): then it lost a conflict, whatever it threw.
+      if constexpr (requires { engine.valid(tx.id()); }) {
+        if (!engine.valid(tx.id())) {
+          atomically_access::abort(tx);
+          lost_conflict(options, policy, "an object the transaction read changed meanwhile");
+          continue;
+        }
+      }
+      throw;
     }
   }
 }

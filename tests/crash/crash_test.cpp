@@ -173,7 +173,7 @@ bool is_recovery_point(std::string_view name) { return name.starts_with("recover
 
 /// A worker killed at one of these had made its decision stable: recovery redoes it.
 bool is_after_decision(std::string_view name) {
-  return name == "commit.after_state" || name == "commit.mid_redo" ||
+  return name == "commit.after_state" || name == "commit.after_mark" || name == "commit.mid_redo" ||
          name == "commit.before_release";
 }
 
@@ -862,8 +862,9 @@ TEST_CASE_TEMPLATE("crash: recovery killed at its own fault points is completed 
     std::string_view worker_point;
     std::uint64_t k;
   };
-  constexpr std::array<scenario, 9> scenarios{{
+  constexpr std::array<scenario, 10> scenarios{{
       {"commit.after_state", 1},
+      {"commit.after_mark", 2},
       {"commit.mid_redo", 2},
       {"commit.before_release", 3},
       {"commit.before_state", 1},

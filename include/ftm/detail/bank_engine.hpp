@@ -33,9 +33,11 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// The dual-bank algorithm over a mapped pool, whoever owns the mapping: a memfd
 /// (`ftm::engines::dual_bank`) or a file (`ftm::engines::pmem`). Models `ftm::engine`.
 ///
-/// Isolation is strict two-phase locking at open (shared for read, exclusive for
-/// write, upgrade allowed); a transaction that must not wait for an older one's lock
-/// dies with `ftm::conflict` (wait-die), which `atomically()` retries. Up to 64
+/// Isolation: writers take an exclusive lock at open, kept to the end (two-phase);
+/// readers take none, read the second bank and validate the versions they read (see
+/// docs/design.md, "Invisible reads"). A writer that must not wait for an older one's
+/// lock dies with `ftm::conflict` (wait-die), and so does a transaction whose reads
+/// went out of date; `atomically()` retries both. Up to 64
 /// transactions run at once per pool; `begin()` waits for a free descriptor beyond.
 /// When a process dies, any survivor calls `recover()`: transactions that were active
 /// are undone from the second bank, those that were committing are completed.
@@ -51,6 +53,7 @@ class bank_engine : protected bank_roots {
   using bank_allocator::deallocate;
   using bank_locks::open_read;
   using bank_locks::open_write;
+  using bank_locks::valid;
   using bank_mapping::bank_size;
   using bank_recovery::recover;
   using bank_roots::bind_root;
@@ -97,6 +100,8 @@ class bank_engine : protected bank_roots {
           hint = d;
           // 0: the age is taken when a conflict first asks for it (see priority()).
           s.flags = 0;
+          reads(d).clear();
+          copies(d).clear();
           activate(s, o);
           return d;
         }
@@ -124,13 +129,20 @@ class bank_engine : protected bank_roots {
     descriptor& s = descriptor_at(d);
     if (d >= max_descriptors ||
         s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
-        (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) {
-      throw usage_error(fmt::format(
-          "descriptor {} is not an idle session of this process: a session belongs to the "
-          "process that made it, and runs one transaction at a time",
-          d));
+        (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) [[unlikely]] {
+      refuse_session(d);
     }
+    reads(d).clear();
+    copies(d).clear();
     activate(s, o);
+  }
+
+  /// Out of line, so that `begin_attached` stays small enough to inline.
+  [[noreturn, gnu::cold, gnu::noinline]] static void refuse_session(descriptor_index d) {
+    throw usage_error(fmt::format(
+        "descriptor {} is not an idle session of this process: a session belongs to the "
+        "process that made it, and runs one transaction at a time",
+        d));
   }
 
   /// Gives a session's descriptor back. Its transaction, if any, must have ended.
@@ -148,6 +160,15 @@ class bank_engine : protected bank_roots {
       abort(d);
       throw conflict("commit: the transaction lost a lock conflict earlier and was aborted");
     }
+    // What it read must be as it read it: unchanged, and (if it writes) held by no
+    // other writer, while this one holds its write locks.
+    if (!reads_valid(d, (s.flags & wrote_objects) != 0)) {
+      bump(s.conflicts);
+      abort(d);
+      throw conflict(
+          "commit: an object the transaction read was changed, or is being "
+          "written, by another transaction");
+    }
     if ((s.flags & wrote_objects) != 0) {
       FTM_FAULT_POINT("commit.before_state");
       // Phase 1: the decision is stable. Phase 2: bring the second bank up to date.
@@ -155,6 +176,8 @@ class bank_engine : protected bank_roots {
       store_barrier();
       FTM_FAULT_POINT("commit.after_state");
       if (log_ != nullptr) log_->make_durable(d, false);
+      mark_held(d);
+      FTM_FAULT_POINT("commit.after_mark");
       copy_held<true>(d, "commit.mid_redo");
       if (log_ != nullptr) log_->applied(d);
       FTM_FAULT_POINT("commit.before_release");
@@ -196,9 +219,19 @@ class bank_engine : protected bank_roots {
                       "offset {}",
                       at, at + n, header(off).size, off));
     }
+    // A write that no abort undoes must not rest on reads that are out of date.
+    if (!reads_valid(d, false)) {
+      lose(d, "write_through: an object the transaction read was changed by a commit since");
+    }
+    // The second bank changes in place: its readers must see the version move.
+    std::atomic<std::uint64_t>& version = header(off).version;
+    const std::uint64_t v = version.load(std::memory_order_relaxed) | 1;
+    version.store(v, std::memory_order_relaxed);
+    store_barrier();
     std::memcpy(b_ + off + header_size + at, src, n);
     store_barrier();
     std::memcpy(a_ + off + header_size + at, src, n);
+    version.store(v + 1, std::memory_order_release);
   }
 
   [[nodiscard]] engine_stats stats() const {

@@ -38,8 +38,10 @@ namespace ftm::FTM_ABI_NAMESPACE::detail::bank_layout {
 
 /// The first 16 bytes of every object block, in the working bank. The lock words are
 /// not copied between banks; `size` is, so creating and destroying are transactional.
+/// Readers take no lock: they read the second bank and check `version` (see
+/// docs/design.md, "Invisible reads").
 struct object_header {
-  std::atomic<std::uint64_t> readers;  // bit d: descriptor d holds the shared lock
+  std::atomic<std::uint64_t> version;  // even; odd while a commit changes the second bank
   std::atomic<std::uint32_t> writer;   // d + 1 of the exclusive holder, or 0
   std::uint32_t size;                  // bytes of the object; 0 once destroyed
 };
@@ -104,7 +106,7 @@ struct alignas(64) descriptor {
 static_assert(sizeof(descriptor) == 64);
 
 inline constexpr std::uint64_t magic = 0x66746d2d64756131ull;  // "ftm-dua1"
-inline constexpr std::uint32_t max_descriptors = 64;           // one bit each in `readers`
+inline constexpr std::uint32_t max_descriptors = 64;           // transactions at once
 
 // The control region: a page of header, the descriptors, then their logs.
 inline constexpr std::uint64_t descriptors_begin = 4096;
@@ -114,8 +116,9 @@ inline constexpr std::uint64_t logs_begin = descriptors_begin + max_descriptors 
 /// the redo log's state in the header page (`redo::control`) records the log's id and
 /// the last record on the medium. 3: those checksums are the redo log's
 /// (`detail::checksum`), one function for every format, and a port object begins with
-/// its kind (`detail::port_kind`, <ftm/detail/port_format.hpp>).
-inline constexpr std::uint32_t format_version = 3;
+/// its kind (`detail::port_kind`, <ftm/detail/port_format.hpp>). 4: an object's first
+/// word is its version (invisible reads), no longer a bit per reading descriptor.
+inline constexpr std::uint32_t format_version = 4;
 
 /// The check word of `n` bytes (a multiple of 8) at `p`, seeded: for the structures a
 /// bound cannot check (the header, the roots table's entries).

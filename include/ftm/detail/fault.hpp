@@ -25,7 +25,7 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// code is missing here, or a point here is in no code.
 ///
 /// The bank engine's points (`dual_bank` and `pmem`, at either durability).
-inline constexpr std::array<std::string_view, 12> fault_point_names{
+inline constexpr std::array<std::string_view, 13> fault_point_names{
     "lock.after_log_entry",   // write intent logged, lock not yet taken
     "open.after_lock",        // lock taken, object not yet handed out
     "alloc.after_bitmap",     // block marked used in the chunk bitmap
@@ -33,6 +33,7 @@ inline constexpr std::array<std::string_view, 12> fault_point_names{
     "free.after_bitmap",      // destroy cleared the bitmap bit
     "commit.before_state",    // writes done, decision not yet stable
     "commit.after_state",     // descriptor is COMMITTING
+    "commit.after_mark",      // versions marked odd, second bank not yet changed
     "commit.mid_redo",        // first object copied to the second bank
     "commit.before_release",  // second bank up to date, locks still held
     "abort.mid_undo",         // first object restored from the second bank

@@ -73,7 +73,7 @@ class protectable_bank : public bank_engine {
   const void* open_read(descriptor_index d, std::uint64_t off, const object_type& t) {
     const void* p = bank_engine::open_read(d, off, t);
     if (guard_) [[unlikely]]
-      return guard_->view_of(p);
+      return shown(d, off, t, p);
     return p;
   }
 
@@ -92,8 +92,14 @@ class protectable_bank : public bank_engine {
     guard_ =
         std::make_unique<protected_view>(fd, map_size, base(), static_cast<bank_mapping&>(*this),
                                          static_cast<std::uint64_t>(working_bank() - base()), name);
-    registration_ = {guard_.get(), this, [](void* e, descriptor_index d) noexcept {
+    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d)
+      copies(d).show_read_only();
+    registration_ = {guard_.get(), this,
+                     [](void* e, descriptor_index d) noexcept {
                        static_cast<protectable_bank*>(e)->bank_engine::abort(d);
+                     },
+                     [](void* e, const std::byte* a, std::uint64_t& off) noexcept {
+                       return static_cast<protectable_bank*>(e)->locate_copy(a, off);
                      }};
     register_protected_pool(&registration_);
   }
@@ -106,6 +112,24 @@ class protectable_bank : public bank_engine {
   }
 
  private:
+  /// Where the program sees what `open_read` returned at `p`: in the view if it is in
+  /// the pool (an object `d` holds for writing), else a copy from the second bank, in
+  /// its read-only mapping (a write through it faults like a write to the pool).
+  const void* shown(descriptor_index d, std::uint64_t off, const object_type& t, const void* p) {
+    const auto* b = static_cast<const std::byte*>(p);
+    if (b >= base() && b < base() + guard_->size()) return guard_->view_of(p);
+    return copies(d).shown(const_cast<std::byte*>(b), t.size, off + bank_layout::header_size);
+  }
+
+  /// The pool offset of the byte a read-only copy handed to this thread shows at `a`
+  /// (for the fault handler: only this thread's descriptors' records are read).
+  bool locate_copy(const std::byte* a, std::uint64_t& off) noexcept {
+    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+      if (guard_->runs(d) && copies(d).locate(a, off)) return true;
+    }
+    return false;
+  }
+
   std::unique_ptr<protected_view> guard_;  // null: not protected (the fast path)
   protected_pool registration_{};
 };

@@ -35,6 +35,9 @@ struct protected_pool {
   protected_view* view;
   void* engine;
   void (*abort)(void* engine, descriptor_index d) noexcept;
+  /// If `address` is in a read-only copy of an object this thread's transaction read,
+  /// sets `off` to the pool offset of the byte it shows.
+  bool (*locate)(void* engine, const std::byte* address, std::uint64_t& off) noexcept;
 };
 
 /// The protected pools of this process, read by the fault handler (no lock there).
@@ -136,16 +139,22 @@ inline void write_stderr(const char* p, std::size_t n) noexcept {
   }
 }
 
-/// Reports the write at `address` into `pool`'s view.
+/// Reports the write at `address` into `pool`'s view or, if `copy`, into the
+/// transaction's read-only copy of the pool's byte at offset `copied`.
 inline void report_violation(const protected_pool& pool, const std::byte* address,
-                             std::uintptr_t code) noexcept {
+                             std::uintptr_t code, bool copy = false,
+                             std::uint64_t copied = 0) noexcept {
   const protected_view& v = *pool.view;
   const auto at = static_cast<std::uint64_t>(address - v.begin());
   fmt::memory_buffer out;
   try {
     fmt::format_to(std::back_inserter(out), "ftm: protected mode: a write to the pool '{}' ",
                    v.name());
-    if (at < v.bank_begin()) {
+    if (copy) {
+      fmt::format_to(std::back_inserter(out), "at pool offset {}, in ", copied);
+      describe_offset(v.pool(), copied, out);
+      fmt::format_to(std::back_inserter(out), ", through a read view (its copy), ");
+    } else if (at < v.bank_begin()) {
       fmt::format_to(std::back_inserter(out),
                      "at byte {} of its control region, which no program may write, ", at);
     } else if (at >= v.bank_begin() + v.pool().bank_size()) {
@@ -209,6 +218,17 @@ inline void on_protection_fault(int sig, siginfo_t* info, void* context) {
       break;
     }
   }
+  std::uint64_t copied = 0;
+  if (hit == nullptr) {
+    // A read view: a copy of an object, in memory of its own (see read_copies).
+    for (auto& slot : r.slots) {
+      const protected_pool* p = slot.load(std::memory_order_acquire);
+      if (p != nullptr && p->locate != nullptr && p->locate(p->engine, address, copied)) {
+        hit = p;
+        break;
+      }
+    }
+  }
   if (hit == nullptr) {
     // Not ours: whoever handled SIGSEGV before (or the default action) has it.
     if ((r.previous.sa_flags & SA_SIGINFO) != 0 && r.previous.sa_sigaction != nullptr) {
@@ -223,7 +243,9 @@ inline void on_protection_fault(int sig, siginfo_t* info, void* context) {
     ::signal(SIGSEGV, SIG_DFL);  // the write faults again, and the default action stops us
     return;
   }
-  report_violation(*hit, address, fault_code_address(context));
+  report_violation(
+      *hit, address, fault_code_address(context),
+      address < hit->view->begin() || address >= hit->view->begin() + hit->view->size(), copied);
   abort_this_threads_transactions();
   static constexpr char stop[] = "ftm: stopping the program (SIGSEGV)\n";
   write_stderr(stop, sizeof stop - 1);

@@ -172,14 +172,20 @@ class bank_allocator : public bank_locks {
   /// `block` bytes, as the chunk is given to objects. The chunk is free in the committed
   /// state and this transaction holds its record, so the bytes are no object's; they
   /// may be an earlier object's data, and no header may be taken from them: not the
-  /// lock words (which commits never copy between the banks), nor the size that abort
+  /// writer word (which commits never copy between the banks), nor the size that abort
   /// restores from the second bank (a handle whose creation was undone would find a
   /// stray size).
   void clear_headers(std::uint64_t c, std::uint64_t block) noexcept {
     using namespace bank_layout;
     for (std::uint64_t off = chunk_base(c); off < chunk_base(c) + chunk_size; off += block) {
       std::memset(b_ + off, 0, header_size);
-      std::memset(a_ + off, 0, header_size);
+      // The version moves on instead, even: a doomed reader that recorded an earlier
+      // object here must not find its version again.
+      object_header& h = header(off);
+      const std::uint64_t v = h.version.load(std::memory_order_relaxed);
+      h.version.store((v | 1) + 1, std::memory_order_relaxed);
+      h.writer.store(0, std::memory_order_relaxed);
+      h.size = 0;
     }
   }
 
@@ -190,7 +196,10 @@ class bank_allocator : public bank_locks {
     push_entry(d, off, entry_kind::write, static_cast<std::uint32_t>(tracked_prefix + t.size));
     descriptor_at(d).flags |= wrote_objects;
     object_header& h = header(off);
-    h.readers.store(0, std::memory_order_relaxed);
+    // The version goes on from the block's last object (a reader that still names the
+    // offset must see a change), even: zeroed headers and freed objects' both are.
+    const std::uint64_t v = h.version.load(std::memory_order_relaxed);
+    if ((v & 1) != 0) h.version.store(v + 1, std::memory_order_relaxed);
     h.writer.store(d + 1, std::memory_order_release);
     h.size = static_cast<std::uint32_t>(t.size);
     store_barrier();

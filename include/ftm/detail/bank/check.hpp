@@ -100,8 +100,13 @@ constexpr std::string_view state_name(std::uint32_t state) noexcept {
       return false;
     }
     if (is_held(off)) return true;
-    if (h.writer.load() != 0 || h.readers.load() != 0) {
+    if (h.writer.load() != 0) {
       problem(fmt::format("{} at offset {} is still locked", what, off));
+    } else if ((h.version.load() & 1) != 0) {
+      problem(
+          fmt::format("{} at offset {} is marked as changing (an odd version), but no "
+                      "transaction holds it",
+                      what, off));
     }
     const std::uint64_t len = tracked_prefix + h.size;
     if (std::memcmp(pool.working_bank() + off + tracked_offset,

@@ -2,8 +2,8 @@
 #define FTM_DETAIL_BANK_LOCKS_HPP
 
 /// \file
-/// The objects' locks: taking them (wait-die), waiting for them, and the checks of a
-/// handle and its object's size as it is opened.
+/// The objects' locks: taking them (wait-die), waiting for them, reading without them
+/// (invisible reads), and the checks of a handle and its object's size as it is opened.
 
 #include <ftm/detail/bank/recovery.hpp>
 #include <ftm/detail/config.hpp>
@@ -24,9 +24,10 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// The locks: each object's header holds a writer and a reader bit per descriptor.
-/// Strict two-phase locking at open, wait-die between transactions, and the recovery of
-/// a holder whose process died, while waiting for its lock.
+/// The locks: each object's header holds its writer and its version. Writers lock at
+/// open until the end (two-phase), wait-die between them, and recover a holder whose
+/// process died while waiting for its lock; readers take no lock, and record the
+/// version they read in the second bank.
 class bank_locks : public bank_recovery {
  public:
   using bank_recovery::bank_recovery;
@@ -35,20 +36,33 @@ class bank_locks : public bank_recovery {
   void* open_write(descriptor_index d, std::uint64_t off, const object_type& t) {
     check_handle(off, t);
     acquire_write(d, off, t.size);
+    if (header(off).size != t.size && !reads_valid(d, false)) {
+      lose(d, "the transaction read an object that changed since");  // a stale handle
+    }
     check_size(off, t);
     return a_ + off + bank_layout::header_size;
   }
 
+  /// Opens the object at `off` for reading, without a lock: an object `d` holds for
+  /// writing is read in the working bank; any other is copied from the second bank,
+  /// the committed state, with the version it has there recorded in `d`'s read set
+  /// (see docs/design.md, "Invisible reads").
   const void* open_read(descriptor_index d, std::uint64_t off, const object_type& t) {
+    using namespace bank_layout;
     check_handle(off, t);
-    acquire_read(d, off);
-    check_size(off, t);
-    return a_ + off + bank_layout::header_size;
+    if (header(off).writer.load(std::memory_order_relaxed) == d + 1) {
+      check_size(off, t);
+      return a_ + off + header_size;
+    }
+    return read_committed(d, off, t);
   }
+
+  /// Whether every object `d` read is unchanged since: a transaction that is not may
+  /// have seen a mix of commits, and can only abort (`ftm::atomically` asks when its
+  /// function throws; see docs/reference.md).
+  [[nodiscard]] bool valid(descriptor_index d) const noexcept { return reads_valid(d, false); }
 
  protected:
-  static std::uint64_t bit(descriptor_index d) noexcept { return std::uint64_t{1} << d; }
-
   /// A transaction's age for wait-die, taken from the clock the first time a conflict
   /// needs it and fixed from then on, so every decision about it agrees.
   std::uint64_t priority(descriptor_index d) const noexcept {
@@ -75,20 +89,16 @@ class bank_locks : public bank_recovery {
            s.state.load(std::memory_order_acquire) != bank_layout::idle;
   }
 
-  /// Whether the lock on `off` that names `h` (as its writer, or `reader`) is stale: `h`
+  /// Whether the lock on `off` that names `h` as its writer is stale: `h`
   /// runs no transaction, before and after the lock word was read, and ended none in
   /// between (its commits and aborts, bumped before it is freed, are a generation), so
   /// the lock was not taken and released meanwhile. Seen twice, a while apart.
-  bool stale_lock(descriptor_index h, std::uint64_t off, bool reader) const {
+  bool stale_lock(descriptor_index h, std::uint64_t off) const {
     const descriptor& s = descriptor_at(h);
     auto ended = [&] {
       return s.commits.load(std::memory_order_acquire) + s.aborts.load(std::memory_order_acquire);
     };
-    auto names = [&] {
-      const bank_layout::object_header& oh = header(off);
-      return reader ? (oh.readers.load(std::memory_order_seq_cst) & bit(h)) != 0
-                    : oh.writer.load(std::memory_order_seq_cst) == h + 1;
-    };
+    auto names = [&] { return header(off).writer.load(std::memory_order_seq_cst) == h + 1; };
     for (int look = 0; look < 2; ++look) {
       if (look == 1) {
         for (int i = 0; i < 16; ++i)
@@ -121,23 +131,7 @@ class bank_locks : public bank_recovery {
         throw;
       }
     }
-    // Exclusive: wait for the readers (other than ourselves, when upgrading) to leave.
-    // Losing here gives the lock back at once: a transaction that goes on after the
-    // conflict must not find the object already "held", with nothing logged to undo.
-    try {
-      for (;;) {
-        std::uint64_t r = h.readers.load(std::memory_order_seq_cst) & ~bit(d);
-        if (r == 0) break;
-        for (std::uint64_t rest = r; rest != 0; rest &= rest - 1) {
-          const auto reader = static_cast<descriptor_index>(std::countr_zero(rest));
-          if (!older(d, reader)) wait_or_die(d, reader, off, spins, true);  // throws
-        }
-        wait_or_die(d, static_cast<descriptor_index>(std::countr_zero(r)), off, spins, true);
-      }
-    } catch (...) {
-      unlock_last(d, off);
-      throw;
-    }
+    // Readers hold no lock: those that read the object validate its version instead.
     set_length(d, e, off, expected);
     FTM_FAULT_POINT("open.after_lock");
   }
@@ -146,12 +140,12 @@ class bank_locks : public bank_recovery {
   /// reclaims the lock if its holder's process died. Never waits for a descriptor that
   /// runs no transaction: a lock that names one is damage (`ftm::bad_pool`).
   void wait_or_die(descriptor_index d, descriptor_index holder, std::uint64_t off,
-                   std::uint32_t& spins, bool reader = false) {
+                   std::uint32_t& spins) {
     if (holder >= bank_layout::max_descriptors) {
       throw usage_error(
           fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
-    if (!running(holder) && stale_lock(holder, off, reader)) {
+    if (!running(holder) && stale_lock(holder, off)) {
       damaged(
           fmt::format("the {} at offset {} is locked by descriptor {}, which runs no "
                       "transaction (a stale lock: opening the pool when no other process "
@@ -200,27 +194,98 @@ class bank_locks : public bank_recovery {
     }
   }
 
-  void acquire_read(descriptor_index d, std::uint64_t off) {
+  /// Copies the object at `off`, of type `t`, from the second bank into `d`'s copies,
+  /// as one committed value (the version did not move around the copy), records it in
+  /// `d`'s read set and returns the copy: the program reads it, never the second bank,
+  /// so what it opened stays whole and unchanged while it is open. Waits while a
+  /// commit copies the object to the second bank (its version is odd), recovering the
+  /// committer if its process died.
+  const void* read_committed(descriptor_index d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
-    object_header& h = header(off);
-    const std::uint32_t me = d + 1;
-    if (h.writer.load(std::memory_order_relaxed) == me ||
-        (h.readers.load(std::memory_order_relaxed) & bit(d)) != 0) {
-      return;
-    }
-    push_entry(d, off, entry_kind::read);
-    if (off < chunks_offset_) descriptor_at(d).flags |= locked_records;
+    const object_header& h = header(off);
+    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
+    std::byte* copy = nullptr;
     std::uint32_t spins = 0;
     for (;;) {
-      h.readers.fetch_or(bit(d), std::memory_order_seq_cst);
-      std::uint32_t w = h.writer.load(std::memory_order_seq_cst);
-      if (w == 0) break;
-      h.readers.fetch_and(~bit(d), std::memory_order_seq_cst);
-      while (w != 0) {
-        wait_or_die(d, w - 1, off, spins);
-        w = h.writer.load(std::memory_order_acquire);
+      const std::uint64_t v = h.version.load(std::memory_order_acquire);
+      if ((v & 1) != 0) {
+        wait_for_copy(h, off, v, spins);
+        continue;
+      }
+      std::uint32_t size = 0;
+      {
+        [[maybe_unused]] const second_bank_reads unseen;
+        size = second.size;
+        if (size == t.size) {
+          if (copy == nullptr) copy = copies(d).take(size);
+          std::memcpy(copy, b_ + off + header_size, size);
+        }
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
+      if (h.version.load(std::memory_order_relaxed) != v) continue;
+      if (size != t.size) {
+        if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
+        refuse_size(off, t, size);
+      }
+      record_read(d, off, v);
+      return copy;
+    }
+  }
+
+  /// Adds the object at `off`, read at version `v`, to `d`'s read set. Every time the
+  /// set doubles, checks it whole: a transaction that keeps reading after its reads
+  /// went out of date learns it within as many reads as it made.
+  void record_read(descriptor_index d, std::uint64_t off, std::uint64_t v) {
+    auto& set = reads(d);
+    set.push_back({off, v});
+    const std::size_t n = set.size();
+    if (n >= 2 && (n & (n - 1)) == 0 && !reads_valid(d, false)) {
+      lose(d,
+           fmt::format("an object this transaction read (of {}) was changed by a commit since", n));
+    }
+  }
+
+  /// One step of waiting for the commit that marked the object at `off` (its version
+  /// `v`, odd): its holder copies it to the second bank and releases it. A holder whose
+  /// process died is recovered. A mark that no transaction holds is damage: a release
+  /// makes the version even before it clears the writer, so a version still `v` after
+  /// the writer was seen clear was never released.
+  void wait_for_copy(const bank_layout::object_header& h, std::uint64_t off, std::uint64_t v,
+                     std::uint32_t& spins) {
+    ++spins;
+    if (spins < 64) {
+      detail::cpu_relax();
+      return;
+    }
+    if (spins % 256 == 0) {
+      const std::uint32_t w = h.writer.load(std::memory_order_acquire);
+      if (w == 0 || w > bank_layout::max_descriptors) {
+        if (h.version.load(std::memory_order_acquire) == v) {
+          damaged(
+              fmt::format("the object at offset {} is marked as being committed, but no "
+                          "transaction holds it",
+                          off));
+        }
+      } else if (!running(w - 1) && stale_lock(w - 1, off)) {
+        damaged(
+            fmt::format("the object at offset {} is locked by descriptor {}, which runs no "
+                        "transaction (a stale lock: opening the pool when no other process "
+                        "has it open clears it)",
+                        off, w - 1));
+      } else {
+        recovery_report ignored;
+        recover_if_dead(w - 1, ignored);
       }
     }
+    std::this_thread::yield();
+  }
+
+  /// Ends `d`'s chances: it may only abort (`commit()` then throws `conflict`).
+  [[noreturn]] void lose(descriptor_index d, const std::string& why) {
+    descriptor& s = descriptor_at(d);
+    s.doomed.store(1, std::memory_order_relaxed);
+    bump(s.conflicts);
+    throw conflict(why);
   }
 
   /// Tries to lock chunk `c`'s metadata without waiting (another allocator holding it
@@ -238,10 +303,6 @@ class bank_locks : public bank_recovery {
     std::uint32_t w = 0;
     if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) {
       descriptor_at(d).count.fetch_sub(1, std::memory_order_release);
-      return false;
-    }
-    if ((h.readers.load(std::memory_order_seq_cst) & ~bit(d)) != 0) {
-      unlock_last(d, off);
       return false;
     }
     set_length(d, e, off, sizeof(chunk_meta));
@@ -263,7 +324,11 @@ class bank_locks : public bank_recovery {
 
   void check_size(std::uint64_t off, const object_type& t) const {
     const std::uint32_t size = header(off).size;
-    if (size == t.size) return;
+    if (size != t.size) refuse_size(off, t, size);
+  }
+
+  [[noreturn]] static void refuse_size(std::uint64_t off, const object_type& t,
+                                       std::uint32_t size) {
     if (size == 0) {
       throw usage_error(fmt::format(
           "no {} at offset {}: the object was destroyed, or its creation never committed", t.name,

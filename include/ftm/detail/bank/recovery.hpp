@@ -104,9 +104,10 @@ class bank_recovery : public bank_watchers {
     auto settle = [&](std::uint64_t off, std::uint64_t capacity) {
       object_header& h = header(off);
       const std::uint32_t w = h.writer.load(std::memory_order_acquire);
-      const std::uint64_t r = h.readers.load(std::memory_order_acquire);
+      const std::uint64_t v = h.version.load(std::memory_order_acquire);
       const bool writer_stale = w != 0 && (w > max_descriptors || (in_use & bit(w - 1)) == 0);
-      if (!writer_stale && (r & ~in_use) == 0) return;
+      // An odd version with no live holder: a commit's mark that outlived it.
+      if (!writer_stale && ((v & 1) == 0 || w != 0)) return;
       if (writer_stale) {
         const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
         const std::uint64_t size = std::min<std::uint64_t>(std::max(h.size, second.size), capacity);
@@ -118,7 +119,7 @@ class bank_recovery : public bank_watchers {
         }
         h.writer.store(0, std::memory_order_release);
       }
-      h.readers.fetch_and(in_use, std::memory_order_release);
+      if ((v & 1) != 0) h.version.store(v + 1, std::memory_order_release);
       ++cleared;
     };
     // The records first: the blocks are found from them once they are settled.
@@ -179,6 +180,7 @@ class bank_recovery : public bank_watchers {
     const std::uint32_t state = s.state.load(std::memory_order_acquire);
     if (state == committing) {
       if (log_ != nullptr) log_->make_durable(d, true);
+      mark_held(d);  // it may have died before its marks: readers must see the change
       copy_held<true>(d, "recover.mid_redo");
       if (log_ != nullptr) log_->applied(d);
       ++report.redone;

@@ -27,11 +27,54 @@ class bank_roots : public bank_allocator {
  public:
   using bank_allocator::bank_allocator;
 
+  /// Reads the table as `open_read` reads any object: the working bank's if `d` holds
+  /// it for writing, else the second bank's, checked against its version. A lookup
+  /// that raced with a commit of the table, and found something wrong with it, is made
+  /// again: only a consistent table is judged.
   std::uint64_t find_root(descriptor_index d, std::string_view name, const root_type& t) {
     using namespace bank_layout;
     check_root_name(name);
-    acquire_read(d, roots_offset);
-    const roots_table& table = roots();
+    if (header(roots_offset).writer.load(std::memory_order_relaxed) == d + 1) {
+      return look_up(roots(), name, t);
+    }
+    const auto& committed =
+        *std::launder(reinterpret_cast<const roots_table*>(b_ + roots_offset + header_size));
+    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + roots_offset));
+    const object_header& h = header(roots_offset);
+    std::uint32_t spins = 0;
+    for (;;) {
+      const std::uint64_t v = h.version.load(std::memory_order_acquire);
+      if ((v & 1) != 0) {
+        wait_for_copy(h, roots_offset, v, spins);
+        continue;
+      }
+      auto changed = [&] {
+        std::atomic_thread_fence(std::memory_order_acquire);
+        return h.version.load(std::memory_order_relaxed) != v;
+      };
+      std::uint64_t found = 0;
+      try {
+        [[maybe_unused]] const second_bank_reads unseen;
+        if (second.size != sizeof(roots_table)) {
+          if (changed()) continue;
+          damaged(fmt::format("the roots table has a damaged size {} (expected {})", second.size,
+                              sizeof(roots_table)));
+        }
+        found = look_up(committed, name, t);
+      } catch (...) {
+        if (!changed()) throw;
+        continue;
+      }
+      if (changed()) continue;
+      record_read(d, roots_offset, v);
+      return found;
+    }
+  }
+
+ private:
+  std::uint64_t look_up(const bank_layout::roots_table& table, std::string_view name,
+                        const root_type& t) const {
+    using namespace bank_layout;
     for (std::uint32_t i = 0; i < max_roots; ++i) {
       const root_entry& r = table.entries[i];
       // Which entries are bound is checked on every lookup, an entry's own check word
@@ -73,6 +116,7 @@ class bank_roots : public bank_allocator {
     return 0;
   }
 
+ public:
   void bind_root(descriptor_index d, std::string_view name, std::uint64_t off, const root_type& t) {
     using namespace bank_layout;
     check_root_name(name);

@@ -32,33 +32,39 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// Waiting for changes (`ftm::watchable_engine`): watchers register in the watchers'
 /// table and sleep on its futex word; commits that wrote a watched object wake them.
 ///
-/// No lost wake-up, without a fence in commit: a watcher registers (two locked
-/// increments) and reads `changes` while its transaction still holds a lock on the
-/// object, and only then ends the transaction. A committer that changes the object
-/// later must take that lock after the watcher released it, so the release and the
-/// acquire order the registration before the committer's check of the counts (a
-/// plain load after its own release): it sees the watcher and bumps `changes`, and
-/// the watcher's futex wait, made with the value it read under the lock, returns at
-/// once or is woken. A committer that held the lock before the watcher took it made
-/// its change visible to the watcher's transaction, which then does not wait.
+/// No lost wake-up, without a fence in commit. A watcher registers (two locked
+/// increments), reads `changes`, and then checks each object it read: no writer holds
+/// it, and its version is the one it read. If not, it does not sleep (its token's
+/// `seen` is already out of date). A committer takes the object's lock (a locked
+/// compare-and-swap) before it changes it, and checks the counts (a load) after its
+/// release. Both sides' locked operations and loads are sequentially consistent, so
+/// either the committer's check sees the registration and wakes, or its lock was taken
+/// before the watcher's check, which then sees the writer, or (once released) the new
+/// version. An object the watcher holds for writing itself changes under no one else.
 class bank_watchers : public bank_descriptors {
  public:
   using bank_descriptors::bank_descriptors;
 
-  /// Registers interest in the object at `off`, which `d` holds a lock on.
+  /// Registers interest in the object at `off`, which `d` read or holds for writing.
   watch_token watch(descriptor_index d, std::uint64_t off) {
     using namespace bank_layout;
-    if (off < roots_offset || off >= bank_size_ || off % min_block != 0 ||
-        (header(off).writer.load(std::memory_order_relaxed) != d + 1 &&
-         (header(off).readers.load(std::memory_order_relaxed) & bit(d)) == 0)) {
+    const bool written = off >= roots_offset && off < bank_size_ && off % min_block == 0 &&
+                         header(off).writer.load(std::memory_order_relaxed) == d + 1;
+    const auto& set = reads(d);
+    const auto read =
+        std::find_if(set.begin(), set.end(), [&](const read_entry& r) { return r.offset == off; });
+    if (!written && read == set.end()) {
       throw usage_error(
-          fmt::format("watch: the transaction holds no lock on the object at offset {}", off));
+          fmt::format("watch: the transaction did not open the object at offset {}", off));
     }
     watch_table& w = watches();
     const std::uint32_t b = watch_bucket(off);
     w.buckets[b].watchers.fetch_add(1, std::memory_order_seq_cst);
     w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
-    return {b, w.global.changes.load(std::memory_order_seq_cst)};
+    const std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    // Changed since it was read, or about to: the wait must not sleep.
+    if (!written && !unchanged(d, *read)) return {b, seen - 1};
+    return {b, seen};
   }
 
   /// Registers interest in every object `d` holds a lock on (but the allocator's
@@ -70,8 +76,9 @@ class bank_watchers : public bank_descriptors {
     std::size_t n = 0;
     const std::uint32_t count = descriptor_at(d).count.load(std::memory_order_relaxed);
     const log_entry* log = log_of(d);
-    for (std::uint32_t i = 0; i < count && n < out.size(); ++i) {
-      const std::uint64_t off = log[i].offset;
+    const auto& set = reads(d);
+    for (std::size_t i = 0; i < count + set.size() && n < out.size(); ++i) {
+      const std::uint64_t off = i < count ? log[i].offset : set[i - count].offset;
       if (off >= metas_begin && off < chunks_offset_) continue;  // allocation, not data
       const std::uint32_t b = watch_bucket(off);
       if (taken[b]) continue;
@@ -80,8 +87,14 @@ class bank_watchers : public bank_descriptors {
       w.global.watchers.fetch_add(1, std::memory_order_seq_cst);
       out[n++] = watch_token{b, 0};
     }
-    // Read after every registration, while the locks are still held (see above).
-    const std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    // Read after every registration, then the reads checked (see above).
+    std::uint32_t seen = w.global.changes.load(std::memory_order_seq_cst);
+    for (const read_entry& r : set) {
+      if (!unchanged(d, r)) {
+        --seen;  // out of date already: the wait returns at once
+        break;
+      }
+    }
     for (std::size_t k = 0; k < n; ++k)
       out[k].seen = seen;
     return n;
@@ -127,12 +140,23 @@ class bank_watchers : public bank_descriptors {
                                       bank_layout::watch_buckets);
   }
 
+  /// Whether the object of read entry `r` still has the version `d` read, and no other
+  /// transaction holds it: the writer first, then the version (a released writer's
+  /// version is then seen; see the class comment).
+  bool unchanged(descriptor_index d, const read_entry& r) const noexcept {
+    const bank_layout::object_header& h = header(r.offset);
+    const std::uint32_t holder = h.writer.load(std::memory_order_seq_cst);
+    if (holder != 0 && holder != d + 1) return false;
+    return h.version.load(std::memory_order_seq_cst) == r.version;
+  }
+
   /// After commit released `d`'s locks: wakes the watchers if it wrote an object that
-  /// hashes to a bucket with watchers. Without watchers, one plain load.
+  /// hashes to a bucket with watchers. Without watchers, one plain load (sequentially
+  /// consistent, as the class comment needs: a plain load on x86).
   void notify_watchers(descriptor_index d) noexcept {
     using namespace bank_layout;
     watch_table& w = watches();
-    if (w.global.watchers.load(std::memory_order_relaxed) == 0) return;
+    if (w.global.watchers.load(std::memory_order_seq_cst) == 0) return;
     const std::uint32_t n = descriptor_at(d).count.load(std::memory_order_relaxed);
     const log_entry* log = log_of(d);
     for (std::uint32_t i = 0; i < n; ++i) {
