@@ -235,10 +235,13 @@ class transaction : private detail::transaction_base {
   }
 
   void require_active(std::string_view what) const {
-    if (!active_) {
-      throw usage_error(
-          fmt::format("transaction::{}: the transaction is not active (call begin() first)", what));
-    }
+    if (!active_) [[unlikely]]
+      refuse_inactive(what);
+  }
+  /// Out of line: the check above inlines into every open.
+  [[noreturn, gnu::cold, gnu::noinline]] static void refuse_inactive(std::string_view what) {
+    throw usage_error(
+        fmt::format("transaction::{}: the transaction is not active (call begin() first)", what));
   }
 
   template <class T>
@@ -474,6 +477,14 @@ class atomic_scope {
 /// Randomised exponential backoff: spreads out transactions that keep colliding.
 inline void backoff(std::uint32_t attempt, std::chrono::microseconds cap) {
   thread_local std::minstd_rand rng{std::random_device{}()};
+  if (attempt <= 2) {
+    // The first retries of short transactions: a conflict usually clears within a few
+    // hundred cycles, and a yield or the shortest sleep costs microseconds.
+    const auto spins = std::uniform_int_distribution<std::uint32_t>{0, 32u << attempt}(rng);
+    for (std::uint32_t i = 0; i < spins; ++i)
+      cpu_relax();
+    return;
+  }
   const auto limit = std::min<std::int64_t>(cap.count(), std::int64_t{1} << std::min(attempt, 20u));
   const auto wait = std::uniform_int_distribution<std::int64_t>{0, limit}(rng);
   if (wait < 2) {

@@ -80,19 +80,23 @@ inline std::atomic<owner_id>& self_cache() noexcept {
   return id;
 }
 
-inline owner_id self_owner_id() noexcept {
+/// Computes and caches the id (the first time, and in a fork() child): out of line.
+[[gnu::noinline]] inline owner_id compute_self_owner_id() noexcept {
   static const bool registered = [] {
     ::pthread_atfork(nullptr, nullptr, [] { self_cache().store(0, std::memory_order_relaxed); });
     return true;
   }();
   static_cast<void>(registered);
-  owner_id id = self_cache().load(std::memory_order_relaxed);
-  if (id == 0) {
-    pid_t pid = ::getpid();
-    id = make_owner_id(pid, read_proc_stat(pid).start_time);
-    self_cache().store(id, std::memory_order_relaxed);
-  }
+  const pid_t pid = ::getpid();
+  const owner_id id = make_owner_id(pid, read_proc_stat(pid).start_time);
+  self_cache().store(id, std::memory_order_relaxed);
   return id;
+}
+
+/// One load once cached (every session's transaction asks, in `begin_attached`).
+inline owner_id self_owner_id() noexcept {
+  const owner_id id = self_cache().load(std::memory_order_relaxed);
+  return id != 0 ? id : compute_self_owner_id();
 }
 
 /// False once the owner has exited, is a zombie, or its pid now names another process.

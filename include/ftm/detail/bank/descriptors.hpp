@@ -373,18 +373,22 @@ class bank_descriptors : public bank_mapping {
                         std::uint32_t length = 0) {
     descriptor& s = descriptor_at(d);
     const std::uint32_t n = s.count.load(std::memory_order_relaxed);
-    if (n == max_entries_) {
-      throw capacity_exceeded(fmt::format(
-          "{0}: a transaction may write at most {1} objects (creations, destructions and "
-          "allocator records count; reads do not): make the pool with a larger "
-          "{0}::options::max_objects_per_transaction, or split the writes",
-          engine_, max_entries_));
-    }
+    if (n == max_entries_) [[unlikely]]
+      refuse_entry();
     log_entry& e = log_of(d)[n];
     e.offset = off;
     set_entry(e, d, length, kind);
     s.count.store(n + 1, std::memory_order_release);
     return e;
+  }
+
+  /// Out of line, so that `push_entry` inlines.
+  [[noreturn, gnu::cold, gnu::noinline]] void refuse_entry() const {
+    throw capacity_exceeded(
+        fmt::format("{0}: a transaction may write at most {1} objects (creations, destructions and "
+                    "allocator records count; reads do not): make the pool with a larger "
+                    "{0}::options::max_objects_per_transaction, or split the writes",
+                    engine_, max_entries_));
   }
 
   /// Writes the length and kind of `e`, an entry of `d`, with their check: one store.
