@@ -526,3 +526,35 @@ KEYS_TEST(
   CHECK(value_of(*pool, c) == 100);
   CHECK(pool->check().ok());
 }
+
+namespace {
+
+/// The kernel mappings of this process (lines of /proc/self/maps).
+std::size_t mapping_count() {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  REQUIRE(f != nullptr);
+  std::size_t n = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;)
+    n += c == '\n' ? 1 : 0;
+  std::fclose(f);
+  return n;
+}
+
+}  // namespace
+
+PROTECTED_TEST("protected mode: opening an object again splits no mapping (its page has its own)") {
+  auto pool = protected_pool<E>::make();
+  auto c = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{0, 0}); });
+  ftm::atomically(*pool, [&](auto& tx) { tx.open(c)->value += 1; });
+  const std::size_t between = mapping_count();
+  std::size_t during = 0;
+  ftm::atomically(*pool, [&](auto& tx) {
+    tx.open(c)->value += 1;
+    during = mapping_count();
+  });
+  // Without a mapping of its own, making the page writable splits the view in three.
+  CHECK(during == between);
+  CHECK(mapping_count() == between);
+  CHECK(value_of(*pool, c) == 2);
+  CHECK(pool->check().ok());
+}
