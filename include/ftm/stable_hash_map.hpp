@@ -108,10 +108,12 @@ class opened_hash_map_base;
 ///
 /// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
 /// table of buckets holding chains of 8-entry nodes. A lookup takes shared locks on the
-/// path to its key; changing a value locks its node; an insert or erase also locks its
-/// segment, and splits at most one bucket of it. So transactions on keys of different
-/// segments never conflict, updates of values never conflict with each other unless
-/// they share a node, and no operation locks the whole map.
+/// path to its key; `insert_or_assign` locks the nodes of its key's chain up to the
+/// key's (opened once, for writing; a chain is mostly one node); an insert
+/// or erase also locks its segment, and splits at most one bucket of it. So
+/// transactions on keys of different segments never conflict, updates of values never
+/// conflict with each other unless they share a chain, and no operation locks the whole
+/// map.
 ///
 /// Open it in a transaction with `ftm::open(tx, ref)` (to change it) or
 /// `ftm::open_read(tx, ref)`. Strings as values: hold a `stable<stable_string>`.
@@ -145,7 +147,8 @@ struct hash_position {
   std::uint64_t hash = 0;
   std::size_t segment = 0;
   std::uint64_t bucket = 0;
-  std::uint64_t node = 0;  // 0: not found
+  std::uint64_t node = 0;       // 0: not found
+  const void* found = nullptr;  // the node at `node`, as `locate` opened it
   std::size_t slot = 0;
   std::uint64_t prev = 0;       // the node before `node` in its chain, 0 if it is the head
   std::uint64_t with_room = 0;  // a node of the chain with a free slot, 0 if none
@@ -221,7 +224,12 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   const_iterator find(const K& key) const {
     const hash_position p = locate(key);
     if (p.node == 0) return end();
-    return {this, cursor{.off = p.node, .slot = p.slot, .segment = p.segment, .bucket = p.bucket}};
+    // The cursor starts from the node `locate` read: no second opening of it.
+    return {this, cursor{.off = p.node,
+                         .slot = p.slot,
+                         .node = static_cast<const node*>(p.found),
+                         .segment = p.segment,
+                         .bucket = p.bucket}};
   }
   /// Whether `key` is there (without reading its node again, as `find` would).
   [[nodiscard]] bool contains(const K& key) const { return locate(key).node != 0; }
@@ -311,7 +319,9 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   }
 
   /// Finds `key` with shared locks on its path.
-  hash_position locate(const K& key) const {
+  /// With `for_write`, opens the chain's nodes for writing as it goes (an update then
+  /// opens the key's node once, not once to read and again to write).
+  hash_position locate(const K& key, bool for_write = false) const {
     hash_position p;
     p.hash = hash_of(key);
     p.segment = p.hash % hash_segments;
@@ -321,10 +331,11 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     p.bucket = bucket_of(*s, p.hash);
     std::uint64_t prev = 0;
     for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
-      const auto* n = this->template read<node>(off);
+      const node* n = for_write ? write_node<node>(tx(), off) : this->template read<node>(off);
       for (std::size_t i = 0; i < n->count; ++i) {
         if (keys_equal(n->entry[i].first, key)) {
           p.node = off;
+          p.found = n;
           p.slot = i;
           p.prev = prev;
           return p;
@@ -374,9 +385,10 @@ class opened_hash_map<K, V, Hash, E, true>
 
   /// Sets the value of `key`, inserting it if it is new; true if it was inserted.
   bool insert_or_assign(const K& key, const V& value) {
-    const detail::hash_position p = this->locate(key);
+    const detail::hash_position p = this->locate(key, true);
     if (p.node != 0) {
-      detail::write_node<node>(this->tx(), p.node)->entry[p.slot].second = value;
+      // Opened for writing by `locate`.
+      const_cast<node*>(static_cast<const node*>(p.found))->entry[p.slot].second = value;
       return false;
     }
     add(p, key, value);
