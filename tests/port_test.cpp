@@ -20,6 +20,7 @@
 #include <deque>
 #include <optional>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -487,6 +488,43 @@ ENGINE_TEST("a port of format 1 (one object holding the ring) is refused, saying
   CHECK(sent.find("ftm::send: the object at offset") != std::string::npos);
   CHECK(sent.find("is a port of format 1") != std::string::npos);
   CHECK_THROWS_AS(receive_now(*pool, p), ftm::type_mismatch);
+}
+
+TEST_CASE("ftm-inspect's check names a port of format 1, and a header of another size") {
+  namespace fd = ftm::detail;
+  fd::port_directory_entry e{};
+  e.capacity = 4;
+  e.slot_size = fd::slot_size_of<order>();
+  const auto no_object = [](std::uint64_t) -> std::span<const std::byte> {
+    throw ftm::bad_pool("no object there");
+  };
+  // Format 1: the kind "port", then a ring in the same object.
+  std::vector<std::byte> old(96 + 4 * fd::slot_size_of<order>());
+  std::memcpy(old.data(), &fd::port_kind_v1, sizeof fd::port_kind_v1);
+  fd::port_report r;
+  auto problems = fd::check_port(e, old, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("a port of format 1") != std::string::npos);
+  CHECK_FALSE(r.readable);
+  // Format 2's kind on an object of another size.
+  std::memcpy(old.data(), &fd::port_kind, sizeof fd::port_kind);
+  problems = fd::check_port(e, old, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("not a port header's 112") != std::string::npos);
+  // A sound header whose slot index is missing is not readable.
+  fd::port_header h{};
+  h.kind = fd::port_kind;
+  h.capacity = 4;
+  h.slot_size = e.slot_size;
+  h.block_slots = fd::block_slots_of(4);
+  h.blocks = fd::blocks_of(4);
+  h.index = 4096;
+  std::vector<std::byte> bytes(sizeof h);
+  std::memcpy(bytes.data(), &h, sizeof h);
+  problems = fd::check_port(e, bytes, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("its slot index at offset 4096: ") == 0);
+  CHECK_FALSE(r.readable);
 }
 
 ENGINE_TEST("the delivery count survives a receiver killed mid-transaction") {
