@@ -28,9 +28,9 @@
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
 /// A port opened in a transaction, for writing (`Write`) or only for reading: a read
-/// access gives const views only. The header and the slot index are opened at once;
-/// a slot block only when one of its slots is reached, so a transaction locks and
-/// copies the blocks it used and no others. Closes what it opened at the end of the
+/// access gives const views only. The header is opened at once; the slot index and a
+/// slot block only when one of the block's slots is reached, so a transaction locks
+/// and copies the blocks it used and no others. Closes what it opened at the end of the
 /// scope (locks stay held until the transaction ends).
 template <class E, bool Write>
 class port_access {
@@ -59,13 +59,8 @@ class port_access {
     if (offset_ != 0) byte_access::close(tx_, offset_);
   }
 
-  /// Opens the slot index (for reading: only `make_port` writes it), once the header
-  /// has been checked; `block` is the type of the port's slot blocks.
-  void open_index(const object_type& block) {
-    block_type_ = block;
-    index_ = reinterpret_cast<const std::byte*>(
-        byte_access::open_read(tx_, header().index, port_index_type(header().blocks)));
-  }
+  /// Sets the type of the port's slot blocks, once the header has been checked.
+  void set_block_type(const object_type& block) noexcept { block_type_ = block; }
 
   [[nodiscard]] header_type& header() const noexcept {
     return *std::launder(reinterpret_cast<header_type*>(base_));
@@ -109,8 +104,13 @@ class port_access {
     return at;
   }
 
-  /// The bytes of the slot of `sequence`, opening its block if it is not yet open.
+  /// The bytes of the slot of `sequence`, opening its block if it is not yet open
+  /// (and the slot index, for reading, at the first slot: only `make_port` writes it,
+  /// and a transaction that finds the port empty or full never needs it).
   byte_type* slot_bytes(std::uint64_t sequence) {
+    if (index_ == nullptr) {
+      index_ = byte_access::open_read(tx_, header().index, port_index_type(header().blocks));
+    }
     const std::uint64_t i = sequence % header().capacity;
     const std::uint64_t at = block_offset(i / header().block_slots);
     const std::size_t in = (i % header().block_slots) * header().slot_size;
@@ -195,7 +195,7 @@ port_access<E, Write> open_port(transaction<E>& tx, std::uint64_t offset, std::u
         what, offset, port_type_name<Msg>(), capacity, h.capacity, h.slot_size, h.fingerprint,
         h.blocks, h.block_slots));
   }
-  port.open_index(port_block_type<Msg>(h.block_slots));
+  port.set_block_type(port_block_type<Msg>(h.block_slots));
   return port;
 }
 
