@@ -423,8 +423,10 @@ class bridge {
   /// Waits (at most `slice`) until a bound or mirror port may hold a message.
   void await_ports(E& engine, std::chrono::milliseconds slice) const;
   /// Publishes every entry of `node`'s outbox, oldest first; false if JetStream did
-  /// not store the oldest one yet (no answer, or refused).
-  bool drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams) const;
+  /// not store the oldest one yet (no answer, or refused). `answered` is set false if
+  /// the server did not answer at all.
+  bool drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
+             bool& answered) const;
 
   node_options options_;
   std::vector<route> routes_;
@@ -558,8 +560,8 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
 }
 
 template <watchable_engine E>
-bool bridge<E>::drain(E& engine, client& c, const std::string& node,
-                      std::set<std::string>& streams) const {
+bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
+                      bool& answered) const {
   const stable<detail::outbox> box = atomically(engine, [&](transaction<E>& tx) {
     const std::uint64_t off = ftm::detail::byte_access::find_root(
         tx, detail::outbox_root(node), ftm::detail::root_type_of<detail::outbox>());
@@ -580,6 +582,7 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node,
       std::string why;
       if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
                            &why)) {
+        answered = false;
         return false;
       }
       streams.insert(node);
@@ -588,6 +591,7 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node,
     const publish_result r = c.publish(detail::name_of(head->subject), id,
                                        std::span<const std::byte>(head->bytes, head->size));
     if (r == publish_result::refused) streams.erase(node);  // make it again if it is gone
+    if (r == publish_result::no_answer) answered = false;
     if (r == publish_result::no_answer || r == publish_result::refused) return false;
     atomically(engine, [&](transaction<E>& tx) {
       auto b = tx.open(box);
@@ -610,11 +614,15 @@ void bridge<E>::run_outbound(E& engine) const {
   std::set<std::string> destinations;
   int backoff = 0;
   for (;;) {
-    ftm::heartbeat();
     const std::uint64_t taken = fill(engine, destinations);
     bool stored_all = true;
+    bool answered = true;
     for (const std::string& node : destinations)
-      stored_all = drain(engine, c, node, streams) && stored_all;
+      stored_all = drain(engine, c, node, streams, answered) && stored_all;
+    // The lease is renewed only while the server answers: an instance whose
+    // connection is stuck (a libnats thread hung, say) is killed when its lease ends and
+    // started again, instead of retrying forever.
+    if (answered) ftm::heartbeat();
     if (!stored_all) {
       // No answer (the server is down, a leader is being elected) or refused (a
       // full stream): the same ids again, a little later.
@@ -639,22 +647,24 @@ void bridge<E>::run_inbound(E& engine) const {
     return ftm::detail::reserved_root<detail::inbound_state>(tx, detail::inbound_root);
   });
   client c(options_.nats);
+  // Here and below the lease is renewed only when the server answered (see
+  // run_outbound): a stuck connection gets the instance restarted.
   for (std::string why;
        !c.ensure_stream(stream, fmt::format("ftm.{}.>", options_.name), options_.stream, &why);) {
-    ftm::heartbeat();
     detail::sleep_ms(20);
   }
+  ftm::heartbeat();
   // (Re)start the consumer after the last message known applied: deliveries the
   // previous instance took and never acked come at once, not after their AckWait.
   auto resync = [&] {
     for (;;) {
-      ftm::heartbeat();
       bool found = false;
       const std::optional<std::uint64_t> acked = c.ack_floor(stream, consumer, &found);
       if (found && !acked) {
         detail::sleep_ms(20);
         continue;
       }
+      ftm::heartbeat();
       const std::uint64_t floor = atomically(engine, [&](transaction<E>& tx) {
         auto s = tx.open(state);
         s->floor = std::max(s->floor, acked.value_or(0));
@@ -672,7 +682,6 @@ void bridge<E>::run_inbound(E& engine) const {
   auto last_resync = std::chrono::steady_clock::now();
   auto last_delivery = last_resync;
   for (;;) {
-    ftm::heartbeat();
     const std::optional<delivery> d = c.next(100ms);
     if (!d) {
       // Quiet for a second: check that the consumer still exists. A server killed just
@@ -682,6 +691,7 @@ void bridge<E>::run_inbound(E& engine) const {
         last_delivery = std::chrono::steady_clock::now();
         bool found = false;
         const std::optional<std::uint64_t> acked = c.ack_floor(stream, consumer, &found);
+        if (acked || !found) ftm::heartbeat();  // the server answered
         if (!acked && !found) {
           std::string why;
           if (c.ensure_stream(stream, fmt::format("ftm.{}.>", options_.name), options_.stream,
@@ -693,6 +703,7 @@ void bridge<E>::run_inbound(E& engine) const {
       }
       continue;
     }
+    ftm::heartbeat();
     last_delivery = std::chrono::steady_clock::now();
     enum class outcome { applied, dropped, held, rejected, stale, full };
     const std::optional<detail::message_id> id = detail::parse_id(d->message_id);
