@@ -568,42 +568,63 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<st
     return stable<detail::outbox>(ftm::detail::from_offset, off);
   });
   if (!box) return true;
-  for (std::uint64_t rounds = 0; rounds < outbox_capacity; ++rounds) {
-    // Read the oldest entry (read-only), publish it with no lock held, then remove it.
-    std::optional<detail::outbox_entry> head;
-    atomically(engine, [&](transaction<E>& tx) {
-      head.reset();
-      const auto b = tx.open_read(box);
-      if (b->head == b->tail) return;
-      head = *tx.open_read(b->slots[b->head % outbox_capacity]);
-    });
-    if (!head) return true;
-    if (!streams.contains(node)) {
-      std::string why;
-      if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
-                           &why)) {
-        answered = false;
-        return false;
-      }
-      streams.insert(node);
+  // Every waiting entry (read-only), published as one window with no lock held: all
+  // in flight at once, in order, each with its own id. Then one transaction removes
+  // the oldest entries up to the first one not stored; the rest go again next time,
+  // with the same ids (JetStream answers "duplicate", or the receiver's hw drops
+  // them). A later entry stored before an earlier one is not lost order: the receiver
+  // holds it until its predecessor came.
+  std::vector<detail::outbox_entry> window;
+  atomically(engine, [&](transaction<E>& tx) {
+    window.clear();
+    const auto b = tx.open_read(box);
+    for (std::uint64_t i = b->head; i != b->tail; ++i)
+      window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
+  });
+  if (window.empty()) return true;
+  if (!streams.contains(node)) {
+    std::string why;
+    if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
+                         &why)) {
+      answered = false;
+      return false;
     }
-    const std::string id = fmt::format("{}/{}/{}", options_.name, head->epoch, head->n);
-    const publish_result r = c.publish(detail::name_of(head->subject), id,
-                                       std::span<const std::byte>(head->bytes, head->size));
-    if (r == publish_result::refused) streams.erase(node);  // make it again if it is gone
-    if (r == publish_result::no_answer) answered = false;
-    if (r == publish_result::no_answer || r == publish_result::refused) return false;
+    streams.insert(node);
+  }
+  std::vector<std::string> ids;
+  ids.reserve(window.size());
+  std::vector<client::outgoing> out;
+  out.reserve(window.size());
+  for (const detail::outbox_entry& e : window) {
+    ids.push_back(fmt::format("{}/{}/{}", options_.name, e.epoch, e.n));
+    out.push_back(
+        {detail::name_of(e.subject), ids.back(), std::span<const std::byte>(e.bytes, e.size)});
+  }
+  const std::vector<publish_result> results = c.publish_window(out);
+  std::size_t done = 0;
+  while (done < results.size() &&
+         (results[done] == publish_result::stored || results[done] == publish_result::duplicate)) {
+    ++done;
+  }
+  if (std::find(results.begin(), results.end(), publish_result::refused) != results.end())
+    streams.erase(node);  // make it again if it is gone
+  if (std::all_of(results.begin(), results.end(),
+                  [](publish_result r) { return r == publish_result::no_answer; })) {
+    answered = false;
+  }
+  if (done > 0) {
     atomically(engine, [&](transaction<E>& tx) {
       auto b = tx.open(box);
-      if (b->head == b->tail) return;
-      const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
-      if (e->n != head->n || e->epoch != head->epoch) return;
-      ++b->head;
-      ++b->published;
-      if (r == publish_result::duplicate) ++b->duplicates;
+      for (std::size_t i = 0; i < done && b->head != b->tail; ++i) {
+        const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
+        if (e->n != window[i].n || e->epoch != window[i].epoch) return;
+        ++b->head;
+        ++b->published;
+        if (results[i] == publish_result::duplicate) ++b->duplicates;
+      }
     });
   }
-  return true;
+  return done == results.size();
 }
 
 template <watchable_engine E>
