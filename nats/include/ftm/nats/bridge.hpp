@@ -388,15 +388,21 @@ class bridge {
   static reply_port<Rep> mirror_for(transaction<E>& tx, std::string_view node,
                                     std::string_view service, std::uint64_t remote_offset,
                                     std::uint32_t remote_capacity, std::uint32_t capacity) {
-    auto table =
-        tx.open(ftm::detail::reserved_root<detail::mirror_table>(tx, detail::mirrors_root));
-    for (std::uint64_t i = 0; i < table->count; ++i) {
-      const detail::mirror_entry& e = table->entries[i];
-      if (detail::name_of(e.node) == node && detail::name_of(e.service) == service &&
-          e.remote_offset == remote_offset && e.remote_capacity == remote_capacity) {
-        return {ftm::detail::from_offset, e.local_offset, e.local_capacity};
+    const stable<detail::mirror_table> ref =
+        ftm::detail::reserved_root<detail::mirror_table>(tx, detail::mirrors_root);
+    // Read first: the table is written only when a new mirror is made, so a request
+    // does not hold its exclusive lock (which the outbound task's reads would wait for).
+    {
+      const auto table = tx.open_read(ref);
+      for (std::uint64_t i = 0; i < table->count; ++i) {
+        const detail::mirror_entry& e = table->entries[i];
+        if (detail::name_of(e.node) == node && detail::name_of(e.service) == service &&
+            e.remote_offset == remote_offset && e.remote_capacity == remote_capacity) {
+          return {ftm::detail::from_offset, e.local_offset, e.local_capacity};
+        }
       }
     }
+    auto table = tx.open(ref);
     if (table->count == max_mirrors) {
       throw usage_error(
           fmt::format("ftm::nats: more than {} remote reply ports call this node's services (the "
@@ -562,12 +568,7 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
 template <watchable_engine E>
 bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
                       bool& answered) const {
-  const stable<detail::outbox> box = atomically(engine, [&](transaction<E>& tx) {
-    const std::uint64_t off = ftm::detail::byte_access::find_root(
-        tx, detail::outbox_root(node), ftm::detail::root_type_of<detail::outbox>());
-    return stable<detail::outbox>(ftm::detail::from_offset, off);
-  });
-  if (!box) return true;
+  stable<detail::outbox> box;
   // Every waiting entry (read-only), published as one window with no lock held: all
   // in flight at once, in order, each with its own id. Then one transaction removes
   // the oldest entries up to the first one not stored; the rest go again next time,
@@ -577,6 +578,11 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<st
   std::vector<detail::outbox_entry> window;
   atomically(engine, [&](transaction<E>& tx) {
     window.clear();
+    box = stable<detail::outbox>(
+        ftm::detail::from_offset,
+        ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
+                                            ftm::detail::root_type_of<detail::outbox>()));
+    if (!box) return;
     const auto b = tx.open_read(box);
     for (std::uint64_t i = b->head; i != b->tail; ++i)
       window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
