@@ -142,11 +142,14 @@ TEST_CASE("a keyed call between nodes, re-sent by a restarted client, gets its o
       std::make_unique<ftm::supervisor<pmem>>(*a, task("client"), [st, px, rp](pmem& pool) {
         for (;;) {
           ftm::heartbeat();
-          const auto [key, attempt] = ftm::atomically(pool, [&](auto& tx) {
-            auto s = tx.open(st);
-            if (s->next >= max_keys) return std::pair<std::uint64_t, std::uint64_t>{0, 0};
-            return std::pair{s->next, ++s->sends[s->next]};
-          });
+          // (Not a structured binding: clang 14 cannot capture one in a lambda.)
+          const std::pair<std::uint64_t, std::uint64_t> taken =
+              ftm::atomically(pool, [&](auto& tx) {
+                auto s = tx.open(st);
+                if (s->next >= max_keys) return std::pair<std::uint64_t, std::uint64_t>{0, 0};
+                return std::pair<std::uint64_t, std::uint64_t>{s->next, ++s->sends[s->next]};
+              });
+          const std::uint64_t key = taken.first, attempt = taken.second;
           if (key == 0) {
             std::this_thread::sleep_for(10ms);
             continue;
