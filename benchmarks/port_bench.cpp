@@ -15,6 +15,11 @@
 ///                             calls each per iteration: `ftm::call` one at a time, or
 ///                             `ftm::pipeline` with 16 calls in flight (sent as one
 ///                             batch, one transaction), replies matched by id,
+///   commit/capacity/<ftm|ftm-pmem>/<n>
+///                             a send and a receive, one transaction each, on one
+///                             thread, to a port of capacity n (16 to 4,096),
+///   receivers/threads/ftm/<n> n threads drain a port of 1,024 messages, one message
+///                             and a microsecond of work per transaction,
 ///   recovery/processes/ftm    a server process is killed with SIGKILL while a client
 ///                             process keeps calling it; the time of `recover()` and
 ///                             the time until a restarted server answers a call.
@@ -596,6 +601,87 @@ void ftm_oneway_processes(benchmark::State& state) {
   check_oneway(state, sent, *got);
 }
 
+// ---- commit cost by capacity, and receivers of one port -----------------------------------
+
+/// One iteration: a transaction that sends a 64-byte message to a port of `capacity`
+/// (the argument) and one that receives it, on one thread. The time of a port
+/// operation should not depend on how many messages the port could hold.
+template <class E>
+void ftm_commit_by_capacity(benchmark::State& state) {
+  const auto cap = static_cast<std::uint32_t>(state.range(0));
+  std::shared_ptr<E> pool = pool_maker<E>::make();
+  const auto port = ftm::atomically(*pool, [&](auto& tx) {
+    return ftm::make_port<record>(tx, {.capacity = cap, .max_deliveries = 0});
+  });
+  std::int64_t i = 0;
+  for (auto _ : state) {
+    const record m = body_of(i);
+    ftm::atomically(*pool, [&](ftm::transaction<E>& tx) { ftm::send(tx, port, m); });
+    const auto got =
+        ftm::atomically(*pool, [&](ftm::transaction<E>& tx) { return ftm::try_receive(tx, port); });
+    if (!got || !same(*got, m)) {
+      fail(state, fmt::format("message {} did not come back", i));
+      break;
+    }
+    ++i;
+  }
+  state.SetItemsProcessed(i);
+}
+
+/// Messages drained per iteration by the `receivers/<n>` rows.
+constexpr std::uint32_t drain_messages = 1024;
+
+/// Handler work inside each receive's transaction: about a microsecond of arithmetic.
+std::uint64_t handler_work(std::uint64_t x) {
+  for (int k = 0; k < 400; ++k)
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+  return x;
+}
+
+/// One iteration: a port filled with `drain_messages` (untimed), then `n` receiver
+/// threads (the argument) drain it, one message and a microsecond of work per
+/// transaction. Receivers that run in parallel make the time per message fall with n.
+void ftm_parallel_receivers(benchmark::State& state) {
+  using E = ftm::engines::dual_bank;
+  const auto n = static_cast<int>(state.range(0));
+  std::shared_ptr<E> pool = std::make_shared<E>(std::size_t{1} << 21);
+  const auto port = ftm::atomically(*pool, [&](auto& tx) {
+    return ftm::make_port<record>(tx, {.capacity = drain_messages, .max_deliveries = 0});
+  });
+  std::int64_t total = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (std::uint32_t k = 0; k < drain_messages; ++k)
+      ftm::atomically(*pool, [&](ftm::transaction<E>& tx) { ftm::send(tx, port, body_of(k)); });
+    state.ResumeTiming();
+    std::atomic<std::int64_t> got{0};
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n; ++r) {
+      threads.emplace_back([&] {
+        std::uint64_t sink = 0;
+        for (;;) {
+          const auto m = ftm::atomically(*pool, [&](ftm::transaction<E>& tx) {
+            auto msg = ftm::try_receive(tx, port);
+            if (msg) sink += handler_work(static_cast<std::uint64_t>(msg->field[0]));
+            return msg;
+          });
+          if (!m) break;
+          got.fetch_add(1, std::memory_order_relaxed);
+        }
+        benchmark::DoNotOptimize(sink);
+      });
+    }
+    for (auto& t : threads)
+      t.join();
+    if (got != drain_messages) {
+      fail(state, fmt::format("{} of {} messages received", got.load(), drain_messages));
+      break;
+    }
+    total += drain_messages;
+  }
+  state.SetItemsProcessed(total);
+}
+
 // ---- the baselines -------------------------------------------------------------------------
 
 /// A bounded FIFO between threads: a ring guarded by a std::mutex, with a condition
@@ -951,6 +1037,18 @@ void register_all() {
       ->UseManualTime();
   benchmark::RegisterBenchmark("call/3-client-processes/ftm-pipelined", ftm_call_clients<true>)
       ->UseManualTime();
+  for (const char* name : {"commit/capacity/ftm", "commit/capacity/ftm-pmem"}) {
+    auto* b = benchmark::RegisterBenchmark(name, std::string_view(name).ends_with("pmem")
+                                                     ? ftm_commit_by_capacity<pmem>
+                                                     : ftm_commit_by_capacity<dual_bank>);
+    b->UseRealTime();
+    for (const int c : {16, 64, 256, 1024, 4096})
+      b->Arg(c);
+  }
+  benchmark::RegisterBenchmark("receivers/threads/ftm", ftm_parallel_receivers)
+      ->UseRealTime()
+      ->Arg(1)
+      ->Arg(2);
   add("oneway/threads/ftm", ftm_oneway_threads<false>);
   add("oneway/threads/ftm-session", ftm_oneway_threads<true>);
   add("oneway/threads/mutex", mutex_oneway_threads);

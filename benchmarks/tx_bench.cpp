@@ -17,7 +17,13 @@
 ///              saves the 64-byte object before changing it, as an undo log would,
 ///              and discards the copy at "commit",
 ///   itm        GCC's libitm, `__transaction_atomic` (g++ builds without sanitizers
-///              only; see itm_peer.cpp).
+///              only; see itm_peer.cpp),
+///   mprotect-pair  (single only) the system calls protected mode cannot do without
+///              when it uses `mprotect`, and nothing else: the object's page of a
+///              shared mapping made writable, the two fields changed, the page made
+///              read-only again; its read is a plain read,
+///   pkey-switch  (single only, where the CPU and kernel have protection keys) the same
+///              with a protection key: the thread's rights changed twice (WRPKRU).
 ///
 /// Benchmarks are named <workload>/<sharing>/<system>, so the systems of one case are
 /// adjacent rows. items_per_second is the throughput of all threads together. After
@@ -26,6 +32,7 @@
 
 #include "workload.hpp"
 
+#include <ftm/detail/protected_keys.hpp>
 #include <ftm/engines/dual_bank.hpp>
 #include <ftm/ftm.hpp>
 
@@ -37,9 +44,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <utility>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 namespace ftm_bench {
 namespace {
@@ -293,6 +304,56 @@ struct floor_system {
   }
 };
 
+// ---- the floor of protected mode -------------------------------------------------------
+
+/// A tiny write's two protection changes alone, on one page of a shared mapping:
+/// with `mprotect` (a system call each, as protected mode's `mprotect` mechanism pays
+/// per writing transaction), or with a protection key (`Keys`: one unprivileged
+/// instruction each). What protected mode spends above these rows is its own work.
+template <bool Keys>
+struct protect_floor_system {
+  static constexpr const char* name = Keys ? "pkey-switch" : "mprotect-pair";
+
+  std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  record* object = nullptr;
+  int key = 0;
+
+  protect_floor_system() {
+    void* p = ::mmap(nullptr, page, PROT_READ, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) std::abort();
+    object = static_cast<record*>(p);
+    if constexpr (Keys) {
+      key = ftm::detail::allocate_protection_key(nullptr);
+      if (key < 0 || ftm::detail::protect_with_key(p, page, PROT_READ | PROT_WRITE, key) != 0) {
+        std::abort();
+      }
+    }
+  }
+
+  void tiny_write(int) {
+    if constexpr (Keys) {
+      const std::uint32_t rights = ftm::detail::read_key_rights();
+      ftm::detail::write_key_rights(rights & ~ftm::detail::key_write_disabled(key));
+      object->field[0] += 1;
+      object->field[1] -= 1;
+      ftm::detail::write_key_rights(rights | ftm::detail::key_write_disabled(key));
+    } else {
+      ::mprotect(object, page, PROT_READ | PROT_WRITE);
+      object->field[0] += 1;
+      object->field[1] -= 1;
+      ::mprotect(object, page, PROT_READ);
+    }
+  }
+
+  std::int64_t read(int) { return object->field[0] + object->field[1]; }
+
+  bool verify() {
+    if (read(0) == 0) return true;
+    std::fprintf(stderr, "%s: the object lost an update\n", name);
+    return false;
+  }
+};
+
 // ---- libitm -------------------------------------------------------------------------
 
 #ifndef FTM_BENCH_NO_ITM
@@ -414,9 +475,21 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("itm", "not built (needs g++ and a build without sanitizers)");
 #endif
   register_all<FTM_BENCH_SYSTEMS>();
+  // One thread only: a page another thread makes read-only under a writer faults.
+  register_case<protect_floor_system<false>>("tiny_write", tiny_write<protect_floor_system<false>>,
+                                             sharing::single);
+  const bool keys = ftm::detail::protection_keys().available;
+  if (keys) {
+    register_case<protect_floor_system<true>>("tiny_write", tiny_write<protect_floor_system<true>>,
+                                              sharing::single);
+  } else {
+    benchmark::AddCustomContext("pkey-switch", "not run: " + ftm::detail::protection_keys().reason);
+  }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
-  if (!verify_all<FTM_BENCH_SYSTEMS>()) {
+  bool floors = instance<protect_floor_system<false>>().verify();
+  if (keys) floors = instance<protect_floor_system<true>>().verify() && floors;
+  if (!verify_all<FTM_BENCH_SYSTEMS>() || !floors) {
     std::fprintf(stderr, "ftm_bench: an object is inconsistent after the run\n");
     return 1;
   }

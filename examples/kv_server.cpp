@@ -1,10 +1,13 @@
 // A reliable key-value server over `ftm::stable_hash_map`: client processes call
-// put, get and erase through a stable port; the server is a stable task under
-// `ftm::supervisor`, killed with SIGKILL at random intervals in chaos mode (the
-// default) and restarted after recovery. Each client owns its keys and keeps a model
-// of them, so it checks every reply as it comes: a put applied twice would show as a
-// version skipped, a lost one as a version repeated. At the end the demo checks that
-// the store holds exactly what the clients' models say.
+// put, get and erase on a service (`ftm::make_service`) with idempotency keys; the
+// server is a stable task under `ftm::supervisor`. In chaos mode (the default) the
+// server and the clients are killed with SIGKILL at random intervals: the server is
+// restarted after recovery, and a killed client is restarted by its launcher, sends
+// its unanswered call again with the same key (`ftm::call_key`) and must get the
+// reply the first send got. Each client owns its keys and keeps a model of them
+// (in memory that outlives it), so it checks every reply as it comes: a put applied
+// twice would show as a version skipped, a lost one as a version repeated. At the end
+// the demo checks that the store holds exactly what the clients' models say.
 //
 //   kv_server [--seconds N] [--clients N] [--no-chaos]
 //
@@ -64,11 +67,11 @@ struct kv_reply {
   bool found;
   kv_value value;
 };
-using kv_service = ftm::service_port<kv_request, kv_reply>;
+using kv_service = ftm::service<kv_request, kv_reply>;
 
 struct server_state {
   ftm::stable<kv_store> store;
-  kv_service port;
+  kv_service service;  // its request port and the record of the keys it applied
 };
 
 /// The server: one transaction per request. Everything it knows is in the pool, so
@@ -76,7 +79,7 @@ struct server_state {
 void kv_server(pool_type& pool, std::atomic<std::uint64_t>* served) {
   const server_state st = ftm::atomically(
       pool, [](auto& tx) { return *tx.open_read(ftm::root<server_state>(tx, "kv_server")); });
-  ftm::serve(pool, st.port, [&](ftm::transaction<pool_type>& tx, const kv_request& req) {
+  ftm::serve(pool, st.service, [&](ftm::transaction<pool_type>& tx, const kv_request& req) {
     served->fetch_add(1);
     auto store = ftm::open(tx, st.store);  // locks only what each operation touches
     kv_reply reply{};
@@ -105,13 +108,27 @@ struct model_entry {
   std::uint64_t last_call;
 };
 
+/// A client's call that may not have been answered: a client killed before it applied
+/// the reply to its model sends it again, with the same key, once restarted.
+struct pending_call {
+  std::atomic<bool> active;
+  std::uint64_t sequence;  // the key's sequence number
+  kv_request request;
+  model_entry before;  // the key's model before the call
+};
+
 struct shared_state {
   std::atomic<bool> go;
   std::atomic<bool> stop;
   std::atomic<std::uint64_t> served;
   std::atomic<std::uint64_t> calls[max_clients];
   std::atomic<std::uint64_t> mismatches[max_clients];
+  std::atomic<std::uint64_t> resent[max_clients];    // calls sent again after a kill
+  std::atomic<std::uint64_t> restarts[max_clients];  // of the client's process
+  std::atomic<pid_t> client_pid[max_clients];
   std::atomic<bool> client_failed[max_clients];
+  std::uint64_t next_sequence[max_clients];
+  pending_call pending[max_clients];
   model_entry models[max_clients][keys_per_client];
 };
 
@@ -119,47 +136,93 @@ std::uint64_t key_of(std::uint32_t client, std::uint64_t k) {
   return (std::uint64_t{client} << 32) | k;
 }
 
+/// The key's model after `req` got `rep`, from the model before; false in `ok` if the
+/// reply is not what the model says it must be.
+model_entry next_model(const model_entry& m, const kv_request& req, const kv_reply& rep, bool& ok) {
+  if (req.kind == kv_request::put) {
+    const std::uint64_t expect = m.exists ? m.version + 1 : 1;
+    ok = rep.found && rep.value.version == expect && rep.value.last_call == req.call_id;
+    return {true, expect, req.call_id};
+  }
+  ok = rep.found == m.exists &&
+       (!m.exists || (rep.value.version == m.version && rep.value.last_call == m.last_call));
+  return req.kind == kv_request::erase ? model_entry{false, 0, 0} : m;
+}
+
 /// A client process: random puts, gets and erases of its own keys, each reply
-/// checked against its model.
-[[noreturn]] void client(pool_type& pool, kv_service port, ftm::reply_port<kv_reply> replies,
-                         std::uint32_t index, shared_state* shared) {
+/// checked against its model. A restarted client first finishes the call its
+/// predecessor left: the same key and body, so the service answers it from its record
+/// if it was applied. Every step is safe to repeat: the model is computed from the
+/// state before the call.
+[[noreturn]] void client(pool_type& pool, const kv_service& service,
+                         ftm::reply_port<kv_reply> replies, std::uint32_t index,
+                         shared_state* shared) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  std::mt19937_64 rng(index + 7);
   model_entry* model = shared->models[index];
+  pending_call& p = shared->pending[index];
+  std::uint64_t& next = shared->next_sequence[index];
+  std::mt19937_64 rng(index + 7 + 1000 * shared->restarts[index].load());
   while (!shared->go.load())
     std::this_thread::sleep_for(1ms);
-  std::uint64_t n = 0;
+  // [snippet:kv_client]
+  auto finish = [&](bool again) {
+    const ftm::call_key key{index + 1, p.sequence};  // client ids start at 1
+    const kv_reply rep = ftm::call(pool, service, replies, key, p.request);
+    bool ok = true;
+    model[p.request.key % keys_per_client] = next_model(p.before, p.request, rep, ok);
+    if (!ok) shared->mismatches[index].fetch_add(1);
+    if (again) shared->resent[index].fetch_add(1);
+    next = std::max(next, p.sequence + 1);
+    shared->calls[index].store(p.sequence);
+    p.active.store(false);
+  };
+  // [end-snippet]
   try {
+    if (p.active.load()) finish(true);  // the call a killed predecessor left
     while (!shared->stop.load()) {
       const std::uint64_t k = rng() % keys_per_client;
       const auto roll = rng() % 100;
-      kv_request req{roll < 50   ? kv_request::put
-                     : roll < 90 ? kv_request::get
-                                 : kv_request::erase,
-                     key_of(index, k),
-                     (std::uint64_t{index} << 32) | (n + 1),
-                     {}};
-      std::memcpy(req.data.data(), &req.call_id, sizeof req.call_id);
-      const kv_reply rep = ftm::call(pool, port, replies, req);
-      model_entry& m = model[k];
-      bool ok = true;
-      if (req.kind == kv_request::put) {
-        const std::uint64_t expect = m.exists ? m.version + 1 : 1;
-        ok = rep.found && rep.value.version == expect && rep.value.last_call == req.call_id;
-        m = {true, expect, req.call_id};
-      } else {
-        ok = rep.found == m.exists &&
-             (!m.exists || (rep.value.version == m.version && rep.value.last_call == m.last_call));
-        if (req.kind == kv_request::erase) m = {false, 0, 0};
-      }
-      if (!ok) shared->mismatches[index].fetch_add(1);
-      shared->calls[index].store(++n);
+      const std::uint64_t seq = next;
+      p.request = {roll < 50   ? kv_request::put
+                   : roll < 90 ? kv_request::get
+                               : kv_request::erase,
+                   key_of(index, k),
+                   (std::uint64_t{index} << 32) | seq,
+                   {}};
+      std::memcpy(p.request.data.data(), &p.request.call_id, sizeof p.request.call_id);
+      p.before = model[k];
+      p.sequence = seq;
+      p.active.store(true);
+      finish(false);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "client %u: %s\n", index, e.what());
     shared->client_failed[index].store(true);
   }
   std::_Exit(0);
+}
+
+/// A client's launcher, a process without threads (so that it may fork): runs the
+/// client, and after each kill recovers what the client held in the pool and starts
+/// it again. Exits 0 when the client ended well.
+[[noreturn]] void launcher(pool_type& pool, const kv_service& service,
+                           ftm::reply_port<kv_reply> replies, std::uint32_t index,
+                           shared_state* shared) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  for (;;) {
+    const pid_t pid = ::fork();
+    if (pid < 0) std::_Exit(2);
+    if (pid == 0) client(pool, service, replies, index, shared);
+    shared->client_pid[index].store(pid);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    shared->client_pid[index].store(0);
+    if (!WIFSIGNALED(status)) {
+      std::_Exit(WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1);
+    }
+    pool.recover();  // the locks and transaction the killed client held
+    shared->restarts[index].fetch_add(1);
+  }
 }
 
 struct options {
@@ -236,7 +299,7 @@ int verify(pool_type& pool, const options& o, const shared_state& shared) {
           fmt::format("the store holds exactly the clients' {} keys with their last versions ({} "
                       "differ, {} entries)",
                       expected, wrong, store.size()));
-    const auto ps = ftm::port_stats_of(tx, st.port);
+    const auto ps = ftm::port_stats_of(tx, st.service.requests);
     check(ps.depth == 0 && ps.dead_lettered == 0,
           fmt::format("the request port is empty ({} requests redelivered after a kill)",
                       ps.redelivered));
@@ -265,14 +328,17 @@ int main(int argc, char** argv) {
     auto st = tx.open(ftm::root<server_state>(tx, "kv_server"));
     st->store = ftm::create<kv_store>(tx);
     ftm::open(tx, st->store).reserve_segments();
-    st->port = ftm::make_port<ftm::call_request<kv_request, kv_reply>>(
-        tx, ftm::port_options{.capacity = 64, .max_deliveries = 0});
+    // A service's request port never dead-letters a request for its deliveries alone,
+    // and it records each key it applied with its reply.
+    st->service = ftm::make_service<kv_request, kv_reply>(tx, {.capacity = 64});
   });
   const server_state st = ftm::atomically(
       pool, [](auto& tx) { return *tx.open_read(ftm::root<server_state>(tx, "kv_server")); });
 
+  // The launchers are processes, forked before any thread starts.
   std::vector<pid_t> clients;
   for (std::uint32_t c = 0; c < o.clients; ++c) {
+    shared->next_sequence[c] = 1;
     const auto replies = ftm::atomically(
         pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<kv_reply>>(tx); });
     const pid_t pid = ::fork();
@@ -280,7 +346,7 @@ int main(int argc, char** argv) {
       std::perror("fork");
       return 2;
     }
-    if (pid == 0) client(pool, st.port, replies, c, shared);
+    if (pid == 0) launcher(pool, st.service, replies, c, shared);
     clients.push_back(pid);
   }
 
@@ -293,10 +359,13 @@ int main(int argc, char** argv) {
   fmt::print(
       "kv server: {} clients calling put/get/erase on a stable_hash_map for {} s, {}\n", o.clients,
       o.seconds,
-      o.chaos ? "chaos on: the server is killed with SIGKILL at random intervals" : "no chaos");
+      o.chaos ? "chaos on: the server and the clients are killed with SIGKILL at random intervals"
+              : "no chaos");
   std::mt19937 rng(4321);
   std::uniform_int_distribution<int> interval_ms(5, 150);
-  std::uint64_t kills = 0, served_at_start = 0, last_start = 0;
+  std::uint64_t kills = 0, served_at_start = 0, last_start = 0, client_kills = 0;
+  std::vector<std::uint64_t> calls_at_kill(o.clients, 0);
+  auto next_client_kill = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
   const auto t0 = std::chrono::steady_clock::now();
   const auto end = t0 + std::chrono::duration<double>(o.seconds);
   auto next_kill = t0 + std::chrono::milliseconds(interval_ms(rng));
@@ -314,6 +383,17 @@ int main(int argc, char** argv) {
         if (sup.signal_task(SIGKILL)) ++kills;
         next_kill = now + std::chrono::milliseconds(interval_ms(rng));
       }
+    }
+    if (o.chaos && now >= next_client_kill) {
+      // Kill a client once it has completed a call since its last kill.
+      const std::uint32_t c = static_cast<std::uint32_t>(rng() % o.clients);
+      const std::uint64_t done = shared->calls[c].load();
+      const pid_t pid = shared->client_pid[c].load();
+      if (pid != 0 && done > calls_at_kill[c] && ::kill(pid, SIGKILL) == 0) {
+        calls_at_kill[c] = done;
+        ++client_kills;
+      }
+      next_client_kill = now + std::chrono::milliseconds(interval_ms(rng));
     }
     std::this_thread::sleep_for(1ms);
   }
@@ -335,16 +415,23 @@ int main(int argc, char** argv) {
   const auto s = sup.stats();
   fmt::print("summary\n  calls completed: {} in {:.1f} s ({:.0f} per second)\n", calls, elapsed,
              static_cast<double>(calls) / elapsed);
-  fmt::print("  kills: {}; recoveries: {} (transactions undone: {})\n", kills, s.recoveries,
+  std::uint64_t resent = 0, restarts = 0;
+  for (std::uint32_t c = 0; c < o.clients; ++c) {
+    resent += shared->resent[c].load();
+    restarts += shared->restarts[c].load();
+  }
+  fmt::print("  server kills: {}; recoveries: {} (transactions undone: {})\n", kills, s.recoveries,
              s.recovered.undone);
+  fmt::print("  client kills: {}; restarts: {}; calls sent again with their keys: {}\n",
+             client_kills, restarts, resent);
   fmt::print("verification\n");
   int failed = verify(pool, o, *shared);
   if (!clients_ok) {
     fmt::print("  [FAILED] a client process failed\n");
     ++failed;
   }
-  if (o.chaos && kills == 0) {
-    fmt::print("  [FAILED] chaos mode killed nothing\n");
+  if (o.chaos && (kills == 0 || client_kills == 0 || resent == 0)) {
+    fmt::print("  [FAILED] chaos mode killed no server, no client, or no client mid-call\n");
     ++failed;
   }
   fmt::print("{}\n", failed == 0 ? "every call took effect exactly once" : "VERIFICATION FAILED");

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the examples in Release and runs the demos: first the reliable page server
 # and the key-value server over a stable_hash_map (each server killed at random
-# intervals for a few seconds), then segment, bank, persistent, ports and failover;
+# intervals for a few seconds; the key-value server's clients too, which re-send their
+# calls with idempotency keys), then segment, bank, persistent, ports and failover;
 # then, when libnats and nats-server are installed, the page server across two nodes
 # over NATS (nats/examples/nats_page_server.cpp), with kills on both nodes and of the
 # nats-server.

@@ -10,13 +10,17 @@
 #include <fmt/format.h>
 #include <boost/hana/define_struct.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <optional>
+#include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -143,6 +147,81 @@ ENGINE_TEST("messages sent in one transaction are received in order, around the 
     }
   }
   CHECK(next_received == 15);
+}
+
+ENGINE_TEST("a port's slots are in blocks of their own: order kept across blocks and wraps") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  // 20 slots: blocks of 8, 8 and 4 (the last one partly used); 5,000 slots: 500 of 10.
+  for (const std::uint32_t capacity : {20U, 5000U}) {
+    CAPTURE(capacity);
+    auto p = make_orders(*pool, {.capacity = capacity, .max_deliveries = 0});
+    const auto h = ftm::atomically(*pool, [&](auto& tx) {
+      const auto* bytes = ftm::detail::byte_access::open_read(
+          tx, p.offset(), ftm::detail::port_object_type<order>());
+      ftm::detail::port_header out;
+      std::memcpy(&out, bytes, sizeof out);
+      return out;
+    });
+    CHECK(h.kind == ftm::detail::port_kind);
+    CHECK(h.block_slots == (capacity == 20 ? 8U : 10U));
+    CHECK(h.blocks == (capacity == 20 ? 3U : 500U));
+    std::deque<std::uint32_t> model;
+    std::uint32_t next = 0;
+    std::mt19937 rng(capacity);
+    for (int round = 0; round < 40; ++round) {  // wraps the ring of 20 many times
+      const std::uint32_t room = capacity - static_cast<std::uint32_t>(model.size());
+      const std::uint32_t sends = std::min<std::uint32_t>(room, rng() % 13);
+      ftm::atomically(*pool, [&](auto& tx) {
+        for (std::uint32_t k = 0; k < sends; ++k)
+          ftm::send(tx, p, order{next + k, 0});
+      });
+      for (std::uint32_t k = 0; k < sends; ++k)
+        model.push_back(next + k);
+      next += sends;
+      // An aborted receive of several messages puts them all back, in order.
+      if (model.size() >= 2) {
+        ftm::transaction tx{*pool};
+        tx.begin();
+        CHECK(ftm::try_receive(tx, p)->id == model[0]);
+        CHECK(ftm::try_receive(tx, p)->id == model[1]);
+        tx.abort();
+      }
+      const std::uint32_t takes = rng() % 13;
+      const auto got = ftm::atomically(*pool, [&](auto& tx) {
+        std::vector<std::uint32_t> ids;
+        for (std::uint32_t k = 0; k < takes; ++k)
+          if (auto m = ftm::try_receive(tx, p)) ids.push_back(m->id);
+        return ids;
+      });
+      for (const std::uint32_t id : got) {
+        REQUIRE_FALSE(model.empty());
+        CHECK(id == model.front());
+        model.pop_front();
+      }
+      CHECK(stats(*pool, p).depth == model.size());
+    }
+    CHECK(next > capacity / 100);
+  }
+}
+
+ENGINE_TEST("a port's header is small whatever its capacity, and its blocks are few slots") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  namespace fd = ftm::detail;
+  CHECK(fd::block_slots_of(1) == 1);
+  CHECK(fd::block_slots_of(16) == 8);
+  CHECK(fd::block_slots_of(4096) == 8);
+  CHECK(fd::blocks_of(4096) == 512);
+  CHECK(fd::block_slots_of(1U << 24) == (1U << 24) / 512);
+  CHECK(fd::blocks_of(1U << 24) == 512);
+  CHECK(fd::port_object_type<order>().size == sizeof(fd::port_header));
+  // A send opens the header and one block: the block's type names its slots.
+  for (const std::uint32_t capacity : {16U, 4096U}) {
+    auto p = make_orders(*pool, {.capacity = capacity});
+    send_order(*pool, p, 7);
+    CHECK(receive_now(*pool, p)->id == 7);
+    CHECK(fd::port_block_type<order>(fd::block_slots_of(capacity)).size ==
+          8 * fd::slot_size_of<order>());
+  }
 }
 
 ENGINE_TEST("an aborted receive puts the message back at the head, counted") {
@@ -341,18 +420,15 @@ using write_access = ftm::detail::port_access<ftm::engines::dual_bank, true>;
 static_assert(std::is_const_v<
               std::remove_reference_t<decltype(std::declval<const read_access&>().header())>>);
 static_assert(
-    std::is_const_v<std::remove_reference_t<decltype(std::declval<const read_access&>().slot(0))>>);
-static_assert(
-    std::is_same_v<decltype(std::declval<const read_access&>().payload(0)), const std::byte*>);
+    std::is_const_v<std::remove_reference_t<decltype(std::declval<read_access&>().slot(0))>>);
+static_assert(std::is_same_v<decltype(std::declval<read_access&>().payload(0)), const std::byte*>);
 static_assert(!can_write_through<read_access> && can_write_through<write_access>);
 static_assert(!std::is_const_v<
               std::remove_reference_t<decltype(std::declval<const write_access&>().header())>>);
 
-/// An object of exactly a port's size (a port of four `order`s) that is not a port.
+/// An object of exactly a port header's size that is not a port.
 struct port_sized_filler {
-  std::array<std::uint8_t,
-             sizeof(ftm::detail::port_header) + 4 * ftm::detail::slot_size_of<order>()>
-      bytes;
+  std::array<std::uint8_t, sizeof(ftm::detail::port_header)> bytes;
 };
 
 /// The `ftm::` error `f` throws, as text ("" if none).
@@ -372,8 +448,8 @@ ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is r
   auto p = make_orders(*pool, {.capacity = 4});
   const auto foreign = ftm::atomically(*pool, [&](auto& tx) {
     port_sized_filler f{};
-    const auto* bytes = ftm::detail::byte_access::open_read(
-        tx, p.offset(), ftm::detail::port_object_type<order>(4));
+    const auto* bytes =
+        ftm::detail::byte_access::open_read(tx, p.offset(), ftm::detail::port_object_type<order>());
     std::memcpy(f.bytes.data(), bytes, f.bytes.size());
     f.bytes[0] ^= 0xff;  // the kind
     return tx.create(f);
@@ -383,12 +459,12 @@ ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is r
     ftm::atomically(*pool, [&](auto& tx) { ftm::send(tx, fake, order{1, 1}); });
   });
   CHECK(sent.find("ftm::send: the object at offset") != std::string::npos);
-  CHECK(sent.find("is not a port: its first bytes say kind 0x74726f8f, not a port's 0x74726f70") !=
+  CHECK(sent.find("is not a port: its first bytes say kind 0x3274728f, not a port's 0x32747270") !=
         std::string::npos);
   // A port whose kind was overwritten, seen by the write and the read paths.
   ftm::atomically(*pool, [&](auto& tx) {
-    std::byte* bytes = ftm::detail::byte_access::open_write(
-        tx, p.offset(), ftm::detail::port_object_type<order>(4));
+    std::byte* bytes = ftm::detail::byte_access::open_write(tx, p.offset(),
+                                                            ftm::detail::port_object_type<order>());
     std::memset(bytes, 0, sizeof(std::uint32_t));
     ftm::detail::byte_access::close(tx, p.offset());
   });
@@ -397,6 +473,58 @@ ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is r
   const std::string read = error_of([&] { stats(*pool, p); });
   CHECK(read.find("ftm::port_stats_of: the object at offset") != std::string::npos);
   CHECK(read.find("is not a port: its first bytes say kind 0x00000000") != std::string::npos);
+}
+
+ENGINE_TEST("a port of format 1 (one object holding the ring) is refused, saying so") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 4});
+  ftm::atomically(*pool, [&](auto& tx) {
+    std::byte* bytes = ftm::detail::byte_access::open_write(tx, p.offset(),
+                                                            ftm::detail::port_object_type<order>());
+    std::memcpy(bytes, &ftm::detail::port_kind_v1, sizeof(std::uint32_t));
+    ftm::detail::byte_access::close(tx, p.offset());
+  });
+  const std::string sent = error_of([&] { send_order(*pool, p, 1); });
+  CHECK(sent.find("ftm::send: the object at offset") != std::string::npos);
+  CHECK(sent.find("is a port of format 1") != std::string::npos);
+  CHECK_THROWS_AS(receive_now(*pool, p), ftm::type_mismatch);
+}
+
+TEST_CASE("ftm-inspect's check names a port of format 1, and a header of another size") {
+  namespace fd = ftm::detail;
+  fd::port_directory_entry e{};
+  e.capacity = 4;
+  e.slot_size = fd::slot_size_of<order>();
+  const auto no_object = [](std::uint64_t) -> std::span<const std::byte> {
+    throw ftm::bad_pool("no object there");
+  };
+  // Format 1: the kind "port", then a ring in the same object.
+  std::vector<std::byte> old(96 + 4 * fd::slot_size_of<order>());
+  std::memcpy(old.data(), &fd::port_kind_v1, sizeof fd::port_kind_v1);
+  fd::port_report r;
+  auto problems = fd::check_port(e, old, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("a port of format 1") != std::string::npos);
+  CHECK_FALSE(r.readable);
+  // Format 2's kind on an object of another size.
+  std::memcpy(old.data(), &fd::port_kind, sizeof fd::port_kind);
+  problems = fd::check_port(e, old, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("not a port header's 112") != std::string::npos);
+  // A sound header whose slot index is missing is not readable.
+  fd::port_header h{};
+  h.kind = fd::port_kind;
+  h.capacity = 4;
+  h.slot_size = e.slot_size;
+  h.block_slots = fd::block_slots_of(4);
+  h.blocks = fd::blocks_of(4);
+  h.index = 4096;
+  std::vector<std::byte> bytes(sizeof h);
+  std::memcpy(bytes.data(), &h, sizeof h);
+  problems = fd::check_port(e, bytes, r, no_object);
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("its slot index at offset 4096: ") == 0);
+  CHECK_FALSE(r.readable);
 }
 
 ENGINE_TEST("the delivery count survives a receiver killed mid-transaction") {

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -387,4 +388,175 @@ TEST_CASE("protected mode: a violation aborts the thread's transactions on every
   CHECK(value_of(*two, d2) == 1);
   CHECK(ftm::atomically(*one, [&](auto& tx) { return tx.open_read(d1)->bytes[0]; }) ==
         std::byte{0});
+}
+
+// ---- the mechanism: protection keys where the CPU and kernel have them, mprotect elsewhere
+
+namespace {
+
+/// Whether protected mode uses protection keys for a pool made now (FTM_PROTECTION is
+/// left alone: the cases below set it themselves).
+bool keys_here() { return ftm::detail::protection_keys().available; }
+
+/// The cases that need protection keys run only where the CPU and kernel have them;
+/// elsewhere they say why and pass, or, under `protection_test.keys` (which sets
+/// FTM_TEST_SKIP_CODE=77), end the process with that code, which CTest shows as skipped.
+bool keys_or_skip() {
+  const auto support = ftm::detail::protection_keys();
+  if (support.available) return true;
+  std::printf("SKIPPED: protection keys are not available here: %s\n", support.reason.c_str());
+  std::fflush(stdout);
+  if (const char* code = std::getenv("FTM_TEST_SKIP_CODE")) std::exit(std::atoi(code));
+  MESSAGE("skipped: protection keys are not available here: " << support.reason);
+  return false;
+}
+
+}  // namespace
+
+PROTECTED_TEST(
+    "protected mode: protection keys are used exactly where the CPU and kernel have "
+    "them, and the pool says which mechanism it uses") {
+  REQUIRE(std::getenv("FTM_PROTECTION") == nullptr);
+  const auto support = ftm::detail::protection_keys();
+  const std::string flags = ftm::detail::cpuinfo_protection_key_flags();
+  MESSAGE("/proc/cpuinfo: " << flags << "; protection keys: "
+                            << (support.available ? "available" : support.reason));
+  // pku: the CPU has them; ospke: the kernel turned them on. Both, or no keys.
+  CHECK(support.available == (flags == "pku yes, ospke yes"));
+  auto pool = protected_pool<E>::make();
+  CHECK(pool->uses_protection_keys() == support.available);
+  const std::string m = pool->protection_mechanism();
+  if (support.available) {
+    CHECK(m == "protection keys");
+  } else {
+    CHECK(m == "mprotect (" + support.reason + ")");
+    CHECK(m.find("pkey_alloc failed") != std::string::npos);
+  }
+  auto off = protected_pool<E>::make(false);
+  CHECK_FALSE(off->uses_protection_keys());
+  CHECK(off->protection_mechanism() == "off");
+}
+
+PROTECTED_TEST(
+    "protected mode: FTM_PROTECTION=mprotect chooses mprotect, which still catches "
+    "a stray write") {
+  ::setenv("FTM_PROTECTION", "mprotect", 1);
+  auto pool = protected_pool<E>::make();
+  ::unsetenv("FTM_PROTECTION");
+  CHECK_FALSE(pool->uses_protection_keys());
+  CHECK(pool->protection_mechanism() == "mprotect (FTM_PROTECTION=mprotect in the environment)");
+  CHECK(protected_pool<E>::make()->uses_protection_keys() == keys_here());  // read each time
+  auto c = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{7, 0}); });
+  const auto o = run_child([&] {
+    std::int64_t* kept = nullptr;
+    ftm::atomically(*pool, [&](auto& tx) { kept = &tx.open(c)->value; });
+    *kept = 666;
+  });
+  require_stopped(o, c.offset() + header_bytes, object_at(c.offset()));
+  CHECK(value_of(*pool, c) == 7);
+  CHECK(pool->check().ok());
+}
+
+#define KEYS_TEST(name) \
+  TEST_CASE_TEMPLATE("protection keys: " name, E, ftm::engines::dual_bank, ftm::engines::pmem)
+
+KEYS_TEST("another thread's write to an object this thread's transaction holds is caught") {
+  if (!keys_or_skip()) return;
+  auto pool = protected_pool<E>::make();
+  REQUIRE(pool->uses_protection_keys());
+  auto c = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{7, 0}); });
+  const auto o = run_child([&] {
+    std::atomic<counter*> target{nullptr};
+    // Made before the transaction: a thread made inside one inherits its rights.
+    std::thread other([&] {
+      counter* w = nullptr;
+      for (int i = 0; i < 10'000'000 && (w = target.load()) == nullptr; ++i)
+        std::this_thread::yield();
+      if (w != nullptr) w->spare = 666;  // not this thread's transaction's object
+    });
+    ftm::transaction tx{*pool};
+    tx.begin();
+    counter* w = tx.open(c).get();
+    w->value = 8;  // the holder may
+    target.store(w);
+    other.join();
+    tx.commit();
+  });
+  require_stopped(o, c.offset() + header_bytes + 8, object_at(c.offset()));
+  static_cast<void>(pool->recover());  // the holder died mid-transaction
+  CHECK(value_of(*pool, c) == 7);
+  CHECK(pool->check().ok());
+}
+
+KEYS_TEST("a page an earlier transaction opened is not writable in a later one that did not") {
+  if (!keys_or_skip()) return;
+  auto pool = protected_pool<E>::make();
+  REQUIRE(pool->uses_protection_keys());
+  const auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(page_sized{}); });
+  const auto b = ftm::atomically(*pool, [](auto& tx) { return tx.create(page_sized{}); });
+  const auto o = run_child([&] {
+    page_sized* kept = nullptr;
+    // `a`'s page keeps this transaction's key after it: it is not read-only again.
+    ftm::atomically(*pool, [&](auto& tx) { kept = tx.open(a).get(); });
+    ftm::atomically(*pool, [&](auto& tx) {
+      tx.open(b)->bytes[0] = std::byte{1};  // the key is allowed again, for `b`'s page only
+      kept->bytes[0] = std::byte{6};
+    });
+  });
+  require_stopped(o, a.offset() + header_bytes, object_at(a.offset()));
+  CHECK(pool->check().ok());
+  CHECK(ftm::atomically(*pool, [&](auto& tx) { return tx.open_read(b)->bytes[0]; }) ==
+        std::byte{0});
+}
+
+KEYS_TEST(
+    "an object opened again by the next transaction needs no new protection, and stays "
+    "its own") {
+  if (!keys_or_skip()) return;
+  auto pool = protected_pool<E>::make();
+  REQUIRE(pool->uses_protection_keys());
+  auto c = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{0, 0}); });
+  std::int64_t* kept = nullptr;
+  for (int i = 0; i < 100; ++i)
+    ftm::atomically(*pool, [&](auto& tx) {
+      kept = &tx.open(c)->value;
+      ++*kept;
+    });
+  CHECK(value_of(*pool, c) == 100);
+  const auto o = run_child([&] { *kept = 666; });  // after the last commit
+  require_stopped(o, c.offset() + header_bytes, object_at(c.offset()));
+  CHECK(value_of(*pool, c) == 100);
+  CHECK(pool->check().ok());
+}
+
+namespace {
+
+/// The kernel mappings of this process (lines of /proc/self/maps).
+std::size_t mapping_count() {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  REQUIRE(f != nullptr);
+  std::size_t n = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;)
+    n += c == '\n' ? 1 : 0;
+  std::fclose(f);
+  return n;
+}
+
+}  // namespace
+
+PROTECTED_TEST("protected mode: opening an object again splits no mapping (its page has its own)") {
+  auto pool = protected_pool<E>::make();
+  auto c = ftm::atomically(*pool, [](auto& tx) { return tx.create(counter{0, 0}); });
+  ftm::atomically(*pool, [&](auto& tx) { tx.open(c)->value += 1; });
+  const std::size_t between = mapping_count();
+  std::size_t during = 0;
+  ftm::atomically(*pool, [&](auto& tx) {
+    tx.open(c)->value += 1;
+    during = mapping_count();
+  });
+  // Without a mapping of its own, making the page writable splits the view in three.
+  CHECK(during == between);
+  CHECK(mapping_count() == between);
+  CHECK(value_of(*pool, c) == 2);
+  CHECK(pool->check().ok());
 }

@@ -74,7 +74,11 @@ int inspect(const std::string& path, bool check) {
     fmt::print("  durability      process\n");
   }
   fmt::print("  protected mode  {}\n",
-             h.protected_mode ? "on (its latest opener may write only objects it opened)" : "off");
+             !h.protected_mode   ? "off"
+             : h.protection_keys ? "on, with protection keys (its latest opener's threads may "
+                                   "write only objects their transactions opened)"
+                                 : "on, with mprotect (its latest opener may write only objects "
+                                   "it opened)");
 
   const auto roots = pool.roots();
   fmt::print("roots ({})\n", roots.size());

@@ -65,7 +65,7 @@ struct port_options {
 /// a `std::variant` of stable types for a port over several types). Like
 /// `ftm::stable<T>` it is an offset into the pool, never a pointer: it can be stored in
 /// stable objects and sent inside messages (a reply port). It also records the port's
-/// capacity, which fixes the size of the port object. Made by `ftm::make_port`.
+/// capacity, which fixes the shape of the port's objects. Made by `ftm::make_port`.
 template <class Msg>
 class stable_port {
  public:
@@ -166,7 +166,7 @@ void require_room(const port_writer<E>& port) {
 }
 
 template <class Msg, class E, bool Write>
-port_stats stats_of(const port_access<E, Write>& port) {
+port_stats stats_of(port_access<E, Write>& port) {
   const port_header& h = port.header();
   port_stats s;
   s.depth = port.depth();
@@ -198,7 +198,19 @@ stable_port<Msg> make_port(transaction<E>& tx, port_options options = {},
     throw invalid_argument(fmt::format(
         "ftm::make_port: capacity {} is out of range (1 to 16777216 messages)", options.capacity));
   }
-  const object_type ty = detail::port_object_type<Msg>(options.capacity);
+  // The header, the slot index and the slot blocks are objects of their own: a send or
+  // receive locks and copies the header and the block of its slot, whatever the capacity.
+  const std::uint32_t block_slots = detail::block_slots_of(options.capacity);
+  const std::uint32_t blocks = detail::blocks_of(options.capacity);
+  const object_type block_type = detail::port_block_type<Msg>(block_slots);
+  const allocation index = detail::byte_access::allocate(tx, detail::port_index_type(blocks));
+  for (std::uint32_t b = 0; b < blocks; ++b) {
+    const allocation block = detail::byte_access::allocate(tx, block_type);
+    std::memset(block.storage, 0, block_type.size);
+    std::memcpy(static_cast<std::byte*>(index.storage) + b * sizeof block.offset, &block.offset,
+                sizeof block.offset);
+  }
+  const object_type ty = detail::port_object_type<Msg>();
   const allocation a = detail::byte_access::allocate(tx, ty);
   std::memset(a.storage, 0, ty.size);
   auto* h = ::new (a.storage) detail::port_header{};
@@ -210,6 +222,9 @@ stable_port<Msg> make_port(transaction<E>& tx, port_options options = {},
   h->on_full = static_cast<std::uint32_t>(options.on_full);
   h->dead_letter = dead_letter.offset();
   h->dead_letter_capacity = dead_letter.capacity();
+  h->index = index.offset;
+  h->block_slots = block_slots;
+  h->blocks = blocks;
   detail::port_directory_entry entry{};
   entry.offset = a.offset;
   entry.fingerprint = h->fingerprint;

@@ -9,6 +9,7 @@
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/map_view.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -107,10 +108,12 @@ class opened_hash_map_base;
 ///
 /// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
 /// table of buckets holding chains of 8-entry nodes. A lookup takes shared locks on the
-/// path to its key; changing a value locks its node; an insert or erase also locks its
-/// segment, and splits at most one bucket of it. So transactions on keys of different
-/// segments never conflict, updates of values never conflict with each other unless
-/// they share a node, and no operation locks the whole map.
+/// path to its key; `insert_or_assign` locks the nodes of its key's chain up to the
+/// key's (opened once, for writing; a chain is mostly one node); an insert
+/// or erase also locks its segment, and splits at most one bucket of it. So
+/// transactions on keys of different segments never conflict, updates of values never
+/// conflict with each other unless they share a chain, and no operation locks the whole
+/// map.
 ///
 /// Open it in a transaction with `ftm::open(tx, ref)` (to change it) or
 /// `ftm::open_read(tx, ref)`. Strings as values: hold a `stable<stable_string>`.
@@ -144,93 +147,67 @@ struct hash_position {
   std::uint64_t hash = 0;
   std::size_t segment = 0;
   std::uint64_t bucket = 0;
-  std::uint64_t node = 0;  // 0: not found
+  std::uint64_t node = 0;       // 0: not found
+  const void* found = nullptr;  // the node at `node`, as `locate` opened it
   std::size_t slot = 0;
   std::uint64_t prev = 0;       // the node before `node` in its chain, 0 if it is the head
   std::uint64_t with_room = 0;  // a node of the chain with a free slot, 0 if none
 };
 
+template <class K, class V, class Hash>
+struct map_names<stable_hash_map<K, V, Hash>> {
+  static constexpr const char* container = "stable_hash_map";
+  static constexpr const char* view = "ftm::opened_hash_map";
+};
+
 template <class K, class V, class Hash, engine E, bool Writable>
-class opened_hash_map_base {
+class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E, Writable>,
+                                             stable_hash_map<K, V, Hash>, E, Writable> {
   using map_type = stable_hash_map<K, V, Hash>;
-  using map_ptr = std::conditional_t<Writable, map_type*, const map_type*>;
+  using view = map_view<opened_hash_map_base, map_type, E, Writable>;
   using node = hash_node<K, V>;
 
- public:
-  using key_type = K;
-  using mapped_type = V;
-  using value_type = map_entry<K, V>;
-  using size_type = std::uint64_t;
+  /// Where an iterator is: a node's slot, and the segment and bucket of its chain.
+  struct cursor {
+    std::uint64_t off = 0;
+    std::uint64_t slot = 0;
+    const hash_node<K, V>* node = nullptr;
+    std::size_t segment = hash_segments;  // the end
+    std::uint64_t bucket = 0;
 
-  /// A forward iterator over the entries, segment by segment, bucket by bucket.
-  class const_iterator {
-   public:
-    using iterator_concept = std::forward_iterator_tag;
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = map_entry<K, V>;
-    using difference_type = std::ptrdiff_t;
-    using reference = const value_type&;
-    using pointer = const value_type*;
-
-    const_iterator() = default;
-    reference operator*() const { return node_->entry[slot_]; }
-    pointer operator->() const { return &node_->entry[slot_]; }
-    const_iterator& operator++() {
-      if (++slot_ < node_->count) return *this;
-      slot_ = 0;
-      node_off_ = node_->next;
-      bucket_ += node_off_ == 0 ? 1 : 0;
-      settle();
-      return *this;
-    }
-    const_iterator operator++(int) {
-      auto t = *this;
-      ++*this;
-      return t;
-    }
-    friend bool operator==(const const_iterator& a, const const_iterator& b) noexcept {
-      return a.node_off_ == b.node_off_ && a.slot_ == b.slot_;
-    }
-
-   private:
-    friend class opened_hash_map_base;
-    const_iterator(const opened_hash_map_base* map, std::size_t segment, std::uint64_t bucket,
-                   std::uint64_t node_off, std::size_t slot)
-        : map_(map), segment_(segment), bucket_(bucket), node_off_(node_off), slot_(slot) {
-      if (node_off_ != 0) node_ = map_->template read<node>(node_off_);
-    }
-    /// Moves to the first entry at or after (segment_, bucket_, node_off_).
-    void settle() {
-      while (node_off_ == 0) {
-        if (segment_ >= hash_segments) return;  // the end
-        const hash_segment* s = map_->segment_at(segment_);
-        if (s == nullptr || bucket_ >= buckets(*s)) {
-          ++segment_;
-          bucket_ = 0;
+    /// Moves to the first entry at or after this place: along the chain, then bucket
+    /// by bucket, segment by segment.
+    void settle(const opened_hash_map_base& m) {
+      if (off != 0) {
+        if (node == nullptr) node = m.template read<hash_node<K, V>>(off);
+        if (slot < node->count) return;
+        slot = 0;
+        off = node->next;
+        bucket += off == 0 ? 1 : 0;
+      }
+      while (off == 0) {
+        if (segment >= hash_segments) {  // the end
+          node = nullptr;
+          return;
+        }
+        const hash_segment* s = m.segment_at(segment);
+        if (s == nullptr || bucket >= buckets(*s)) {
+          ++segment;
+          bucket = 0;
           continue;
         }
-        node_off_ = map_->head(*s, bucket_);
-        if (node_off_ == 0) ++bucket_;
+        off = m.head(*s, bucket);
+        if (off == 0) ++bucket;
       }
-      node_ = map_->template read<node>(node_off_);
+      node = m.template read<hash_node<K, V>>(off);
     }
-
-    const opened_hash_map_base* map_ = nullptr;
-    std::size_t segment_ = hash_segments;
-    std::uint64_t bucket_ = 0;
-    std::uint64_t node_off_ = 0;
-    const node* node_ = nullptr;
-    std::size_t slot_ = 0;
   };
-  using iterator = const_iterator;
 
-  // clang-format off
-  // Both compilers quote these lines in their "deleted" diagnostics: they carry the rule.
-  opened_hash_map_base(const opened_hash_map_base&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
-  opened_hash_map_base(opened_hash_map_base&&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
-  opened_hash_map_base& operator=(const opened_hash_map_base&) = delete;  // an opened ftm container cannot be copied or moved
-  opened_hash_map_base& operator=(opened_hash_map_base&&) = delete;  // an opened ftm container cannot be copied or moved
-  // clang-format on
+ public:
+  /// A forward iterator over the entries, segment by segment, bucket by bucket.
+  using const_iterator = map_iterator<opened_hash_map_base, cursor, map_entry<K, V>>;
+  using iterator = const_iterator;
+  using typename view::size_type;
 
   /// The number of entries: reads every segment's count (256 shared locks).
   [[nodiscard]] size_type size() const {
@@ -240,33 +217,22 @@ class opened_hash_map_base {
     }
     return n;
   }
-  [[nodiscard]] bool empty() const { return begin() == end(); }
 
-  const_iterator begin() const {
-    const_iterator it(this, 0, 0, 0, 0);
-    it.settle();
-    return it;
-  }
+  const_iterator begin() const { return {this, cursor{.segment = 0}}; }
   const_iterator end() const { return {}; }
-  const_iterator cbegin() const { return begin(); }
-  const_iterator cend() const { return end(); }
 
   const_iterator find(const K& key) const {
     const hash_position p = locate(key);
     if (p.node == 0) return end();
-    return const_iterator(this, p.segment, p.bucket, p.node, p.slot);
+    // The cursor starts from the node `locate` read: no second opening of it.
+    return {this, cursor{.off = p.node,
+                         .slot = p.slot,
+                         .node = static_cast<const node*>(p.found),
+                         .segment = p.segment,
+                         .bucket = p.bucket}};
   }
+  /// Whether `key` is there (without reading its node again, as `find` would).
   [[nodiscard]] bool contains(const K& key) const { return locate(key).node != 0; }
-  [[nodiscard]] size_type count(const K& key) const { return contains(key) ? 1 : 0; }
-  /// The value of `key`; `ftm::invalid_argument` if there is none.
-  const V& at(const K& key) const {
-    const hash_position p = locate(key);
-    if (p.node == 0) {
-      throw invalid_argument(
-          fmt::format("stable_hash_map<{}, {}>::at: no such key", type_name<K>(), type_name<V>()));
-    }
-    return read<node>(p.node)->entry[p.slot].second;
-  }
 
   /// Walks every segment, bucket and node and checks the map's invariants: each
   /// segment's count, node counts, every key in the bucket its hash names, no key
@@ -284,8 +250,9 @@ class opened_hash_map_base {
       for (std::uint64_t b = 0; b < nb; ++b) {
         std::vector<K> keys;
         std::uint64_t nodes = 0;
-        for (std::uint64_t off = head(*seg, b); off != 0; off = read<node>(off)->next) {
-          const auto* n = read<node>(off);
+        for (std::uint64_t off = head(*seg, b); off != 0;
+             off = this->template read<node>(off)->next) {
+          const auto* n = this->template read<node>(off);
           if (++nodes > seg->count + 1) fail(fmt::format("segment {}, bucket {}: a cycle", s, b));
           if (n->count == 0 || n->count > hash_node_entries) {
             fail(fmt::format("segment {}, bucket {}: a node holds {} entries", s, b, n->count));
@@ -312,34 +279,13 @@ class opened_hash_map_base {
     }
   }
 
-  [[nodiscard]] stable<map_type> ref() const noexcept { return ref_; }
-
  protected:
-  opened_hash_map_base(transaction<E>& tx, stable<map_type> ref, map_ptr map)
-      : tx_(&tx), ref_(ref), map_(map) {}
+  using view::fail;
+  using view::map_;
+  using view::tx;
+
+  opened_hash_map_base(transaction<E>& t, stable<map_type> ref) : view(t, ref) {}
   ~opened_hash_map_base() = default;
-
-  static std::uint64_t checked(stable<map_type> ref) {
-    if (!ref) throw usage_error("ftm::open: the ftm::stable<stable_hash_map> handle is null");
-    return ref.offset();
-  }
-
-  [[noreturn]] static void fail(const std::string& what) {
-    throw bad_pool(
-        fmt::format("stable_hash_map<{}, {}>: {}", type_name<K>(), type_name<V>(), what));
-  }
-
-  transaction<E>& tx() const {
-#if FTM_CHECKED
-    require_live(tx_, "ftm::opened_hash_map");
-#endif
-    return *tx_;
-  }
-
-  template <class N>
-  const N* read(std::uint64_t off) const {
-    return read_node<N>(tx(), off);
-  }
 
   static std::uint64_t hash_of(const K& key) { return Hash{}(key); }
   static std::uint64_t& table_of(map_type& m) noexcept { return m.table_; }
@@ -357,7 +303,7 @@ class opened_hash_map_base {
   /// The segment table, or null before the first insert.
   const segment_table* table() const {
     if (map_->table_ == 0) return nullptr;
-    return read<segment_table>(map_->table_);
+    return this->template read<segment_table>(map_->table_);
   }
   std::uint64_t segment_offset(std::size_t s) const {
     const segment_table* t = table();
@@ -365,28 +311,31 @@ class opened_hash_map_base {
   }
   const hash_segment* segment_at(std::size_t s) const {
     const std::uint64_t off = segment_offset(s);
-    return off == 0 ? nullptr : read<hash_segment>(off);
+    return off == 0 ? nullptr : this->template read<hash_segment>(off);
   }
   std::uint64_t head(const hash_segment& s, std::uint64_t bucket) const {
     const std::uint64_t page = s.page[bucket / bucket_page_slots];
-    return page == 0 ? 0 : read<bucket_page>(page)->head[bucket % bucket_page_slots];
+    return page == 0 ? 0 : this->template read<bucket_page>(page)->head[bucket % bucket_page_slots];
   }
 
   /// Finds `key` with shared locks on its path.
-  hash_position locate(const K& key) const {
+  /// With `for_write`, opens the chain's nodes for writing as it goes (an update then
+  /// opens the key's node once, not once to read and again to write).
+  hash_position locate(const K& key, bool for_write = false) const {
     hash_position p;
     p.hash = hash_of(key);
     p.segment = p.hash % hash_segments;
     p.segment_off = segment_offset(p.segment);
     if (p.segment_off == 0) return p;
-    const auto* s = read<hash_segment>(p.segment_off);
+    const auto* s = this->template read<hash_segment>(p.segment_off);
     p.bucket = bucket_of(*s, p.hash);
     std::uint64_t prev = 0;
     for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
-      const auto* n = read<node>(off);
+      const node* n = for_write ? write_node<node>(tx(), off) : this->template read<node>(off);
       for (std::size_t i = 0; i < n->count; ++i) {
         if (keys_equal(n->entry[i].first, key)) {
           p.node = off;
+          p.found = n;
           p.slot = i;
           p.prev = prev;
           return p;
@@ -398,10 +347,6 @@ class opened_hash_map_base {
     }
     return p;
   }
-
-  transaction<E>* tx_;
-  stable<map_type> ref_;
-  map_ptr map_;
 };
 
 }  // namespace detail
@@ -419,7 +364,7 @@ class opened_hash_map : public detail::opened_hash_map_base<K, V, Hash, E, false
  public:
   opened_hash_map(detail::from_offset_t, transaction<E>& tx,
                   stable<stable_hash_map<K, V, Hash>> ref)
-      : base(tx, ref, detail::read_node<stable_hash_map<K, V, Hash>>(tx, base::checked(ref))) {}
+      : base(tx, ref) {}
 };
 
 /// The write view (`ftm::open`). Opening it takes only a shared lock on the map's own
@@ -436,13 +381,14 @@ class opened_hash_map<K, V, Hash, E, true>
   using size_type = std::uint64_t;
 
   opened_hash_map(detail::from_offset_t, transaction<E>& tx, stable<map_type> ref)
-      : base(tx, ref, const_cast<map_type*>(detail::read_node<map_type>(tx, base::checked(ref)))) {}
+      : base(tx, ref) {}
 
   /// Sets the value of `key`, inserting it if it is new; true if it was inserted.
   bool insert_or_assign(const K& key, const V& value) {
-    const detail::hash_position p = this->locate(key);
+    const detail::hash_position p = this->locate(key, true);
     if (p.node != 0) {
-      detail::write_node<node>(this->tx(), p.node)->entry[p.slot].second = value;
+      // Opened for writing by `locate`.
+      const_cast<node*>(static_cast<const node*>(p.found))->entry[p.slot].second = value;
       return false;
     }
     add(p, key, value);

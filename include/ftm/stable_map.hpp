@@ -8,6 +8,7 @@
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/map_view.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
@@ -95,103 +96,65 @@ inline constexpr bool is_stable_container<stable_map<K, V, Compare>> = true;
 
 namespace detail {
 
+template <class K, class V, class Compare>
+struct map_names<stable_map<K, V, Compare>> {
+  static constexpr const char* container = "stable_map";
+  static constexpr const char* view = "ftm::opened_map";
+};
+
 template <class K, class V, class Compare, engine E, bool Writable>
-class opened_map_base {
+class opened_map_base : public map_view<opened_map_base<K, V, Compare, E, Writable>,
+                                        stable_map<K, V, Compare>, E, Writable> {
   using map_type = stable_map<K, V, Compare>;
-  using map_ptr = std::conditional_t<Writable, map_type*, const map_type*>;
+  using view = map_view<opened_map_base, map_type, E, Writable>;
   using leaf = tree_leaf<K, V>;
   using inner = tree_inner<K>;
 
- public:
-  using key_type = K;
-  using mapped_type = V;
-  using value_type = map_entry<K, V>;
-  using size_type = std::uint64_t;
+  /// Where an iterator is: a leaf's slot.
+  struct cursor {
+    std::uint64_t off = 0;
+    std::uint64_t slot = 0;
+    const tree_leaf<K, V>* node = nullptr;
 
-  /// A forward iterator in key order, along the linked leaves.
-  class const_iterator {
-   public:
-    using iterator_concept = std::forward_iterator_tag;
-    using iterator_category = std::forward_iterator_tag;
-    using value_type = map_entry<K, V>;
-    using difference_type = std::ptrdiff_t;
-    using reference = const value_type&;
-    using pointer = const value_type*;
-
-    const_iterator() = default;
-    reference operator*() const { return leaf_->entry[slot_]; }
-    pointer operator->() const { return &leaf_->entry[slot_]; }
-    const_iterator& operator++() {
-      ++slot_;
-      settle();
-      return *this;
-    }
-    const_iterator operator++(int) {
-      auto t = *this;
-      ++*this;
-      return t;
-    }
-    friend bool operator==(const const_iterator& a, const const_iterator& b) noexcept {
-      return a.off_ == b.off_ && a.slot_ == b.slot_;
-    }
-
-   private:
-    friend class opened_map_base;
-    const_iterator(const opened_map_base* map, std::uint64_t off, std::uint64_t slot)
-        : map_(map), off_(off), slot_(slot) {
-      if (off_ != 0) {
-        leaf_ = map_->template read<leaf>(off_);
-        settle();
+    /// Moves to the first entry at or after this place: past the end of a leaf (and
+    /// past empty leaves) to the next leaf.
+    void settle(const opened_map_base& m) {
+      if (off != 0 && node == nullptr) node = m.template read<tree_leaf<K, V>>(off);
+      while (off != 0 && slot >= node->count) {
+        off = node->next;
+        slot = 0;
+        node = off == 0 ? nullptr : m.template read<tree_leaf<K, V>>(off);
       }
+      if (off == 0) slot = 0;
     }
-    /// Skips past the end of a leaf (and empty leaves) to the next entry.
-    void settle() {
-      while (off_ != 0 && slot_ >= leaf_->count) {
-        off_ = leaf_->next;
-        slot_ = 0;
-        leaf_ = off_ == 0 ? nullptr : map_->template read<leaf>(off_);
-      }
-      if (off_ == 0) slot_ = 0;
-    }
-
-    const opened_map_base* map_ = nullptr;
-    std::uint64_t off_ = 0;
-    std::uint64_t slot_ = 0;
-    const leaf* leaf_ = nullptr;
   };
-  using iterator = const_iterator;
 
-  // clang-format off
-  // Both compilers quote these lines in their "deleted" diagnostics: they carry the rule.
-  opened_map_base(const opened_map_base&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
-  opened_map_base(opened_map_base&&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
-  opened_map_base& operator=(const opened_map_base&) = delete;  // an opened ftm container cannot be copied or moved
-  opened_map_base& operator=(opened_map_base&&) = delete;  // an opened ftm container cannot be copied or moved
-  // clang-format on
+ public:
+  /// A forward iterator in key order, along the linked leaves.
+  using const_iterator = map_iterator<opened_map_base, cursor, map_entry<K, V>>;
+  using iterator = const_iterator;
+  using typename view::size_type;
 
   /// The number of entries: walks the leaves (a shared lock on each).
   [[nodiscard]] size_type size() const {
     size_type n = 0;
     for (std::uint64_t off = first_leaf(); off != 0;) {
-      const auto* l = read<leaf>(off);
+      const auto* l = this->template read<leaf>(off);
       n += l->count;
       off = l->next;
     }
     return n;
   }
-  [[nodiscard]] bool empty() const { return begin() == end(); }
 
-  const_iterator begin() const { return {this, first_leaf(), 0}; }
+  const_iterator begin() const { return {this, cursor{.off = first_leaf()}}; }
   const_iterator end() const { return {}; }
-  const_iterator cbegin() const { return begin(); }
-  const_iterator cend() const { return end(); }
 
   /// The first entry whose key is not less than `key`.
   const_iterator lower_bound(const K& key) const {
     const std::uint64_t off = leaf_for(key, nullptr);
     if (off == 0) return end();
-    const auto* l = read<leaf>(off);
-    return {this, off, position(*l, key)};
+    const auto* l = this->template read<leaf>(off);
+    return {this, cursor{.off = off, .slot = position(*l, key), .node = l}};
   }
   /// The first entry whose key is greater than `key`.
   const_iterator upper_bound(const K& key) const {
@@ -202,17 +165,6 @@ class opened_map_base {
   const_iterator find(const K& key) const {
     const_iterator it = lower_bound(key);
     return it != end() && !less(key, it->first) ? it : end();
-  }
-  [[nodiscard]] bool contains(const K& key) const { return find(key) != end(); }
-  [[nodiscard]] size_type count(const K& key) const { return contains(key) ? 1 : 0; }
-  /// The value of `key`; `ftm::invalid_argument` if there is none.
-  const V& at(const K& key) const {
-    const_iterator it = find(key);
-    if (it == end()) {
-      throw invalid_argument(
-          fmt::format("stable_map<{}, {}>::at: no such key", type_name<K>(), type_name<V>()));
-    }
-    return it->second;
   }
 
   /// Walks the whole tree and checks its invariants: keys in order within and across
@@ -229,7 +181,7 @@ class opened_map_base {
     for (std::size_t i = 0; i < leaves.size(); ++i) {
       if (off != leaves[i])
         fail(fmt::format("the leaf chain skips leaf {} of {}", i, leaves.size()));
-      off = read<leaf>(off)->next;
+      off = this->template read<leaf>(off)->next;
     }
     if (off != 0) fail("the leaf chain goes past the last leaf");
     const K* prev = nullptr;
@@ -239,35 +191,15 @@ class opened_map_base {
     }
   }
 
-  [[nodiscard]] stable<map_type> ref() const noexcept { return ref_; }
-
  protected:
-  opened_map_base(transaction<E>& tx, stable<map_type> ref, map_ptr map)
-      : tx_(&tx), ref_(ref), map_(map) {}
+  using view::fail;
+  using view::map_;
+  using view::tx;
+
+  opened_map_base(transaction<E>& t, stable<map_type> ref) : view(t, ref) {}
   ~opened_map_base() = default;
 
-  static std::uint64_t checked(stable<map_type> ref) {
-    if (!ref) throw usage_error("ftm::open: the ftm::stable<stable_map> handle is null");
-    return ref.offset();
-  }
-
-  [[noreturn]] static void fail(const std::string& what) {
-    throw bad_pool(fmt::format("stable_map<{}, {}>: {}", type_name<K>(), type_name<V>(), what));
-  }
-
   static bool less(const K& a, const K& b) { return Compare{}(a, b); }
-
-  transaction<E>& tx() const {
-#if FTM_CHECKED
-    require_live(tx_, "ftm::opened_map");
-#endif
-    return *tx_;
-  }
-
-  template <class N>
-  const N* read(std::uint64_t off) const {
-    return read_node<N>(tx(), off);
-  }
 
   static std::uint64_t& root_of(map_type& m) noexcept { return m.root_; }
   static std::uint64_t& height_of(map_type& m) noexcept { return m.height_; }
@@ -283,7 +215,7 @@ class opened_map_base {
   static std::uint64_t position(const leaf& l, const K& key) {
     return static_cast<std::uint64_t>(
         std::lower_bound(l.entry, l.entry + l.count, key,
-                         [](const value_type& e, const K& k) { return less(e.first, k); }) -
+                         [](const map_entry<K, V>& e, const K& k) { return less(e.first, k); }) -
         l.entry);
   }
 
@@ -293,7 +225,7 @@ class opened_map_base {
     std::uint64_t off = map_->root_;
     for (std::uint64_t h = map_->height_; h > 1; --h) {
       if (path != nullptr) path->push_back(off);
-      const auto* n = read<inner>(off);
+      const auto* n = this->template read<inner>(off);
       off = n->child[child_index(*n, key)];
     }
     return off;
@@ -302,7 +234,7 @@ class opened_map_base {
   std::uint64_t first_leaf() const {
     std::uint64_t off = map_->root_;
     for (std::uint64_t h = map_->height_; h > 1; --h)
-      off = read<inner>(off)->child[0];
+      off = this->template read<inner>(off)->child[0];
     return off;
   }
 
@@ -310,7 +242,7 @@ class opened_map_base {
                    std::optional<K> hi, std::vector<std::uint64_t>& leaves) const {
     auto in_range = [&](const K& k) { return (!lo || !less(k, *lo)) && (!hi || less(k, *hi)); };
     if (height == 1) {
-      const auto* l = read<leaf>(off);
+      const auto* l = this->template read<leaf>(off);
       if (l->count > leaf_entries<K, V>) fail(fmt::format("a leaf holds {} entries", l->count));
       for (std::uint64_t i = 0; i < l->count; ++i) {
         if (!in_range(l->entry[i].first)) fail("a leaf holds a key outside its parent's range");
@@ -321,7 +253,7 @@ class opened_map_base {
       leaves.push_back(off);
       return;
     }
-    const auto* n = read<inner>(off);
+    const auto* n = this->template read<inner>(off);
     if (n->count == 0 || n->count > inner_keys) {
       fail(fmt::format("an inner node holds {} keys", n->count));
     }
@@ -335,10 +267,6 @@ class opened_map_base {
                   i == n->count ? hi : std::optional<K>(n->key[i]), leaves);
     }
   }
-
-  transaction<E>* tx_;
-  stable<map_type> ref_;
-  map_ptr map_;
 };
 
 }  // namespace detail
@@ -356,7 +284,7 @@ class opened_map : public detail::opened_map_base<K, V, Compare, E, false> {
 
  public:
   opened_map(detail::from_offset_t, transaction<E>& tx, stable<stable_map<K, V, Compare>> ref)
-      : base(tx, ref, detail::read_node<stable_map<K, V, Compare>>(tx, base::checked(ref))) {}
+      : base(tx, ref) {}
 };
 
 /// The write view (`ftm::open`): opening it takes only a shared lock on the map's own
@@ -372,8 +300,7 @@ class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, 
  public:
   using size_type = std::uint64_t;
 
-  opened_map(detail::from_offset_t, transaction<E>& tx, stable<map_type> ref)
-      : base(tx, ref, const_cast<map_type*>(detail::read_node<map_type>(tx, base::checked(ref)))) {}
+  opened_map(detail::from_offset_t, transaction<E>& tx, stable<map_type> ref) : base(tx, ref) {}
 
   /// Sets the value of `key`, inserting it if it is new; true if it was inserted.
   bool insert_or_assign(const K& key, const V& value) { return put(key, value, true); }

@@ -7,8 +7,9 @@
 // Each benchmark records every call's latency: the counters p50_us and p99_us are its
 // percentiles in microseconds (with 4 threads, the mean of each thread's percentile);
 // Google Benchmark's time is the mean. The `threads`
-// variants run 4 callers at once (each with its own reply port), for throughput
-// (items_per_second); ftm has no pipelined call yet, so this is the stand-in.
+// variants run 4 callers at once (each with its own reply port); the pipeline32
+// variants send 32 calls (ftm::pipeline::submit_all) before taking their replies, for
+// throughput (items_per_second).
 //
 //   build/gcc/nats/benchmarks/ftm_nats_bench --benchmark_repetitions=5
 //     --benchmark_report_aggregates_only=true   (one line)
@@ -58,6 +59,8 @@ struct response {
 using service = ftm::service_port<request, response>;
 using replies = ftm::reply_port<response>;
 constexpr std::size_t max_callers = 4;
+/// Calls in flight in the pipelined benchmarks.
+constexpr std::size_t pipeline_depth = 32;
 
 ftm::task_options forever(const char* name) {
   return {.name = name,
@@ -72,6 +75,7 @@ struct world {
   std::unique_ptr<pmem> a, b;
   service proxy{}, remote{}, local{};
   std::array<replies, max_callers> a_replies{}, b_replies{};
+  replies a_pipelined{}, b_pipelined{};  // capacity pipeline_depth
   std::vector<std::unique_ptr<ftm::supervisor<pmem>>> sups;
   std::vector<std::thread> threads;
   pid_t plain_responder = -1;
@@ -98,6 +102,12 @@ struct world {
         return replies(ftm::make_port<ftm::reply_to_call<response>>(tx, {.capacity = 16}));
       });
     }
+    auto deep = [](auto& tx) {
+      return replies(
+          ftm::make_port<ftm::reply_to_call<response>>(tx, {.capacity = pipeline_depth}));
+    };
+    a_pipelined = ftm::atomically(*a, deep);
+    b_pipelined = ftm::atomically(*b, deep);
     std::tie(remote, local) = ftm::atomically(*b, [](auto& tx) {
       auto mk = [&] {
         return service(ftm::make_port<ftm::call_request<request, response>>(
@@ -212,6 +222,27 @@ void local_call(benchmark::State& state) {
         ftm::call(*the_world->b, the_world->local, the_world->b_replies[t], request{t, 1}));
   });
 }
+/// `pipeline_depth` calls sent in one transaction, then their replies taken: one
+/// iteration is the batch (items_per_second counts calls; the latency counters are per
+/// batch).
+void pipelined(benchmark::State& state, pmem& pool, service svc, replies r) {
+  ftm::pipeline<pmem, request, response> p(pool, svc, r);
+  std::array<request, pipeline_depth> bodies{};
+  for (std::size_t i = 0; i < bodies.size(); ++i)
+    bodies[i] = request{i, 1};
+  measure(state, [&](std::size_t) {
+    const std::vector<ftm::request_id> ids = p.submit_all(std::span<const request>(bodies));
+    for (const ftm::request_id id : ids)
+      benchmark::DoNotOptimize(p.wait(id));
+  });
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(pipeline_depth));
+}
+void bridged_pipeline(benchmark::State& state) {
+  pipelined(state, *the_world->a, the_world->proxy, the_world->a_pipelined);
+}
+void local_pipeline(benchmark::State& state) {
+  pipelined(state, *the_world->b, the_world->local, the_world->b_pipelined);
+}
 void plain_request(benchmark::State& state) {
   measure(state, [](std::size_t) {
     const std::array<std::byte, sizeof(request)> body{};
@@ -227,6 +258,8 @@ BENCHMARK(plain_request)->Name("nats/plain_request_reply")->UseRealTime();
 BENCHMARK(plain_request)->Name("nats/plain_request_reply")->Threads(4)->UseRealTime();
 BENCHMARK(local_call)->Name("nats/ftm_call_local")->UseRealTime();
 BENCHMARK(local_call)->Name("nats/ftm_call_local")->Threads(4)->UseRealTime();
+BENCHMARK(bridged_pipeline)->Name("nats/ftm_pipeline32_between_nodes")->UseRealTime();
+BENCHMARK(local_pipeline)->Name("nats/ftm_pipeline32_local")->UseRealTime();
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);

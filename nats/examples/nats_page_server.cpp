@@ -94,7 +94,10 @@ std::uint64_t writer_of(const page& p) {
 }
 
 ftm::task_options forever(const char* name) {
+  // A lease: an instance that stops making progress (its NATS connection stuck) is
+  // killed and started again; the bridge renews it only while NATS answers.
   return {.name = name,
+          .lease = 10000ms,
           .intensity = {.max_restarts = 100000000, .period = 1ms},
           .restart = ftm::restart_policy::permanent};
 }

@@ -9,9 +9,11 @@
 #include <fmt/format.h>
 #include <nats/nats.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <string_view>
 #include <thread>
 
 namespace ftm::FTM_ABI_NAMESPACE::nats {
@@ -50,6 +52,18 @@ void parse_ack_subject(std::string_view reply, delivery& d) {
   d.stream_sequence = number(tokens[base + 1]);
 }
 
+/// Whether a PubAck's JSON says `"duplicate": true` (nats-server 2.9 writes a space
+/// after the colon; others may not).
+bool is_duplicate(std::string_view body) {
+  const std::string_view key = "\"duplicate\"";
+  std::size_t at = body.find(key);
+  if (at == std::string_view::npos) return false;
+  at += key.size();
+  while (at < body.size() && (body[at] == ' ' || body[at] == ':'))
+    ++at;
+  return body.substr(at).starts_with("true");
+}
+
 }  // namespace
 
 struct client::impl {
@@ -57,9 +71,14 @@ struct client::impl {
   jsCtx* js = nullptr;
   natsSubscription* sub = nullptr;
   std::string deliver_subject;
+  // Publish windows: PubAcks come to `<acks_prefix><window>.<index>`.
+  natsSubscription* acks = nullptr;
+  std::string acks_prefix;
+  std::uint64_t window = 0;
   std::chrono::milliseconds timeout{};
 
   ~impl() {
+    if (acks != nullptr) natsSubscription_Destroy(acks);
     if (sub != nullptr) natsSubscription_Destroy(sub);
     if (js != nullptr) jsCtx_Destroy(js);
     if (nc != nullptr) natsConnection_Destroy(nc);
@@ -163,6 +182,75 @@ publish_result client::publish(std::string_view subject, std::string_view id,
   }
   if (error != nullptr) *error = status_text(s, jerr);
   return jerr != 0 ? publish_result::refused : publish_result::no_answer;
+}
+
+std::vector<publish_result> client::publish_window(std::span<const outgoing> window) {
+  std::vector<publish_result> results(window.size(), publish_result::no_answer);
+  if (window.empty()) return results;
+  impl& m = *impl_;
+  if (m.acks == nullptr) {
+    natsInbox* inbox = nullptr;
+    if (natsInbox_Create(&inbox) != NATS_OK) return results;
+    m.acks_prefix = fmt::format("{}.", static_cast<const char*>(inbox));
+    natsInbox_Destroy(inbox);
+    const std::string all = m.acks_prefix + ">";
+    if (natsConnection_SubscribeSync(&m.acks, m.nc, all.c_str()) != NATS_OK) {
+      m.acks = nullptr;
+      return results;
+    }
+    natsSubscription_SetPendingLimits(m.acks, -1, -1);
+  }
+  // A new window number, so that a late PubAck of an earlier window is told apart.
+  const std::uint64_t w = ++m.window;
+  for (std::size_t i = 0; i < window.size(); ++i) {
+    const std::string subject(window[i].subject), id(window[i].id);
+    const std::string reply = fmt::format("{}{}.{}", m.acks_prefix, w, i);
+    natsMsg* msg = nullptr;
+    if (natsMsg_Create(&msg, subject.c_str(), reply.c_str(),
+                       reinterpret_cast<const char*>(window[i].data.data()),
+                       static_cast<int>(window[i].data.size())) != NATS_OK) {
+      return results;
+    }
+    natsMsgHeader_Set(msg, "Nats-Msg-Id", id.c_str());
+    const natsStatus s = natsConnection_PublishMsg(m.nc, msg);
+    natsMsg_Destroy(msg);
+    if (s != NATS_OK) return results;  // not connected: no answer for any
+  }
+  const auto deadline = std::chrono::steady_clock::now() + m.timeout;
+  std::size_t answered = 0;
+  while (answered < window.size()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    natsMsg* a = nullptr;
+    if (natsSubscription_NextMsg(&a, m.acks, left.count()) != NATS_OK) break;
+    // The reply subject's last two tokens: window and index.
+    const std::string_view subject = natsMsg_GetSubject(a);
+    const std::string_view rest = subject.substr(std::min(subject.size(), m.acks_prefix.size()));
+    const std::size_t dot = rest.find('.');
+    std::uint64_t aw = 0, ai = 0;
+    const bool ours =
+        dot != std::string_view::npos &&
+        std::from_chars(rest.data(), rest.data() + dot, aw).ec == std::errc{} &&
+        std::from_chars(rest.data() + dot + 1, rest.data() + rest.size(), ai).ec == std::errc{} &&
+        aw == w && ai < window.size() && results[ai] == publish_result::no_answer;
+    if (ours) {
+      const std::string_view body(natsMsg_GetData(a),
+                                  static_cast<std::size_t>(natsMsg_GetDataLength(a)));
+      // A PubAck is `{"stream":..,"seq":..}`, with `"duplicate":true` for a repeated id;
+      // an error answer has `"error"`; an empty body is a status (no stream listens).
+      if (body.empty() || body.find("\"error\"") != std::string_view::npos) {
+        results[ai] = publish_result::refused;
+      } else if (is_duplicate(body)) {
+        results[ai] = publish_result::duplicate;
+      } else {
+        results[ai] = publish_result::stored;
+      }
+      ++answered;
+    }
+    natsMsg_Destroy(a);
+  }
+  return results;
 }
 
 std::optional<std::uint64_t> client::ack_floor(std::string_view stream, std::string_view consumer,

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -23,6 +24,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -109,23 +111,28 @@ class nats_server {
           std::to_string(port_), "-n",  name_};
     }
     const std::string log = (dir_ / "server.log").string();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork");
-    if (pid_ == 0) {
-      ::setpgid(0, 0);
-      const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-      }
-      std::vector<char*> a;
-      for (auto& s : argv)
-        a.push_back(s.data());
-      a.push_back(nullptr);
-      ::execvp(a[0], a.data());
-      ::_exit(127);
+    // posix_spawn, not fork: the caller has threads, and a forked child that allocates
+    // before exec can hang on a lock another thread held (ASan's allocator has no fork
+    // handler). Its own process group, so that kill9 reaches all of it.
+    std::vector<char*> a;
+    for (auto& s : argv)
+      a.push_back(s.data());
+    a.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    const int rc = ::posix_spawn(&pid_, a[0], &actions, &attr, a.data(), environ);
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) {
+      pid_ = -1;
+      throw std::runtime_error(fmt::format("cannot start {}: {}", a[0], std::strerror(rc)));
     }
-    ::setpgid(pid_, pid_);
     ++starts_;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (!port_open(port_)) {

@@ -86,7 +86,9 @@ struct stopper {
 inline ftm::task_options forever(const char* name) {
   // A lease: a task instance that hangs is killed and started again. (Under ASan a
   // child forked while another thread of the test held the sanitizer's allocator
-  // lock hangs at its first allocation; without a lease the run would stall.)
+  // lock hangs at its first allocation: gcc 12's libasan has no fork handler. The
+  // bridge renews its lease only while NATS answers, so such an instance, whose
+  // libnats threads are stuck, is replaced within the lease.)
   return {.name = name,
           .lease = 10000ms,
           .intensity = {.max_restarts = 100000000, .period = 1ms},

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <string>
@@ -325,6 +326,46 @@ class power_loss_sim final : public redo::log_io {
     return finish();
   }
 
+  /// A scenario of the caller's own, for state that is more than a value per object
+  /// (containers): `setup(tx)` makes its roots, `step(tx, k)` is transaction `k` (from
+  /// 1), `model(k)` the state after the first `k`, and `read(pool, out, why)` the state
+  /// of a recovered pool (false, with `why`, where its structure is broken). The pool is
+  /// made with `options` at `power` with the simulated flush method.
+  struct scenario {
+    pmem::options options;
+    std::function<void(ftm::transaction<pmem>&)> setup;
+    std::function<void(ftm::transaction<pmem>&, std::uint64_t)> step;
+    std::function<state(std::uint64_t)> model;
+    std::function<bool(pmem&, state&, std::string&)> read;
+  };
+
+  /// `transactions` transactions of `sc`, one at a time.
+  result run_scenario(const scenario& sc, int transactions) {
+    {
+      pmem::options o = sc.options;
+      o.level = durability::power;
+      o.flush = flush_;
+      auto pool = pmem::create(pool_path(), o);
+      ftm::atomically(pool, [&](ftm::transaction<pmem>& tx) { sc.setup(tx); });
+      names_.clear();
+      reader_ = sc.read;
+      record_from(pool, sc.model(0));
+      for (int k = 1; k <= transactions; ++k) {
+        const auto step = static_cast<std::uint64_t>(k);
+        {
+          const std::lock_guard g(m_);
+          states_.push_back(sc.model(step));  // may happen from the moment commit starts
+        }
+        ftm::atomically(pool, [&](ftm::transaction<pmem>& tx) { sc.step(tx, step); });
+        const std::lock_guard g(m_);
+        acked_ = static_cast<std::size_t>(k);
+        crash_here("returned");
+      }
+      stop_recording();
+    }
+    return finish();
+  }
+
   // ---- redo::log_io: the seam ---------------------------------------------------
 
   void write(redo::redo_log& log, std::uint64_t offset, const std::byte* data,
@@ -486,14 +527,21 @@ class power_loss_sim final : public redo::log_io {
   /// Creates the objects `names` in the new pool at `pool_path()` and starts recording.
   template <class T>
   void start(pmem& pool, const std::vector<std::string>& names) {
-    REQUIRE(pool.log_flush() == flush_);
     names_ = names;
-    reader_ = &read_state<T>;
+    reader_ = [this](pmem& p, state& out, std::string& why) {
+      return read_state<T>(p, names_, out, why);
+    };
     ftm::atomically(pool, [&](auto& tx) {
       for (const auto& name : names_)
         static_cast<void>(tx.template root<T>(name.c_str()));
     });
-    states_.assign(1, state(names_.size(), 0));
+    record_from(pool, state(names_.size(), 0));
+  }
+
+  /// Starts recording from the pool as it is, whose state is `initial`.
+  void record_from(pmem& pool, state initial) {
+    REQUIRE(pool.log_flush() == flush_);
+    states_.assign(1, std::move(initial));
     acked_ = 0;
     // The medium holds all of it now: the simulation starts from here.
     sync_file(path_);
@@ -733,7 +781,7 @@ class power_loss_sim final : public redo::log_io {
     try {
       auto p = pmem::open(image_, reopen_options());
       state s;
-      if (!reader_(p, names_, s, why)) {
+      if (!reader_(p, s, why)) {
         // why is set
       } else if (const auto c = p.check(); !c.ok()) {
         why = fmt::format("check() failed: {}", c.problems.front());
@@ -825,7 +873,7 @@ class power_loss_sim final : public redo::log_io {
   fs::path dir_, path_, wal_, image_;
   mapped_file image_pool_, image_wal_;
   std::vector<std::string> names_;
-  bool (*reader_)(pmem&, const std::vector<std::string>&, state&, std::string&) = nullptr;
+  std::function<bool(pmem&, state&, std::string&)> reader_;
   std::vector<state> states_;  // states_[p]: after the first p transactions
   std::size_t acked_ = 0;      // a transaction whose commit returned: its index in states_
   std::vector<std::vector<page_version>> versions_;  // per page, since the last flush

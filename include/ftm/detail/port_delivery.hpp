@@ -27,7 +27,7 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// Moves the message at the head of `port` to its dead-letter port (or drops it if it
 /// has none), in the same transaction.
 template <class Msg, class E>
-void bury_head(const port_writer<E>& port) {
+void bury_head(port_writer<E>& port) {
   port_header& h = port.header();
   const Msg msg = load_message<Msg>(port.payload(h.head));
   ++h.head;
@@ -72,7 +72,7 @@ void bury_poison(void* engine, std::uint64_t offset, std::uint64_t capacity) noe
 /// Takes the message at the head of an open port, or nothing if it has none. Messages
 /// delivered `max_deliveries` times go to the dead-letter port instead.
 template <class Msg, class E>
-std::optional<Msg> take(const port_writer<E>& port) {
+std::optional<Msg> take(port_writer<E>& port) {
   port_header& h = port.header();
   while (h.head != h.tail) {
     port_slot& s = port.slot(h.head);
@@ -83,7 +83,7 @@ std::optional<Msg> take(const port_writer<E>& port) {
     // The delivery is counted in both banks before the message leaves the port: an
     // abort, or the death of this process, puts it back counted.
     const std::uint32_t count = s.deliveries + 1;
-    port.write_through(port.slot_offset(h.head) + offsetof(port_slot, deliveries), count);
+    port.write_deliveries(h.head, count);
     port.write_through(offsetof(port_header, deliveries), h.deliveries + 1);
     if (count > 1) port.write_through(offsetof(port_header, redelivered), h.redelivered + 1);
     std::optional<Msg> msg{load_message<Msg>(port.payload(h.head))};

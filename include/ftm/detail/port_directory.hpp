@@ -96,14 +96,27 @@ T copy_from(std::span<const std::byte> bytes, std::size_t at = 0) noexcept {
   return value;
 }
 
-/// What is wrong with a port's object (`bytes`) given its directory entry; empty if
+/// What is wrong with a port (its header's `bytes`, its index and blocks read through
+/// `object`, as `read_port_directory` takes it) given its directory entry; empty if
 /// nothing. Also sets `r.readable` and `r.in_flight`.
-inline std::vector<std::string> check_port(const port_directory_entry& e,
-                                           std::span<const std::byte> bytes, port_report& r) {
+template <class ReadObject>
+std::vector<std::string> check_port(const port_directory_entry& e, std::span<const std::byte> bytes,
+                                    port_report& r, ReadObject&& object) {
   std::vector<std::string> out;
-  if (bytes.size() < sizeof(port_header)) {
+  if (bytes.size() < sizeof(std::uint32_t)) {
     out.push_back(fmt::format("its object has {} bytes, fewer than a port header ({})",
                               bytes.size(), sizeof(port_header)));
+    return out;
+  }
+  if (copy_from<std::uint32_t>(bytes) == port_kind_v1) {
+    out.push_back(
+        "it is a port of format 1 (one object holding the whole ring), which this ftm does not "
+        "read (it reads format 2: a header and slot blocks)");
+    return out;
+  }
+  if (bytes.size() != sizeof(port_header)) {
+    out.push_back(fmt::format("its object has {} bytes, not a port header's {}", bytes.size(),
+                              sizeof(port_header)));
     return out;
   }
   const auto h = copy_from<port_header>(bytes);
@@ -120,10 +133,25 @@ inline std::vector<std::string> check_port(const port_directory_entry& e,
     out.push_back(fmt::format("its header's slot size {} is not the directory's {}", h.slot_size,
                               e.slot_size));
   }
-  const std::uint64_t size = sizeof(port_header) + std::uint64_t{h.capacity} * h.slot_size;
-  if (out.empty() && size != bytes.size()) {
-    out.push_back(fmt::format("its object has {} bytes, not the {} of {} slots of {} bytes",
-                              bytes.size(), size, h.capacity, h.slot_size));
+  if (out.empty() &&
+      (h.block_slots != block_slots_of(h.capacity) || h.blocks != blocks_of(h.capacity))) {
+    out.push_back(
+        fmt::format("its header says {} blocks of {} slots, not the {} of {} of its capacity",
+                    h.blocks, h.block_slots, blocks_of(h.capacity), block_slots_of(h.capacity)));
+  }
+  // The slot index and the blocks the waiting messages are in.
+  std::span<const std::byte> index;
+  if (out.empty()) {
+    try {
+      index = object(h.index);
+      if (index.size() != std::size_t{h.blocks} * sizeof(std::uint64_t)) {
+        out.push_back(
+            fmt::format("its slot index at offset {} has {} bytes, not the {} of {} blocks",
+                        h.index, index.size(), std::size_t{h.blocks} * 8, h.blocks));
+      }
+    } catch (const error& x) {
+      out.push_back(fmt::format("its slot index at offset {}: {}", h.index, x.what()));
+    }
   }
   const bool sized = out.empty();  // the slots can be read
   if (h.fingerprint != e.fingerprint) {
@@ -137,11 +165,28 @@ inline std::vector<std::string> check_port(const port_directory_entry& e,
     out.push_back(fmt::format("it holds {} messages, more than its capacity {}", h.tail - h.head,
                               h.capacity));
   } else if (sized) {
-    r.readable = true;
-    for (std::uint64_t q = h.head; q != h.tail; ++q) {
-      const std::size_t at = sizeof(port_header) + (q % h.capacity) * h.slot_size;
-      r.in_flight += copy_from<port_slot>(bytes, at).deliveries != 0 ? 1 : 0;
+    bool blocks_sound = true;
+    std::uint64_t in_flight = 0;
+    for (std::uint64_t q = h.head; q != h.tail && blocks_sound; ++q) {
+      const std::uint64_t i = q % h.capacity;
+      const auto at = copy_from<std::uint64_t>(index, (i / h.block_slots) * sizeof(std::uint64_t));
+      try {
+        const std::span<const std::byte> block = object(at);
+        if (block.size() != std::size_t{h.block_slots} * h.slot_size) {
+          out.push_back(fmt::format("its slot block at offset {} has {} bytes, not {}", at,
+                                    block.size(), std::size_t{h.block_slots} * h.slot_size));
+          blocks_sound = false;
+          break;
+        }
+        in_flight +=
+            copy_from<port_slot>(block, (i % h.block_slots) * h.slot_size).deliveries != 0 ? 1 : 0;
+      } catch (const error& x) {
+        out.push_back(fmt::format("its slot block at offset {}: {}", at, x.what()));
+        blocks_sound = false;
+      }
     }
+    r.readable = blocks_sound;
+    if (blocks_sound) r.in_flight = in_flight;
   }
   // Every committed send appends at the tail, every receive or burial takes the head.
   if (h.sent != h.tail) {
@@ -223,7 +268,7 @@ port_directory_report read_port_directory(std::uint64_t root, ReadObject&& objec
                                    [&](const port_report& p) { return p.offset == e.offset; });
     if (twice) problem(fmt::format("port at offset {} is listed twice in the directory", e.offset));
     try {
-      for (auto& p : check_port(e, object(e.offset), r))
+      for (auto& p : check_port(e, object(e.offset), r, object))
         problem(fmt::format("port at offset {} ({}): {}", e.offset, r.type, p));
     } catch (const error& x) {
       problem(fmt::format("port at offset {} ({}): {}", e.offset, r.type, x.what()));

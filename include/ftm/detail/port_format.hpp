@@ -2,8 +2,8 @@
 #define FTM_DETAIL_PORT_FORMAT_HPP
 
 /// \file
-/// The bytes of a port in the pool, all in one place: the port object (a header, then
-/// a ring of slots), the port directory (the root `ftm.ports`, chained blocks of
+/// The bytes of a port in the pool, all in one place: the port (a header object, a
+/// slot index and slot blocks), the port directory (the root `ftm.ports`, chained blocks of
 /// entries) and a service's key table (a header and index, and one record per client). Every offset
 /// is pinned by a `static_assert`: changing one changes the pool format
 /// (`bank_layout::format_version`).
@@ -21,11 +21,17 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// The first bytes of every port object ("port" in ASCII): an object of another
-/// kind, or a damaged port, opened as a port is refused by name.
-inline constexpr std::uint32_t port_kind = 0x74726f70;
+/// The first bytes of every port header ("prt2" in ASCII): an object of another
+/// kind, or a damaged port, opened as a port is refused by name. The kind is the
+/// port's format: 2 is a header, a slot index and slot blocks, each a stable object
+/// of its own, so that a transaction locks and copies only the header and the blocks
+/// it used. Ports of format 1 (one object holding the whole ring) carry
+/// `port_kind_v1` and are refused with a message that says so.
+inline constexpr std::uint32_t port_kind = 0x32747270;
+/// The kind of a port of format 1 ("port" in ASCII), which this ftm does not read.
+inline constexpr std::uint32_t port_kind_v1 = 0x74726f70;
 
-/// The start of a port object; the ring of slots follows it.
+/// A port's header object: its settings and counters, and where its slots are.
 struct port_header {
   std::uint32_t kind;  // port_kind
   std::uint32_t capacity;
@@ -43,20 +49,29 @@ struct port_header {
   // Written through (`unlogged_write_engine`): they count deliveries that aborted too.
   std::uint64_t deliveries;
   std::uint64_t redelivered;
+  std::uint64_t index;        // the slot index: `blocks` offsets of slot blocks
+  std::uint32_t block_slots;  // slots per block
+  std::uint32_t blocks;
 };
-static_assert(
-    offsetof(port_header, kind) == 0 && offsetof(port_header, capacity) == 4 &&
-        offsetof(port_header, fingerprint) == 8 && offsetof(port_header, slot_size) == 16 &&
-        offsetof(port_header, max_deliveries) == 20 && offsetof(port_header, on_full) == 24 &&
-        offsetof(port_header, dead_letter_capacity) == 28 &&
-        offsetof(port_header, dead_letter) == 32 && offsetof(port_header, head) == 40 &&
-        offsetof(port_header, tail) == 48 && offsetof(port_header, sent) == 56 &&
-        offsetof(port_header, received) == 64 && offsetof(port_header, dead_lettered) == 72 &&
-        offsetof(port_header, deliveries) == 80 && offsetof(port_header, redelivered) == 88,
-    "the port header's fields are part of the pool format");
-static_assert(sizeof(port_header) == 96, "the ring of slots starts 16-byte aligned at 96");
+static_assert(offsetof(port_header, kind) == 0 && offsetof(port_header, capacity) == 4 &&
+                  offsetof(port_header, fingerprint) == 8 &&
+                  offsetof(port_header, slot_size) == 16 &&
+                  offsetof(port_header, max_deliveries) == 20 &&
+                  offsetof(port_header, on_full) == 24 &&
+                  offsetof(port_header, dead_letter_capacity) == 28 &&
+                  offsetof(port_header, dead_letter) == 32 && offsetof(port_header, head) == 40 &&
+                  offsetof(port_header, tail) == 48 && offsetof(port_header, sent) == 56 &&
+                  offsetof(port_header, received) == 64 &&
+                  offsetof(port_header, dead_lettered) == 72 &&
+                  offsetof(port_header, deliveries) == 80 &&
+                  offsetof(port_header, redelivered) == 88 && offsetof(port_header, index) == 96 &&
+                  offsetof(port_header, block_slots) == 104 && offsetof(port_header, blocks) == 108,
+              "the port header's fields are part of the pool format");
+static_assert(sizeof(port_header) == 112);
 
-/// One message in the ring; the message's bytes follow at `slot_payload`.
+/// One message in a slot block; the message's bytes follow at `slot_payload`. The
+/// message of sequence number `q` is in slot `q % capacity`, which is slot
+/// `(q % capacity) % block_slots` of block `(q % capacity) / block_slots`.
 struct port_slot {
   std::uint32_t deliveries;  // written through: survives the abort of the receive
   std::uint32_t reserved;
@@ -72,6 +87,23 @@ constexpr std::uint32_t slot_size_of() {
   return static_cast<std::uint32_t>((slot_payload + sizeof(Msg) + 15) / 16 * 16);
 }
 
+/// The most slot blocks a port has: `make_port` allocates them all in its transaction.
+inline constexpr std::uint32_t port_max_blocks = 512;
+/// Slots per block for ports up to `port_max_blocks * port_block_slots` messages: what a
+/// send or receive copies between the banks, besides the header.
+inline constexpr std::uint32_t port_block_slots = 8;
+
+/// Slots per block of a port of `capacity` messages: `port_block_slots` (fewer for a
+/// smaller port), more only when that many blocks would exceed `port_max_blocks`.
+constexpr std::uint32_t block_slots_of(std::uint32_t capacity) {
+  const std::uint32_t spread = (capacity + port_max_blocks - 1) / port_max_blocks;
+  const std::uint32_t small = capacity < port_block_slots ? capacity : port_block_slots;
+  return spread > small ? spread : small;
+}
+constexpr std::uint32_t blocks_of(std::uint32_t capacity) {
+  return (capacity + block_slots_of(capacity) - 1) / block_slots_of(capacity);
+}
+
 template <class Msg>
 std::string_view port_type_name() {
   static const std::string name = fmt::format("ftm::port<{}>", type_name<Msg>());
@@ -79,9 +111,26 @@ std::string_view port_type_name() {
 }
 
 template <class Msg>
-object_type port_object_type(std::uint32_t capacity) {
-  return {sizeof(port_header) + std::size_t{capacity} * slot_size_of<Msg>(), 16,
-          port_type_name<Msg>()};
+std::string_view port_block_type_name() {
+  static const std::string name = fmt::format("ftm::port_slots<{}>", type_name<Msg>());
+  return name;
+}
+
+/// A port's header object.
+template <class Msg>
+object_type port_object_type() {
+  return {sizeof(port_header), 16, port_type_name<Msg>()};
+}
+
+/// A port's slot index: the offsets of its blocks, written only by `make_port`.
+inline object_type port_index_type(std::uint32_t blocks) {
+  return {std::size_t{blocks} * sizeof(std::uint64_t), 16, "ftm::port_index"};
+}
+
+/// One slot block of a port of `Msg`.
+template <class Msg>
+object_type port_block_type(std::uint32_t block_slots) {
+  return {std::size_t{block_slots} * slot_size_of<Msg>(), 16, port_block_type_name<Msg>()};
 }
 
 /// The root that holds the pool's port directory.

@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
@@ -36,6 +37,20 @@ class protectable_bank : public bank_engine {
 
   /// Whether this process sees the pool in protected mode.
   [[nodiscard]] bool protected_mode() const noexcept { return guard_ != nullptr; }
+
+  /// Whether protected mode uses memory protection keys here (each thread writes only
+  /// the objects its own transactions opened), rather than `mprotect` alone.
+  [[nodiscard]] bool uses_protection_keys() const noexcept {
+    return guard_ != nullptr && guard_->uses_keys();
+  }
+
+  /// How this process protects the pool, in words: "off", "protection keys", or
+  /// "mprotect" and why not keys (e.g. "mprotect (pkey_alloc failed: ...)").
+  [[nodiscard]] std::string protection_mechanism() const {
+    if (guard_ == nullptr) return "off";
+    if (guard_->uses_keys()) return "protection keys";
+    return "mprotect (" + std::string(guard_->why_not_keys()) + ")";
+  }
 
   descriptor_index begin(begin_options o = {}) {
     const descriptor_index d = bank_engine::begin(o);
@@ -104,11 +119,12 @@ class protectable_bank : public bank_engine {
     register_protected_pool(&registration_);
   }
 
-  /// Records in the pool's header whether its latest opener uses protected mode.
+  /// Records in the pool's header whether its latest opener uses protected mode: 0
+  /// off, 1 with `mprotect`, 2 with protection keys.
   void record_mode() noexcept {
     auto& h = *reinterpret_cast<bank_layout::pool_header*>(base());
     std::atomic_ref<std::uint32_t>(h.protected_mode)
-        .store(guard_ ? 1 : 0, std::memory_order_relaxed);
+        .store(guard_ ? (guard_->uses_keys() ? 2 : 1) : 0, std::memory_order_relaxed);
   }
 
  private:

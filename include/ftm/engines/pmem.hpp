@@ -383,8 +383,10 @@ class pmem_view : private detail::file_region {
     /// refuses the pool, and `check()` reports it.
     std::filesystem::path log_path;
     bool log_missing = false;
-    /// Its latest opener uses it in protected mode (`options::protected_mode`).
+    /// Its latest opener uses it in protected mode (`options::protected_mode`), and
+    /// whether with memory protection keys (else `mprotect`).
     bool protected_mode = false;
+    bool protection_keys = false;
   };
 
   /// Opens the pool file at `path` for reading. Throws `ftm::io_error` if it cannot be
@@ -403,7 +405,8 @@ class pmem_view : private detail::file_region {
     header_.file_size = h.map_size;
     header_.boot_id.assign(h.boot_id, strnlen(h.boot_id, sizeof h.boot_id));
     header_.earlier_boot = of_earlier_boot(h, detail::current_boot_id());
-    header_.protected_mode = h.protected_mode == 1;
+    header_.protected_mode = h.protected_mode != 0;
+    header_.protection_keys = h.protected_mode == 2;
     const auto& ctl =
         *reinterpret_cast<const detail::redo::control*>(region() + detail::redo::control_offset);
     header_.level = ctl.level == 1 ? durability::power : durability::process;

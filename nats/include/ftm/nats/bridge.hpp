@@ -388,15 +388,21 @@ class bridge {
   static reply_port<Rep> mirror_for(transaction<E>& tx, std::string_view node,
                                     std::string_view service, std::uint64_t remote_offset,
                                     std::uint32_t remote_capacity, std::uint32_t capacity) {
-    auto table =
-        tx.open(ftm::detail::reserved_root<detail::mirror_table>(tx, detail::mirrors_root));
-    for (std::uint64_t i = 0; i < table->count; ++i) {
-      const detail::mirror_entry& e = table->entries[i];
-      if (detail::name_of(e.node) == node && detail::name_of(e.service) == service &&
-          e.remote_offset == remote_offset && e.remote_capacity == remote_capacity) {
-        return {ftm::detail::from_offset, e.local_offset, e.local_capacity};
+    const stable<detail::mirror_table> ref =
+        ftm::detail::reserved_root<detail::mirror_table>(tx, detail::mirrors_root);
+    // Read first: the table is written only when a new mirror is made, so a request
+    // does not hold its exclusive lock (which the outbound task's reads would wait for).
+    {
+      const auto table = tx.open_read(ref);
+      for (std::uint64_t i = 0; i < table->count; ++i) {
+        const detail::mirror_entry& e = table->entries[i];
+        if (detail::name_of(e.node) == node && detail::name_of(e.service) == service &&
+            e.remote_offset == remote_offset && e.remote_capacity == remote_capacity) {
+          return {ftm::detail::from_offset, e.local_offset, e.local_capacity};
+        }
       }
     }
+    auto table = tx.open(ref);
     if (table->count == max_mirrors) {
       throw usage_error(
           fmt::format("ftm::nats: more than {} remote reply ports call this node's services (the "
@@ -423,8 +429,10 @@ class bridge {
   /// Waits (at most `slice`) until a bound or mirror port may hold a message.
   void await_ports(E& engine, std::chrono::milliseconds slice) const;
   /// Publishes every entry of `node`'s outbox, oldest first; false if JetStream did
-  /// not store the oldest one yet (no answer, or refused).
-  bool drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams) const;
+  /// not store the oldest one yet (no answer, or refused). `answered` is set false if
+  /// the server did not answer at all.
+  bool drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
+             bool& answered) const;
 
   node_options options_;
   std::vector<route> routes_;
@@ -558,48 +566,71 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
 }
 
 template <watchable_engine E>
-bool bridge<E>::drain(E& engine, client& c, const std::string& node,
-                      std::set<std::string>& streams) const {
-  const stable<detail::outbox> box = atomically(engine, [&](transaction<E>& tx) {
-    const std::uint64_t off = ftm::detail::byte_access::find_root(
-        tx, detail::outbox_root(node), ftm::detail::root_type_of<detail::outbox>());
-    return stable<detail::outbox>(ftm::detail::from_offset, off);
+bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
+                      bool& answered) const {
+  stable<detail::outbox> box;
+  // Every waiting entry (read-only), published as one window with no lock held: all
+  // in flight at once, in order, each with its own id. Then one transaction removes
+  // the oldest entries up to the first one not stored; the rest go again next time,
+  // with the same ids (JetStream answers "duplicate", or the receiver's hw drops
+  // them). A later entry stored before an earlier one is not lost order: the receiver
+  // holds it until its predecessor came.
+  std::vector<detail::outbox_entry> window;
+  atomically(engine, [&](transaction<E>& tx) {
+    window.clear();
+    box = stable<detail::outbox>(
+        ftm::detail::from_offset,
+        ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
+                                            ftm::detail::root_type_of<detail::outbox>()));
+    if (!box) return;
+    const auto b = tx.open_read(box);
+    for (std::uint64_t i = b->head; i != b->tail; ++i)
+      window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
   });
-  if (!box) return true;
-  for (std::uint64_t rounds = 0; rounds < outbox_capacity; ++rounds) {
-    // Read the oldest entry (read-only), publish it with no lock held, then remove it.
-    std::optional<detail::outbox_entry> head;
-    atomically(engine, [&](transaction<E>& tx) {
-      head.reset();
-      const auto b = tx.open_read(box);
-      if (b->head == b->tail) return;
-      head = *tx.open_read(b->slots[b->head % outbox_capacity]);
-    });
-    if (!head) return true;
-    if (!streams.contains(node)) {
-      std::string why;
-      if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
-                           &why)) {
-        return false;
-      }
-      streams.insert(node);
+  if (window.empty()) return true;
+  if (!streams.contains(node)) {
+    std::string why;
+    if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
+                         &why)) {
+      answered = false;
+      return false;
     }
-    const std::string id = fmt::format("{}/{}/{}", options_.name, head->epoch, head->n);
-    const publish_result r = c.publish(detail::name_of(head->subject), id,
-                                       std::span<const std::byte>(head->bytes, head->size));
-    if (r == publish_result::refused) streams.erase(node);  // make it again if it is gone
-    if (r == publish_result::no_answer || r == publish_result::refused) return false;
+    streams.insert(node);
+  }
+  std::vector<std::string> ids;
+  ids.reserve(window.size());
+  std::vector<client::outgoing> out;
+  out.reserve(window.size());
+  for (const detail::outbox_entry& e : window) {
+    ids.push_back(fmt::format("{}/{}/{}", options_.name, e.epoch, e.n));
+    out.push_back(
+        {detail::name_of(e.subject), ids.back(), std::span<const std::byte>(e.bytes, e.size)});
+  }
+  const std::vector<publish_result> results = c.publish_window(out);
+  std::size_t done = 0;
+  while (done < results.size() &&
+         (results[done] == publish_result::stored || results[done] == publish_result::duplicate)) {
+    ++done;
+  }
+  if (std::find(results.begin(), results.end(), publish_result::refused) != results.end())
+    streams.erase(node);  // make it again if it is gone
+  if (std::all_of(results.begin(), results.end(),
+                  [](publish_result r) { return r == publish_result::no_answer; })) {
+    answered = false;
+  }
+  if (done > 0) {
     atomically(engine, [&](transaction<E>& tx) {
       auto b = tx.open(box);
-      if (b->head == b->tail) return;
-      const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
-      if (e->n != head->n || e->epoch != head->epoch) return;
-      ++b->head;
-      ++b->published;
-      if (r == publish_result::duplicate) ++b->duplicates;
+      for (std::size_t i = 0; i < done && b->head != b->tail; ++i) {
+        const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
+        if (e->n != window[i].n || e->epoch != window[i].epoch) return;
+        ++b->head;
+        ++b->published;
+        if (results[i] == publish_result::duplicate) ++b->duplicates;
+      }
     });
   }
-  return true;
+  return done == results.size();
 }
 
 template <watchable_engine E>
@@ -610,11 +641,15 @@ void bridge<E>::run_outbound(E& engine) const {
   std::set<std::string> destinations;
   int backoff = 0;
   for (;;) {
-    ftm::heartbeat();
     const std::uint64_t taken = fill(engine, destinations);
     bool stored_all = true;
+    bool answered = true;
     for (const std::string& node : destinations)
-      stored_all = drain(engine, c, node, streams) && stored_all;
+      stored_all = drain(engine, c, node, streams, answered) && stored_all;
+    // The lease is renewed only while the server answers: an instance whose
+    // connection is stuck (a libnats thread hung, say) is killed when its lease ends and
+    // started again, instead of retrying forever.
+    if (answered) ftm::heartbeat();
     if (!stored_all) {
       // No answer (the server is down, a leader is being elected) or refused (a
       // full stream): the same ids again, a little later.
@@ -639,22 +674,24 @@ void bridge<E>::run_inbound(E& engine) const {
     return ftm::detail::reserved_root<detail::inbound_state>(tx, detail::inbound_root);
   });
   client c(options_.nats);
+  // Here and below the lease is renewed only when the server answered (see
+  // run_outbound): a stuck connection gets the instance restarted.
   for (std::string why;
        !c.ensure_stream(stream, fmt::format("ftm.{}.>", options_.name), options_.stream, &why);) {
-    ftm::heartbeat();
     detail::sleep_ms(20);
   }
+  ftm::heartbeat();
   // (Re)start the consumer after the last message known applied: deliveries the
   // previous instance took and never acked come at once, not after their AckWait.
   auto resync = [&] {
     for (;;) {
-      ftm::heartbeat();
       bool found = false;
       const std::optional<std::uint64_t> acked = c.ack_floor(stream, consumer, &found);
       if (found && !acked) {
         detail::sleep_ms(20);
         continue;
       }
+      ftm::heartbeat();
       const std::uint64_t floor = atomically(engine, [&](transaction<E>& tx) {
         auto s = tx.open(state);
         s->floor = std::max(s->floor, acked.value_or(0));
@@ -672,7 +709,6 @@ void bridge<E>::run_inbound(E& engine) const {
   auto last_resync = std::chrono::steady_clock::now();
   auto last_delivery = last_resync;
   for (;;) {
-    ftm::heartbeat();
     const std::optional<delivery> d = c.next(100ms);
     if (!d) {
       // Quiet for a second: check that the consumer still exists. A server killed just
@@ -682,6 +718,7 @@ void bridge<E>::run_inbound(E& engine) const {
         last_delivery = std::chrono::steady_clock::now();
         bool found = false;
         const std::optional<std::uint64_t> acked = c.ack_floor(stream, consumer, &found);
+        if (acked || !found) ftm::heartbeat();  // the server answered
         if (!acked && !found) {
           std::string why;
           if (c.ensure_stream(stream, fmt::format("ftm.{}.>", options_.name), options_.stream,
@@ -693,6 +730,7 @@ void bridge<E>::run_inbound(E& engine) const {
       }
       continue;
     }
+    ftm::heartbeat();
     last_delivery = std::chrono::steady_clock::now();
     enum class outcome { applied, dropped, held, rejected, stale, full };
     const std::optional<detail::message_id> id = detail::parse_id(d->message_id);

@@ -96,6 +96,18 @@ class client {
   publish_result publish(std::string_view subject, std::string_view id,
                          std::span<const std::byte> data, std::string* error = nullptr);
 
+  /// One message of a publish window.
+  struct outgoing {
+    std::string_view subject;
+    std::string_view id;  ///< its `Nats-Msg-Id`
+    std::span<const std::byte> data;
+  };
+  /// Publishes every message of `window` at once, in order, each with its message id,
+  /// and waits (at most the client's timeout) for all their PubAcks: one round trip
+  /// for the lot instead of one per message. `results[i]` is the answer to
+  /// `window[i]`; a message without an answer in time is `no_answer`.
+  std::vector<publish_result> publish_window(std::span<const outgoing> window);
+
   /// The ack floor of a consumer (every stream sequence up to it was acked), or
   /// nothing if the consumer or its stream does not exist (then `found` is false) or
   /// no answer came (`found` true: unknown).

@@ -1,0 +1,157 @@
+#ifndef FTM_DETAIL_MAP_VIEW_HPP
+#define FTM_DETAIL_MAP_VIEW_HPP
+
+/// \file
+/// What the views of `stable_hash_map` and `stable_map` share: their binding to the
+/// transaction (no copy, no move, checked use), the checked lookups built on a map's own
+/// `find`, and the forward iterator over the entries of their nodes. Each map supplies
+/// only its cursor (where an entry is, and how to reach the next) and its `find`.
+
+#include <ftm/detail/config.hpp>
+#include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/type_name.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/stable.hpp>
+#include <ftm/transaction.hpp>
+
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <string>
+#include <type_traits>
+
+namespace ftm::FTM_ABI_NAMESPACE::detail {
+
+/// A map's names in messages: `container` ("stable_hash_map") and `view`
+/// ("ftm::opened_hash_map"). Each map header specialises it.
+template <class Map>
+struct map_names;
+
+/// A forward iterator over a map's entries. `Cursor` holds where it is (`off`, the node's
+/// offset, 0 at the end; `slot`; `node`, the node read, or null until `settle` reads it)
+/// and `settle(view)` moves it to the first entry at or after that place.
+template <class View, class Cursor, class Entry>
+class map_iterator {
+ public:
+  using iterator_concept = std::forward_iterator_tag;
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = Entry;
+  using difference_type = std::ptrdiff_t;
+  using reference = const value_type&;
+  using pointer = const value_type*;
+
+  map_iterator() = default;
+  map_iterator(const View* view, Cursor at) : view_(view), at_(at) { at_.settle(*view_); }
+
+  reference operator*() const { return at_.node->entry[at_.slot]; }
+  pointer operator->() const { return &at_.node->entry[at_.slot]; }
+  map_iterator& operator++() {
+    ++at_.slot;
+    at_.settle(*view_);
+    return *this;
+  }
+  map_iterator operator++(int) {
+    auto t = *this;
+    ++*this;
+    return t;
+  }
+  friend bool operator==(const map_iterator& a, const map_iterator& b) noexcept {
+    return a.at_.off == b.at_.off && a.at_.slot == b.at_.slot;
+  }
+
+ private:
+  const View* view_ = nullptr;
+  Cursor at_{};
+};
+
+/// The base of a map's view: `Derived` (the map's own view base) gives `find(key)`,
+/// `begin()` and `end()`; this gives the rest of the read interface and the checked
+/// access to the transaction and the nodes.
+template <class Derived, class Map, engine E, bool Writable>
+class map_view {
+  using names = map_names<Map>;
+
+ public:
+  using key_type = typename Map::key_type;
+  using mapped_type = typename Map::mapped_type;
+  using value_type = typename Map::value_type;
+  using size_type = std::uint64_t;
+
+  // clang-format off
+  // Both compilers quote these lines in their "deleted" diagnostics: they carry the rule.
+  map_view(const map_view&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
+  map_view(map_view&&) = delete;  // an opened ftm container cannot be copied or moved: it is bound to its transaction; keep the ftm::stable<C> handle and open it again where you need it
+  map_view& operator=(const map_view&) = delete;  // an opened ftm container cannot be copied or moved
+  map_view& operator=(map_view&&) = delete;  // an opened ftm container cannot be copied or moved
+  // clang-format on
+
+  [[nodiscard]] bool empty() const { return self().begin() == self().end(); }
+  auto cbegin() const { return self().begin(); }
+  auto cend() const { return self().end(); }
+
+  [[nodiscard]] bool contains(const key_type& key) const {
+    return self().find(key) != self().end();
+  }
+  [[nodiscard]] size_type count(const key_type& key) const { return contains(key) ? 1 : 0; }
+  /// The value of `key`; `ftm::invalid_argument` if there is none.
+  const mapped_type& at(const key_type& key) const {
+    const auto it = self().find(key);
+    if (it == self().end()) {
+      throw invalid_argument(fmt::format("{}<{}, {}>::at: no such key", names::container,
+                                         type_name<key_type>(), type_name<mapped_type>()));
+    }
+    return it->second;
+  }
+
+  [[nodiscard]] stable<Map> ref() const noexcept { return ref_; }
+
+ protected:
+  using map_pointer = std::conditional_t<Writable, Map*, const Map*>;
+
+  /// Opens the map's own object for reading (a shared lock): a write view's changes
+  /// lock what they touch, and the map's object only when they change it.
+  map_view(transaction<E>& t, stable<Map> ref)
+      : tx_(&t), ref_(ref), map_(const_cast<map_pointer>(read_node<Map>(t, checked(ref)))) {}
+  ~map_view() = default;
+
+  /// The offset of `ref`, refused if it is null.
+  static std::uint64_t checked(stable<Map> ref) {
+    if (!ref) {
+      throw usage_error(
+          fmt::format("ftm::open: the ftm::stable<{}> handle is null", names::container));
+    }
+    return ref.offset();
+  }
+
+  /// A broken structure, found by `verify()`.
+  [[noreturn]] static void fail(const std::string& what) {
+    throw bad_pool(fmt::format("{}<{}, {}>: {}", names::container, type_name<key_type>(),
+                               type_name<mapped_type>(), what));
+  }
+
+  transaction<E>& tx() const {
+#if FTM_CHECKED
+    require_live(tx_, names::view);
+#endif
+    return *tx_;
+  }
+
+  template <class N>
+  const N* read(std::uint64_t off) const {
+    return read_node<N>(tx(), off);
+  }
+
+  transaction<E>* tx_;
+  stable<Map> ref_;
+  map_pointer map_;
+
+ private:
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
+
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
+
+#endif  // FTM_DETAIL_MAP_VIEW_HPP
