@@ -107,13 +107,12 @@ class opened_hash_map_base;
 /// another object), empty when value-initialised, as large as the pool allows.
 ///
 /// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
-/// table of buckets holding chains of 8-entry nodes. A lookup takes shared locks on the
-/// path to its key; `insert_or_assign` locks the nodes of its key's chain up to the
-/// key's (opened once, for writing; a chain is mostly one node); an insert
-/// or erase also locks its segment, and splits at most one bucket of it. So
-/// transactions on keys of different segments never conflict, updates of values never
-/// conflict with each other unless they share a chain, and no operation locks the whole
-/// map.
+/// table of buckets holding chains of 8-entry nodes. A lookup reads the path to its key
+/// without locks (validated at commit); `insert_or_assign` locks the nodes of its key's chain up to
+/// the key's (opened once, for writing; a chain is mostly one node); an insert or erase also locks
+/// its segment, and splits at most one bucket of it. So transactions on keys of different segments
+/// never conflict, updates of values never conflict with each other unless they share a chain, and
+/// no operation locks the whole map.
 ///
 /// Open it in a transaction with `ftm::open(tx, ref)` (to change it) or
 /// `ftm::open_read(tx, ref)`. Strings as values: hold a `stable<stable_string>`.
@@ -209,7 +208,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   using iterator = const_iterator;
   using typename view::size_type;
 
-  /// The number of entries: reads every segment's count (256 shared locks).
+  /// The number of entries: reads every segment's count (256 reads, no locks).
   [[nodiscard]] size_type size() const {
     size_type n = 0;
     for (std::size_t s = 0; s < hash_segments; ++s) {
@@ -318,7 +317,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     return page == 0 ? 0 : this->template read<bucket_page>(page)->head[bucket % bucket_page_slots];
   }
 
-  /// Finds `key` with shared locks on its path.
+  /// Finds `key`, reading its path without locks.
   /// With `for_write`, opens the chain's nodes for writing as it goes (an update then
   /// opens the key's node once, not once to read and again to write).
   hash_position locate(const K& key, bool for_write = false) const {
@@ -355,7 +354,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
 /// `ftm::open` gives: bound to its transaction, neither copied nor moved. Iterators and
 /// references are valid until the transaction ends; a read view is a forward range of
 /// `map_entry<K, V>` (members `first`, `second`), for the standard algorithms. This is
-/// the read view: it takes shared locks only.
+/// the read view: it takes no locks.
 template <class K, class V, class Hash, engine E, bool Writable = false>
 class opened_hash_map : public detail::opened_hash_map_base<K, V, Hash, E, false> {
   static_assert(!Writable);
@@ -367,8 +366,8 @@ class opened_hash_map : public detail::opened_hash_map_base<K, V, Hash, E, false
       : base(tx, ref) {}
 };
 
-/// The write view (`ftm::open`). Opening it takes only a shared lock on the map's own
-/// object (an exclusive one the first time, to make its segment table): each change
+/// The write view (`ftm::open`). Opening it only reads the map's own
+/// object (it locks it the first time, to make its segment table): each change
 /// locks what it touches.
 template <class K, class V, class Hash, engine E>
 class opened_hash_map<K, V, Hash, E, true>
@@ -570,7 +569,7 @@ opened_hash_map<K, V, Hash, E, true> open(transaction<E>& tx,
   return {detail::from_offset, tx, ref};
 }
 
-/// Opens a hash map in `tx` to read it: shared locks only.
+/// Opens a hash map in `tx` to read it: no locks.
 template <class K, class V, class Hash, engine E>
 opened_hash_map<K, V, Hash, E, false> open_read(transaction<E>& tx,
                                                 stable<stable_hash_map<K, V, Hash>> ref) {

@@ -66,7 +66,7 @@ class opened_map_base;
 /// handle held in another object), empty when value-initialised.
 ///
 /// A B+ tree: inner nodes of 32 keys, leaves of about 4 KiB linked in key order. A
-/// lookup takes shared locks down one path; changing a value, inserting into a leaf
+/// lookup reads one path without locks; changing a value, inserting into a leaf
 /// with room or erasing locks that leaf only; a full leaf splits, locking its parent
 /// too (and so on up while they are full; the map's own object when the root splits).
 /// Erasing never merges nodes: an emptied leaf stays in the tree for later keys of its
@@ -135,7 +135,7 @@ class opened_map_base : public map_view<opened_map_base<K, V, Compare, E, Writab
   using iterator = const_iterator;
   using typename view::size_type;
 
-  /// The number of entries: walks the leaves (a shared lock on each).
+  /// The number of entries: walks the leaves (reading each, no locks).
   [[nodiscard]] size_type size() const {
     size_type n = 0;
     for (std::uint64_t off = first_leaf(); off != 0;) {
@@ -276,7 +276,7 @@ class opened_map_base : public map_view<opened_map_base<K, V, Compare, E, Writab
 /// are valid until the transaction ends; a read view is a forward range of
 /// `map_entry<K, V>` in key order, for the standard algorithms
 /// (`m.lower_bound(a)` up to `m.lower_bound(b)` is a range scan). This
-/// is the read view: it takes shared locks only.
+/// is the read view: it takes no locks.
 template <class K, class V, class Compare, engine E, bool Writable = false>
 class opened_map : public detail::opened_map_base<K, V, Compare, E, false> {
   static_assert(!Writable);
@@ -287,7 +287,7 @@ class opened_map : public detail::opened_map_base<K, V, Compare, E, false> {
       : base(tx, ref) {}
 };
 
-/// The write view (`ftm::open`): opening it takes only a shared lock on the map's own
+/// The write view (`ftm::open`): opening it only reads the map's own
 /// object; each change locks what it touches.
 template <class K, class V, class Compare, engine E>
 class opened_map<K, V, Compare, E, true> : public detail::opened_map_base<K, V, Compare, E, true> {
@@ -430,7 +430,7 @@ opened_map<K, V, Compare, E, true> open(transaction<E>& tx, stable<stable_map<K,
   return {detail::from_offset, tx, ref};
 }
 
-/// Opens an ordered map in `tx` to read it: shared locks only.
+/// Opens an ordered map in `tx` to read it: no locks.
 template <class K, class V, class Compare, engine E>
 opened_map<K, V, Compare, E, false> open_read(transaction<E>& tx,
                                               stable<stable_map<K, V, Compare>> ref) {
