@@ -109,7 +109,7 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
     return out;
   }
   if (copy_from<std::uint32_t>(bytes) == port_kind_v1) {
-    out.push_back(
+    out.emplace_back(
         "it is a port of format 1 (one object holding the whole ring), which this ftm does not "
         "read (it reads format 2: a header and slot blocks)");
     return out;

@@ -240,9 +240,9 @@ class protected_view {
     if (last_slot_[d] != no_slot && slot_holder_[last_slot_[d]] == no_descriptor) {
       slot = last_slot_[d];
     } else {
-      for (std::uint8_t s = 0; s < nkeys_; ++s) {
+      for (std::size_t s = 0; s < nkeys_; ++s) {
         if (slot_holder_[s] == no_descriptor) {
-          slot = s;
+          slot = static_cast<std::uint8_t>(s);
           break;
         }
       }
