@@ -509,6 +509,6 @@ TEST_CASE_TEMPLATE("stable_map: updates of keys in different leaves never confli
     m.verify();
     CHECK(m.size() == 3 * per_thread);
     CHECK(std::ranges::all_of(
-        m, [](const auto& e) { return e.second == (e.first / per_thread == 1 ? 0U : 3U); }));
+        m, [&](const auto& e) { return e.second == (e.first / per_thread == 1 ? 0U : 3U); }));
   });
 }
