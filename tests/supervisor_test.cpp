@@ -313,7 +313,7 @@ TEST_CASE_TEMPLATE("a hung task is killed when its lease expires, and restarted"
   shared_page<timing> t;
   // Heartbeats every sixth of the lease: a beat late by 5 periods on a loaded machine
   // still keeps the task alive.
-  static constexpr auto lease = 300ms;
+  static constexpr auto lease = 600ms;
   ftm::supervisor<E> sup(
       *pool, {.name = "hangs", .lease = lease, .intensity = {.max_restarts = 1, .period = 60s}},
       [tp = &*t](E&, ftm::task_context& ctx) {
@@ -362,7 +362,7 @@ TEST_CASE_TEMPLATE("a stopped task is killed and reaped before its transaction i
   };
   shared_page<seen> s;
   ftm::supervisor<E> sup(
-      *pool, {.name = "stopped", .lease = 150ms}, [sp = &*s](E& e, ftm::task_context& ctx) {
+      *pool, {.name = "stopped", .lease = 500ms}, [sp = &*s](E& e, ftm::task_context& ctx) {
         const state st = read_state(e);
         if (!ctx.restarted()) {
           sp->first_pid.store(::getpid());
@@ -383,7 +383,9 @@ TEST_CASE_TEMPLATE("a stopped task is killed and reaped before its transaction i
       });
   ftm_test::running_supervisor<E> runner(sup);
   REQUIRE(eventually([&] { return s->in_tx.load() == 1; }));
-  std::this_thread::sleep_for(300ms);  // two leases: heartbeats kept it alive
+  // Two leases: heartbeats every 5 ms kept it alive (a lease of 500 ms leaves a loaded
+  // machine 100 missed beats before a false kill).
+  std::this_thread::sleep_for(1000ms);
   CHECK(sup.stats().lease_kills == 0);
   REQUIRE(sup.signal_task(SIGSTOP));
   const auto report = runner.join();
