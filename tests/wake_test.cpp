@@ -147,7 +147,9 @@ TEST_CASE("a commit wakes a sleeping watcher with a futex wake") {
 
 TEST_CASE("no wake-up is lost in round trips between threads") {
   auto pool = ftm_test::engine_factory<E>::make();
-  const auto [to, from] = two_ports(*pool);
+  const auto ports = two_ports(*pool);  // not a structured binding: lambdas capture it
+  const auto to = ports.first;
+  const auto from = ports.second;
   std::atomic<bool> echoed{false};
   std::thread server([&] { echoed = echo(*pool, to, from); });
   const bool answered = ping_pong(*pool, to, from);
