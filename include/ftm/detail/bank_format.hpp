@@ -178,10 +178,13 @@ inline void set_boot_id(pool_header& h, std::string_view boot) noexcept {
 /// word watchers sleep on, bumped by every wake; `global.watchers` counts the
 /// watchers of the whole pool, so a commit with nobody waiting reads one word; each
 /// bucket counts the watchers of the objects that hash to it. Each on its own cache
-/// line: committers only read them unless someone waits.
+/// line: committers only read them unless someone waits. `global.sleepers` counts the
+/// watchers asleep on the futex (or about to be), so a wake makes the system call only
+/// when one sleeps; in the line's padding, zero in older pool files.
 struct alignas(64) watch_line {
   std::atomic<std::uint32_t> changes;
   std::atomic<std::uint32_t> watchers;
+  std::atomic<std::uint32_t> sleepers;  // `global` only
 };
 inline constexpr std::uint32_t watch_buckets = 31;
 struct watch_table {

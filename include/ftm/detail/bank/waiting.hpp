@@ -118,8 +118,17 @@ class bank_watchers : public bank_descriptors {
         timespec ts{};
         ts.tv_sec = static_cast<time_t>(left.count() / 1000000000);
         ts.tv_nsec = static_cast<long>(left.count() % 1000000000);
-        // Not FUTEX_PRIVATE_FLAG: watchers and committers are in different processes.
-        if (::syscall(SYS_futex, futex_word(w), FUTEX_WAIT, seen, &ts, nullptr, 0) == 0) break;
+        // Counted as a sleeper before the last look at `changes` (both sequentially
+        // consistent, as `wake_watchers`' bump and its look at `sleepers`): either the
+        // waker sees the sleeper and wakes it, or this look sees the bump.
+        w.global.sleepers.fetch_add(1, std::memory_order_seq_cst);
+        long woken = -1;
+        if (w.global.changes.load(std::memory_order_seq_cst) == seen) {
+          // Not FUTEX_PRIVATE_FLAG: watchers and committers are in different processes.
+          woken = ::syscall(SYS_futex, futex_word(w), FUTEX_WAIT, seen, &ts, nullptr, 0);
+        }
+        w.global.sleepers.fetch_sub(1, std::memory_order_release);
+        if (woken == 0) break;
       }
     }
     for (const watch_token& t : tokens) {
@@ -173,6 +182,10 @@ class bank_watchers : public bank_descriptors {
     bank_layout::watch_table& w = watches();
     if (w.global.watchers.load(std::memory_order_seq_cst) == 0) return;
     w.global.changes.fetch_add(1, std::memory_order_seq_cst);
+    // A watcher not yet asleep sees the bump before it sleeps: only a sleeping one
+    // needs the system call. (One killed asleep leaves the count up: every wake then
+    // makes the call, as all did before the count.)
+    if (w.global.sleepers.load(std::memory_order_seq_cst) == 0) return;
     ::syscall(SYS_futex, futex_word(w), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
   }
 };
