@@ -1,0 +1,176 @@
+#ifndef FTM_DETAIL_MAP_STRINGS_HPP
+#define FTM_DETAIL_MAP_STRINGS_HPP
+
+/// \file
+/// The strings a stable map owns when its key or value type is `stable_string`: how an
+/// entry holds one (`string_slot`: length, hash, a 16-byte inline prefix, and chunks
+/// for the rest), how the map makes, frees, compares and reads it inside the caller's
+/// transaction (`ftm::string_ref`, in its own header, is the read view an entry gives).
+
+#include <ftm/detail/config.hpp>
+#include <ftm/detail/container_nodes.hpp>
+#include <ftm/engine.hpp>
+#include <ftm/error.hpp>
+#include <ftm/stable.hpp>
+#include <ftm/stable_string.hpp>
+#include <ftm/stable_vector.hpp>
+#include <ftm/transaction.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <compare>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+namespace ftm::FTM_ABI_NAMESPACE::detail {
+
+/// Bytes of a map-owned string held in its entry: a string this short has no chunks.
+inline constexpr std::size_t inline_prefix = 16;
+
+/// A `stable_string` held in a map's entry. `rep` is a sequence of bytes like a
+/// `stable_string`'s (its chunks belong to the entry: the node's lock covers its
+/// length and directory); strings of at most `inline_prefix` bytes have no chunks and
+/// live in `prefix` only. Longer strings keep their first `inline_prefix` bytes in
+/// `prefix` too, and `hash` is the map's hash of the whole string, so a lookup opens a
+/// string's chunks only when hash, length and prefix all tie.
+struct string_slot {
+  sequence_rep rep;
+  std::uint64_t hash;
+  char prefix[inline_prefix];
+};
+static_assert(sizeof(string_slot) == 40);
+
+template <class T>
+inline constexpr bool is_map_string = std::is_same_v<T, stable_string>;
+
+/// What a map's node holds for a key or value of type `T`.
+template <class T>
+using slot_t = std::conditional_t<is_map_string<T>, string_slot, T>;
+
+/// What a map's lookups and inserts take for a key or value of type `T`.
+template <class T>
+using arg_t = std::conditional_t<is_map_string<T>, std::string_view, const T&>;
+
+/// The bytes of `s` without opening its chunks, when it has none.
+inline std::string_view inline_text(const string_slot& s) noexcept {
+  return {s.prefix, std::min<std::uint64_t>(s.rep.size, inline_prefix)};
+}
+
+/// The bytes `[pos, pos + out.size())` of `s`.
+template <engine E>
+void read_slot(transaction<E>& tx, const string_slot& s, std::uint64_t pos, std::span<char> out) {
+  if (s.rep.size <= inline_prefix) {
+    std::memcpy(out.data(), s.prefix + pos, out.size());
+    return;
+  }
+  sequence_core<char, E, false>(tx, &s.rep).read(pos, out);
+}
+
+template <engine E>
+std::string slot_string(transaction<E>& tx, const string_slot& s) {
+  std::string out(s.rep.size, '\0');
+  read_slot(tx, s, 0, std::span<char>(out.data(), out.size()));
+  return out;
+}
+
+/// A new slot holding `text` (hashed as `hash`); its chunks are allocated in `tx`.
+template <engine E>
+string_slot make_slot(transaction<E>& tx, std::string_view text, std::uint64_t hash) {
+  string_slot s{};
+  s.hash = hash;
+  std::memcpy(s.prefix, text.data(), std::min(text.size(), inline_prefix));
+  if (text.size() <= inline_prefix) {
+    s.rep.size = text.size();
+    return s;
+  }
+  sequence_core<char, E, true> core(tx, &s.rep);
+  core.resize(text.size(), "a stable map's string");
+  core.write(0, std::span<const char>(text.data(), text.size()));
+  return s;
+}
+
+/// Frees the chunks of `s` in `tx` (an abort keeps them).
+template <engine E>
+void free_slot(transaction<E>& tx, string_slot s) {
+  if (s.rep.size <= inline_prefix) return;
+  sequence_core<char, E, true>(tx, &s.rep).resize(0, "a stable map's string");
+}
+
+/// Compares `s` with `text` as `std::string_view::compare` does; opens chunks only
+/// when the first `inline_prefix` bytes tie and both are longer.
+template <engine E>
+int compare_slot(transaction<E>& tx, const string_slot& s, std::string_view text) {
+  const std::size_t head = std::min<std::uint64_t>({s.rep.size, text.size(), inline_prefix});
+  if (const int c = std::memcmp(s.prefix, text.data(), head); c != 0) return c < 0 ? -1 : 1;
+  if (s.rep.size > inline_prefix && text.size() > inline_prefix) {
+    sequence_core<char, E, false> core(tx, &s.rep);
+    const std::uint64_t n = std::min<std::uint64_t>(s.rep.size, text.size());
+    char buf[512];
+    for (std::uint64_t done = inline_prefix; done < n;) {
+      const std::uint64_t k = std::min<std::uint64_t>(sizeof buf, n - done);
+      core.read(done, std::span<char>(buf, k));
+      if (const int c = std::memcmp(buf, text.data() + done, k); c != 0) return c < 0 ? -1 : 1;
+      done += k;
+    }
+  }
+  return s.rep.size < text.size() ? -1 : s.rep.size > text.size() ? 1 : 0;
+}
+
+/// Compares two slots; opens chunks only when their prefixes tie and both are longer.
+template <engine E>
+int compare_slots(transaction<E>& tx, const string_slot& a, const string_slot& b) {
+  if (b.rep.size <= inline_prefix) return compare_slot(tx, a, inline_text(b));
+  if (a.rep.size <= inline_prefix) return -compare_slot(tx, b, inline_text(a));
+  if (const int c = std::memcmp(a.prefix, b.prefix, inline_prefix); c != 0) return c < 0 ? -1 : 1;
+  // Both long with one prefix: compare the rest a block at a time.
+  sequence_core<char, E, false> ca(tx, &a.rep);
+  sequence_core<char, E, false> cb(tx, &b.rep);
+  const std::uint64_t n = std::min(a.rep.size, b.rep.size);
+  char x[512];
+  char y[512];
+  for (std::uint64_t done = inline_prefix; done < n;) {
+    const std::uint64_t k = std::min<std::uint64_t>(sizeof x, n - done);
+    ca.read(done, std::span<char>(x, k));
+    cb.read(done, std::span<char>(y, k));
+    if (const int c = std::memcmp(x, y, k); c != 0) return c < 0 ? -1 : 1;
+    done += k;
+  }
+  return a.rep.size < b.rep.size ? -1 : a.rep.size > b.rep.size ? 1 : 0;
+}
+
+/// Whether `s` holds `text`, whose hash is `hash`: hash, length and prefix first.
+template <engine E>
+bool slot_equals(transaction<E>& tx, const string_slot& s, std::string_view text,
+                 std::uint64_t hash) {
+  return s.hash == hash && s.rep.size == text.size() && compare_slot(tx, s, text) == 0;
+}
+
+/// What `verify()` checks of an owned string: chunks for exactly its length (each of
+/// them opened), the prefix equal to its first bytes; its text for further checks.
+template <engine E>
+std::string checked_slot_text(transaction<E>& tx, const string_slot& s, const char* what,
+                              void (*fail)(const std::string&)) {
+  if (s.rep.size <= inline_prefix) {
+    if (s.rep.top != 0) fail(fmt::format("{} of {} bytes has chunks", what, s.rep.size));
+    return std::string(inline_text(s));
+  }
+  if (s.rep.top == 0) fail(fmt::format("{} of {} bytes has no chunks", what, s.rep.size));
+  if (s.rep.size > sequence_core<char, E, false>::max_size()) {
+    fail(fmt::format("{} claims {} bytes", what, s.rep.size));
+  }
+  std::string text = slot_string(tx, s);
+  if (std::memcmp(text.data(), s.prefix, inline_prefix) != 0) {
+    fail(fmt::format("{} of {} bytes: its prefix differs from its chunks", what, s.rep.size));
+  }
+  return text;
+}
+
+}  // namespace ftm::FTM_ABI_NAMESPACE::detail
+
+#endif  // FTM_DETAIL_MAP_STRINGS_HPP
