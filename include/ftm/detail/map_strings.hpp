@@ -30,21 +30,70 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// Bytes of a map-owned string held in its entry: a string this short has no chunks.
+/// Bytes of a map-owned string held in its entry: a string this short has no other
+/// storage.
 inline constexpr std::size_t inline_prefix = 16;
 
-/// A `stable_string` held in a map's entry. `rep` is a sequence of bytes like a
-/// `stable_string`'s (its chunks belong to the entry: the node's lock covers its
-/// length and directory); strings of at most `inline_prefix` bytes have no chunks and
-/// live in `prefix` only. Longer strings keep their first `inline_prefix` bytes in
-/// `prefix` too, and `hash` is the map's hash of the whole string, so a lookup opens a
-/// string's chunks only when hash, length and prefix all tie.
+/// One object holding all the bytes of a string of at most `N` bytes (and more than
+/// the next smaller size): strings up to one chunk take one object of the smallest
+/// of four sizes, not a directory and a chunk.
+template <std::size_t N>
+struct text_block {
+  char bytes[N];
+};
+inline constexpr std::size_t text_block_sizes[] = {64, 256, 1024, chunk_bytes};
+inline constexpr std::size_t largest_text_block = chunk_bytes;
+
+/// A `stable_string` held in a map's entry. Up to `inline_prefix` bytes live in
+/// `prefix` only. Up to `largest_text_block` bytes live in one `text_block` whose
+/// offset is `rep.top`. Longer strings are a sequence of bytes like a `stable_string`'s
+/// (`rep`: length and chunk directory). Either storage belongs to the entry: the node's
+/// lock covers the string's length and where it is. A string longer than the prefix
+/// keeps its first `inline_prefix` bytes in `prefix` too, and `hash` is the map's hash
+/// of the whole string (0 in an ordered map), so a lookup opens a string's storage only
+/// when hash, length and prefix all tie.
 struct string_slot {
   sequence_rep rep;
   std::uint64_t hash;
   char prefix[inline_prefix];
 };
 static_assert(sizeof(string_slot) == 40);
+
+/// Calls `f(text_block<N>{})` for the block size that holds `size` bytes (which is
+/// more than `inline_prefix` and at most `largest_text_block`).
+template <class F>
+decltype(auto) with_block(std::uint64_t size, F&& f) {
+  if (size <= text_block_sizes[0]) return f(text_block<text_block_sizes[0]>{});
+  if (size <= text_block_sizes[1]) return f(text_block<text_block_sizes[1]>{});
+  if (size <= text_block_sizes[2]) return f(text_block<text_block_sizes[2]>{});
+  return f(text_block<text_block_sizes[3]>{});
+}
+
+/// Reads a slot's bytes: from the entry, its block (opened once) or its chunks.
+template <engine E>
+class slot_reader {
+ public:
+  slot_reader(transaction<E>& tx, const string_slot& s) : core_(tx, &s.rep) {
+    if (s.rep.size <= inline_prefix) {
+      bytes_ = s.prefix;
+    } else if (s.rep.size <= largest_text_block) {
+      bytes_ = with_block(s.rep.size, [&](auto b) -> const char* {
+        return read_node<decltype(b)>(tx, s.rep.top)->bytes;
+      });
+    }
+  }
+  void read(std::uint64_t pos, std::span<char> out) {
+    if (bytes_ != nullptr) {
+      std::memcpy(out.data(), bytes_ + pos, out.size());
+    } else {
+      core_.read(pos, out);
+    }
+  }
+
+ private:
+  const char* bytes_ = nullptr;
+  sequence_core<char, E, false> core_;
+};
 
 template <class T>
 inline constexpr bool is_map_string = std::is_same_v<T, stable_string>;
@@ -65,11 +114,7 @@ inline std::string_view inline_text(const string_slot& s) noexcept {
 /// The bytes `[pos, pos + out.size())` of `s`.
 template <engine E>
 void read_slot(transaction<E>& tx, const string_slot& s, std::uint64_t pos, std::span<char> out) {
-  if (s.rep.size <= inline_prefix) {
-    std::memcpy(out.data(), s.prefix + pos, out.size());
-    return;
-  }
-  sequence_core<char, E, false>(tx, &s.rep).read(pos, out);
+  slot_reader<E>(tx, s).read(pos, out);
 }
 
 template <engine E>
@@ -79,7 +124,7 @@ std::string slot_string(transaction<E>& tx, const string_slot& s) {
   return out;
 }
 
-/// A new slot holding `text` (hashed as `hash`); its chunks are allocated in `tx`.
+/// A new slot holding `text` (hashed as `hash`); its storage is allocated in `tx`.
 template <engine E>
 string_slot make_slot(transaction<E>& tx, std::string_view text, std::uint64_t hash) {
   string_slot s{};
@@ -87,18 +132,29 @@ string_slot make_slot(transaction<E>& tx, std::string_view text, std::uint64_t h
   std::memcpy(s.prefix, text.data(), std::min(text.size(), inline_prefix));
   if (text.size() <= inline_prefix) {
     s.rep.size = text.size();
-    return s;
+  } else if (text.size() <= largest_text_block) {
+    s.rep.size = text.size();
+    with_block(text.size(), [&](auto b) {
+      using block = decltype(b);
+      s.rep.top = new_node<block>(tx);
+      std::memcpy(write_node<block>(tx, s.rep.top)->bytes, text.data(), text.size());
+    });
+  } else {
+    sequence_core<char, E, true> core(tx, &s.rep);
+    core.resize(text.size(), "a stable map's string");
+    core.write(0, std::span<const char>(text.data(), text.size()));
   }
-  sequence_core<char, E, true> core(tx, &s.rep);
-  core.resize(text.size(), "a stable map's string");
-  core.write(0, std::span<const char>(text.data(), text.size()));
   return s;
 }
 
-/// Frees the chunks of `s` in `tx` (an abort keeps them).
+/// Frees the storage of `s` in `tx` (an abort keeps it).
 template <engine E>
 void free_slot(transaction<E>& tx, string_slot s) {
   if (s.rep.size <= inline_prefix) return;
+  if (s.rep.size <= largest_text_block) {
+    with_block(s.rep.size, [&](auto b) { free_node<decltype(b)>(tx, s.rep.top); });
+    return;
+  }
   sequence_core<char, E, true>(tx, &s.rep).resize(0, "a stable map's string");
 }
 
@@ -109,7 +165,7 @@ int compare_slot(transaction<E>& tx, const string_slot& s, std::string_view text
   const std::size_t head = std::min<std::uint64_t>({s.rep.size, text.size(), inline_prefix});
   if (const int c = std::memcmp(s.prefix, text.data(), head); c != 0) return c < 0 ? -1 : 1;
   if (s.rep.size > inline_prefix && text.size() > inline_prefix) {
-    sequence_core<char, E, false> core(tx, &s.rep);
+    slot_reader<E> core(tx, s);
     const std::uint64_t n = std::min<std::uint64_t>(s.rep.size, text.size());
     char buf[512];
     for (std::uint64_t done = inline_prefix; done < n;) {
@@ -129,8 +185,8 @@ int compare_slots(transaction<E>& tx, const string_slot& a, const string_slot& b
   if (a.rep.size <= inline_prefix) return -compare_slot(tx, b, inline_text(a));
   if (const int c = std::memcmp(a.prefix, b.prefix, inline_prefix); c != 0) return c < 0 ? -1 : 1;
   // Both long with one prefix: compare the rest a block at a time.
-  sequence_core<char, E, false> ca(tx, &a.rep);
-  sequence_core<char, E, false> cb(tx, &b.rep);
+  slot_reader<E> ca(tx, a);
+  slot_reader<E> cb(tx, b);
   const std::uint64_t n = std::min(a.rep.size, b.rep.size);
   char x[512];
   char y[512];
@@ -151,22 +207,23 @@ bool slot_equals(transaction<E>& tx, const string_slot& s, std::string_view text
   return s.hash == hash && s.rep.size == text.size() && compare_slot(tx, s, text) == 0;
 }
 
-/// What `verify()` checks of an owned string: chunks for exactly its length (each of
-/// them opened), the prefix equal to its first bytes; its text for further checks.
+/// What `verify()` checks of an owned string: storage for exactly its length (its
+/// block or each chunk opened, as the type of its size), the prefix equal to its first
+/// bytes; its text for further checks.
 template <engine E>
 std::string checked_slot_text(transaction<E>& tx, const string_slot& s, const char* what,
                               void (*fail)(const std::string&)) {
   if (s.rep.size <= inline_prefix) {
-    if (s.rep.top != 0) fail(fmt::format("{} of {} bytes has chunks", what, s.rep.size));
+    if (s.rep.top != 0) fail(fmt::format("{} of {} bytes has storage", what, s.rep.size));
     return std::string(inline_text(s));
   }
-  if (s.rep.top == 0) fail(fmt::format("{} of {} bytes has no chunks", what, s.rep.size));
+  if (s.rep.top == 0) fail(fmt::format("{} of {} bytes has no storage", what, s.rep.size));
   if (s.rep.size > sequence_core<char, E, false>::max_size()) {
     fail(fmt::format("{} claims {} bytes", what, s.rep.size));
   }
   std::string text = slot_string(tx, s);
   if (std::memcmp(text.data(), s.prefix, inline_prefix) != 0) {
-    fail(fmt::format("{} of {} bytes: its prefix differs from its chunks", what, s.rep.size));
+    fail(fmt::format("{} of {} bytes: its prefix differs from its storage", what, s.rep.size));
   }
   return text;
 }
