@@ -253,3 +253,23 @@ ENGINE_TEST("stable_map<uint64_t, stable_string> against a model") {
 ENGINE_TEST("stable_map<stable_string, stable_string> against a model") {
   random_operations<E, stable_map<stable_string, stable_string>>();
 }
+
+TEST_CASE("a string_ref used after its transaction ended is refused") {
+  using pool_t = ftm::engines::dual_bank;
+  auto pool = engine_factory<pool_t>::make();
+  ftm::transaction<pool_t> tx(*pool);
+  tx.begin();
+  auto ref = tx.create<stable_hash_map<std::uint64_t, stable_string>>();
+  ftm::open(tx, ref).insert_or_assign(1, std::string(5000, 'x'));
+  tx.commit();
+  tx.begin();
+  auto m = ftm::open_read(tx, ref);
+  const auto kept = m.at(1);
+  CHECK(kept.size() == 5000);
+  CHECK(kept.str() == std::string(5000, 'x'));
+  CHECK_THROWS_AS(static_cast<void>(m.at(2)), ftm::invalid_argument);
+  tx.commit();
+#if FTM_CHECKED
+  CHECK_THROWS_AS(static_cast<void>(kept.str()), ftm::usage_error);
+#endif
+}
