@@ -162,7 +162,8 @@ void free_slot(transaction<E>& tx, string_slot s) {
 /// when the first `inline_prefix` bytes tie and both are longer.
 template <engine E>
 int compare_slot(transaction<E>& tx, const string_slot& s, std::string_view text) {
-  const std::size_t head = std::min<std::uint64_t>({s.rep.size, text.size(), inline_prefix});
+  const auto head =
+      static_cast<std::size_t>(std::min<std::uint64_t>({s.rep.size, text.size(), inline_prefix}));
   if (const int c = std::memcmp(s.prefix, text.data(), head); c != 0) return c < 0 ? -1 : 1;
   if (s.rep.size > inline_prefix && text.size() > inline_prefix) {
     slot_reader<E> core(tx, s);
