@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <numeric>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -81,7 +82,28 @@ int main() {
   // [end-snippet]
   fmt::print("{} books, {} pages, {} from 1960 on in the first scan, {} bytes of notes\n", count,
              pages, from_1960, notes);
-  const bool ok =
-      count == 499 && pages == 499 * 100 + (499 * 500) / 2 && from_1960 == 10 && notes == 200000;
+
+  // [snippet:strings]
+  using titles_map = ftm::stable_map<ftm::stable_string, ftm::stable_string>;  // title -> text
+  const auto titles = ftm::atomically(pool, [](transaction& tx) {
+    auto t = ftm::open(tx, ftm::root<titles_map>(tx, "titles"));
+    t.insert_or_assign("The Trial", "Someone must have slandered Josef K.");
+    t.insert_or_assign("The Castle", std::string(300000, 'K'));  // 300 KB: the map owns it
+    t.insert_or_assign("Amerika", "As Karl Rossmann, a poor boy of sixteen");
+    t.insert_or_assign("The Castle", "It was late in the evening");  // frees the 300 KB
+    t.erase("Amerika");
+    return t.ref();
+  });
+  // Entries give their strings as ftm::string_ref: read in the transaction, copied out.
+  const auto [first_the, opening] = ftm::atomically(pool, [&](transaction& tx) {
+    auto t = ftm::open_read(tx, titles);
+    const auto it = t.lower_bound("The ");
+    return std::pair{it->first.str(), t.at("The Trial").substr(0, 17)};
+  });
+  // [end-snippet]
+  fmt::print("first title from \"The \": {}; \"The Trial\" opens: {}\n", first_the, opening);
+
+  const bool ok = count == 499 && pages == 499 * 100 + (499 * 500) / 2 && from_1960 == 10 &&
+                  notes == 200000 && first_the == "The Castle" && opening == "Someone must have";
   return ok ? 0 : 1;
 }

@@ -590,3 +590,28 @@ TEST_CASE("ftm-inspect decodes each root's value and walks its containers") {
   CHECK(r.out.find("damaged") == std::string::npos);
   CHECK_MATCH(r.out, "check: ok\n");
 }
+
+TEST_CASE("ftm-inspect shows maps of stable_string keys and values by kind and size") {
+  const fs::path path = ftm_test::scratch_file();
+  {
+    auto pool = pmem::create(path, {.bank_size = std::size_t{16} << 20});
+    ftm::atomically(pool, [](auto& tx) {
+      auto names = ftm::open(
+          tx, ftm::root<ftm::stable_hash_map<ftm::stable_string, ftm::stable_string>>(tx, "names"));
+      for (int k = 0; k < 40; ++k) {
+        names.insert_or_assign("a key longer than sixteen bytes " + std::to_string(k),
+                               std::string(k == 7 ? 70000 : 300, 'v'));
+      }
+      auto sorted = ftm::open(
+          tx, ftm::root<ftm::stable_map<ftm::stable_string, std::uint64_t>>(tx, "sorted"));
+      for (std::uint64_t k = 0; k < 250; ++k)
+        sorted.insert("word " + std::to_string(k), k);
+    });
+  }
+  const auto r = inspect("--check " + path.string());
+  CHECK(r.status == 0);
+  CHECK_MATCH(r.out, "stable_hash_map at offset [0-9]+: 40 elements, storage [0-9]+ objects");
+  CHECK_MATCH(r.out, "stable_map at offset [0-9]+: 250 elements, storage [0-9]+ objects");
+  CHECK(r.out.find("damaged") == std::string::npos);
+  CHECK_MATCH(r.out, "check: ok\n");
+}

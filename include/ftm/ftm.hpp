@@ -19,6 +19,7 @@
 #include <ftm/stable_map.hpp>
 #include <ftm/stable_string.hpp>
 #include <ftm/stable_vector.hpp>
+#include <ftm/string_ref.hpp>
 #include <ftm/supervisor.hpp>
 #include <ftm/transaction.hpp>
 #include <ftm/wait.hpp>

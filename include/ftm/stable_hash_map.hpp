@@ -9,6 +9,7 @@
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/map_strings.hpp>
 #include <ftm/detail/map_view.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <iterator>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -50,6 +52,18 @@ struct stable_hash {
       }
       return detail::mix64(h);
     }
+  }
+};
+
+/// The hash of a `stable_string` key: FNV-1a over its bytes, mixed; the same in every
+/// process and run. A map stores it beside the key, so a split never reads a key.
+template <>
+struct stable_hash<stable_string> {
+  std::uint64_t operator()(std::string_view s) const noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char c : s)
+      h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+    return detail::mix64(h);
   }
 };
 
@@ -115,7 +129,11 @@ class opened_hash_map_base;
 /// no operation locks the whole map.
 ///
 /// Open it in a transaction with `ftm::open(tx, ref)` (to change it) or
-/// `ftm::open_read(tx, ref)`. Strings as values: hold a `stable<stable_string>`.
+/// `ftm::open_read(tx, ref)`. `K` or `V` may be `stable_string`: the map then owns
+/// the strings (an insert makes them, an overwrite or erase frees them), takes and
+/// looks them up as `std::string_view`, and its iterators give them as
+/// `ftm::string_ref`s; an entry keeps a key's hash and first 16 bytes, so a lookup
+/// reads a key's chunks only when hash, length and prefix all match.
 template <class K, class V, class Hash = stable_hash<K>>
 class stable_hash_map {
   static_assert(detail::check_stable_type<K>());
@@ -164,13 +182,15 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
                                              stable_hash_map<K, V, Hash>, E, Writable> {
   using map_type = stable_hash_map<K, V, Hash>;
   using view = map_view<opened_hash_map_base, map_type, E, Writable>;
-  using node = hash_node<K, V>;
+  using SK = slot_t<K>;
+  using SV = slot_t<V>;
+  using node = hash_node<SK, SV>;
 
   /// Where an iterator is: a node's slot, and the segment and bucket of its chain.
   struct cursor {
     std::uint64_t off = 0;
     std::uint64_t slot = 0;
-    const hash_node<K, V>* node = nullptr;
+    const hash_node<SK, SV>* node = nullptr;
     std::size_t segment = hash_segments;  // the end
     std::uint64_t bucket = 0;
 
@@ -178,7 +198,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     /// by bucket, segment by segment.
     void settle(const opened_hash_map_base& m) {
       if (off != 0) {
-        if (node == nullptr) node = m.template read<hash_node<K, V>>(off);
+        if (node == nullptr) node = m.template read<hash_node<SK, SV>>(off);
         if (slot < node->count) return;
         slot = 0;
         off = node->next;
@@ -198,15 +218,21 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
         off = m.head(*s, bucket);
         if (off == 0) ++bucket;
       }
-      node = m.template read<hash_node<K, V>>(off);
+      node = m.template read<hash_node<SK, SV>>(off);
     }
   };
 
  public:
-  /// A forward iterator over the entries, segment by segment, bucket by bucket.
-  using const_iterator = map_iterator<opened_hash_map_base, cursor, map_entry<K, V>>;
-  using iterator = const_iterator;
+  using typename view::key_arg;
   using typename view::size_type;
+  using view::holds_strings;
+  /// A forward iterator over the entries, segment by segment, bucket by bucket: a
+  /// `const map_entry<K, V>&`, or with strings a `map_entry` of `string_ref`s by value.
+  using const_iterator =
+      map_iterator<opened_hash_map_base, cursor,
+                   std::conditional_t<holds_strings, typename view::out_entry, map_entry<K, V>>,
+                   holds_strings>;
+  using iterator = const_iterator;
 
   /// The number of entries: reads every segment's count (256 reads, no locks).
   [[nodiscard]] size_type size() const {
@@ -220,7 +246,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   const_iterator begin() const { return {this, cursor{.segment = 0}}; }
   const_iterator end() const { return {}; }
 
-  const_iterator find(const K& key) const {
+  const_iterator find(key_arg key) const {
     const hash_position p = locate(key);
     if (p.node == 0) return end();
     // The cursor starts from the node `locate` read: no second opening of it.
@@ -231,11 +257,12 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
                          .bucket = p.bucket}};
   }
   /// Whether `key` is there (without reading its node again, as `find` would).
-  [[nodiscard]] bool contains(const K& key) const { return locate(key).node != 0; }
+  [[nodiscard]] bool contains(key_arg key) const { return locate(key).node != 0; }
 
   /// Walks every segment, bucket and node and checks the map's invariants: each
   /// segment's count, node counts, every key in the bucket its hash names, no key
-  /// twice. Throws `ftm::bad_pool` naming the first broken one.
+  /// twice; with strings, each owned string's chunks, prefix and (for keys) stored
+  /// hash. Throws `ftm::bad_pool` naming the first broken one.
   void verify() const {
     for (std::size_t s = 0; s < hash_segments; ++s) {
       const hash_segment* seg = segment_at(s);
@@ -247,7 +274,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
       }
       std::uint64_t seen = 0;
       for (std::uint64_t b = 0; b < nb; ++b) {
-        std::vector<K> keys;
+        std::vector<SK> keys;
         std::uint64_t nodes = 0;
         for (std::uint64_t off = head(*seg, b); off != 0;
              off = this->template read<node>(off)->next) {
@@ -257,13 +284,14 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
             fail(fmt::format("segment {}, bucket {}: a node holds {} entries", s, b, n->count));
           }
           for (std::size_t i = 0; i < n->count; ++i) {
-            const std::uint64_t h = hash_of(n->entry[i].first);
+            verify_strings(n->entry[i]);
+            const std::uint64_t h = stored_hash(n->entry[i].first);
             if (h % hash_segments != s || bucket_of(*seg, h) != b) {
               fail(fmt::format("segment {}, bucket {}: a key hashes to segment {}, bucket {}", s, b,
                                h % hash_segments, bucket_of(*seg, h)));
             }
-            for (const K& k : keys) {
-              if (keys_equal(k, n->entry[i].first)) {
+            for (const SK& k : keys) {
+              if (stored_equal(k, n->entry[i].first)) {
                 fail(fmt::format("segment {}, bucket {}: a key twice", s, b));
               }
             }
@@ -286,7 +314,38 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   opened_hash_map_base(transaction<E>& t, stable<map_type> ref) : view(t, ref) {}
   ~opened_hash_map_base() = default;
 
-  static std::uint64_t hash_of(const K& key) { return Hash{}(key); }
+  static std::uint64_t hash_of(key_arg key) { return Hash{}(key); }
+  /// The hash of a stored key: a string's is stored beside it.
+  static std::uint64_t stored_hash(const SK& key) {
+    if constexpr (is_map_string<K>) {
+      return key.hash;
+    } else {
+      return Hash{}(key);
+    }
+  }
+  /// Whether the stored key `a` is `key`, whose hash is `hash`.
+  bool matches(const SK& a, key_arg key, std::uint64_t hash) const {
+    if constexpr (is_map_string<K>) {
+      return slot_equals(tx(), a, key, hash);
+    } else {
+      return keys_equal(a, key);
+    }
+  }
+  bool stored_equal(const SK& a, const SK& b) const {
+    if constexpr (is_map_string<K>) {
+      return a.hash == b.hash && a.rep.size == b.rep.size && compare_slots(tx(), a, b) == 0;
+    } else {
+      return keys_equal(a, b);
+    }
+  }
+  /// `verify()`'s check of the strings an entry owns.
+  void verify_strings(const map_entry<SK, SV>& e) const {
+    if constexpr (is_map_string<K>) {
+      const std::string text = checked_slot_text(tx(), e.first, "a key", &fail);
+      if (hash_of(text) != e.first.hash) fail("a key's stored hash is not its text's");
+    }
+    if constexpr (is_map_string<V>) checked_slot_text(tx(), e.second, "a value", &fail);
+  }
   static std::uint64_t& table_of(map_type& m) noexcept { return m.table_; }
 
   static std::uint64_t buckets(const hash_segment& s) noexcept {
@@ -320,7 +379,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   /// Finds `key`, reading its path without locks.
   /// With `for_write`, opens the chain's nodes for writing as it goes (an update then
   /// opens the key's node once, not once to read and again to write).
-  hash_position locate(const K& key, bool for_write = false) const {
+  hash_position locate(key_arg key, bool for_write = false) const {
     hash_position p;
     p.hash = hash_of(key);
     p.segment = p.hash % hash_segments;
@@ -332,7 +391,7 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
       const node* n = for_write ? write_node<node>(tx(), off) : this->template read<node>(off);
       for (std::size_t i = 0; i < n->count; ++i) {
-        if (keys_equal(n->entry[i].first, key)) {
+        if (matches(n->entry[i].first, key, p.hash)) {
           p.node = off;
           p.found = n;
           p.slot = i;
@@ -374,20 +433,27 @@ class opened_hash_map<K, V, Hash, E, true>
     : public detail::opened_hash_map_base<K, V, Hash, E, true> {
   using base = detail::opened_hash_map_base<K, V, Hash, E, true>;
   using map_type = stable_hash_map<K, V, Hash>;
-  using node = detail::hash_node<K, V>;
+  using SK = detail::slot_t<K>;
+  using SV = detail::slot_t<V>;
+  using node = detail::hash_node<SK, SV>;
+  using value_arg = detail::arg_t<V>;
 
  public:
   using size_type = std::uint64_t;
+  using typename base::key_arg;
 
   opened_hash_map(detail::from_offset_t, transaction<E>& tx, stable<map_type> ref)
       : base(tx, ref) {}
 
-  /// Sets the value of `key`, inserting it if it is new; true if it was inserted.
-  bool insert_or_assign(const K& key, const V& value) {
+  /// Sets the value of `key`, inserting it if it is new; true if it was inserted. A
+  /// string value replaced is freed, in this transaction.
+  bool insert_or_assign(key_arg key, value_arg value) {
     const detail::hash_position p = this->locate(key, true);
     if (p.node != 0) {
       // Opened for writing by `locate`.
-      const_cast<node*>(static_cast<const node*>(p.found))->entry[p.slot].second = value;
+      SV& slot = const_cast<node*>(static_cast<const node*>(p.found))->entry[p.slot].second;
+      this->template release<V>(slot);
+      slot = this->template store<V>(value);
       return false;
     }
     add(p, key, value);
@@ -395,28 +461,32 @@ class opened_hash_map<K, V, Hash, E, true>
   }
 
   /// Inserts `key` with `value` if it is not there; true if it was inserted.
-  bool insert(const K& key, const V& value) {
+  bool insert(key_arg key, value_arg value) {
     const detail::hash_position p = this->locate(key);
     if (p.node != 0) return false;
     add(p, key, value);
     return true;
   }
 
-  /// The value of `key` for writing, inserted value-initialised if it is new.
-  V& operator[](const K& key) {
+  /// The value of `key` for writing, inserted value-initialised if it is new (not for
+  /// a string value: use `insert_or_assign`).
+  V& operator[](key_arg key) requires(!detail::is_map_string<V>) {
     detail::hash_position p = this->locate(key);
     if (p.node == 0) p = add(p, key, V{});
     return detail::write_node<node>(this->tx(), p.node)->entry[p.slot].second;
   }
 
-  /// Removes `key`; the number of entries removed (0 or 1).
-  size_type erase(const K& key) {
+  /// Removes `key`; the number of entries removed (0 or 1). Strings it owned are
+  /// freed, in this transaction.
+  size_type erase(key_arg key) {
     const detail::hash_position p = this->locate(key);
     if (p.node == 0) return 0;
     transaction<E>& tx = this->tx();
     auto* seg = detail::write_node<detail::hash_segment>(tx, p.segment_off);
     --seg->count;
     auto* n = detail::write_node<node>(tx, p.node);
+    this->template release<K>(n->entry[p.slot].first);
+    this->template release<V>(n->entry[p.slot].second);
     n->entry[p.slot] = n->entry[n->count - 1];
     if (--n->count == 0) {  // unlink the empty node
       if (p.prev == 0) {
@@ -467,8 +537,10 @@ class opened_hash_map<K, V, Hash, E, true>
   }
 
   /// Adds a key that `p` (from `locate`) did not find; where it went.
-  detail::hash_position add(detail::hash_position p, const K& key, const V& value) {
+  detail::hash_position add(detail::hash_position p, key_arg key, value_arg value) {
     transaction<E>& tx = this->tx();
+    const detail::map_entry<SK, SV> entry{this->template store<K>(key, p.hash),
+                                          this->template store<V>(value)};
     if (p.segment_off == 0) {
       p.segment_off = segment_for_insert(p.segment);
       p.bucket = this->bucket_of(*this->template read<detail::hash_segment>(p.segment_off), p.hash);
@@ -478,14 +550,14 @@ class opened_hash_map<K, V, Hash, E, true>
       auto* n = detail::write_node<node>(tx, p.with_room);
       p.node = p.with_room;
       p.slot = n->count;
-      n->entry[n->count++] = {key, value};
+      n->entry[n->count++] = entry;
     } else {
       std::uint64_t& head = head_slot(*seg, p.bucket);
       const std::uint64_t off = detail::new_node<node>(tx);
       auto* n = detail::write_node<node>(tx, off);
       n->next = head;
       n->count = 1;
-      n->entry[0] = {key, value};
+      n->entry[0] = entry;
       head = off;
       p.node = off;
       p.slot = 0;
@@ -506,8 +578,8 @@ class opened_hash_map<K, V, Hash, E, true>
     const std::uint64_t low = detail::initial_buckets << seg.level;
     const std::uint64_t from = seg.split;
     const std::uint64_t to = from + low;
-    std::vector<detail::map_entry<K, V>> stay;
-    std::vector<detail::map_entry<K, V>> move;
+    std::vector<detail::map_entry<SK, SV>> stay;
+    std::vector<detail::map_entry<SK, SV>> move;
     std::vector<std::uint64_t> nodes;
     bool tracked_moves = false;
     std::size_t tracked_index = 0;
@@ -516,7 +588,8 @@ class opened_hash_map<K, V, Hash, E, true>
       nodes.push_back(off);
       for (std::size_t i = 0; i < n->count; ++i) {
         const auto& e = n->entry[i];
-        const bool moves = ((this->hash_of(e.first) / detail::hash_segments) & (2 * low - 1)) == to;
+        const bool moves =
+            ((this->stored_hash(e.first) / detail::hash_segments) & (2 * low - 1)) == to;
         auto& list = moves ? move : stay;
         if (off == p.node && i == p.slot) {
           tracked_moves = moves;
@@ -529,7 +602,7 @@ class opened_hash_map<K, V, Hash, E, true>
     const bool tracked = p.bucket == from;
     std::size_t next_node = 0;
     // Fills a chain with `entries`, reusing the old nodes first; its head.
-    auto build = [&](const std::vector<detail::map_entry<K, V>>& entries, bool holds_tracked) {
+    auto build = [&](const std::vector<detail::map_entry<SK, SV>>& entries, bool holds_tracked) {
       std::uint64_t head = 0;
       std::uint64_t* link = &head;
       for (std::size_t i = 0; i < entries.size(); i += detail::hash_node_entries) {

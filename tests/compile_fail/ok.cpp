@@ -9,6 +9,8 @@
 
 #include <boost/hana/define_struct.hpp>
 
+#include <string>
+
 struct account {
   long balance;
 };
@@ -113,5 +115,15 @@ long containers(ftm::engines::dual_bank& pool) {
     ftm::open(tx, hash)[5] = 6;
     return ftm::open_read(tx, vec)[0] + ftm::open_read(tx, map).at(1) +
            static_cast<long>(ftm::open_read(tx, str).size());
+  });
+}
+
+// Maps of strings: text copied out of atomically with str() (string_map_compare,
+// atomically_returns_string_ref).
+std::string string_maps(ftm::engines::dual_bank& pool) {
+  return ftm::atomically(pool, [](ftm::transaction<ftm::engines::dual_bank>& tx) {
+    auto map = tx.create<ftm::stable_map<ftm::stable_string, ftm::stable_string>>();
+    ftm::open(tx, map).insert_or_assign("key", "value");
+    return ftm::open_read(tx, map).at("key").str();
   });
 }

@@ -1,6 +1,8 @@
 /// \file
 /// Crash tests of the stable containers: a worker process changes a `stable_hash_map`,
-/// a `stable_map`, a `stable_string` and a `stable_vector` in a pool file, one
+/// a `stable_map`, both again with `stable_string` keys and values the maps own (keys
+/// that share a 30-byte prefix or a whole chunk, values past a chunk), a `stable_string`
+/// and a `stable_vector` in a pool file, one
 /// deterministic operation per transaction (inserts that split buckets, leaves and
 /// inner nodes, erases, string growth past chunks and shrinking, vector growth and
 /// shrinking), and is killed by SIGKILL at a random instant after it has committed.
@@ -54,6 +56,8 @@ using pool_t = ftm::engines::pmem;
 using tx_t = ftm::transaction<pool_t>;
 using hash_t = ftm::stable_hash_map<std::uint64_t, std::uint64_t>;
 using tree_t = ftm::stable_map<std::uint64_t, std::uint64_t>;
+using string_hash_t = ftm::stable_hash_map<ftm::stable_string, ftm::stable_string>;
+using string_tree_t = ftm::stable_map<ftm::stable_string, ftm::stable_string>;
 
 /// The pool's record of the work: the containers and how many operations committed.
 struct workload {
@@ -61,6 +65,8 @@ struct workload {
   ftm::stable<tree_t> tree;
   ftm::stable<ftm::stable_string> text;
   ftm::stable<ftm::stable_vector<std::uint64_t>> numbers;
+  ftm::stable<string_hash_t> string_hash;
+  ftm::stable<string_tree_t> string_tree;
   std::uint64_t applied;
 };
 
@@ -72,10 +78,24 @@ struct operation {
   std::uint64_t shrink_text_to;  // ~0: keep
   std::uint64_t push;
   std::uint64_t shrink_numbers_to;  // ~0: keep
+  std::string string_keys[3];
+  std::string string_values[3];
+  std::string string_erase;
 };
 
 constexpr std::uint64_t key_range = 6000;
 constexpr std::uint64_t keep = ~std::uint64_t{0};
+constexpr std::uint64_t string_key_range = 1500;
+
+/// String key `k`: short, 40 bytes sharing a 30-byte prefix, or 4,200 bytes sharing
+/// 4,100 (past the first chunk).
+std::string string_key(std::uint64_t k) {
+  switch (k % 3) {
+    case 0: return "s" + std::to_string(k);
+    case 1: return "a shared prefix, 30 bytes long" + std::to_string(k * 7919);
+    default: return std::string(4100, 'q') + std::to_string(k) + std::string(90, 'r');
+  }
+}
 
 operation operation_at(std::uint64_t i, std::uint64_t text_size, std::uint64_t numbers_size) {
   std::mt19937_64 rng(i * 0x9e3779b97f4a7c15ULL + 1);
@@ -90,6 +110,14 @@ operation operation_at(std::uint64_t i, std::uint64_t text_size, std::uint64_t n
   op.shrink_text_to = text_size > 96 * 1024 ? rng() % 8192 : keep;
   op.push = i;
   op.shrink_numbers_to = numbers_size > 6000 ? rng() % 600 : keep;
+  for (int j = 0; j < 3; ++j) {
+    op.string_keys[j] = string_key(rng() % string_key_range);
+    // Mostly inline or short; one in eight between 5,000 and 13,000 bytes (2-4 chunks).
+    op.string_values[j].resize(rng() % 8 == 0 ? 5000 + rng() % 8000 : rng() % 40);
+    for (auto& c : op.string_values[j])
+      c = static_cast<char>('A' + rng() % 26);
+  }
+  op.string_erase = string_key(rng() % string_key_range);
   return op;
 }
 
@@ -98,6 +126,8 @@ struct model {
   std::map<std::uint64_t, std::uint64_t> tree;
   std::string text;
   std::vector<std::uint64_t> numbers;
+  std::unordered_map<std::string, std::string> string_hash;
+  std::map<std::string, std::string> string_tree;
   std::uint64_t applied = 0;
 
   void apply_next() {
@@ -114,6 +144,12 @@ struct model {
     if (op.shrink_numbers_to != keep) numbers.resize(op.shrink_numbers_to);
     for (int j = 0; j < 8; ++j)
       numbers.push_back(op.push * 8 + j);
+    for (int j = 0; j < 3; ++j) {
+      string_hash[op.string_keys[j]] = op.string_values[j];
+      string_tree[op.string_keys[j]] = op.string_values[j];
+    }
+    string_hash.erase(op.string_erase);
+    string_tree.erase(op.string_erase);
   }
 };
 
@@ -137,6 +173,14 @@ void apply_next(tx_t& tx, ftm::stable<workload> ref) {
   if (op.shrink_numbers_to != keep) numbers.resize(op.shrink_numbers_to);
   for (std::uint64_t j = 0; j < 8; ++j)
     numbers.push_back(op.push * 8 + j);
+  auto string_hash = ftm::open(tx, w->string_hash);
+  auto string_tree = ftm::open(tx, w->string_tree);
+  for (int j = 0; j < 3; ++j) {
+    string_hash.insert_or_assign(op.string_keys[j], op.string_values[j]);
+    string_tree.insert_or_assign(op.string_keys[j], op.string_values[j]);
+  }
+  string_hash.erase(op.string_erase);
+  string_tree.erase(op.string_erase);
 }
 
 /// Walks every container and compares it with the model; the number of operations the
@@ -164,6 +208,16 @@ std::uint64_t verify(pool_t& pool, model& m, const char* when) {
     REQUIRE(text.size() == m.text.size());
     REQUIRE(text == m.text);
     REQUIRE(std::ranges::equal(numbers, m.numbers));
+    auto string_hash = ftm::open_read(tx, w->string_hash);
+    auto string_tree = ftm::open_read(tx, w->string_tree);
+    string_hash.verify();
+    string_tree.verify();
+    REQUIRE(string_hash.size() == m.string_hash.size());
+    for (const auto& e : string_hash)
+      REQUIRE(e.second == m.string_hash.at(e.first.str()));
+    REQUIRE(std::ranges::equal(string_tree, m.string_tree, [](const auto& a, const auto& b) {
+      return a.first == b.first && a.second == b.second;
+    }));
     return w->applied;
   });
 }
@@ -192,6 +246,8 @@ void run_kills(std::uint64_t default_kills) {
       w->tree = tx.create<tree_t>();
       w->text = tx.create<ftm::stable_string>();
       w->numbers = tx.create<ftm::stable_vector<std::uint64_t>>();
+      w->string_hash = tx.create<string_hash_t>();
+      w->string_tree = tx.create<string_tree_t>();
     });
   }
   void* page =
@@ -256,8 +312,10 @@ void run_kills(std::uint64_t default_kills) {
   }
   MESSAGE(
       fmt::format("{} kills, {} operations committed, {} committed but not reported; "
-                  "string {} bytes, hash map {} keys, ordered map {} keys",
-                  kills, m.applied, mid, m.text.size(), m.hash.size(), m.tree.size()));
+                  "string {} bytes, hash map {} keys, ordered map {} keys, maps of strings {} "
+                  "and {} keys",
+                  kills, m.applied, mid, m.text.size(), m.hash.size(), m.tree.size(),
+                  m.string_hash.size(), m.string_tree.size()));
   ::munmap(page, sizeof(progress));
   std::filesystem::remove(path);
   std::filesystem::remove(ftm::detail::redo::redo_log::path_for(path));

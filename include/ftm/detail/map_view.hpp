@@ -9,10 +9,12 @@
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/container_nodes.hpp>
+#include <ftm/detail/map_strings.hpp>
 #include <ftm/detail/type_name.hpp>
 #include <ftm/engine.hpp>
 #include <ftm/error.hpp>
 #include <ftm/stable.hpp>
+#include <ftm/string_ref.hpp>
 #include <ftm/transaction.hpp>
 
 #include <fmt/format.h>
@@ -25,6 +27,32 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
+/// What a map's iterator gives for a key or value of type `T`: a `string_ref` for a
+/// string, a copy of the value otherwise (in a map with a string key or value).
+template <class T, engine E>
+using out_t = std::conditional_t<is_map_string<T>, string_ref<E>, T>;
+
+template <class T, engine E>
+out_t<T, E> make_out(transaction<E>& tx, const slot_t<T>& s) {
+  if constexpr (is_map_string<T>) {
+    return string_ref<E>(tx, s);
+  } else {
+    return s;
+  }
+}
+
+/// An entry given by value holds `string_ref`s: `ftm::atomically` refuses to return it.
+template <class A, class B>
+struct is_opened<map_entry<A, B>> : std::bool_constant<is_opened<A>::value || is_opened<B>::value> {
+};
+
+/// `operator->` of an iterator whose entries are values: holds one.
+template <class T>
+struct arrow_proxy {
+  T value;
+  const T* operator->() const noexcept { return &value; }
+};
+
 /// A map's names in messages: `container` ("stable_hash_map") and `view`
 /// ("ftm::opened_hash_map"). Each map header specialises it.
 template <class Map>
@@ -32,22 +60,36 @@ struct map_names;
 
 /// A forward iterator over a map's entries. `Cursor` holds where it is (`off`, the node's
 /// offset, 0 at the end; `slot`; `node`, the node read, or null until `settle` reads it)
-/// and `settle(view)` moves it to the first entry at or after that place.
-template <class View, class Cursor, class Entry>
+/// and `settle(view)` moves it to the first entry at or after that place. With
+/// `Proxied` (a map of strings), it gives each entry as a value, `view.out(entry)`,
+/// whose strings are `string_ref`s; otherwise a reference into the node.
+template <class View, class Cursor, class Entry, bool Proxied = false>
 class map_iterator {
  public:
   using iterator_concept = std::forward_iterator_tag;
   using iterator_category = std::forward_iterator_tag;
   using value_type = Entry;
   using difference_type = std::ptrdiff_t;
-  using reference = const value_type&;
-  using pointer = const value_type*;
+  using reference = std::conditional_t<Proxied, value_type, const value_type&>;
+  using pointer = std::conditional_t<Proxied, arrow_proxy<value_type>, const value_type*>;
 
   map_iterator() = default;
   map_iterator(const View* view, Cursor at) : view_(view), at_(at) { at_.settle(*view_); }
 
-  reference operator*() const { return at_.node->entry[at_.slot]; }
-  pointer operator->() const { return &at_.node->entry[at_.slot]; }
+  reference operator*() const {
+    if constexpr (Proxied) {
+      return view_->out(at_.node->entry[at_.slot]);
+    } else {
+      return at_.node->entry[at_.slot];
+    }
+  }
+  pointer operator->() const {
+    if constexpr (Proxied) {
+      return {**this};
+    } else {
+      return &at_.node->entry[at_.slot];
+    }
+  }
   map_iterator& operator++() {
     ++at_.slot;
     at_.settle(*view_);
@@ -92,23 +134,54 @@ class map_view {
   auto cbegin() const { return self().begin(); }
   auto cend() const { return self().end(); }
 
-  [[nodiscard]] bool contains(const key_type& key) const {
-    return self().find(key) != self().end();
-  }
-  [[nodiscard]] size_type count(const key_type& key) const { return contains(key) ? 1 : 0; }
-  /// The value of `key`; `ftm::invalid_argument` if there is none.
-  const mapped_type& at(const key_type& key) const {
+  /// What lookups take for a key: `const K&`, or a `std::string_view` for a
+  /// `stable_string` key.
+  using key_arg = arg_t<key_type>;
+  /// Whether entries hold strings the map owns (their iterators give values then).
+  static constexpr bool holds_strings = is_map_string<key_type> || is_map_string<mapped_type>;
+
+  [[nodiscard]] bool contains(key_arg key) const { return self().find(key) != self().end(); }
+  [[nodiscard]] size_type count(key_arg key) const { return contains(key) ? 1 : 0; }
+  /// The value of `key` (a `string_ref` for a string value); `ftm::invalid_argument` if
+  /// there is none.
+  decltype(auto) at(key_arg key) const {
     const auto it = self().find(key);
     if (it == self().end()) {
       throw invalid_argument(fmt::format("{}<{}, {}>::at: no such key", names::container,
                                          type_name<key_type>(), type_name<mapped_type>()));
     }
-    return it->second;
+    if constexpr (holds_strings) {
+      return out_t<mapped_type, E>((*it).second);
+    } else {
+      return static_cast<const mapped_type&>(it->second);
+    }
   }
 
   [[nodiscard]] stable<Map> ref() const noexcept { return ref_; }
 
+  /// What an iterator of a map of strings gives for a stored entry.
+  using out_entry = map_entry<out_t<key_type, E>, out_t<mapped_type, E>>;
+  template <class Stored>
+  out_entry out(const Stored& e) const {
+    return {make_out<key_type, E>(tx(), e.first), make_out<mapped_type, E>(tx(), e.second)};
+  }
+
  protected:
+  /// What a node holds for `a`: `a` itself, or a new owned string (hashed as `hash`).
+  template <class T>
+  slot_t<T> store(arg_t<T> a, std::uint64_t hash = 0) const {
+    if constexpr (is_map_string<T>) {
+      return make_slot(tx(), a, hash);
+    } else {
+      return a;
+    }
+  }
+  /// Frees what `store` allocated for `s` (nothing for a fixed-size type).
+  template <class T>
+  void release(const slot_t<T>& s) const {
+    if constexpr (is_map_string<T>) free_slot(tx(), s);
+  }
+
   using map_pointer = std::conditional_t<Writable, Map*, const Map*>;
 
   /// Opens the map's own object for reading (a shared lock): a write view's changes
