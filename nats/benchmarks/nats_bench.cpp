@@ -17,7 +17,8 @@
 // libnats starts threads and has global state, so the program forks every process
 // that uses it (the bridges, the plain responder) before its own first use of libnats
 // (the plain requester); a task restarted after that would inherit libnats' state
-// from this process, so nothing here is killed.
+// from this process, so nothing here is killed (the tasks have a lease, as deployed;
+// the program says at exit if one was restarted).
 #include "../tests/nats_harness.hpp"
 
 #include <ftm/engines/pmem.hpp>
@@ -34,6 +35,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -63,7 +65,11 @@ constexpr std::size_t max_callers = 4;
 constexpr std::size_t pipeline_depth = 32;
 
 ftm::task_options forever(const char* name) {
+  // The lease of a real deployment (as in the tests and the demo): an instance that
+  // stops renewing it (the bridge renews it only while NATS answers; ftm::serve while
+  // it waits) is killed and started again. A run where that happened says so at exit.
   return {.name = name,
+          .lease = 10000ms,
           .intensity = {.max_restarts = 1000, .period = 1000ms},
           .restart = ftm::restart_policy::permanent};
 }
@@ -178,6 +184,13 @@ struct world {
       s->stop();
     for (auto& t : threads)
       t.join();
+    for (auto& s : sups) {
+      const ftm::task_stats st = s->stats();
+      if (st.restarts != 0 || st.lease_kills != 0) {
+        std::fprintf(stderr, "ftm_nats_bench: a task was restarted, the numbers are suspect: %s\n",
+                     fmt::to_string(st).c_str());
+      }
+    }
     sups.clear();
     a.reset();
     b.reset();
