@@ -266,7 +266,8 @@ class bridge {
                          std::optional<Msg> m = try_receive(tx, local);
                          if (!m) return std::nullopt;
                          return wire{subject, detail::encode(*m)};
-                       }});
+                       },
+                       [local](transaction<E>& tx) { return watch_empty(tx, local); }});
   }
 
   /// Messages other nodes send to `port_name` on this node land in `local`.
@@ -341,6 +342,10 @@ class bridge {
                               e.remote_capacity),
                   detail::encode(*m)};
     };
+    mirror_watchers_[name] = [](transaction<E>& tx, const detail::mirror_entry& e) {
+      return watch_empty(
+          tx, reply_port<Rep>(ftm::detail::from_offset, e.local_offset, e.local_capacity));
+    };
   }
 
   /// The outbound task's entry point, for `ftm::supervisor` (task name e.g. "nats-out").
@@ -366,6 +371,7 @@ class bridge {
     std::string node;
     std::uint64_t port;
     std::function<std::optional<wire>(transaction<E>&)> take;
+    std::function<std::optional<watch_token>(transaction<E>&)> watch;
   };
   /// An outbox entry that JetStream stored (or had stored: `duplicate`).
   struct stored_entry {
@@ -380,11 +386,18 @@ class bridge {
     std::uint64_t taken = 0;
     /// Per destination node, every entry waiting in its outbox, oldest first.
     std::map<std::string, std::vector<detail::outbox_entry>> windows;
-    /// With no window: watches of every bound port, mirror port and the mirror table.
-    std::vector<watch_token> tokens;
   };
   using handler = std::function<bool(transaction<E>&, std::string_view rest,
                                      std::string_view source, std::span<const std::byte>)>;
+
+  /// Watches `port` if it is empty (holding its shared lock); nothing if it is not.
+  template <class Msg>
+  static std::optional<watch_token> watch_empty(transaction<E>& tx, stable_port<Msg> port) {
+    const auto access = ftm::detail::open_port<Msg, false>(tx, port.offset(), port.capacity(),
+                                                           "ftm::nats outbound");
+    if (access.depth() != 0) return std::nullopt;
+    return ftm::detail::byte_access::watch(tx, port.offset());
+  }
 
   template <class Rep>
   static reply_port<Rep> mirror_for(transaction<E>& tx, std::string_view node,
@@ -428,8 +441,10 @@ class bridge {
   /// The outbound side's one transaction per pass: drops from the outboxes what
   /// JetStream stored in the last pass (`stored`), takes what the bound ports and
   /// mirror ports hold into the outboxes while they have room, and reads back every
-  /// waiting entry. When nothing waits, it watches every port in the same transaction.
+  /// waiting entry.
   pass step(E& engine, std::set<std::string>& destinations, const stored_entries& stored) const;
+  /// Waits (at most `slice`) until a bound or mirror port may hold a message.
+  void await_ports(E& engine, std::chrono::milliseconds slice) const;
   /// Publishes `window`, the waiting entries of `node`'s outbox, as one window; adds
   /// to `stored` the oldest entries up to the first one JetStream did not store (no
   /// answer, or refused), and returns whether that was all of them. `answered` is set
@@ -444,6 +459,9 @@ class bridge {
   std::map<std::string,
            std::function<std::optional<wire>(transaction<E>&, const detail::mirror_entry&)>>
       mirror_takers_;
+  std::map<std::string,
+           std::function<std::optional<watch_token>(transaction<E>&, const detail::mirror_entry&)>>
+      mirror_watchers_;
 };
 
 // ---- outbound --------------------------------------------------------------------
@@ -451,139 +469,157 @@ class bridge {
 template <watchable_engine E>
 typename bridge<E>::pass bridge<E>::step(E& engine, std::set<std::string>& destinations,
                                          const stored_entries& stored) const {
-  // Watches registered by an attempt that then ran again are given back (a wait that
-  // is over before it starts unregisters them).
-  std::vector<watch_token> registered;
-  auto give_back = [&] {
-    if (!registered.empty()) {
-      engine.wait(std::span<const watch_token>(registered),
-                  std::chrono::steady_clock::time_point::min());
-      registered.clear();
+  return atomically(engine, [&](transaction<E>& tx) -> pass {
+    pass p;
+    // Each destination's outbox, found (or made, on the first message to it).
+    std::map<std::string, stable<detail::outbox>> boxes;
+    auto find_box = [&](const std::string& node) {
+      auto it = boxes.find(node);
+      if (it != boxes.end()) return it->second;
+      const stable<detail::outbox> ref(
+          ftm::detail::from_offset,
+          ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
+                                              ftm::detail::root_type_of<detail::outbox>()));
+      if (ref) boxes.emplace(node, ref);
+      return ref;
+    };
+    auto make_box = [&](const std::string& node) {
+      stable<detail::outbox> ref = find_box(node);
+      if (ref) return ref;
+      ref = ftm::detail::reserved_root<detail::outbox>(tx, detail::outbox_root(node));
+      boxes.emplace(node, ref);
+      return ref;
+    };
+    // 1. What JetStream stored in the last pass leaves the outboxes: the oldest
+    // entries, as long as they are the ones published.
+    for (const auto& [node, entries] : stored) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box || entries.empty()) continue;
+      auto b = tx.open(box);
+      for (const stored_entry& s : entries) {
+        if (b->head == b->tail) break;
+        const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
+        if (e->n != s.n || e->epoch != s.epoch) break;
+        ++b->head;
+        ++b->published;
+        if (s.duplicate) ++b->duplicates;
+      }
     }
-  };
-  try {
-    pass result = atomically(engine, [&](transaction<E>& tx) -> pass {
-      give_back();
-      pass p;
-      // Each destination's outbox, found (or made, on the first message to it).
-      std::map<std::string, stable<detail::outbox>> boxes;
-      auto find_box = [&](const std::string& node) {
-        auto it = boxes.find(node);
-        if (it != boxes.end()) return it->second;
-        const stable<detail::outbox> ref(
-            ftm::detail::from_offset,
-            ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
-                                                ftm::detail::root_type_of<detail::outbox>()));
-        if (ref) boxes.emplace(node, ref);
-        return ref;
-      };
-      auto make_box = [&](const std::string& node) {
-        stable<detail::outbox> ref = find_box(node);
-        if (ref) return ref;
-        ref = ftm::detail::reserved_root<detail::outbox>(tx, detail::outbox_root(node));
-        boxes.emplace(node, ref);
-        return ref;
-      };
-      // 1. What JetStream stored in the last pass leaves the outboxes: the oldest
-      // entries, as long as they are the ones published.
-      for (const auto& [node, entries] : stored) {
-        const stable<detail::outbox> box = find_box(node);
-        if (!box || entries.empty()) continue;
-        auto b = tx.open(box);
-        for (const stored_entry& s : entries) {
-          if (b->head == b->tail) break;
-          const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
-          if (e->n != s.n || e->epoch != s.epoch) break;
-          ++b->head;
-          ++b->published;
-          if (s.duplicate) ++b->duplicates;
-        }
+    // 2. The bound ports' and mirrors' messages go into the outboxes, while they have
+    // room; each gets its destination's next number.
+    auto room = [&](const std::string& node) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box) return true;
+      const auto b = tx.open_read(box);
+      return b->tail - b->head < outbox_capacity;
+    };
+    auto put = [&](const std::string& node, const wire& w) {
+      auto b = tx.open(make_box(node));
+      if (!b->slots[0]) {
+        for (auto& s : b->slots)
+          s = ftm::create<detail::outbox_entry>(tx);
+        b->epoch = options_.epoch;
       }
-      // 2. The bound ports' and mirrors' messages go into the outboxes, while they have
-      // room; each gets its destination's next number.
-      auto room = [&](const std::string& node) {
-        const stable<detail::outbox> box = find_box(node);
-        if (!box) return true;
-        const auto b = tx.open_read(box);
-        return b->tail - b->head < outbox_capacity;
-      };
-      auto put = [&](const std::string& node, const wire& w) {
-        auto b = tx.open(make_box(node));
-        if (!b->slots[0]) {
-          for (auto& s : b->slots)
-            s = ftm::create<detail::outbox_entry>(tx);
-          b->epoch = options_.epoch;
-        }
-        if (b->epoch < options_.epoch && b->head == b->tail) {
-          b->epoch = options_.epoch;  // a new epoch numbers from 1 again
-          b->next_n = 0;
-        }
-        auto e = tx.open(b->slots[b->tail % outbox_capacity]);
-        e->n = ++b->next_n;
-        e->epoch = b->epoch;
-        e->size = static_cast<std::uint32_t>(w.bytes.size());
-        detail::copy_name(e->subject, w.subject);
-        std::memcpy(e->bytes, w.bytes.data(), w.bytes.size());
-        ++b->tail;
-        ++b->taken;
-        ++p.taken;
-      };
-      // Every port this pass opened, to watch if nothing waits. (Taking opens a port
-      // for writing even when it is empty: the engine refuses a take from a port that
-      // the same transaction read first, as a write_through that its own read forbids.)
-      std::vector<std::uint64_t> ports;
-      for (const route& r : routes_) {
-        destinations.insert(r.node);
-        ports.push_back(r.port);
-        while (room(r.node)) {
-          std::optional<wire> w = r.take(tx);
+      if (b->epoch < options_.epoch && b->head == b->tail) {
+        b->epoch = options_.epoch;  // a new epoch numbers from 1 again
+        b->next_n = 0;
+      }
+      auto e = tx.open(b->slots[b->tail % outbox_capacity]);
+      e->n = ++b->next_n;
+      e->epoch = b->epoch;
+      e->size = static_cast<std::uint32_t>(w.bytes.size());
+      detail::copy_name(e->subject, w.subject);
+      std::memcpy(e->bytes, w.bytes.data(), w.bytes.size());
+      ++b->tail;
+      ++b->taken;
+      ++p.taken;
+    };
+    for (const route& r : routes_) {
+      destinations.insert(r.node);
+      while (room(r.node)) {
+        std::optional<wire> w = r.take(tx);
+        if (!w) break;
+        put(r.node, *w);
+      }
+    }
+    const std::uint64_t table_offset = ftm::detail::byte_access::find_root(
+        tx, detail::mirrors_root, ftm::detail::root_type_of<detail::mirror_table>());
+    if (table_offset != 0) {
+      const auto table =
+          tx.open_read(stable<detail::mirror_table>(ftm::detail::from_offset, table_offset));
+      for (std::uint64_t i = 0; i < table->count; ++i) {
+        const detail::mirror_entry e = table->entries[i];
+        const auto taker = mirror_takers_.find(std::string(detail::name_of(e.service)));
+        if (taker == mirror_takers_.end()) continue;
+        const std::string node(detail::name_of(e.node));
+        destinations.insert(node);
+        while (room(node)) {
+          std::optional<wire> w = taker->second(tx, e);
           if (!w) break;
-          put(r.node, *w);
+          put(node, *w);
         }
       }
-      const std::uint64_t table_offset = ftm::detail::byte_access::find_root(
+    }
+    // 3. Every waiting entry, to publish once this transaction committed.
+    for (const std::string& node : destinations) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box) continue;
+      const auto b = tx.open_read(box);
+      if (b->head == b->tail) continue;
+      std::vector<detail::outbox_entry>& window = p.windows[node];
+      for (std::uint64_t i = b->head; i != b->tail; ++i)
+        window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
+    }
+    return p;
+  });
+}
+
+template <watchable_engine E>
+void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
+  std::vector<watch_token> tokens;
+  const bool all_empty = atomically(engine, [&](transaction<E>& tx) {
+    tokens.clear();
+    bool empty = true;
+    for (const route& r : routes_) {
+      const std::optional<watch_token> t = r.watch(tx);
+      if (!t) {
+        empty = false;
+        break;
+      }
+      tokens.push_back(*t);
+    }
+    if (empty) {
+      const std::uint64_t off = ftm::detail::byte_access::find_root(
           tx, detail::mirrors_root, ftm::detail::root_type_of<detail::mirror_table>());
-      if (table_offset != 0) {
-        ports.push_back(table_offset);  // a new mirror is a new port to watch
+      if (off != 0) {
         const auto table =
-            tx.open_read(stable<detail::mirror_table>(ftm::detail::from_offset, table_offset));
-        for (std::uint64_t i = 0; i < table->count; ++i) {
-          const detail::mirror_entry e = table->entries[i];
-          const auto taker = mirror_takers_.find(std::string(detail::name_of(e.service)));
-          if (taker == mirror_takers_.end()) continue;
-          const std::string node(detail::name_of(e.node));
-          destinations.insert(node);
-          ports.push_back(e.local_offset);
-          while (room(node)) {
-            std::optional<wire> w = taker->second(tx, e);
-            if (!w) break;
-            put(node, *w);
+            tx.open_read(stable<detail::mirror_table>(ftm::detail::from_offset, off));
+        // The table too: a new mirror is a new port to watch.
+        tokens.push_back(ftm::detail::byte_access::watch(tx, off));
+        for (std::uint64_t i = 0; i < table->count && empty; ++i) {
+          const auto w =
+              mirror_watchers_.find(std::string(detail::name_of(table->entries[i].service)));
+          if (w == mirror_watchers_.end()) continue;
+          const std::optional<watch_token> t = w->second(tx, table->entries[i]);
+          if (!t) {
+            empty = false;
+          } else {
+            tokens.push_back(*t);
           }
         }
       }
-      // 3. Every waiting entry, to publish once this transaction committed.
-      for (const std::string& node : destinations) {
-        const stable<detail::outbox> box = find_box(node);
-        if (!box) continue;
-        const auto b = tx.open_read(box);
-        if (b->head == b->tail) continue;
-        std::vector<detail::outbox_entry>& window = p.windows[node];
-        for (std::uint64_t i = b->head; i != b->tail; ++i)
-          window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
-      }
-      // 4. Nothing to publish, so every port was found empty: watch them all, in this
-      // same transaction (a change after its reads ends the wait at once).
-      if (p.windows.empty()) {
-        for (const std::uint64_t off : ports)
-          registered.push_back(ftm::detail::byte_access::watch(tx, off));
-      }
-      return p;
-    });
-    result.tokens = std::move(registered);
-    return result;
-  } catch (...) {
-    give_back();
-    throw;
+    }
+    return empty;
+  });
+  // Every token made is handed to wait() (which unregisters them), even when a port
+  // was found holding a message: then the wait is not blocking.
+  const auto deadline =
+      all_empty ? std::chrono::steady_clock::now() + slice : std::chrono::steady_clock::now();
+  if (!tokens.empty()) {
+    engine.wait(std::span<const watch_token>(tokens), deadline);
+  } else if (all_empty) {
+    // Nothing to watch yet (no bound port, no mirror table): look again soon.
+    std::this_thread::sleep_for(std::min(slice, std::chrono::milliseconds(10)));
   }
 }
 
@@ -639,15 +675,12 @@ void bridge<E>::run_outbound(E& engine) const {
     pass p = step(engine, destinations, stored);
     stored.clear();
     if (p.windows.empty()) {
-      // Nothing to publish: wait (at most 100 ms) for a port or mirror to change.
+      // Nothing to publish: wait (at most 100 ms) for a port or mirror to change. The
+      // watch is a transaction of its own that only reads: watched in `step`, whose
+      // takes write the ports' headers even when they are empty, the commit would wake
+      // this task itself, and every other watcher of the pool, at every pass.
       ftm::heartbeat();
-      if (!p.tokens.empty()) {
-        engine.wait(std::span<const watch_token>(p.tokens),
-                    std::chrono::steady_clock::now() + 100ms);
-      } else {
-        // Nothing to watch yet (no bound port, no mirror table): look again soon.
-        detail::sleep_ms(10);
-      }
+      if (p.taken == 0) await_ports(engine, 100ms);
       continue;
     }
     bool stored_all = true;
