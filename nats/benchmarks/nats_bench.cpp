@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -204,7 +205,8 @@ world* the_world = nullptr;
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<std::size_t>(p / 100 * (v.size() - 1) + 0.5))];
+  const double rank = p / 100 * static_cast<double>(v.size() - 1);
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(std::lround(rank)))];
 }
 
 template <class Call>
