@@ -190,6 +190,7 @@ int main(int argc, char** argv) {
           });
         }));
     std::vector<std::thread> sup_threads;
+    sup_threads.reserve(sups.size());
     for (auto& s : sups)
       sup_threads.emplace_back([p = s.get()] { p->run(); });
 

@@ -12,12 +12,18 @@
 #   add_subdirectory  builds tests/consumer with the README's add_subdirectory block,
 #                     a copy of the source tree in the project's `ftm/`
 #
+#   nats              builds tests/consumer with nats_main.cpp as its program and the
+#                     ```cmake block of docs/nats.md that names `COMPONENTS nats`,
+#                     against the prefix the install mode made (FTM_INSTALLED_PREFIX):
+#                     the README's commands installed ftm::nats, and it links and runs
+#
 # In each mode the consumer program runs and must print "ftm consumer: ok".
 #
 #   FTM_MODE                 install, fetchcontent or add_subdirectory
 #   FTM_SOURCE_DIR           the ftm source tree (README.md, CMakeLists.txt)
 #   FTM_CONSUMER_SOURCE_DIR  tests/consumer
 #   FTM_WORK_DIR             scratch directory (wiped first)
+#   FTM_INSTALLED_PREFIX     (nats) the prefix into which the install mode installed ftm
 #   FTM_GENERATOR, FTM_MAKE_PROGRAM, FTM_CXX_COMPILER, FTM_CONFIG   as in the ftm build
 
 cmake_policy(VERSION 3.23)  # if() compares quoted words as strings (CMP0054)
@@ -28,7 +34,7 @@ foreach(var FTM_MODE FTM_SOURCE_DIR FTM_CONSUMER_SOURCE_DIR FTM_WORK_DIR FTM_GEN
     message(FATAL_ERROR "run.cmake: ${var} is not set")
   endif()
 endforeach()
-if(NOT FTM_MODE MATCHES "^(install|fetchcontent|add_subdirectory)$")
+if(NOT FTM_MODE MATCHES "^(install|fetchcontent|add_subdirectory|nats)$")
   message(FATAL_ERROR "run.cmake: unknown FTM_MODE '${FTM_MODE}'")
 endif()
 if(NOT FTM_CONFIG)
@@ -58,6 +64,12 @@ string(FIND "${section}" "\n## " end)  # up to the next section
 if(NOT end EQUAL -1)
   string(SUBSTRING "${section}" 0 ${end} section)
 endif()
+set(section_name "README.md's 'Install and use' section")
+if(FTM_MODE STREQUAL "nats")
+  # The bridge's block is in docs/nats.md, anywhere in it.
+  file(READ "${FTM_SOURCE_DIR}/docs/nats.md" section)
+  set(section_name "docs/nats.md")
+endif()
 # CMake lists split at ';': hide them while the blocks are picked out.
 string(REPLACE ";" "<semicolon>" section "${section}")
 
@@ -73,8 +85,7 @@ function(readme_block out lang marker)
   endforeach()
   list(LENGTH found n)
   if(NOT n EQUAL 1)
-    message(FATAL_ERROR "README.md's 'Install and use' section has ${n} ```${lang} blocks "
-                        "with '${marker}', not one")
+    message(FATAL_ERROR "${section_name} has ${n} ```${lang} blocks with '${marker}', not one")
   endif()
   string(REGEX REPLACE "^```${lang}\n" "" found "${found}")
   string(REGEX REPLACE "```$" "" found "${found}")
@@ -122,8 +133,12 @@ endfunction()
 
 set(project "${FTM_WORK_DIR}/project")
 set(consumer_build "${FTM_WORK_DIR}/build")
-file(COPY "${FTM_CONSUMER_SOURCE_DIR}/CMakeLists.txt" "${FTM_CONSUMER_SOURCE_DIR}/main.cpp"
-     DESTINATION "${project}")
+file(COPY "${FTM_CONSUMER_SOURCE_DIR}/CMakeLists.txt" DESTINATION "${project}")
+if(FTM_MODE STREQUAL "nats")
+  file(COPY_FILE "${FTM_CONSUMER_SOURCE_DIR}/nats_main.cpp" "${project}/main.cpp")
+else()
+  file(COPY "${FTM_CONSUMER_SOURCE_DIR}/main.cpp" DESTINATION "${project}")
+endif()
 
 set(consumer_args "")
 if(FTM_MODE STREQUAL "install")
@@ -180,6 +195,19 @@ if(FTM_MODE STREQUAL "install")
   list(APPEND consumer_args "-DCMAKE_PREFIX_PATH=${prefix}" "-DFTM_EXPECTED_PREFIX=${prefix}"
        # Only the scratch prefix may provide ftm.
        -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON)
+elseif(FTM_MODE STREQUAL "nats")
+  set(prefix "${FTM_INSTALLED_PREFIX}")
+  if(NOT EXISTS "${prefix}/share/cmake/ftm/ftmConfig.cmake")
+    message(FATAL_ERROR "consumer test (nats): no ftm installed in '${prefix}' "
+                        "(FTM_INSTALLED_PREFIX; the install mode makes it)")
+  endif()
+  readme_block(snippet cmake "COMPONENTS nats")
+  if(NOT snippet MATCHES "ftm::nats")
+    message(FATAL_ERROR "docs/nats.md's block with 'COMPONENTS nats' does not link ftm::nats")
+  endif()
+  list(APPEND consumer_args "-DCMAKE_PREFIX_PATH=${prefix}" "-DFTM_EXPECTED_PREFIX=${prefix}"
+       -DFTM_EXPECT_NATS=ON
+       -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON)
 elseif(FTM_MODE STREQUAL "fetchcontent")
   readme_block(snippet cmake "FetchContent_Declare(ftm")
   # A git repository of the source tree as it is (with uncommitted changes), its
@@ -212,7 +240,7 @@ else()
   list(APPEND consumer_args -DFTM_EXPECT_NO_TOOLS=ON)
 endif()
 
-message(STATUS "README.md's CMake block:\n${snippet}")
+message(STATUS "${section_name}'s CMake block:\n${snippet}")
 file(WRITE "${project}/readme_snippet.cmake" "${snippet}")
 
 set(configure "${CMAKE_COMMAND}"
@@ -236,4 +264,4 @@ message(STATUS "the consumer printed: ${out}")
 if(NOT result EQUAL 0 OR NOT out MATCHES "ftm consumer: ok")
   message(FATAL_ERROR "consumer test (${FTM_MODE}): the program failed (${result})")
 endif()
-message(STATUS "consumer test (${FTM_MODE}): README.md's commands built and ran a program")
+message(STATUS "consumer test (${FTM_MODE}): the documented commands built and ran a program")

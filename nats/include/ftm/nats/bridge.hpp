@@ -14,9 +14,10 @@
 ///
 /// Outbound: one transaction takes a message from a bound port, numbers it `n` (one
 /// sequence per destination node) and puts it into a stable outbox in the pool; no
-/// port lock is held while the network is used. The oldest outbox entry is published
-/// with the id `<node>/<epoch>/<n>` until JetStream answers "stored" or "duplicate",
-/// then a second transaction removes it.
+/// port lock is held while the network is used. The outbox entries are published with
+/// the id `<node>/<epoch>/<n>` until JetStream answers "stored" or "duplicate"; the
+/// next pass's transaction removes them (one transaction per pass: remove what was
+/// stored, take, read back the waiting entries, or watch the ports when none wait).
 ///
 /// Inbound: each node has one stream (`FTM_<node>`, subjects `ftm.<node>.>`) and one
 /// durable consumer with explicit acks. One transaction per delivery: `n <= hw[source]`
@@ -372,6 +373,20 @@ class bridge {
     std::function<std::optional<wire>(transaction<E>&)> take;
     std::function<std::optional<watch_token>(transaction<E>&)> watch;
   };
+  /// An outbox entry that JetStream stored (or had stored: `duplicate`).
+  struct stored_entry {
+    std::uint64_t n;
+    std::uint64_t epoch;
+    bool duplicate;
+  };
+  /// Per destination node, oldest first.
+  using stored_entries = std::map<std::string, std::vector<stored_entry>>;
+  /// What one outbound transaction found.
+  struct pass {
+    std::uint64_t taken = 0;
+    /// Per destination node, every entry waiting in its outbox, oldest first.
+    std::map<std::string, std::vector<detail::outbox_entry>> windows;
+  };
   using handler = std::function<bool(transaction<E>&, std::string_view rest,
                                      std::string_view source, std::span<const std::byte>)>;
 
@@ -423,16 +438,20 @@ class bridge {
     return mirror;
   }
 
-  /// One pass of the outbound side's first transaction: takes what the bound ports and
-  /// mirror ports hold into the outboxes, while they have room. Returns how many.
-  std::uint64_t fill(E& engine, std::set<std::string>& destinations) const;
+  /// The outbound side's one transaction per pass: drops from the outboxes what
+  /// JetStream stored in the last pass (`stored`), takes what the bound ports and
+  /// mirror ports hold into the outboxes while they have room, and reads back every
+  /// waiting entry.
+  pass step(E& engine, std::set<std::string>& destinations, const stored_entries& stored) const;
   /// Waits (at most `slice`) until a bound or mirror port may hold a message.
   void await_ports(E& engine, std::chrono::milliseconds slice) const;
-  /// Publishes every entry of `node`'s outbox, oldest first; false if JetStream did
-  /// not store the oldest one yet (no answer, or refused). `answered` is set false if
-  /// the server did not answer at all.
-  bool drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
-             bool& answered) const;
+  /// Publishes `window`, the waiting entries of `node`'s outbox, as one window; adds
+  /// to `stored` the oldest entries up to the first one JetStream did not store (no
+  /// answer, or refused), and returns whether that was all of them. `answered` is set
+  /// false if the server did not answer at all.
+  bool publish(client& c, const std::string& node, const std::vector<detail::outbox_entry>& window,
+               std::set<std::string>& streams, bool& answered,
+               std::vector<stored_entry>& stored) const;
 
   node_options options_;
   std::vector<route> routes_;
@@ -448,17 +467,54 @@ class bridge {
 // ---- outbound --------------------------------------------------------------------
 
 template <watchable_engine E>
-std::uint64_t bridge<E>::fill(E& engine, std::set<std::string>& destinations) const {
-  return atomically(engine, [&](transaction<E>& tx) -> std::uint64_t {
-    std::uint64_t taken = 0;
-    // Each destination's outbox, made on first use with its entries.
+typename bridge<E>::pass bridge<E>::step(E& engine, std::set<std::string>& destinations,
+                                         const stored_entries& stored) const {
+  return atomically(engine, [&](transaction<E>& tx) -> pass {
+    pass p;
+    // Each destination's outbox, found (or made, on the first message to it).
     std::map<std::string, stable<detail::outbox>> boxes;
-    auto box_of = [&](const std::string& node) {
+    auto find_box = [&](const std::string& node) {
       auto it = boxes.find(node);
       if (it != boxes.end()) return it->second;
-      const stable<detail::outbox> ref =
-          ftm::detail::reserved_root<detail::outbox>(tx, detail::outbox_root(node));
-      auto b = tx.open(ref);
+      const stable<detail::outbox> ref(
+          ftm::detail::from_offset,
+          ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
+                                              ftm::detail::root_type_of<detail::outbox>()));
+      if (ref) boxes.emplace(node, ref);
+      return ref;
+    };
+    auto make_box = [&](const std::string& node) {
+      stable<detail::outbox> ref = find_box(node);
+      if (ref) return ref;
+      ref = ftm::detail::reserved_root<detail::outbox>(tx, detail::outbox_root(node));
+      boxes.emplace(node, ref);
+      return ref;
+    };
+    // 1. What JetStream stored in the last pass leaves the outboxes: the oldest
+    // entries, as long as they are the ones published.
+    for (const auto& [node, entries] : stored) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box || entries.empty()) continue;
+      auto b = tx.open(box);
+      for (const stored_entry& s : entries) {
+        if (b->head == b->tail) break;
+        const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
+        if (e->n != s.n || e->epoch != s.epoch) break;
+        ++b->head;
+        ++b->published;
+        if (s.duplicate) ++b->duplicates;
+      }
+    }
+    // 2. The bound ports' and mirrors' messages go into the outboxes, while they have
+    // room; each gets its destination's next number.
+    auto room = [&](const std::string& node) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box) return true;
+      const auto b = tx.open_read(box);
+      return b->tail - b->head < outbox_capacity;
+    };
+    auto put = [&](const std::string& node, const wire& w) {
+      auto b = tx.open(make_box(node));
       if (!b->slots[0]) {
         for (auto& s : b->slots)
           s = ftm::create<detail::outbox_entry>(tx);
@@ -468,11 +524,6 @@ std::uint64_t bridge<E>::fill(E& engine, std::set<std::string>& destinations) co
         b->epoch = options_.epoch;  // a new epoch numbers from 1 again
         b->next_n = 0;
       }
-      boxes.emplace(node, ref);
-      return ref;
-    };
-    auto put = [&](const std::string& node, const wire& w) {
-      auto b = tx.open(box_of(node));
       auto e = tx.open(b->slots[b->tail % outbox_capacity]);
       e->n = ++b->next_n;
       e->epoch = b->epoch;
@@ -481,11 +532,7 @@ std::uint64_t bridge<E>::fill(E& engine, std::set<std::string>& destinations) co
       std::memcpy(e->bytes, w.bytes.data(), w.bytes.size());
       ++b->tail;
       ++b->taken;
-      ++taken;
-    };
-    auto room = [&](const std::string& node) {
-      auto b = tx.open_read(box_of(node));
-      return b->tail - b->head < outbox_capacity;
+      ++p.taken;
     };
     for (const route& r : routes_) {
       destinations.insert(r.node);
@@ -495,10 +542,11 @@ std::uint64_t bridge<E>::fill(E& engine, std::set<std::string>& destinations) co
         put(r.node, *w);
       }
     }
-    const std::uint64_t off = ftm::detail::byte_access::find_root(
+    const std::uint64_t table_offset = ftm::detail::byte_access::find_root(
         tx, detail::mirrors_root, ftm::detail::root_type_of<detail::mirror_table>());
-    if (off != 0) {
-      const auto table = tx.open_read(stable<detail::mirror_table>(ftm::detail::from_offset, off));
+    if (table_offset != 0) {
+      const auto table =
+          tx.open_read(stable<detail::mirror_table>(ftm::detail::from_offset, table_offset));
       for (std::uint64_t i = 0; i < table->count; ++i) {
         const detail::mirror_entry e = table->entries[i];
         const auto taker = mirror_takers_.find(std::string(detail::name_of(e.service)));
@@ -512,7 +560,17 @@ std::uint64_t bridge<E>::fill(E& engine, std::set<std::string>& destinations) co
         }
       }
     }
-    return taken;
+    // 3. Every waiting entry, to publish once this transaction committed.
+    for (const std::string& node : destinations) {
+      const stable<detail::outbox> box = find_box(node);
+      if (!box) continue;
+      const auto b = tx.open_read(box);
+      if (b->head == b->tail) continue;
+      std::vector<detail::outbox_entry>& window = p.windows[node];
+      for (std::uint64_t i = b->head; i != b->tail; ++i)
+        window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
+    }
+    return p;
   });
 }
 
@@ -566,28 +624,10 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
 }
 
 template <watchable_engine E>
-bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<std::string>& streams,
-                      bool& answered) const {
-  stable<detail::outbox> box;
-  // Every waiting entry (read-only), published as one window with no lock held: all
-  // in flight at once, in order, each with its own id. Then one transaction removes
-  // the oldest entries up to the first one not stored; the rest go again next time,
-  // with the same ids (JetStream answers "duplicate", or the receiver's hw drops
-  // them). A later entry stored before an earlier one is not lost order: the receiver
-  // holds it until its predecessor came.
-  std::vector<detail::outbox_entry> window;
-  atomically(engine, [&](transaction<E>& tx) {
-    window.clear();
-    box = stable<detail::outbox>(
-        ftm::detail::from_offset,
-        ftm::detail::byte_access::find_root(tx, detail::outbox_root(node),
-                                            ftm::detail::root_type_of<detail::outbox>()));
-    if (!box) return;
-    const auto b = tx.open_read(box);
-    for (std::uint64_t i = b->head; i != b->tail; ++i)
-      window.push_back(*tx.open_read(b->slots[i % outbox_capacity]));
-  });
-  if (window.empty()) return true;
+bool bridge<E>::publish(client& c, const std::string& node,
+                        const std::vector<detail::outbox_entry>& window,
+                        std::set<std::string>& streams, bool& answered,
+                        std::vector<stored_entry>& stored) const {
   if (!streams.contains(node)) {
     std::string why;
     if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
@@ -610,6 +650,8 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<st
   std::size_t done = 0;
   while (done < results.size() &&
          (results[done] == publish_result::stored || results[done] == publish_result::duplicate)) {
+    stored.push_back(
+        {window[done].n, window[done].epoch, results[done] == publish_result::duplicate});
     ++done;
   }
   if (std::find(results.begin(), results.end(), publish_result::refused) != results.end())
@@ -617,18 +659,6 @@ bool bridge<E>::drain(E& engine, client& c, const std::string& node, std::set<st
   if (std::all_of(results.begin(), results.end(),
                   [](publish_result r) { return r == publish_result::no_answer; })) {
     answered = false;
-  }
-  if (done > 0) {
-    atomically(engine, [&](transaction<E>& tx) {
-      auto b = tx.open(box);
-      for (std::size_t i = 0; i < done && b->head != b->tail; ++i) {
-        const auto e = tx.open_read(b->slots[b->head % outbox_capacity]);
-        if (e->n != window[i].n || e->epoch != window[i].epoch) return;
-        ++b->head;
-        ++b->published;
-        if (results[i] == publish_result::duplicate) ++b->duplicates;
-      }
-    });
   }
   return done == results.size();
 }
@@ -639,13 +669,24 @@ void bridge<E>::run_outbound(E& engine) const {
   client c(options_.nats);
   std::set<std::string> streams;  // destination streams known to exist
   std::set<std::string> destinations;
+  stored_entries stored;  // published in the last pass, to drop from the outboxes
   int backoff = 0;
   for (;;) {
-    const std::uint64_t taken = fill(engine, destinations);
+    pass p = step(engine, destinations, stored);
+    stored.clear();
+    if (p.windows.empty()) {
+      // Nothing to publish: wait (at most 100 ms) for a port or mirror to change. The
+      // watch is a transaction of its own that only reads: watched in `step`, whose
+      // takes write the ports' headers even when they are empty, the commit would wake
+      // this task itself, and every other watcher of the pool, at every pass.
+      ftm::heartbeat();
+      if (p.taken == 0) await_ports(engine, 100ms);
+      continue;
+    }
     bool stored_all = true;
     bool answered = true;
-    for (const std::string& node : destinations)
-      stored_all = drain(engine, c, node, streams, answered) && stored_all;
+    for (const auto& [node, window] : p.windows)
+      stored_all = publish(c, node, window, streams, answered, stored[node]) && stored_all;
     // The lease is renewed only while the server answers: an instance whose
     // connection is stuck (a libnats thread hung, say) is killed when its lease ends and
     // started again, instead of retrying forever.
@@ -658,7 +699,6 @@ void bridge<E>::run_outbound(E& engine) const {
       continue;
     }
     backoff = 0;
-    if (taken == 0) await_ports(engine, 100ms);
   }
 }
 
