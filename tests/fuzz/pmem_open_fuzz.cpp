@@ -138,14 +138,14 @@ void damage(std::vector<char>& file, const std::uint8_t* p, std::size_t n) {
     std::uint64_t begin, size, scale;
   };
   const region regions[] = {
-      {0, sizeof(layout::pool_header), 1},                           // the header
+      {0, sizeof(layout::pool_header), 1},                               // the header
       {layout::descriptors_begin, layout::default_descriptors * 64, 1},  // descriptors
       {layout::logs_begin(layout::default_descriptors),
        control - layout::logs_begin(layout::default_descriptors), 1},  // their logs
-      {control, 16384, 1},                                           // bank A: roots, records
-      {control + bank, 16384, 1},                                    // bank B: roots, records
-      {control + 65536, bank - 65536, 8},                            // bank A: objects
-      {control + bank + 65536, bank - 65536, 8},                     // bank B: objects
+      {control, 16384, 1},                                             // bank A: roots, records
+      {control + bank, 16384, 1},                                      // bank B: roots, records
+      {control + 65536, bank - 65536, 8},                              // bank A: objects
+      {control + bank + 65536, bank - 65536, 8},                       // bank B: objects
   };
   while (n >= 4) {
     const unsigned which = p[0] % 8;

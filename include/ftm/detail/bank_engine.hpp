@@ -100,9 +100,8 @@ class bank_engine : protected bank_roots {
     thread_local std::uint32_t hint = 0;  // constant-initialised: no guard on each access
     for (std::uint32_t round = 0;; ++round) {
       const std::uint32_t n = descriptors_;
-      if (hint >= n) hint = 0;  // a hint from a pool with more descriptors
-      for (std::uint32_t i = 0; i < n; ++i) {
-        const descriptor_index d = hint + i < n ? hint + i : hint + i - n;
+      descriptor_index d = hint < n ? hint : 0;  // a hint from a larger pool starts at 0
+      for (std::uint32_t i = 0; i < n; ++i, d = d + 1 == n ? 0 : d + 1) {
         descriptor& s = descriptor_at(d);
         owner_id expected = 0;
         if (s.owner.load(std::memory_order_relaxed) == 0 &&
@@ -137,8 +136,7 @@ class bank_engine : protected bank_roots {
   void begin_attached(descriptor_index d, begin_options o = {}) {
     using namespace bank_layout;
     descriptor& s = descriptor_at(d);
-    if (d >= descriptors_ ||
-        s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
+    if (d >= descriptors_ || s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
         (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) [[unlikely]] {
       refuse_session(d);
     }

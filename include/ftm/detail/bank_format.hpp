@@ -58,10 +58,8 @@ enum class entry_kind : std::uint16_t { read = 1, write = 2 };
 /// computed twice for every lock a transaction takes.
 constexpr std::uint16_t entry_check(std::uint32_t d, std::uint64_t offset, std::uint32_t length,
                                     entry_kind kind) noexcept {
-  // Offsets are multiples of 64: `d` fills their low bits, and its high bits (pools of
-  // more than 64 descriptors) go above the largest offset.
-  std::uint64_t x = ((offset | (d & 63) | std::uint64_t{d >> 6} << 48) ^
-                     (std::uint64_t{length} << 40) ^
+  // Offsets are below 2^47: `d` (below 1,024) goes above them.
+  std::uint64_t x = ((offset ^ std::uint64_t{d} << 54) ^ (std::uint64_t{length} << 40) ^
                      (std::uint64_t{static_cast<std::uint16_t>(kind)} << 36)) *
                     0x9e3779b97f4a7c15ull;
   return static_cast<std::uint16_t>((x ^ (x >> 23)) >> 48);
@@ -324,8 +322,7 @@ struct geometry {
 
   /// The layout of a pool with banks of `bank_size` bytes and `descriptors`
   /// transactions at once; `who` names the engine in errors.
-  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries,
-                          std::string_view who,
+  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries, std::string_view who,
                           std::uint32_t descriptors = default_descriptors) {
     if (descriptors < 1 || descriptors > max_descriptors) {
       throw invalid_argument(

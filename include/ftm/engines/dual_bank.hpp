@@ -78,10 +78,10 @@ class dual_bank : private detail::memfd_region, public detail::protectable_bank 
 
   explicit dual_bank(std::size_t bank_size) : dual_bank(options{.bank_size = bank_size}) {}
   explicit dual_bank(options opts)
-      : dual_bank(detail::bank_layout::geometry::compute(
-                      opts.bank_size, opts.max_objects_per_transaction, "dual_bank",
-                      opts.max_transactions),
-                  opts.protected_mode) {}
+      : dual_bank(
+            detail::bank_layout::geometry::compute(opts.bank_size, opts.max_objects_per_transaction,
+                                                   "dual_bank", opts.max_transactions),
+            opts.protected_mode) {}
 
   /// The memfd behind the pool, for handing it to another process.
   [[nodiscard]] int fd() const noexcept { return region_fd(); }

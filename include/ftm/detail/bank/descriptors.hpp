@@ -472,8 +472,7 @@ class bank_descriptors : public bank_mapping {
     return fmt::format(
         "descriptor {} has a malformed log entry {} (offset {} in the file: object offset {}, "
         "length {}, kind {}, check {:#06x})",
-        d, valid,
-        m.logs_begin() + (std::uint64_t{d} * m.max_entries() + valid) * sizeof(log_entry),
+        d, valid, m.logs_begin() + (std::uint64_t{d} * m.max_entries() + valid) * sizeof(log_entry),
         e.offset, e.length, static_cast<unsigned>(e.kind), e.check);
   }
   return {};

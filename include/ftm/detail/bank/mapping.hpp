@@ -76,8 +76,7 @@ class bank_mapping {
   }
 
   log_entry* log_of(descriptor_index d) const noexcept {
-    return reinterpret_cast<log_entry*>(base_ + logs_begin_) +
-           std::uint64_t{d} * max_entries_;
+    return reinterpret_cast<log_entry*>(base_ + logs_begin_) + std::uint64_t{d} * max_entries_;
   }
 
   bank_layout::object_header& header(std::uint64_t off) const noexcept {
