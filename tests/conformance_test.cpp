@@ -293,7 +293,7 @@ ENGINE_TEST("a session runs transactions on one descriptor, like atomically() on
 ENGINE_TEST("sessions hold their descriptors until destroyed, then give them back") {
   auto pool = ftm_test::engine_factory<E>::make();
   std::vector<std::unique_ptr<ftm::session<E>>> sessions;
-  for (std::uint32_t i = 0; i + 1 < E::max_transactions; ++i)
+  for (std::uint32_t i = 0; i + 1 < pool->max_transactions(); ++i)
     sessions.push_back(std::make_unique<ftm::session<E>>(*pool));
   // One descriptor is left: a transaction that claims it runs, and so does a session's.
   auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{1, 0}); });
@@ -303,7 +303,7 @@ ENGINE_TEST("sessions hold their descriptors until destroyed, then give them bac
   ftm::session<E> last(*pool);
   auto held = [&] {
     std::uint32_t n = 0;
-    for (ftm::tx_id d = 0; d < E::max_transactions; ++d) {
+    for (ftm::tx_id d = 0; d < pool->max_transactions(); ++d) {
       ftm::transaction<E> tx(*pool, ftm::detail::on_session, d);
       try {
         tx.begin();
@@ -315,7 +315,7 @@ ENGINE_TEST("sessions hold their descriptors until destroyed, then give them bac
     }
     return n;
   };
-  CHECK(held() == E::max_transactions);
+  CHECK(held() == pool->max_transactions());
   sessions.clear();
   CHECK(held() == 1);  // `last`'s
   CHECK(balance_of(*pool, a) == 2);

@@ -162,6 +162,7 @@ struct base_pool {
   std::uint64_t bank = 0;
   std::uint64_t chunks_offset = 0;
   std::uint32_t max_entries = 0;
+  std::uint32_t descriptors = 0;
   std::optional<std::uint32_t> dead;  // the dead writer's descriptor
   std::uint32_t dead_count = 0;
   std::uint64_t acct = 0, big_off = 0, index = 0;
@@ -182,7 +183,8 @@ struct base_pool {
     return layout::descriptors_begin + d * sizeof(layout::descriptor);
   }
   [[nodiscard]] std::uint64_t entry(std::uint32_t d, std::uint32_t i) const {
-    return layout::logs_begin + (std::uint64_t{d} * max_entries + i) * sizeof(layout::log_entry);
+    return layout::logs_begin(descriptors) +
+           (std::uint64_t{d} * max_entries + i) * sizeof(layout::log_entry);
   }
   /// The file offset of the root entry named `name` in bank `b` (0 or 1).
   [[nodiscard]] std::uint64_t root_entry(int b, std::string_view name) const {
@@ -209,6 +211,7 @@ void survey(base_pool& b, const fs::path& path) {
   b.control = view.header().control_size;
   b.bank = view.header().bank_size;
   b.max_entries = view.header().max_objects_per_transaction;
+  b.descriptors = view.header().max_transactions;
   b.chunks_offset = get<std::uint64_t>(b.file, offsetof(layout::pool_header, chunks_offset));
   auto payload = [&](std::uint64_t off) {
     b.payloads.emplace_back(off + layout::header_size,
@@ -700,9 +703,36 @@ TEST_CASE("a damaged pool header is refused: pool id, boot id, any field") {
       CHECK_CONTAINS(what, "its header is damaged");
     }
   }
-  // Pools of formats 1 (before the checksums) and 2 (the pool's own checksum) are
-  // refused with advice.
-  for (const std::uint32_t old : {1u, 2u}) {
+  // The number of descriptors (format 5): out of range, it names the limit; in range but
+  // not the pool's, the layout it implies is not the file's.
+  const std::uint64_t count_at = offsetof(layout::pool_header, descriptors);
+  for (const std::uint32_t n : {0u, layout::max_descriptors + 1, 0xffffffffu}) {
+    CAPTURE(n);
+    const auto what = expect_error<ftm::bad_pool>(
+        b, [&](auto& f) { put(f, count_at, n); }, [](pmem&) {});
+    CHECK_CONTAINS(what, fmt::format("its header is damaged (it records {} descriptors, but a "
+                                     "pool has 1 to {})",
+                                     n, layout::max_descriptors));
+  }
+  for (const std::uint32_t n : {1u, 63u, 65u, layout::max_descriptors}) {
+    CAPTURE(n);
+    const auto what = expect_error<ftm::bad_pool>(
+        b, [&](auto& f) { put(f, count_at, n); }, [](pmem&) {});
+    CHECK_CONTAINS(what, "its header is damaged");
+  }
+  for (int bit : {0, 6, 9, 31}) {
+    CAPTURE(bit);
+    const auto what = expect_error<ftm::bad_pool>(
+        b,
+        [&](auto& f) {
+          f[count_at + bit / 8] = static_cast<char>(f[count_at + bit / 8] ^ (1 << bit % 8));
+        },
+        [](pmem&) {});
+    CHECK_CONTAINS(what, "its header is damaged");
+  }
+  // Pools of formats 1 (before the checksums), 2 (the pool's own checksum) and 4 (64
+  // descriptors, not recorded) are refused with advice.
+  for (const std::uint32_t old : {1u, 2u, 4u}) {
     const auto what = expect_error<ftm::bad_pool>(
         b, [&](auto& f) { put(f, offsetof(layout::pool_header, version), old); }, [](pmem&) {});
     CHECK_CONTAINS(what, fmt::format("format version {} is older than this ftm's ({}), which "
@@ -745,12 +775,12 @@ TEST_CASE("pool image mutations: an ftm error or a consistent open, never a hang
         m.region = "descriptor";
         m.offset = p.dead ? p.slot(*p.dead) + pick(sizeof(layout::descriptor))
                           : layout::descriptors_begin +
-                                pick(layout::logs_begin - layout::descriptors_begin);
+                                pick(layout::logs_begin(p.descriptors) - layout::descriptors_begin);
         break;
       case 3:
         m.region = "log";
         m.offset = p.dead ? p.entry(*p.dead, 0) + pick(p.dead_count * sizeof(layout::log_entry))
-                          : layout::logs_begin + pick(4096);
+                          : layout::logs_begin(p.descriptors) + pick(4096);
         break;
       case 4:
         m.region = "roots table";

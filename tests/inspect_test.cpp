@@ -98,6 +98,7 @@ TEST_CASE("ftm-inspect shows a fresh pool") {
   CHECK_MATCH(r.out,
               fmt::format("bank size +1048576 bytes \\({} chunks of 65536 bytes\\)", chunks));
   CHECK_MATCH(r.out, "log capacity +16 objects per transaction");
+  CHECK_MATCH(r.out, "descriptors +64 \\(transactions at once\\)\n");
   CHECK_MATCH(r.out, fmt::format("file size +{} bytes", fs::file_size(path)));
   CHECK_MATCH(r.out, "\\(this boot\\)");
   CHECK_MATCH(r.out, "durability +process\n");
@@ -251,6 +252,50 @@ TEST_CASE("ftm-inspect shows the descriptor a killed writer left, and changes no
   {
     auto pool = pmem::open(path);  // recovers
     CHECK(pool.opening_recovery().undone == 1);
+  }
+  const auto after = inspect("--check " + path.string());
+  CHECK(after.status == 0);
+  CHECK_MATCH(after.out, "descriptors in use \\(0\\)\n");
+  CHECK_MATCH(after.out, "check: ok\n");
+}
+
+TEST_CASE("ftm-inspect shows the pool's number of descriptors, and dead writers beyond 64") {
+  const fs::path path = ftm_test::scratch_file();
+  constexpr int writers = 70;
+  {
+    auto pool = pmem::create(path, {.bank_size = std::size_t{1} << 20,
+                                    .max_objects_per_transaction = 128,
+                                    .max_transactions = 100});
+  }
+  const pid_t child = ftm_test::killed_child([&] {
+    auto pool = pmem::open(path);
+    const auto accounts = ftm::atomically(pool, [](auto& tx) {
+      std::vector<ftm::stable<account>> out;
+      for (int i = 0; i < writers; ++i)
+        out.push_back(tx.create(account{i, 0}));
+      return out;
+    });
+    // 70 transactions open at once, each writing its own account, never committed.
+    std::vector<std::unique_ptr<ftm::transaction<pmem>>> txs;
+    for (int i = 0; i < writers; ++i) {
+      auto& tx = *txs.emplace_back(std::make_unique<ftm::transaction<pmem>>(pool));
+      tx.begin();
+      tx.open(accounts[static_cast<std::size_t>(i)])->balance = -1;
+    }
+    ftm_test::die_now();
+  });
+  const auto r = inspect(path.string());
+  CHECK(r.status == 0);
+  CHECK_MATCH(r.out, "descriptors +100 \\(transactions at once\\)\n");
+  CHECK_MATCH(r.out, fmt::format("descriptors in use \\({}\\)\n", writers));
+  CHECK_MATCH(r.out, fmt::format("#69  pid {} \\(dead\\)  active  1 log entries\n", child));
+  const auto c = inspect("--check " + path.string());
+  CHECK(c.status == 1);
+  CHECK_MATCH(c.out, fmt::format("check: {} problems\n", writers));
+  {
+    auto pool = pmem::open(path);  // recovers all of them
+    CHECK(pool.opening_recovery().undone == writers);
+    CHECK(pool.max_transactions() == 100);
   }
   const auto after = inspect("--check " + path.string());
   CHECK(after.status == 0);

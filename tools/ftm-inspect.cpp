@@ -59,6 +59,7 @@ int inspect(const std::string& path, bool check) {
   fmt::print("  bank size       {} bytes ({} chunks of {} bytes)\n", h.bank_size, h.chunks,
              pool.chunk_size);
   fmt::print("  log capacity    {} objects per transaction\n", h.max_objects_per_transaction);
+  fmt::print("  descriptors     {} (transactions at once)\n", h.max_transactions);
   fmt::print("  control region  {} bytes\n", h.control_size);
   fmt::print("  file size       {} bytes\n", h.file_size);
   fmt::print("  boot id         {} ({})\n", h.boot_id.empty() ? "(none)" : h.boot_id,

@@ -23,9 +23,10 @@ namespace ftm::FTM_ABI_NAMESPACE {
 /// `ftm::atomically(session, f)` and `session.transaction()` run transactions on it,
 /// one at a time; they skip the atomic claim of a descriptor that every
 /// `ftm::atomically(engine, f)` makes, which is most of the cost of a tiny
-/// transaction. A pool has a fixed number of descriptors (64 for the dual-bank
-/// engines): while a session lives, its descriptor serves nobody else, so keep one
-/// session per thread that runs many transactions, not one per transaction.
+/// transaction. A pool has a fixed number of descriptors (for the dual-bank
+/// engines `options::max_transactions`, 64 unless chosen): while a session lives,
+/// its descriptor serves nobody else, so keep one session per thread that runs many
+/// transactions, not one per transaction.
 ///
 /// A session belongs to the thread and process that made it: not copyable nor
 /// movable, and a transaction begun on it in a `fork()`ed child throws

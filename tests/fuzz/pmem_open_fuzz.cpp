@@ -114,7 +114,7 @@ const base_pools& bases() {
     tx.abort();
     // Its owner: pid 1 with a start time it never had, so dead to every check.
     const ftm::detail::owner_id dead = ftm::detail::make_owner_id(1, 123456789);
-    for (std::uint64_t d = 0; d < layout::max_descriptors; ++d) {
+    for (std::uint64_t d = 0; d < layout::default_descriptors; ++d) {
       const std::uint64_t off = layout::descriptors_begin + d * sizeof(layout::descriptor);
       std::uint64_t owner = 0;
       std::memcpy(&owner, r.with_dead_writer.data() + off, sizeof owner);
@@ -138,13 +138,14 @@ void damage(std::vector<char>& file, const std::uint8_t* p, std::size_t n) {
     std::uint64_t begin, size, scale;
   };
   const region regions[] = {
-      {0, sizeof(layout::pool_header), 1},                           // the header
-      {layout::descriptors_begin, layout::max_descriptors * 64, 1},  // descriptors
-      {layout::logs_begin, control - layout::logs_begin, 1},         // their logs
-      {control, 16384, 1},                                           // bank A: roots, records
-      {control + bank, 16384, 1},                                    // bank B: roots, records
-      {control + 65536, bank - 65536, 8},                            // bank A: objects
-      {control + bank + 65536, bank - 65536, 8},                     // bank B: objects
+      {0, sizeof(layout::pool_header), 1},                               // the header
+      {layout::descriptors_begin, layout::default_descriptors * 64, 1},  // descriptors
+      {layout::logs_begin(layout::default_descriptors),
+       control - layout::logs_begin(layout::default_descriptors), 1},  // their logs
+      {control, 16384, 1},                                             // bank A: roots, records
+      {control + bank, 16384, 1},                                      // bank B: roots, records
+      {control + 65536, bank - 65536, 8},                              // bank A: objects
+      {control + bank + 65536, bank - 65536, 8},                       // bank B: objects
   };
   while (n >= 4) {
     const unsigned which = p[0] % 8;

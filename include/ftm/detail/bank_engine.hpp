@@ -37,8 +37,9 @@ namespace ftm::FTM_ABI_NAMESPACE::detail {
 /// readers take none, read the second bank and validate the versions they read (see
 /// docs/design.md, "Invisible reads"). A writer that must not wait for an older one's
 /// lock dies with `ftm::conflict` (wait-die), and so does a transaction whose reads
-/// went out of date; `atomically()` retries both. Up to 64
-/// transactions run at once per pool; `begin()` waits for a free descriptor beyond.
+/// went out of date; `atomically()` retries both. Up to `options::max_transactions`
+/// transactions (64 unless chosen, at most 1,024) run at once per pool; `begin()` waits
+/// for a free descriptor beyond.
 /// When a process dies, any survivor calls `recover()`: transactions that were active
 /// are undone from the second bank, those that were committing are completed.
 ///
@@ -67,10 +68,17 @@ class bank_engine : protected bank_roots {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
     std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
     bool protected_mode = false;  ///< the program may write only objects it opened for writing
+    /// Transactions at once (descriptors), 1 to `max_transactions_limit`; each costs
+    /// 64 bytes and a log of `max_objects_per_transaction` 16-byte entries.
+    std::uint32_t max_transactions = bank_layout::default_descriptors;
   };
 
   static constexpr std::size_t chunk_size = bank_layout::chunk_size;
-  static constexpr std::uint32_t max_transactions = bank_layout::max_descriptors;
+  /// The most transactions a pool can be made to run at once.
+  static constexpr std::uint32_t max_transactions_limit = bank_layout::max_descriptors;
+
+  /// How many transactions this pool runs at once (chosen when it was made).
+  [[nodiscard]] std::uint32_t max_transactions() const noexcept { return descriptors(); }
 
   using check_report = ftm::check_report;
   using check_scope = detail::check_scope;
@@ -91,8 +99,9 @@ class bank_engine : protected bank_roots {
     const owner_id me = detail::self_owner_id();
     thread_local std::uint32_t hint = 0;  // constant-initialised: no guard on each access
     for (std::uint32_t round = 0;; ++round) {
-      for (std::uint32_t i = 0; i < max_descriptors; ++i) {
-        const descriptor_index d = (hint + i) % max_descriptors;
+      const std::uint32_t n = descriptors_;
+      descriptor_index d = hint < n ? hint : 0;  // a hint from a larger pool starts at 0
+      for (std::uint32_t i = 0; i < n; ++i, d = d + 1 == n ? 0 : d + 1) {
         descriptor& s = descriptor_at(d);
         owner_id expected = 0;
         if (s.owner.load(std::memory_order_relaxed) == 0 &&
@@ -127,8 +136,7 @@ class bank_engine : protected bank_roots {
   void begin_attached(descriptor_index d, begin_options o = {}) {
     using namespace bank_layout;
     descriptor& s = descriptor_at(d);
-    if (d >= max_descriptors ||
-        s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
+    if (d >= descriptors_ || s.owner.load(std::memory_order_relaxed) != detail::self_owner_id() ||
         (s.flags & attached) == 0 || s.state.load(std::memory_order_relaxed) != idle) [[unlikely]] {
       refuse_session(d);
     }
@@ -278,7 +286,7 @@ class bank_engine : protected bank_roots {
 
   [[nodiscard]] engine_stats stats() const {
     engine_stats total;
-    for (descriptor_index d = 0; d < max_transactions; ++d) {
+    for (descriptor_index d = 0; d < descriptors_; ++d) {
       const auto& s = descriptor_at(d);
       total.commits += s.commits.load(std::memory_order_relaxed);
       total.aborts += s.aborts.load(std::memory_order_relaxed);

@@ -9,8 +9,8 @@
 ///
 ///     0      pool_header            (the redo log's state at redo::control_offset)
 ///     2048   watch_table
-///     4096   descriptor[64]         one cache line each
-///     8192   log_entry[64][max_entries]
+///     4096   descriptor[n]          one cache line each; n = the header's `descriptors`
+///     logs_begin(n)  log_entry[n][max_entries]  (8192 for the default n = 64)
 ///     control_size   bank A (working), then bank B (the last committed state), each:
 ///                      64        the roots table (an object: header, roots_table)
 ///                      metas_begin  chunk records (objects of meta_stride bytes)
@@ -58,7 +58,8 @@ enum class entry_kind : std::uint16_t { read = 1, write = 2 };
 /// computed twice for every lock a transaction takes.
 constexpr std::uint16_t entry_check(std::uint32_t d, std::uint64_t offset, std::uint32_t length,
                                     entry_kind kind) noexcept {
-  std::uint64_t x = ((offset | d) ^ (std::uint64_t{length} << 40) ^
+  // Offsets are below 2^47: `d` (below 1,024) goes above them.
+  std::uint64_t x = ((offset ^ std::uint64_t{d} << 54) ^ (std::uint64_t{length} << 40) ^
                      (std::uint64_t{static_cast<std::uint16_t>(kind)} << 36)) *
                     0x9e3779b97f4a7c15ull;
   return static_cast<std::uint16_t>((x ^ (x >> 23)) >> 48);
@@ -77,7 +78,8 @@ struct log_entry {
 static_assert(sizeof(log_entry) == 16);
 
 /// The bank engine's transaction handle (`ftm::tx_id`) is the index of the descriptor
-/// that runs it, in 0..max_descriptors; a descriptor is reused by later transactions.
+/// that runs it, in 0..n (the pool's `descriptors`); a descriptor is reused by later
+/// transactions.
 using descriptor_index = tx_id;
 
 /// A descriptor's states. Those recovery acts on are far apart in bits (Hamming
@@ -106,19 +108,29 @@ struct alignas(64) descriptor {
 static_assert(sizeof(descriptor) == 64);
 
 inline constexpr std::uint64_t magic = 0x66746d2d64756131ull;  // "ftm-dua1"
-inline constexpr std::uint32_t max_descriptors = 64;           // transactions at once
+/// Transactions at once in one pool: the descriptors it has, chosen when it is made
+/// (the header's `descriptors`), at most `max_descriptors`. Each costs 64 bytes and a log
+/// of `max_entries` entries, so the default keeps small pools small.
+inline constexpr std::uint32_t default_descriptors = 64;
+inline constexpr std::uint32_t max_descriptors = 1024;
 
 // The control region: a page of header, the descriptors, then their logs.
 inline constexpr std::uint64_t descriptors_begin = 4096;
-inline constexpr std::uint64_t logs_begin = descriptors_begin + max_descriptors * 64;
+
+/// Where the logs of a pool of `n` descriptors begin: on the page after the descriptors.
+constexpr std::uint64_t logs_begin(std::uint32_t n) noexcept {
+  return descriptors_begin + (std::uint64_t{n} * 64 + 4095) / 4096 * 4096;
+}
 
 /// 2: checksums in the header, the descriptors' logs and states, and the roots table;
 /// the redo log's state in the header page (`redo::control`) records the log's id and
 /// the last record on the medium. 3: those checksums are the redo log's
 /// (`detail::checksum`), one function for every format, and a port object begins with
 /// its kind (`detail::port_kind`, <ftm/detail/port_format.hpp>). 4: an object's first
-/// word is its version (invisible reads), no longer a bit per reading descriptor.
-inline constexpr std::uint32_t format_version = 4;
+/// word is its version (invisible reads), no longer a bit per reading descriptor. 5: the
+/// header records how many descriptors the pool has (`descriptors`, was always 64), the
+/// log checks take the descriptor's high bits, and the redo log's `in_flight` is a bitmap.
+inline constexpr std::uint32_t format_version = 5;
 
 /// The check word of `n` bytes (a multiple of 8) at `p`, seeded: for the structures a
 /// bound cannot check (the header, the roots table's entries).
@@ -141,6 +153,8 @@ struct pool_header {
   std::uint64_t chunks_offset;
   std::uint64_t control_size;
   std::uint64_t map_size;
+  std::uint32_t descriptors;  // transactions at once: 1..max_descriptors
+  std::uint32_t reserved0;
   char boot_id[40];  // the boot the pool's owners belong to (for pools that outlive one)
   /// check_bytes() of `boot_id`; 0 while an opener rewrites it (after recovering every
   /// descriptor of the earlier boot, so the pool counts as of an earlier boot then).
@@ -305,13 +319,19 @@ struct geometry {
   std::uint64_t nchunks = 0;
   std::uint64_t chunks_offset = 0;
   std::uint32_t max_entries = 0;
+  std::uint32_t descriptors = 0;
   std::uint64_t control_size = 0;
   std::uint64_t map_size = 0;
 
-  /// The layout of a pool with banks of `bank_size` bytes; `who` names the engine in
-  /// errors.
-  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries,
-                          std::string_view who) {
+  /// The layout of a pool with banks of `bank_size` bytes and `descriptors`
+  /// transactions at once; `who` names the engine in errors.
+  static geometry compute(std::uint64_t bank_size, std::uint32_t max_entries, std::string_view who,
+                          std::uint32_t descriptors = default_descriptors) {
+    if (descriptors < 1 || descriptors > max_descriptors) {
+      throw invalid_argument(
+          fmt::format("{}: max_transactions is {}, but a pool runs 1 to {} transactions at once",
+                      who, descriptors, max_descriptors));
+    }
     if (bank_size % chunk_size != 0) {
       throw invalid_argument(
           fmt::format("{}: bank size {} is not a multiple of the chunk size ({} bytes)", who,
@@ -340,20 +360,23 @@ struct geometry {
     g.nchunks = n;
     g.chunks_offset = align_up(metas_begin + n * meta_stride, chunk_size);
     g.max_entries = max_entries;
+    g.descriptors = descriptors;
     g.control_size = align_up(
-        logs_begin + std::uint64_t{max_descriptors} * max_entries * sizeof(log_entry), 4096);
+        logs_begin(descriptors) + std::uint64_t{descriptors} * max_entries * sizeof(log_entry),
+        4096);
     g.map_size = g.control_size + 2 * bank_size;
     return g;
   }
 };
 
 // The format, checked: a change to any of these is a new `format_version`.
-static_assert(sizeof(pool_header) == 136 && offsetof(pool_header, version) == 8 &&
+static_assert(sizeof(pool_header) == 144 && offsetof(pool_header, version) == 8 &&
                   offsetof(pool_header, pool_id) == 16 && offsetof(pool_header, map_size) == 64 &&
-                  offsetof(pool_header, boot_id) == 72 &&
-                  offsetof(pool_header, boot_check) == 112 &&
-                  offsetof(pool_header, header_check) == 120 &&
-                  offsetof(pool_header, protected_mode) == 128,
+                  offsetof(pool_header, descriptors) == 72 &&
+                  offsetof(pool_header, boot_id) == 80 &&
+                  offsetof(pool_header, boot_check) == 120 &&
+                  offsetof(pool_header, header_check) == 128 &&
+                  offsetof(pool_header, protected_mode) == 136,
               "the pool header's layout is part of the file format");
 static_assert(sizeof(watch_line) == 64 && sizeof(watch_table) == 32 * 64,
               "the watchers' table is one cache line per counter pair");
@@ -361,7 +384,7 @@ static_assert(offsetof(descriptor, state) == 8 && offsetof(descriptor, count) ==
                   offsetof(descriptor, priority) == 16 && offsetof(descriptor, doomed) == 24 &&
                   offsetof(descriptor, flags) == 28 && offsetof(descriptor, commits) == 32,
               "a descriptor's layout is part of the file format");
-static_assert(descriptors_begin == 4096 && logs_begin == 8192,
+static_assert(descriptors_begin == 4096 && logs_begin(64) == 8192 && logs_begin(65) == 12288,
               "the descriptors follow the header page, their logs the descriptors");
 static_assert(offsetof(log_entry, length) == 8 && offsetof(log_entry, kind) == 12 &&
                   offsetof(log_entry, check) == 14,

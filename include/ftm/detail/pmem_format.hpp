@@ -85,7 +85,8 @@ struct control {
   std::atomic<std::uint64_t> durable;  // the log is on the medium up to here
   std::atomic<std::uint64_t> base;     // position of the current epoch's first record
   std::atomic<std::uint64_t> epoch;
-  std::atomic<std::uint32_t> in_flight[bank_layout::max_descriptors];  // logged, phase 2 not done
+  /// Bit d % 64 of word d / 64: descriptor d's record is logged, its phase 2 not done.
+  std::atomic<std::uint64_t> in_flight[bank_layout::max_descriptors / 64];
   std::atomic<std::uint32_t> flushes;   // futex word: bumped after every flush of the log
   std::atomic<std::uint32_t> sleepers;  // committers asleep on `flushes`
   /// What recovery checks the log against, read from the pool as it reached the medium:

@@ -107,7 +107,7 @@ class protectable_bank : public bank_engine {
     guard_ =
         std::make_unique<protected_view>(fd, map_size, base(), static_cast<bank_mapping&>(*this),
                                          static_cast<std::uint64_t>(working_bank() - base()), name);
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d)
+    for (descriptor_index d = 0; d < descriptors(); ++d)
       copies(d).show_read_only();
     registration_ = {guard_.get(), this,
                      [](void* e, descriptor_index d) noexcept {
@@ -140,7 +140,7 @@ class protectable_bank : public bank_engine {
   /// The pool offset of the byte a read-only copy handed to this thread shows at `a`
   /// (for the fault handler: only this thread's descriptors' records are read).
   bool locate_copy(const std::byte* a, std::uint64_t& off) noexcept {
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+    for (descriptor_index d = 0; d < descriptors(); ++d) {
       if (guard_->runs(d) && copies(d).locate(a, off)) return true;
     }
     return false;

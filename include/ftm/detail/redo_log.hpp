@@ -625,7 +625,7 @@ class redo_log {
   /// Whether `d`'s record is logged and its phase 2 not done: a checkpoint must wait
   /// for it (or, if its committer died, apply it: `visit_logged`).
   [[nodiscard]] bool in_flight(tx_id d) const noexcept {
-    return ctl_->in_flight[d].load(std::memory_order_acquire) != 0;
+    return (ctl_->in_flight[d / 64].load(std::memory_order_acquire) >> d % 64 & 1) != 0;
   }
 
   /// Visits the objects of the last record that descriptor `d` appended in this epoch,
@@ -698,20 +698,22 @@ class redo_log {
       ctl_->durable_seq.store(seq, std::memory_order_release);
       ctl_->durable.store(pos + buf.size(), std::memory_order_release);
     }
-    ctl_->in_flight[d].store(1, std::memory_order_release);
+    ctl_->in_flight[d / 64].fetch_or(std::uint64_t{1} << d % 64, std::memory_order_release);
     return pos + buf.size();
   }
 
   /// Recovery of a dead committer `d`: if its record is in the log, waits until the log
   /// is durable (true); otherwise false, and the caller appends it again.
   bool settle_logged(tx_id d) noexcept {
-    if (ctl_->in_flight[d].load(std::memory_order_acquire) == 0) return false;
+    if (!in_flight(d)) return false;
     if (map_ == nullptr) wait_durable(ctl_->tail.load(std::memory_order_acquire));
     return true;
   }
 
   /// Phase 2 of `d` is done: a checkpoint no longer waits for it.
-  void applied(tx_id d) noexcept { ctl_->in_flight[d].store(0, std::memory_order_release); }
+  void applied(tx_id d) noexcept {
+    ctl_->in_flight[d / 64].fetch_and(~(std::uint64_t{1} << d % 64), std::memory_order_release);
+  }
 
   /// Group commit: a committer whose record is not yet durable flushes the log itself
   /// if nobody is flushing, and otherwise sleeps until the running flush ends. Every

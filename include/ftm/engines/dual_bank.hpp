@@ -64,8 +64,9 @@ namespace ftm::FTM_ABI_NAMESPACE::engines {
 ///
 /// Isolation is strict two-phase locking at open (shared for read, exclusive for
 /// write, upgrade allowed); a transaction that must not wait for an older one's lock
-/// dies with `ftm::conflict` (wait-die), which `atomically()` retries. Up to 64
-/// transactions run at once per pool; `begin()` waits for a free descriptor beyond.
+/// dies with `ftm::conflict` (wait-die), which `atomically()` retries. Up to
+/// `options::max_transactions` transactions (64 unless chosen, at most 1,024) run at
+/// once per pool; `begin()` waits for a free descriptor beyond.
 ///
 /// The pool is a `MAP_SHARED` memfd mapping: a `fork()`ed child uses the same pool.
 /// When a process dies, any survivor calls `recover()`: transactions that were
@@ -77,9 +78,10 @@ class dual_bank : private detail::memfd_region, public detail::protectable_bank 
 
   explicit dual_bank(std::size_t bank_size) : dual_bank(options{.bank_size = bank_size}) {}
   explicit dual_bank(options opts)
-      : dual_bank(detail::bank_layout::geometry::compute(
-                      opts.bank_size, opts.max_objects_per_transaction, "dual_bank"),
-                  opts.protected_mode) {}
+      : dual_bank(
+            detail::bank_layout::geometry::compute(opts.bank_size, opts.max_objects_per_transaction,
+                                                   "dual_bank", opts.max_transactions),
+            opts.protected_mode) {}
 
   /// The memfd behind the pool, for handing it to another process.
   [[nodiscard]] int fd() const noexcept { return region_fd(); }

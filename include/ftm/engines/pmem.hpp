@@ -292,8 +292,12 @@ class file_region {
       bad(fmt::format("its header is damaged (banks of {} bytes, more than {})", h.bank_size,
                       max_bank_size));
     }
+    if (h.descriptors < 1 || h.descriptors > bank_layout::max_descriptors) {
+      bad(fmt::format("its header is damaged (it records {} descriptors, but a pool has 1 to {})",
+                      h.descriptors, bank_layout::max_descriptors));
+    }
     try {
-      geometry_ = bank_layout::geometry::compute(h.bank_size, h.max_entries, "pmem");
+      geometry_ = bank_layout::geometry::compute(h.bank_size, h.max_entries, "pmem", h.descriptors);
     } catch (const invalid_argument& e) {
       bad(fmt::format("its header is damaged ({})", e.what()));
     }
@@ -371,8 +375,9 @@ class pmem_view : private detail::file_region {
     std::uint64_t pool_id = 0;
     std::uint64_t bank_size = 0;  ///< bytes per bank
     std::uint32_t max_objects_per_transaction = 0;
-    std::uint64_t chunks = 0;        ///< allocation chunks per bank
-    std::uint64_t control_size = 0;  ///< bytes before the banks
+    std::uint32_t max_transactions = 0;  ///< descriptors: transactions at once
+    std::uint64_t chunks = 0;            ///< allocation chunks per bank
+    std::uint64_t control_size = 0;      ///< bytes before the banks
     std::uint64_t file_size = 0;
     std::string boot_id;                     ///< the boot its owners ran in
     bool earlier_boot = false;               ///< not this boot: every owner is dead
@@ -400,6 +405,7 @@ class pmem_view : private detail::file_region {
     header_.pool_id = h.pool_id;
     header_.bank_size = h.bank_size;
     header_.max_objects_per_transaction = h.max_entries;
+    header_.max_transactions = h.descriptors;
     header_.chunks = h.nchunks;
     header_.control_size = h.control_size;
     header_.file_size = h.map_size;
@@ -514,6 +520,10 @@ class pmem : private detail::file_region, public detail::protectable_bank {
   struct options {
     std::size_t bank_size = std::size_t{32} << 20;     ///< bytes per bank (multiple of 64 KiB)
     std::uint32_t max_objects_per_transaction = 1024;  ///< log capacity of a descriptor
+    /// Transactions at once (descriptors), 1 to `max_transactions_limit` (1,024),
+    /// chosen at `create`; each costs 64 bytes and a log of
+    /// `max_objects_per_transaction` 16-byte entries. `open` takes the pool's.
+    std::uint32_t max_transactions = detail::bank_layout::default_descriptors;
     /// What a commit survives. Empty: `open` keeps the level recorded in the pool (that
     /// of its current users, or of its last ones); `create` makes a `process` pool. Only
     /// an explicit `process` opens a `power` pool without its redo log's protection.
@@ -532,10 +542,11 @@ class pmem : private detail::file_region, public detail::protectable_bank {
   /// Throws `ftm::io_error` if the file exists.
   static pmem create(const std::filesystem::path& path) { return create(path, options{}); }
   static pmem create(const std::filesystem::path& path, options opts) {
-    return pmem(create_tag{}, path,
-                detail::bank_layout::geometry::compute(opts.bank_size,
-                                                       opts.max_objects_per_transaction, "pmem"),
-                opts);
+    return pmem(
+        create_tag{}, path,
+        detail::bank_layout::geometry::compute(opts.bank_size, opts.max_objects_per_transaction,
+                                               "pmem", opts.max_transactions),
+        opts);
   }
 
   /// Opens the pool file at `path` and recovers the transactions its dead users left,
@@ -609,8 +620,8 @@ class pmem : private detail::file_region, public detail::protectable_bank {
   /// `create(path, opts)`, in place.
   pmem(creating_t, const std::filesystem::path& path, const options& opts)
       : pmem(create_tag{}, path,
-             detail::bank_layout::geometry::compute(opts.bank_size,
-                                                    opts.max_objects_per_transaction, "pmem"),
+             detail::bank_layout::geometry::compute(
+                 opts.bank_size, opts.max_objects_per_transaction, "pmem", opts.max_transactions),
              opts) {}
   /// `open(path, opts)`, in place.
   pmem(opening_t, const std::filesystem::path& path, const options& opts)
@@ -783,7 +794,7 @@ class pmem : private detail::file_region, public detail::protectable_bank {
   recovery_report recover_from_log(const options& opts) {
     namespace layout = detail::bank_layout;
     recovery_report report;
-    for (tx_id d = 0; d < layout::max_descriptors; ++d) {
+    for (tx_id d = 0; d < region_geometry().descriptors; ++d) {
       const auto* s = reinterpret_cast<const layout::descriptor*>(
           region() + layout::descriptors_begin + d * sizeof(layout::descriptor));
       if (s->owner.load() != 0) ++report.undone;
@@ -805,7 +816,7 @@ class pmem : private detail::file_region, public detail::protectable_bank {
     std::memcpy(region() + region_geometry().control_size, b, region_geometry().bank_size);
     detail::clear_lock_words(region() + region_geometry().control_size, region_geometry());
     detail::clear_lock_words(b, region_geometry());
-    for (tx_id d = 0; d < layout::max_descriptors; ++d)
+    for (tx_id d = 0; d < region_geometry().descriptors; ++d)
       ::new (region() + layout::descriptors_begin + d * sizeof(layout::descriptor))
           layout::descriptor{};
     FTM_FAULT_POINT("log.recover_copied");
@@ -861,7 +872,7 @@ class pmem : private detail::file_region, public detail::protectable_bank {
     /// died, then checkpoints the log.
     void checkpoint(const detail::redo::redo_log::append_lock& lock) noexcept {
       namespace layout = detail::bank_layout;
-      for (tx_id d = 0; d < layout::max_descriptors; ++d) {
+      for (tx_id d = 0; d < pool.region_geometry().descriptors; ++d) {
         for (std::uint32_t spins = 0; log.in_flight(d); ++spins) {
           if (spins % 1024 == 1023 && committer_died(d) &&
               log.visit_logged(

@@ -59,7 +59,7 @@ constexpr std::string_view state_name(std::uint32_t state) noexcept {
   // Objects that running (or dead, unrecovered) transactions hold: locked, and
   // perhaps different between the banks, as they should be.
   std::vector<std::uint64_t> held;
-  for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+  for (descriptor_index d = 0; d < pool.descriptors(); ++d) {
     const auto& s = pool.descriptor_at(d);
     const detail::owner_id o = s.owner.load(std::memory_order_acquire);
     if (o == 0) {
@@ -210,7 +210,7 @@ constexpr std::string_view state_name(std::uint32_t state) noexcept {
 [[nodiscard]] inline std::vector<descriptor_report> descriptors_in_use(const bank_mapping& pool,
                                                                        bool earlier_boot = false) {
   std::vector<descriptor_report> out;
-  for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+  for (descriptor_index d = 0; d < pool.descriptors(); ++d) {
     const auto& s = pool.descriptor_at(d);
     const detail::owner_id o = s.owner.load(std::memory_order_acquire);
     if (o == 0) continue;

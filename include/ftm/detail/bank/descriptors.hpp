@@ -201,7 +201,8 @@ class read_copies {
 /// and abort make from it, the release of its locks, and its start and end.
 class bank_descriptors : public bank_mapping {
  public:
-  using bank_mapping::bank_mapping;
+  bank_descriptors(std::byte* base, const bank_layout::geometry& g, std::string_view engine)
+      : bank_mapping(base, g, engine), mine_(std::make_unique<in_process[]>(g.descriptors)) {}
 
  protected:
   /// An object a transaction read, and the version it read: the read set, which lives
@@ -408,7 +409,7 @@ class bank_descriptors : public bank_mapping {
     std::vector<read_entry> reads;
     read_copies copies;
   };
-  std::array<in_process, bank_layout::max_descriptors> mine_;
+  std::unique_ptr<in_process[]> mine_;  // one per descriptor of the pool
 };
 
 // What recovery and `check_pool()` verify before they trust a descriptor.
@@ -471,7 +472,7 @@ class bank_descriptors : public bank_mapping {
     return fmt::format(
         "descriptor {} has a malformed log entry {} (offset {} in the file: object offset {}, "
         "length {}, kind {}, check {:#06x})",
-        d, valid, logs_begin + (std::uint64_t{d} * m.max_entries() + valid) * sizeof(log_entry),
+        d, valid, m.logs_begin() + (std::uint64_t{d} * m.max_entries() + valid) * sizeof(log_entry),
         e.offset, e.length, static_cast<unsigned>(e.kind), e.check);
   }
   return {};

@@ -143,7 +143,7 @@ class bank_locks : public bank_recovery {
   /// runs no transaction: a lock that names one is damage (`ftm::bad_pool`).
   void wait_or_die(descriptor_index d, descriptor_index holder, std::uint64_t off,
                    std::uint32_t& spins) {
-    if (holder >= bank_layout::max_descriptors) {
+    if (holder >= descriptors_) {
       throw usage_error(
           fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
     }
@@ -274,7 +274,7 @@ class bank_locks : public bank_recovery {
     }
     if (spins % 256 == 0) {
       const std::uint32_t w = h.writer.load(std::memory_order_acquire);
-      if (w == 0 || w > bank_layout::max_descriptors) {
+      if (w == 0 || w > descriptors_) {
         if (h.version.load(std::memory_order_acquire) == v) {
           damaged(
               fmt::format("the object at offset {} is marked as being committed, but no "

@@ -46,7 +46,9 @@ class bank_mapping {
         bank_size_(g.bank_size),
         nchunks_(g.nchunks),
         chunks_offset_(g.chunks_offset),
-        max_entries_(g.max_entries) {}
+        logs_begin_(bank_layout::logs_begin(g.descriptors)),
+        max_entries_(g.max_entries),
+        descriptors_(g.descriptors) {}
 
   bank_mapping(const bank_mapping&) = delete;
   bank_mapping& operator=(const bank_mapping&) = delete;
@@ -57,6 +59,10 @@ class bank_mapping {
   [[nodiscard]] std::uint64_t nchunks() const noexcept { return nchunks_; }
   [[nodiscard]] std::uint64_t chunks_offset() const noexcept { return chunks_offset_; }
   [[nodiscard]] std::uint32_t max_entries() const noexcept { return max_entries_; }
+  /// How many transactions run at once: the pool's descriptors, 0..descriptors() - 1.
+  [[nodiscard]] std::uint32_t descriptors() const noexcept { return descriptors_; }
+  /// Where the descriptors' logs begin in the control region.
+  [[nodiscard]] std::uint64_t logs_begin() const noexcept { return logs_begin_; }
   [[nodiscard]] std::byte* base() const noexcept { return base_; }
   [[nodiscard]] std::byte* working_bank() const noexcept { return a_; }
   [[nodiscard]] std::byte* second_bank() const noexcept { return b_; }
@@ -70,8 +76,7 @@ class bank_mapping {
   }
 
   log_entry* log_of(descriptor_index d) const noexcept {
-    return reinterpret_cast<log_entry*>(base_ + bank_layout::logs_begin) +
-           std::uint64_t{d} * max_entries_;
+    return reinterpret_cast<log_entry*>(base_ + logs_begin_) + std::uint64_t{d} * max_entries_;
   }
 
   bank_layout::object_header& header(std::uint64_t off) const noexcept {
@@ -138,11 +143,12 @@ class bank_mapping {
     h->chunks_offset = g.chunks_offset;
     h->control_size = g.control_size;
     h->map_size = g.map_size;
+    h->descriptors = g.descriptors;
     pool_header whole = *h;
     whole.magic = magic;  // stored last, below
     h->header_check = header_check_of(whole);
     set_boot_id(*h, current_boot_id());
-    for (descriptor_index d = 0; d < max_descriptors; ++d)
+    for (descriptor_index d = 0; d < g.descriptors; ++d)
       ::new (base_ + descriptors_begin + d * sizeof(descriptor)) descriptor{};
     for (std::byte* bank : {a_, b_}) {
       auto init = [&](std::uint64_t off, std::uint32_t size) {
@@ -157,8 +163,6 @@ class bank_mapping {
     h->magic = magic;  // last: a pool with its magic is a whole pool
   }
 
-  static std::uint64_t bit(descriptor_index d) noexcept { return std::uint64_t{1} << d; }
-
  protected:
   std::string_view engine_;    // the engine's name, first in the messages it raises
   std::string pool_name_;      // "'<file>': ", or empty: prefixes damage errors
@@ -169,7 +173,9 @@ class bank_mapping {
   std::size_t bank_size_ = 0;
   std::uint64_t nchunks_ = 0;
   std::uint64_t chunks_offset_ = 0;
+  std::uint64_t logs_begin_ = 0;
   std::uint32_t max_entries_ = 0;
+  std::uint32_t descriptors_ = 0;  // the pool's, at most bank_layout::max_descriptors
 };
 
 }  // namespace ftm::FTM_ABI_NAMESPACE::detail

@@ -13,13 +13,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
@@ -36,7 +36,7 @@ class bank_recovery : public bank_watchers {
   /// and call again.
   recovery_report recover() {
     recovery_report report;
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d)
+    for (descriptor_index d = 0; d < descriptors_; ++d)
       recover_if_dead(d, report);
     return report;
   }
@@ -49,7 +49,7 @@ class bank_recovery : public bank_watchers {
   /// an earlier boot of the machine, where a pid names some other process now.
   recovery_report recover_from_earlier_boot() {
     recovery_report report;
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d)
+    for (descriptor_index d = 0; d < descriptors_; ++d)
       recover_if_dead(d, report, /*assume_dead=*/true);
     return report;
   }
@@ -60,7 +60,7 @@ class bank_recovery : public bank_watchers {
   /// owners change theirs concurrently, so they are not read.
   [[nodiscard]] std::string structure_problem(bool earlier_boot) const {
     using namespace bank_layout;
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+    for (descriptor_index d = 0; d < descriptors_; ++d) {
       const descriptor& s = descriptor_at(d);
       const owner_id owner = s.owner.load(std::memory_order_acquire);
       if (owner == 0) {
@@ -74,9 +74,9 @@ class bank_recovery : public bank_watchers {
   }
 
   /// The state of each descriptor in use (0 for a free one), as recovery will find it.
-  [[nodiscard]] std::array<std::uint32_t, bank_layout::max_descriptors> descriptor_states() const {
-    std::array<std::uint32_t, bank_layout::max_descriptors> states{};
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
+  [[nodiscard]] std::vector<std::uint32_t> descriptor_states() const {
+    std::vector<std::uint32_t> states(descriptors_);
+    for (descriptor_index d = 0; d < descriptors_; ++d) {
       const descriptor& s = descriptor_at(d);
       if (s.owner.load(std::memory_order_acquire) != 0) {
         states[d] = s.state.load(std::memory_order_acquire);
@@ -92,27 +92,26 @@ class bank_recovery : public bank_watchers {
   /// holder's recovery would have: completed (copied to the second bank) if `states`
   /// says the holder was committing, else restored from the second bank. Locks of
   /// descriptors still in use are left alone. Returns how many objects it unlocked.
-  std::uint64_t clear_stale_locks(
-      const std::array<std::uint32_t, bank_layout::max_descriptors>& states) {
+  std::uint64_t clear_stale_locks(const std::vector<std::uint32_t>& states) {
     using namespace bank_layout;
     std::uint64_t cleared = 0;
-    std::uint64_t in_use = 0;  // descriptors still owned: their locks are theirs
-    for (descriptor_index d = 0; d < bank_layout::max_descriptors; ++d) {
-      if (descriptor_at(d).owner.load(std::memory_order_acquire) != 0) in_use |= bit(d);
+    std::vector<bool> in_use(descriptors_);  // descriptors still owned: their locks are theirs
+    for (descriptor_index d = 0; d < descriptors_; ++d) {
+      in_use[d] = descriptor_at(d).owner.load(std::memory_order_acquire) != 0;
     }
     // `capacity`: the most bytes the object can have where it is.
     auto settle = [&](std::uint64_t off, std::uint64_t capacity) {
       object_header& h = header(off);
       const std::uint32_t w = h.writer.load(std::memory_order_acquire);
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
-      const bool writer_stale = w != 0 && (w > max_descriptors || (in_use & bit(w - 1)) == 0);
+      const bool writer_stale = w != 0 && (w > descriptors_ || !in_use[w - 1]);
       // An odd version with no live holder: a commit's mark that outlived it.
       if (!writer_stale && ((v & 1) == 0 || w != 0)) return;
       if (writer_stale) {
         const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
         const std::uint64_t size = std::min<std::uint64_t>(std::max(h.size, second.size), capacity);
         const std::uint64_t len = tracked_prefix + size;
-        if (w <= max_descriptors && states[w - 1] == committing) {
+        if (w <= states.size() && states[w - 1] == committing) {
           std::memcpy(b_ + off + tracked_offset, a_ + off + tracked_offset, len);
         } else {
           std::memcpy(a_ + off + tracked_offset, b_ + off + tracked_offset, len);
