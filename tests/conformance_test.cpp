@@ -198,6 +198,20 @@ ENGINE_TEST(
   CHECK_THROWS_AS(bytes::write_through(tx, a.offset(), offsetof(account, ops), &ops, sizeof ops),
                   ftm::usage_error);
   tx.abort();
+  // Read, then held and written through, in one transaction (a port's stats, then a
+  // receive): its own write-through is no change to what it read, so it commits.
+  {
+    ftm::transaction t{*pool};
+    t.begin();
+    std::uint32_t seen_ops = 0;
+    std::memcpy(&seen_ops, bytes::open_read(t, a.offset(), type) + offsetof(account, ops),
+                sizeof seen_ops);
+    static_cast<void>(bytes::open_write(t, a.offset(), type));
+    const std::uint32_t more = seen_ops + 1;
+    bytes::write_through(t, a.offset(), offsetof(account, ops), &more, sizeof more);
+    CHECK_NOTHROW(t.commit());
+    if (t.active()) t.abort();
+  }
   // An allocation in an aborted transaction is freed: the object is gone.
   std::uint64_t dropped = 0;
   {

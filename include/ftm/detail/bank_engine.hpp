@@ -282,6 +282,11 @@ class bank_engine : protected bank_roots {
     store_barrier();
     std::memcpy(a_ + off + header_size + at, src, n);
     version.store(v + 1, std::memory_order_release);
+    // Its own move of the version is no change to what the transaction read (it holds
+    // the object, so no other commit came between): a read of it stays valid.
+    for (read_entry& r : reads(d)) {
+      if (r.offset == off) r.version = v + 1;
+    }
   }
 
   [[nodiscard]] engine_stats stats() const {
