@@ -671,6 +671,35 @@ TEST_CASE_TEMPLATE("services: a forgotten opaque key stays too old when the cloc
     CHECK(state(k, later, t0) == ftm::detail::key_state::applied);
 }
 
+TEST_CASE("services: an opaque-key table refuses new keys only when nearly full") {
+  // 1,024 keys in 64 blocks: each key goes to the emptier of its two blocks, so the
+  // first refusal comes late (the docs say about 85% full; 80% is the bound checked).
+  using E = ftm::engines::dual_bank;
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 1024});
+  const ftm::detail::opaque_table_ref t{w.svc.opaque_keys, w.svc.opaque_blocks};
+  const std::uint64_t fp = ftm::layout_fingerprint<receipt>();
+  const std::int64_t now = ftm::detail::wall_now();
+  std::size_t taken = 0;
+  for (; taken < 1024; ++taken) {
+    const std::string key = fmt::format("fill-{}", taken);
+    const ftm::detail::opaque_bytes view{
+        std::as_bytes(std::span<const char>(key.data(), key.size())), now};
+    const bool room = ftm::atomically(*pool, [&](auto& tx) {
+      receipt out{};
+      const auto found = ftm::detail::find_opaque(
+          tx, t, view, now, std::as_writable_bytes(std::span<receipt, 1>(&out, 1)), fp);
+      if (!found.room) return false;
+      ftm::detail::record_opaque(tx, t, view, *found.room,
+                                 std::as_bytes(std::span<const receipt, 1>(&out, 1)), fp);
+      return true;
+    });
+    if (!room) break;
+  }
+  MESSAGE(fmt::format("the first refusal came with {} of 1024 keys live", taken));
+  CHECK(taken >= 820);
+}
+
 TEST_CASE("services: keys outlive the server's process and the pool's reopening") {
   // A pool file: a server process answers key 1 and is killed while handling key 2
   // (after its writes); the pool is reopened (recovering it) and a new server answers.

@@ -272,7 +272,7 @@ struct service_options {
   /// blocks of 16 keys (one object each, plus one: they count toward the engine's
   /// `max_objects_per_transaction`), so its memory is fixed. A new key is refused with
   /// `ftm::capacity_exceeded` when both blocks its hash picks are full of keys inside
-  /// their retention, from about 80% full; no key inside its retention is ever evicted.
+  /// their retention, from about 85% full; no key inside its retention is ever evicted.
   std::uint32_t max_opaque_keys = 0;
   /// How long after its stamp an opaque key is remembered: a call or `ftm::outcome_of`
   /// with an older key gets `ftm::key_too_old` (`key_outcome::too_old`).
