@@ -532,11 +532,13 @@ TEST_CASE_TEMPLATE("services: an opaque key re-sent gets the recorded reply and 
   // Pipelined: a batch with opaque keys, one of them a re-send.
   ftm::pipeline<E, deposit, receipt> pipe(*pool, w.svc, w.replies);
   std::vector<std::pair<ftm::opaque_key, deposit>> calls;
+  calls.reserve(6);
   for (int i = 0; i < 5; ++i)
     calls.emplace_back(ftm::opaque_key(fmt::format("batch-{}", i)), deposit{1, 1});
   calls.emplace_back(k1, deposit{0, 10});
   const auto ids = pipe.submit_all(std::span<const std::pair<ftm::opaque_key, deposit>>(calls));
   std::vector<receipt> got;
+  got.reserve(ids.size());
   for (const auto id : ids)
     got.push_back(pipe.wait(id));
   std::set<std::int64_t> balances;

@@ -1057,6 +1057,7 @@ class pipeline {
           {detail::key_id(key, "pipeline::submit_all"), replies_, body, call_request_keyed});
     send_all(requests);
     std::vector<request_id> ids;
+    ids.reserve(requests.size());
     for (const auto& r : requests)
       ids.push_back(r.id);
     return ids;
