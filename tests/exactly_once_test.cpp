@@ -747,8 +747,10 @@ TEST_CASE("exactly once: a client killed after sending still has its request exe
 // ---- clients killed mid-call, and whole-system restarts -----------------------------
 //
 // A service with idempotency keys on a pool file. Three client processes make calls
-// with keys (client c, sequence s); each keeps in the pool the sequence number of the
-// call it is making, and moves past it only after the reply came. A server process
+// with keys (client c, sequence s), the third with opaque keys ("client-3-call-s",
+// stamped when the client moves to the call); each keeps in the pool the sequence
+// number (and opaque key) of the call it is making, and moves past it only after the
+// reply came. A server process
 // handles each call in one transaction that appends (c, s, token) to a stable log,
 // where the token is a counter unique to that application, and replies with it. The
 // killer kills, paced by progress (a reply since its last kill), a client mid-call, the
@@ -793,7 +795,18 @@ struct applied_log {
 struct client_state {
   std::uint64_t next[n_clients];  // the call each client is making (1 at first)
   std::uint64_t starts[n_clients];
+  // The last client calls with opaque keys: the key of the call it is making, bytes and
+  // stamp, kept here until the reply came (what a client must keep to resume).
+  ftm::opaque_key opaque[n_clients];
 };
+
+/// Whether client `c` calls with opaque keys (else with `call_key`s).
+constexpr bool uses_opaque(std::uint32_t c) { return c == n_clients - 1; }
+
+/// The opaque key of client `c`'s call `s`, stamped now.
+ftm::opaque_key opaque_key_of(std::uint32_t c, std::uint64_t s) {
+  return ftm::opaque_key(fmt::format("client-{}-call-{}", c + 1, s));
+}
 using svc_type = ftm::service<work, result>;
 struct world {
   ftm::stable<applied_log> lg;
@@ -817,6 +830,7 @@ struct report {
   std::atomic<std::uint64_t> kill_mark;  // `acked` at the killer's last kill
   std::atomic<std::uint32_t> finish;     // 1: clients end after their current call
   std::atomic<std::uint32_t> errors;
+  std::atomic<std::uint64_t> refusals;  // opaque keys refused by a full table, then re-sent
   std::atomic<std::uint32_t> client_done[n_clients];
   rec recs[max_recs];
 
@@ -863,8 +877,13 @@ using E = ftm::engines::pmem;
         ftm::atomically(pool, [&](auto& tx) { return ++tx.open(w.clients)->starts[c]; });
     bool resuming = true;  // the call in the state may have been sent by an earlier start
     for (;;) {
-      const std::uint64_t s =
-          ftm::atomically(pool, [&](auto& tx) { return tx.open_read(w.clients)->next[c]; });
+      std::uint64_t s = 0;
+      ftm::opaque_key okey;
+      ftm::atomically(pool, [&](auto& tx) {
+        const auto st = tx.open_read(w.clients);
+        s = st->next[c];
+        okey = st->opaque[c];
+      });
       if (rep->finish.load() != 0 && !resuming) break;
       // Runs at most a few calls ahead of the killer (waiting a bounded time), so the
       // calls made, and the log, stay bounded however slow the machine is.
@@ -878,7 +897,8 @@ using E = ftm::engines::pmem;
       bool known = false;
       std::optional<result> before;  // the reply recorded before this start, if applied
       if (resuming) {
-        const auto o = ftm::outcome_of(pool, w.svc, key);
+        const auto o =
+            uses_opaque(c) ? ftm::outcome_of(pool, w.svc, okey) : ftm::outcome_of(pool, w.svc, key);
         if (o.outcome == ftm::key_outcome::too_old) rep->errors.fetch_add(1);
         if (o.outcome == ftm::key_outcome::applied) before = o.reply;
       }
@@ -887,7 +907,19 @@ using E = ftm::engines::pmem;
         how = report::outcome;
         known = true;
       }
-      if (!known) r = ftm::call(pool, w.svc, w.replies[c], key, work{c + 1, s});
+      if (!known && !uses_opaque(c)) r = ftm::call(pool, w.svc, w.replies[c], key, work{c + 1, s});
+      // A full opaque-key table refuses a new key (applying nothing): wait for keys to
+      // pass their retention and send it again (a long run; bounded by the retention).
+      for (int i = 0; !known && uses_opaque(c); ++i) {
+        try {
+          r = ftm::call(pool, w.svc, w.replies[c], okey, work{c + 1, s});
+          break;
+        } catch (const ftm::capacity_exceeded&) {
+          if (i == 4000) throw;
+          rep->refusals.fetch_add(1);
+          std::this_thread::sleep_for(10ms);
+        }
+      }
       if (before && !known) {
         how = report::resent_applied;  // re-sent although applied: the original reply
         if (r.token != before->token) rep->errors.fetch_add(1);
@@ -895,7 +927,11 @@ using E = ftm::engines::pmem;
       if (r.client != c + 1 || r.sequence != s) rep->errors.fetch_add(1);
       rep->add(c + 1, s, r.token, how);
       rep->acked.fetch_add(1);
-      ftm::atomically(pool, [&](auto& tx) { tx.open(w.clients)->next[c] = s + 1; });
+      ftm::atomically(pool, [&](auto& tx) {
+        auto st = tx.open(w.clients);
+        st->next[c] = s + 1;
+        if (uses_opaque(c)) st->opaque[c] = opaque_key_of(c, s + 1);
+      });
       resuming = false;
     }
     rep->client_done[c].store(1);
@@ -944,12 +980,24 @@ void run() {
       client_state cs{};
       for (auto& n : cs.next)
         n = 1;
+      for (std::uint32_t c = 0; c < n_clients; ++c)
+        if (uses_opaque(c)) cs.opaque[c] = opaque_key_of(c, 1);
       wr->clients = tx.create(cs);
-      wr->svc = ftm::make_service<work, result>(
-          tx, {.capacity = 256, .window = 64, .on_full = ftm::when_full::block});
       for (auto& r : wr->replies)
         r = ftm::make_port<ftm::reply_to_call<result>>(tx);
       return *wr;
+    });
+    // In a transaction of its own: with its 801 objects the whole world would exceed a
+    // transaction's 1,024. Opaque keys are remembered 20 s: a longer run reuses the
+    // entries of expired keys.
+    w.svc = ftm::atomically(pool, [](auto& tx) {
+      auto wr = tx.open(ftm::root<world>(tx, root_name));
+      wr->svc = ftm::make_service<work, result>(tx, {.capacity = 256,
+                                                     .window = 64,
+                                                     .on_full = ftm::when_full::block,
+                                                     .max_opaque_keys = 12800,
+                                                     .opaque_retention = 20s});
+      return wr->svc;
     });
   }
   ftm_test::shared_page<report> rep;
@@ -1025,7 +1073,7 @@ void run() {
   auto pool = E::open(path);
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::uint64_t> applied;  // key -> token
   std::uint64_t duplicated = 0, lost = 0, unexpected = 0, wrong_reply = 0, unreported = 0;
-  std::uint64_t resent = 0, resent_applied = 0, by_outcome = 0;
+  std::uint64_t resent = 0, resent_applied = 0, by_outcome = 0, opaque_resent = 0;
   client_state cs{};
   ftm::atomically(pool, [&](auto& tx) {
     applied.clear();
@@ -1060,7 +1108,10 @@ void run() {
       FAIL_CHECK(fmt::format("key ({}, #{}): reply token {}, applied with {}", r.client, r.sequence,
                              r.token, it == applied.end() ? 0 : it->second));
     }
-    if (r.how == report::resent || r.how == report::resent_applied) ++resent;
+    if (r.how == report::resent || r.how == report::resent_applied) {
+      ++resent;
+      if (uses_opaque(static_cast<std::uint32_t>(r.client - 1))) ++opaque_resent;
+    }
     if (r.how == report::resent_applied) ++resent_applied;
     if (r.how == report::outcome) ++by_outcome;
   }
@@ -1072,13 +1123,14 @@ void run() {
     if (reported.count(key) == 0) ++unreported;  // killed between reply and report
   MESSAGE(fmt::format(
       "keyed clients: {} kills in {:.1f} s ({} clients, {} servers, {} whole-system restarts); "
-      "{} keys applied, {} replies reported ({} after a re-send, {} of them re-sent after the key "
-      "was applied, {} read with outcome_of, {} keys answered more than once); lost {}, duplicated "
+      "{} keys applied, {} replies reported ({} after a re-send ({} with opaque keys), {} of them "
+      "re-sent after the key was applied, {} read with outcome_of, {} keys answered more than "
+      "once; {} opaque keys refused by a full table and re-sent); lost {}, duplicated "
       "{}, unexpected {}, wrong replies {}, "
       "applied but unreported (killed before reporting) {}",
       kills, elapsed.count(), client_kills, server_kills, system_restarts, applied.size(),
-      rep->count.load(), resent, resent_applied, by_outcome, answered_twice, lost, duplicated,
-      unexpected, wrong_reply, unreported));
+      rep->count.load(), resent, opaque_resent, resent_applied, by_outcome, answered_twice,
+      rep->refusals.load(), lost, duplicated, unexpected, wrong_reply, unreported));
   CHECK(lost == 0);
   CHECK(duplicated == 0);
   CHECK(unexpected == 0);
@@ -1090,6 +1142,7 @@ void run() {
   CHECK(resent > 0);
   if (wanted >= 100) {
     CHECK(resent_applied > 0);
+    CHECK(opaque_resent > 0);
     CHECK(by_outcome > 0);
     CHECK(system_restarts > 0);
   }

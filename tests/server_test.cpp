@@ -465,6 +465,243 @@ TEST_CASE_TEMPLATE("services: a bounded key table refuses a new client, and forg
   server.join();
 }
 
+// ---- opaque keys --------------------------------------------------------------------
+
+TEST_CASE("opaque keys: 1 to 32 bytes, kept with their stamp") {
+  const auto t = std::chrono::system_clock::now();
+  const ftm::opaque_key k("order-17", t);
+  CHECK(k.text() == "order-17");
+  CHECK(k.bytes().size() == 8);
+  CHECK(k.created() == t);
+  CHECK_FALSE(k.empty());
+  CHECK(k == ftm::opaque_key("order-17", t));
+  CHECK_FALSE(k == ftm::opaque_key("order-18", t));
+  CHECK(ftm::opaque_key().empty());
+  // A UUID's 16 bytes, or its 32 hex digits, fit; its 36-character form does not.
+  CHECK(ftm::opaque_key(std::string(32, 'a')).bytes().size() == 32);
+  CHECK_THROWS_AS(ftm::opaque_key("9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"), ftm::invalid_argument);
+  CHECK_THROWS_AS(ftm::opaque_key(""), ftm::invalid_argument);
+  CHECK_THROWS_AS(ftm::opaque_key("x", std::chrono::system_clock::time_point{}),
+                  ftm::invalid_argument);
+  static_assert(ftm::stable_type<ftm::opaque_key>);
+}
+
+TEST_CASE_TEMPLATE("services: an opaque key re-sent gets the recorded reply and is applied once", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 64});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  const ftm::opaque_key k1("9b1deb4d3b7d4bad9bdd2b0d7b3dcb6d");
+  const ftm::opaque_key k2("order-2");
+  CHECK(ftm::outcome_of(*pool, w.svc, k1).outcome == ftm::key_outcome::not_applied);
+  const receipt first = ftm::call(*pool, w.svc, w.replies, k1, deposit{0, 10});
+  CHECK(first.balance == 10);
+  // The same key again, even with another body: the recorded reply, no second deposit.
+  const receipt again = ftm::call(*pool, w.svc, w.replies, k1, deposit{0, 99});
+  CHECK(again.balance == first.balance);
+  CHECK(again.handled == first.handled);
+  CHECK(ftm::call(*pool, w.svc, w.replies, k2, deposit{0, 5}).balance == 15);
+  CHECK(runs == 2);
+  const auto o1 = ftm::outcome_of(*pool, w.svc, k1);
+  CHECK(o1.outcome == ftm::key_outcome::applied);
+  CHECK(o1.reply.handled == first.handled);
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::opaque_key("order-3")).outcome ==
+        ftm::key_outcome::not_applied);
+  // Stamped longer ago than the retention (an hour): too old, whether applied or not.
+  const auto long_ago = std::chrono::system_clock::now() - std::chrono::hours{2};
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::opaque_key("order-3", long_ago)).outcome ==
+        ftm::key_outcome::too_old);
+  CHECK_THROWS_AS(
+      ftm::call(*pool, w.svc, w.replies, ftm::opaque_key("order-3", long_ago), deposit{0, 1}),
+      ftm::key_too_old);
+  // Stamped further ahead than the retention: refused, so a wrong clock cannot pin keys.
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies,
+                            ftm::opaque_key("order-4", std::chrono::system_clock::now() +
+                                                           std::chrono::hours{2}),
+                            deposit{0, 1}),
+                  ftm::invalid_argument);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, ftm::opaque_key(), deposit{0, 1}),
+                  ftm::invalid_argument);
+  // A handler's failure records nothing: the key was not applied, and may be re-sent.
+  const ftm::opaque_key k5("order-5");
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, k5, deposit{0, -1}), ftm::call_failed);
+  CHECK(ftm::outcome_of(*pool, w.svc, k5).outcome == ftm::key_outcome::not_applied);
+  CHECK(ftm::call(*pool, w.svc, w.replies, k5, deposit{0, 1}).balance == 16);
+  // Pipelined: a batch with opaque keys, one of them a re-send.
+  ftm::pipeline<E, deposit, receipt> pipe(*pool, w.svc, w.replies);
+  std::vector<std::pair<ftm::opaque_key, deposit>> calls;
+  calls.reserve(6);
+  for (int i = 0; i < 5; ++i)
+    calls.emplace_back(ftm::opaque_key(fmt::format("batch-{}", i)), deposit{1, 1});
+  calls.emplace_back(k1, deposit{0, 10});
+  const auto ids = pipe.submit_all(std::span<const std::pair<ftm::opaque_key, deposit>>(calls));
+  std::vector<receipt> got;
+  got.reserve(ids.size());
+  for (const auto id : ids)
+    got.push_back(pipe.wait(id));
+  std::set<std::int64_t> balances;
+  for (std::size_t i = 0; i + 1 < got.size(); ++i)
+    balances.insert(got[i].balance);
+  CHECK(balances == std::set<std::int64_t>{1, 2, 3, 4, 5});
+  CHECK(got.back().handled == first.handled);
+  const receipt resent = pipe.wait(pipe.submit(calls[2].first, deposit{1, 1}));
+  CHECK(resent.balance == got[2].balance);
+  CHECK(resent.handled == got[2].handled);
+  server.request_stop();
+  server.join();
+  const bank end = ftm::atomically(*pool, [&](auto& tx) { return *tx.open_read(w.b); });
+  CHECK(end.balance[0] == 16);
+  CHECK(end.balance[1] == 5);
+  CHECK(end.handled == 8);
+  // A service made without opaque keys refuses them before sending.
+  const auto plain = make_service_world(*pool);
+  CHECK_THROWS_AS(ftm::call(*pool, plain.svc, plain.replies, k1, deposit{0, 1}), ftm::usage_error);
+  ftm::pipeline<E, deposit, receipt> bare(*pool, w.svc.requests, w.replies);
+  CHECK_THROWS_AS(static_cast<void>(bare.submit(k1, deposit{0, 1})), ftm::usage_error);
+}
+
+TEST_CASE_TEMPLATE("services: a full opaque-key table refuses a new key and evicts no live one", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  // 32 keys: two blocks of 16, so every key may go to either and the table fills up.
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 32});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  std::vector<ftm::opaque_key> keys;
+  for (int i = 0; i < 32; ++i) {
+    keys.emplace_back(fmt::format("k{}", i));
+    CHECK(ftm::call(*pool, w.svc, w.replies, keys.back(), deposit{0, 1}).balance == i + 1);
+  }
+  try {
+    static_cast<void>(ftm::call(*pool, w.svc, w.replies, ftm::opaque_key("k32"), deposit{0, 1}));
+    FAIL("a 33rd key was taken");
+  } catch (const ftm::capacity_exceeded& e) {
+    CHECK(std::string(e.what()).find("service_options::max_opaque_keys") != std::string::npos);
+  }
+  CHECK(ftm::outcome_of(*pool, w.svc, ftm::opaque_key("k32")).outcome ==
+        ftm::key_outcome::not_applied);
+  for (int i = 0; i < 32; ++i)
+    CHECK(ftm::call(*pool, w.svc, w.replies, keys[i], deposit{0, 1}).balance == i + 1);
+  CHECK(runs == 32);
+  server.request_stop();
+  server.join();
+}
+
+TEST_CASE_TEMPLATE("services: an opaque key is forgotten after its retention, and then too old", E,
+                   FTM_TEST_ENGINES) {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto retention = 300ms;
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 32, .opaque_retention = retention});
+  std::atomic<int> runs{0};
+  std::jthread server(
+      [&](std::stop_token stop) { ftm::serve(*pool, w.svc, strict_handler<E>(w.b, runs), stop); });
+  const ftm::opaque_key k("short-lived");
+  const receipt first = ftm::call(*pool, w.svc, w.replies, k, deposit{0, 7});
+  const auto o = ftm::outcome_of(*pool, w.svc, k);
+  if (std::chrono::system_clock::now() < k.created() + retention) {
+    CHECK(o.outcome == ftm::key_outcome::applied);  // unless the machine was that slow
+    CHECK(o.reply.handled == first.handled);
+  }
+  // Bounded: the system clock passes the stamp plus the retention within a few seconds.
+  for (int i = 0; i < 1000 && std::chrono::system_clock::now() <= k.created() + retention; ++i)
+    std::this_thread::sleep_for(10ms);
+  CHECK(ftm::outcome_of(*pool, w.svc, k).outcome == ftm::key_outcome::too_old);
+  CHECK_THROWS_AS(ftm::call(*pool, w.svc, w.replies, k, deposit{0, 7}), ftm::key_too_old);
+  // Its entry, and those of 31 more expired keys, are free again: 32 new keys fit.
+  for (int i = 0; i < 32; ++i)
+    CHECK(ftm::call(*pool, w.svc, w.replies, ftm::opaque_key(fmt::format("n{}", i)), deposit{1, 1})
+              .balance == i + 1);
+  CHECK(runs == 33);
+  server.request_stop();
+  server.join();
+}
+
+TEST_CASE_TEMPLATE("services: a forgotten opaque key stays too old when the clock goes back", E,
+                   FTM_TEST_ENGINES) {
+  // The table under a clock the test sets: keys applied at T are forgotten at T + R + 1
+  // (32 newer keys take their entries); back at T, the forgotten keys must be too old,
+  // not new (else they would be applied twice), and the newer keys still applied.
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 32});
+  const ftm::detail::opaque_table_ref t{w.svc.opaque_keys, w.svc.opaque_blocks};
+  const std::uint64_t fp = ftm::layout_fingerprint<receipt>();
+  const std::int64_t r = std::chrono::nanoseconds(std::chrono::hours{1}).count();
+  const std::int64_t t0 = ftm::detail::wall_now();
+  std::vector<std::string> old_keys, new_keys;
+  for (int i = 0; i < 32; ++i) {
+    old_keys.push_back(fmt::format("old-{}", i));
+    new_keys.push_back(fmt::format("new-{}", i));
+  }
+  const auto view = [](const std::string& s, std::int64_t stamp) {
+    return ftm::detail::opaque_bytes{std::as_bytes(std::span<const char>(s.data(), s.size())),
+                                     stamp};
+  };
+  const auto apply = [&](const std::string& key, std::int64_t stamp, std::int64_t now) {
+    ftm::atomically(*pool, [&](auto& tx) {
+      receipt out{};
+      const auto found = ftm::detail::find_opaque(
+          tx, t, view(key, stamp), now, std::as_writable_bytes(std::span<receipt, 1>(&out, 1)), fp);
+      REQUIRE(found.state == ftm::detail::key_state::not_applied);
+      REQUIRE(found.room);
+      const receipt rep{stamp, 1};
+      ftm::detail::record_opaque(tx, t, view(key, stamp), *found.room,
+                                 std::as_bytes(std::span<const receipt, 1>(&rep, 1)), fp);
+    });
+  };
+  const auto state = [&](const std::string& key, std::int64_t stamp, std::int64_t now) {
+    return ftm::atomically(*pool, [&](auto& tx) {
+      receipt out{};
+      return ftm::detail::find_opaque(tx, t, view(key, stamp), now,
+                                      std::as_writable_bytes(std::span<receipt, 1>(&out, 1)), fp)
+          .state;
+    });
+  };
+  for (const auto& k : old_keys)
+    apply(k, t0, t0);
+  CHECK(state("another", t0, t0) == ftm::detail::key_state::not_applied);
+  const std::int64_t later = t0 + r + 1;
+  for (const auto& k : new_keys)
+    apply(k, later, later);
+  for (const auto& k : old_keys) {
+    CHECK(state(k, t0, later) == ftm::detail::key_state::too_old);
+    CHECK(state(k, t0, t0) == ftm::detail::key_state::too_old);  // the clock went back
+  }
+  for (const auto& k : new_keys)
+    CHECK(state(k, later, t0) == ftm::detail::key_state::applied);
+}
+
+TEST_CASE("services: an opaque-key table refuses new keys only when nearly full") {
+  // 1,024 keys in 64 blocks: each key goes to the emptier of its two blocks, so the
+  // first refusal comes late (the docs say about 85% full; 80% is the bound checked).
+  using E = ftm::engines::dual_bank;
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto w = make_service_world(*pool, {.max_opaque_keys = 1024});
+  const ftm::detail::opaque_table_ref t{w.svc.opaque_keys, w.svc.opaque_blocks};
+  const std::uint64_t fp = ftm::layout_fingerprint<receipt>();
+  const std::int64_t now = ftm::detail::wall_now();
+  std::size_t taken = 0;
+  for (; taken < 1024; ++taken) {
+    const std::string key = fmt::format("fill-{}", taken);
+    const ftm::detail::opaque_bytes view{
+        std::as_bytes(std::span<const char>(key.data(), key.size())), now};
+    const bool room = ftm::atomically(*pool, [&](auto& tx) {
+      receipt out{};
+      const auto found = ftm::detail::find_opaque(
+          tx, t, view, now, std::as_writable_bytes(std::span<receipt, 1>(&out, 1)), fp);
+      if (!found.room) return false;
+      ftm::detail::record_opaque(tx, t, view, *found.room,
+                                 std::as_bytes(std::span<const receipt, 1>(&out, 1)), fp);
+      return true;
+    });
+    if (!room) break;
+  }
+  MESSAGE(fmt::format("the first refusal came with {} of 1024 keys live", taken));
+  CHECK(taken >= 820);
+}
+
 TEST_CASE("services: keys outlive the server's process and the pool's reopening") {
   // A pool file: a server process answers key 1 and is killed while handling key 2
   // (after its writes); the pool is reopened (recovering it) and a new server answers.

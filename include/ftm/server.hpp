@@ -18,6 +18,7 @@
 
 #include <ftm/detail/config.hpp>
 #include <ftm/detail/heartbeat.hpp>
+#include <ftm/detail/opaque_keys.hpp>
 #include <ftm/detail/process.hpp>
 #include <ftm/detail/service_keys.hpp>
 #include <ftm/engine.hpp>
@@ -33,6 +34,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <concepts>
 #include <cstdint>
@@ -60,12 +62,80 @@ struct request_id {
   friend constexpr bool operator==(request_id, request_id) noexcept = default;
 };
 
+/// An opaque idempotency key: 1 to `max_size` (32) bytes the caller chose, such as a
+/// UUID or an HTTP `Idempotency-Key` string, and the time the caller made it, by which
+/// the service judges its age: a service remembers an opaque key for
+/// `service_options::opaque_retention` after that time, and refuses it as too old
+/// afterwards. A stable type: a client that must be able to resume keeps the whole key
+/// (bytes and stamp) with its call, in its pool, until the reply came, and re-sends the
+/// same key. The bytes name one request: never stamp them a second time.
+class opaque_key {
+ public:
+  /// The longest key, in bytes.
+  static constexpr std::size_t max_size = detail::opaque_key_max_size;
+
+  /// The empty key, which is not a key (a call with it throws).
+  constexpr opaque_key() noexcept = default;
+
+  /// The key of `bytes`, made at `created`. Throws `ftm::invalid_argument` if `bytes` is
+  /// empty or longer than `max_size`, or `created` is not after the clock's epoch.
+  explicit opaque_key(
+      std::span<const std::byte> bytes,
+      std::chrono::system_clock::time_point created = std::chrono::system_clock::now())
+      : created_(std::chrono::duration_cast<std::chrono::nanoseconds>(created.time_since_epoch())
+                     .count()),
+        size_(static_cast<std::uint32_t>(bytes.size())) {
+    if (bytes.empty() || bytes.size() > max_size) {
+      throw invalid_argument(
+          fmt::format("ftm::opaque_key: a key of {} bytes; an opaque key has 1 to {} bytes (hash "
+                      "a longer one, for example with SHA-256, and keep the hash)",
+                      bytes.size(), max_size));
+    }
+    if (created_ <= 0) {
+      throw invalid_argument(
+          "ftm::opaque_key: the key's time must be after the system clock's epoch (1970)");
+    }
+    std::memcpy(bytes_.data(), bytes.data(), bytes.size());
+  }
+
+  /// The key of the characters of `text`, made at `created` (throws as above).
+  explicit opaque_key(std::string_view text, std::chrono::system_clock::time_point created =
+                                                 std::chrono::system_clock::now())
+      : opaque_key(std::as_bytes(std::span<const char>(text.data(), text.size())), created) {}
+
+  /// The key's bytes.
+  [[nodiscard]] std::span<const std::byte> bytes() const noexcept { return {bytes_.data(), size_}; }
+  /// The key's bytes as characters.
+  [[nodiscard]] std::string_view text() const noexcept {
+    return {reinterpret_cast<const char*>(bytes_.data()), size_};
+  }
+  /// When the caller made the key.
+  [[nodiscard]] std::chrono::system_clock::time_point created() const noexcept {
+    return std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::nanoseconds(created_)));
+  }
+  /// Whether this is the empty key.
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+
+  friend bool operator==(const opaque_key&, const opaque_key&) noexcept = default;
+
+ private:
+  std::int64_t created_ = 0;  // nanoseconds since the system clock's epoch
+  std::uint32_t size_ = 0;
+  std::uint32_t reserved_ = 0;
+  std::array<std::byte, max_size> bytes_{};
+};
+
 /// How a call ended, as its reply says.
 enum class call_status : std::uint32_t {
   ok = 0,       ///< the handler returned the reply (now, or when the key was first applied)
   failed = 1,   ///< the handler threw on every try: the request was dead-lettered
   too_old = 2,  ///< the key is below its client's window: the service refused it
   refused = 3,  ///< the key's client is new and the service's key table is full
+  /// (or the opaque-key table has no room for a new key)
+  invalid_key = 4,  ///< an opaque key stamped further ahead of the service's clock than
+                    ///< its retention (or sent to a service that keeps no opaque keys)
 };
 
 /// Why a call failed: the handler's exception type and message (or the service's
@@ -100,10 +170,13 @@ struct call_request {
   Req body;
   std::uint32_t flags = 0;     ///< `call_request_keyed`: `id` is the caller's idempotency key
   std::uint32_t failures = 0;  ///< tries on which the handler threw
+  opaque_key opaque{};         ///< with `call_request_opaque`: the caller's opaque key
 };
 
 /// `call_request::flags`: the id is an idempotency key chosen by the caller.
 inline constexpr std::uint32_t call_request_keyed = 1;
+/// `call_request::flags`: `call_request::opaque` is an idempotency key chosen by the caller.
+inline constexpr std::uint32_t call_request_opaque = 2;
 
 /// The port a server receives `Req` requests on and answers with `Rep`.
 template <class Req, class Rep>
@@ -194,6 +267,16 @@ struct service_options {
   std::uint32_t max_tries = 3;      ///< handler failures before a request is dead-lettered
   std::uint32_t dead_letter_capacity = 64;
   when_full on_full = when_full::fail;  ///< what a call to a full request port does
+  /// Opaque keys (`ftm::opaque_key`) remembered at once, 0 (the default) for none: the
+  /// service then refuses calls with opaque keys. The table is made with the service, in
+  /// blocks of 16 keys (one object each, plus one: they count toward the engine's
+  /// `max_objects_per_transaction`), so its memory is fixed. A new key is refused with
+  /// `ftm::capacity_exceeded` when both blocks its hash picks are full of keys inside
+  /// their retention, from about 85% full; no key inside its retention is ever evicted.
+  std::uint32_t max_opaque_keys = 0;
+  /// How long after its stamp an opaque key is remembered: a call or `ftm::outcome_of`
+  /// with an older key gets `ftm::key_too_old` (`key_outcome::too_old`).
+  std::chrono::nanoseconds opaque_retention = std::chrono::hours{1};
 };
 
 /// A service: its request port, the port its failed requests go to, and the key table
@@ -207,7 +290,8 @@ struct service {
   std::uint32_t window = 0;
   std::uint32_t max_clients = 0;
   std::uint32_t max_tries = 0;
-  std::uint32_t reserved = 0;
+  std::uint32_t opaque_blocks = 0;  ///< blocks of the opaque-key table
+  std::uint64_t opaque_keys = 0;    ///< the opaque-key table's offset, 0: none
 };
 
 /// An idempotency key, chosen by the caller: a client id (not 0, not ~0) that no
@@ -224,7 +308,8 @@ struct call_key {
 enum class key_outcome : std::uint32_t {
   not_applied = 0,  ///< not applied (yet: it may wait in the port); re-sending it is safe
   applied = 1,      ///< applied; `call_outcome::reply` is the reply it got
-  too_old = 2,      ///< below the client's window: the service no longer knows
+  too_old = 2,      ///< below the client's window, or an opaque key older than the
+                    ///< retention: the service no longer knows
 };
 
 /// What `ftm::outcome_of` found.
@@ -248,6 +333,16 @@ service<Req, Rep> make_service(transaction<E>& tx, service_options options = {})
         "least 1",
         options.window, options.max_clients, options.max_tries));
   }
+  using days = std::chrono::duration<std::int64_t, std::ratio<86400>>;
+  if (options.max_opaque_keys > (std::uint32_t{1} << 20) ||
+      (options.max_opaque_keys != 0 &&
+       (options.opaque_retention <= options.opaque_retention.zero() ||
+        options.opaque_retention > days{36500}))) {
+    throw invalid_argument(fmt::format(
+        "ftm::make_service: max_opaque_keys {} must be at most 1048576, and opaque_retention "
+        "({} ns) more than 0 and at most a century",
+        options.max_opaque_keys, options.opaque_retention.count()));
+  }
   service<Req, Rep> s;
   s.dead_letters = make_port<call_request<Req, Rep>>(
       tx, port_options{.capacity = options.dead_letter_capacity, .max_deliveries = 0});
@@ -260,6 +355,13 @@ service<Req, Rep> make_service(transaction<E>& tx, service_options options = {})
   s.window = options.window;
   s.max_clients = options.max_clients;
   s.max_tries = options.max_tries;
+  if (options.max_opaque_keys != 0) {
+    const detail::opaque_table_ref t = detail::make_opaque_table(
+        tx, options.max_opaque_keys, options.opaque_retention.count(),
+        static_cast<std::uint32_t>(sizeof(Rep)), layout_fingerprint<Rep>());
+    s.opaque_keys = t.offset;
+    s.opaque_blocks = t.blocks;
+  }
   return s;
 }
 
@@ -273,15 +375,39 @@ struct serving {
   service_port<Req, Rep> dead_letters;
   key_table_ref keys;
   std::uint32_t max_tries = 1;
+  opaque_table_ref opaque;
 };
 
 template <class Req, class Rep>
 serving<Req, Rep> serving_of(service_port<Req, Rep> port) {
-  return {port, {}, {}, 1};
+  return {port, {}, {}, 1, {}};
 }
 template <class Req, class Rep>
 serving<Req, Rep> serving_of(const service<Req, Rep>& s) {
-  return {s.requests, s.dead_letters, {s.keys, s.window, s.max_clients}, s.max_tries};
+  return {s.requests,
+          s.dead_letters,
+          {s.keys, s.window, s.max_clients},
+          s.max_tries,
+          {s.opaque_keys, s.opaque_blocks}};
+}
+
+/// An opaque key for messages: its text in quotes if it is printable, else in hex.
+inline std::string describe_key(const opaque_key& key) {
+  const std::string_view t = key.text();
+  if (std::all_of(t.begin(), t.end(),
+                  [](char c) { return std::isprint(static_cast<unsigned char>(c)) != 0; }))
+    return fmt::format("\"{}\"", t);
+  std::string hex;
+  for (const std::byte b : key.bytes())
+    hex += fmt::format("{:02x}", static_cast<unsigned>(b));
+  return hex;
+}
+
+/// The table's view of `key`.
+inline opaque_bytes opaque_view(const opaque_key& key) {
+  return {key.bytes(),
+          std::chrono::duration_cast<std::chrono::nanoseconds>(key.created().time_since_epoch())
+              .count()};
 }
 
 /// The handler's exception, kept for the transaction that answers its request.
@@ -369,6 +495,54 @@ request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Han
       return request.id;
     }
   }
+  // An opaque key: looked up by its bytes, judged old by its stamp and the system clock.
+  const bool opaque = (request.flags & call_request_opaque) != 0 && how.keys.offset != 0;
+  std::optional<std::pair<std::uint32_t, std::uint32_t>> room;
+  if (opaque) {
+    const auto refuse = [&](call_status status, std::string_view type, std::string message) {
+      reply_error(tx, reply, status, type, message);
+      send(tx, request.reply_to, reply);
+      return request.id;
+    };
+    if (how.opaque.offset == 0) {
+      return refuse(call_status::invalid_key, "ftm::invalid_argument",
+                    "the service keeps no opaque keys (make it with "
+                    "service_options::max_opaque_keys above 0)");
+    }
+    alignas(Rep) std::array<std::byte, sizeof(Rep)> recorded{};
+    const std::int64_t now = wall_now();
+    const opaque_bytes key = opaque_view(request.opaque);
+    const opaque_lookup found =
+        find_opaque(tx, how.opaque, key, now, recorded, layout_fingerprint<Rep>());
+    if (found.state == key_state::applied) {
+      std::memcpy(&reply.body, recorded.data(), sizeof(Rep));
+      send(tx, request.reply_to, reply);
+      return request.id;
+    }
+    const double retention_s = static_cast<double>(found.retention) / 1e9;
+    if (found.state == key_state::too_old) {
+      return refuse(call_status::too_old, "ftm::key_too_old",
+                    fmt::format("opaque key made {:.3f} s ago, past the retention of {:.3f} s: "
+                                "whether it was applied is forgotten; key {}",
+                                static_cast<double>(now - key.created) / 1e9, retention_s,
+                                describe_key(request.opaque)));
+    }
+    if (key.created - now > found.retention) {
+      return refuse(call_status::invalid_key, "ftm::invalid_argument",
+                    fmt::format("opaque key stamped {:.3f} s ahead of the service's clock, more "
+                                "than its retention of {:.3f} s; key {}",
+                                static_cast<double>(key.created - now) / 1e9, retention_s,
+                                describe_key(request.opaque)));
+    }
+    room = found.room;
+    if (!room) {
+      return refuse(call_status::refused, "ftm::capacity_exceeded",
+                    // A call_error's message holds 159 characters: the fix comes first.
+                    fmt::format("opaque-key table full (raise service_options::max_opaque_keys "
+                                "or shorten opaque_retention, now {:.0f} s); key {}",
+                                retention_s, describe_key(request.opaque)));
+    }
+  }
   try {
     reply.body = Rep(std::invoke(handler, tx, request.body));
   } catch (const conflict&) {
@@ -380,6 +554,11 @@ request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Han
   if (keyed) {
     record_key(tx, how.keys, request.id.process, request.id.sequence,
                std::as_bytes(std::span<const Rep, 1>(&reply.body, 1)), layout_fingerprint<Rep>());
+  }
+  if (room) {
+    record_opaque(tx, how.opaque, opaque_view(request.opaque), *room,
+                  std::as_bytes(std::span<const Rep, 1>(&reply.body, 1)),
+                  layout_fingerprint<Rep>());
   }
   send(tx, request.reply_to, reply);
   return request.id;
@@ -588,6 +767,7 @@ Rep reply_value(const taken_reply<Rep>& t) {
           fmt::format("the handler threw {} on each of {} tries: {}", type, r.failures, message));
     case call_status::too_old: throw key_too_old(message);
     case call_status::refused: throw capacity_exceeded(message);
+    case call_status::invalid_key: throw invalid_argument(message);
   }
   throw call_failed(
       fmt::format("a reply of unknown status {}", static_cast<std::uint32_t>(r.status)));
@@ -601,6 +781,32 @@ inline request_id key_id(call_key key, std::string_view what) {
         what, key.client, key.sequence));
   }
   return {key.client, key.sequence};
+}
+
+/// Checks that `key` may be sent to `svc`.
+template <class Req, class Rep>
+const opaque_key& checked_key(const service<Req, Rep>& svc, const opaque_key& key,
+                              std::string_view what) {
+  if (key.empty()) {
+    throw invalid_argument(
+        fmt::format("ftm::{}: the empty opaque key is not a key (make one from 1 to {} bytes)",
+                    what, opaque_key::max_size));
+  }
+  if (svc.opaque_keys == 0) {
+    throw usage_error(
+        fmt::format("ftm::{}: the service keeps no opaque keys (make it with "
+                    "service_options::max_opaque_keys above 0)",
+                    what));
+  }
+  return key;
+}
+
+/// A request with an opaque key (and a fresh id, to match its reply).
+template <class Req, class Rep>
+call_request<Req, Rep> opaque_request(const service<Req, Rep>& svc, reply_port<Rep> replies,
+                                      const opaque_key& key, const Req& body,
+                                      std::string_view what) {
+  return {next_request_id(), replies, body, call_request_opaque, 0, checked_key(svc, key, what)};
 }
 
 /// Sends the request and waits (until `deadline`) for the reply with its id, discarding
@@ -690,6 +896,34 @@ std::optional<Rep> call_for(E& engine, const service<Req, Rep>& svc, reply_port<
   return detail::reply_value(*r);
 }
 
+/// A call with an opaque key: as the keyed `ftm::call`, for as long as the service
+/// remembers opaque keys (`service_options::opaque_retention` from the key's stamp).
+/// Throws `ftm::key_too_old` for an older key, `ftm::capacity_exceeded` if the service's
+/// opaque-key table has no room for a new key, `ftm::invalid_argument` for an empty key
+/// or one stamped further ahead of the service's clock than the retention, and
+/// `ftm::usage_error` if the service keeps no opaque keys.
+template <watchable_engine E, class Req, class Rep>
+Rep call(E& engine, const service<Req, Rep>& svc, reply_port<Rep> replies, const opaque_key& key,
+         const Req& body) {
+  const auto request = detail::opaque_request(svc, replies, key, body, "call");
+  return detail::reply_value(*detail::round_trip(engine, request, svc.requests,
+                                                 std::chrono::steady_clock::duration::max()));
+}
+
+/// The `ftm::call` with an opaque key that waits at most `timeout`; nothing if no reply
+/// came (send it again with the same key, or ask `ftm::outcome_of`).
+template <watchable_engine E, class Req, class Rep, class R, class P>
+std::optional<Rep> call_for(E& engine, const service<Req, Rep>& svc, reply_port<Rep> replies,
+                            const opaque_key& key, const Req& body,
+                            std::chrono::duration<R, P> timeout) {
+  const auto request = detail::opaque_request(svc, replies, key, body, "call_for");
+  const auto r =
+      detail::round_trip(engine, request, svc.requests,
+                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout));
+  if (!r) return std::nullopt;
+  return detail::reply_value(*r);
+}
+
 /// Where `key` stands at the service, as of `tx`: applied (with its reply), not applied
 /// (maybe still waiting in the port: re-sending it is safe), or too old to know.
 template <engine E, class Req, class Rep>
@@ -715,6 +949,36 @@ call_outcome<Rep> outcome_of(E& engine, const service<Req, Rep>& svc, call_key k
   return atomically(engine, [&](transaction<E>& tx) { return outcome_of(tx, svc, key); });
 }
 
+/// Where an opaque key stands at the service, as of `tx` and the system clock now:
+/// applied (with its reply), not applied (re-sending it is safe), or too old (older than
+/// the retention, or forgotten). Throws as the opaque `ftm::call` does for a key it
+/// would not send.
+template <engine E, class Req, class Rep>
+call_outcome<Rep> outcome_of(transaction<E>& tx, const service<Req, Rep>& svc,
+                             const opaque_key& key) {
+  detail::checked_key(svc, key, "outcome_of");
+  call_outcome<Rep> out;
+  alignas(Rep) std::array<std::byte, sizeof(Rep)> recorded{};
+  const detail::opaque_lookup found =
+      detail::find_opaque(tx, {svc.opaque_keys, svc.opaque_blocks}, detail::opaque_view(key),
+                          detail::wall_now(), recorded, layout_fingerprint<Rep>());
+  switch (found.state) {
+    case detail::key_state::applied:
+      out.outcome = key_outcome::applied;
+      std::memcpy(&out.reply, recorded.data(), sizeof(Rep));
+      break;
+    case detail::key_state::too_old: out.outcome = key_outcome::too_old; break;
+    case detail::key_state::not_applied: out.outcome = key_outcome::not_applied; break;
+  }
+  return out;
+}
+
+/// `ftm::outcome_of` of an opaque key in a transaction of its own.
+template <engine E, class Req, class Rep>
+call_outcome<Rep> outcome_of(E& engine, const service<Req, Rep>& svc, const opaque_key& key) {
+  return atomically(engine, [&](transaction<E>& tx) { return outcome_of(tx, svc, key); });
+}
+
 /// Forgets, in `tx`, the keys of `client` (one that will call no more), making room for
 /// a new client; a later key of `client` counts as new. False if none were remembered.
 template <engine E, class Req, class Rep>
@@ -736,7 +1000,7 @@ class pipeline {
   pipeline(E& engine, service_port<Req, Rep> server, reply_port<Rep> replies)
       : engine_(&engine), server_(server), replies_(replies) {}
   pipeline(E& engine, const service<Req, Rep>& svc, reply_port<Rep> replies)
-      : pipeline(engine, svc.requests, replies) {}
+      : engine_(&engine), server_(svc.requests), replies_(replies), service_(svc) {}
 
   /// Sends a call without a key; returns its id, for `wait`.
   request_id submit(const Req& body) { return submit_all(std::span<const Req>(&body, 1)).front(); }
@@ -763,6 +1027,27 @@ class pipeline {
     return ids;
   }
 
+  /// Sends a call with an opaque key (to a service; see the opaque `ftm::call`).
+  request_id submit(const opaque_key& key, const Req& body) {
+    const call_request<Req, Rep> r = opaque_request(key, body, "pipeline::submit");
+    send_all(std::span<const call_request<Req, Rep>>(&r, 1));
+    return r.id;
+  }
+
+  /// Sends every (opaque key, body) pair in one transaction; returns their ids in order.
+  std::vector<request_id> submit_all(std::span<const std::pair<opaque_key, Req>> calls) {
+    std::vector<call_request<Req, Rep>> requests;
+    requests.reserve(calls.size());
+    for (const auto& [key, body] : calls)
+      requests.push_back(opaque_request(key, body, "pipeline::submit_all"));
+    send_all(requests);
+    std::vector<request_id> ids;
+    ids.reserve(requests.size());
+    for (const auto& r : requests)
+      ids.push_back(r.id);
+    return ids;
+  }
+
   /// Sends every (key, body) pair in one transaction; returns their ids in order.
   std::vector<request_id> submit_all(std::span<const std::pair<call_key, Req>> calls) {
     std::vector<call_request<Req, Rep>> requests;
@@ -772,6 +1057,7 @@ class pipeline {
           {detail::key_id(key, "pipeline::submit_all"), replies_, body, call_request_keyed});
     send_all(requests);
     std::vector<request_id> ids;
+    ids.reserve(requests.size());
     for (const auto& r : requests)
       ids.push_back(r.id);
     return ids;
@@ -795,6 +1081,15 @@ class pipeline {
  private:
   using key_type = std::pair<std::uint64_t, std::uint64_t>;
   static key_type key_of(request_id id) noexcept { return {id.process, id.sequence}; }
+
+  call_request<Req, Rep> opaque_request(const opaque_key& key, const Req& body,
+                                        std::string_view what) const {
+    if (!service_) {
+      throw usage_error(fmt::format(
+          "ftm::{}: an opaque key needs a pipeline made on a service, not on a bare port", what));
+    }
+    return detail::opaque_request(*service_, replies_, key, body, what);
+  }
 
   void send_all(std::span<const call_request<Req, Rep>> requests) {
     if (calls_.size() + requests.size() > replies_.capacity()) {
@@ -855,6 +1150,7 @@ class pipeline {
   E* engine_;
   service_port<Req, Rep> server_;
   reply_port<Rep> replies_;
+  std::optional<service<Req, Rep>> service_;  // when made on a service
   std::map<key_type, std::optional<detail::taken_reply<Rep>>> calls_;
 };
 

@@ -231,6 +231,70 @@ inline object_type key_record_type(std::uint32_t window, std::uint32_t reply_siz
           "ftm::key_record"};
 }
 
+// ---- the opaque-key table of a service (`service_options::max_opaque_keys`) ----------
+
+/// The first bytes of a service's opaque-key table ("okey" in ASCII).
+inline constexpr std::uint32_t opaque_table_kind = 0x79656b6f;
+
+/// Keys one block of an opaque-key table holds.
+inline constexpr std::uint32_t opaque_block_keys = 16;
+
+/// The longest opaque key, in bytes.
+inline constexpr std::size_t opaque_key_max_size = 32;
+
+/// An opaque-key table: its settings, then `blocks` offsets of block objects. Written
+/// only by `make_service`; a call reads it. A key may live in one of two blocks chosen
+/// by its hash.
+struct opaque_table_header {
+  std::uint32_t kind;  // opaque_table_kind
+  std::uint32_t blocks;
+  std::uint32_t block_keys;  // opaque_block_keys
+  std::uint32_t reply_size;
+  std::uint64_t reply_fingerprint;
+  std::int64_t retention;  // nanoseconds
+};
+static_assert(offsetof(opaque_table_header, blocks) == 4 &&
+                  offsetof(opaque_table_header, reply_size) == 12 &&
+                  offsetof(opaque_table_header, reply_fingerprint) == 16 &&
+                  offsetof(opaque_table_header, retention) == 24 &&
+                  sizeof(opaque_table_header) == 32,
+              "an opaque-key table's header is part of the pool format");
+
+/// A block: its cutoff, then `block_keys` entries. A key stamped at or before the cutoff
+/// is too old in this block; the cutoff only grows (to the stamp of each key the block
+/// forgets), so a forgotten key stays too old even after the clock goes back.
+struct opaque_block_header {
+  std::int64_t cutoff;    // nanoseconds since the system clock's epoch
+  std::uint64_t applied;  // keys recorded in this block, ever
+};
+static_assert(sizeof(opaque_block_header) == 16,
+              "an opaque-key block's header is part of the pool format");
+
+/// An entry: the key's stamp (0: free), its length and bytes, then the reply's bytes
+/// (`reply_size` rounded up to 8).
+struct opaque_entry_header {
+  std::int64_t created;  // nanoseconds since the system clock's epoch; 0: free
+  std::uint32_t size;
+  std::uint32_t reserved;
+  std::byte bytes[opaque_key_max_size];
+};
+static_assert(offsetof(opaque_entry_header, size) == 8 &&
+                  offsetof(opaque_entry_header, bytes) == 16 && sizeof(opaque_entry_header) == 48,
+              "an opaque-key entry is part of the pool format");
+
+constexpr std::size_t opaque_entry_size(std::size_t reply_size) {
+  return sizeof(opaque_entry_header) + (reply_size + 7) / 8 * 8;
+}
+
+inline object_type opaque_table_type(std::uint32_t blocks) {
+  return {sizeof(opaque_table_header) + std::size_t{blocks} * sizeof(std::uint64_t), 16,
+          "ftm::opaque_key_table"};
+}
+inline object_type opaque_block_type(std::uint32_t reply_size) {
+  return {sizeof(opaque_block_header) + opaque_block_keys * opaque_entry_size(reply_size), 16,
+          "ftm::opaque_key_block"};
+}
+
 }  // namespace ftm::FTM_ABI_NAMESPACE::detail
 
 #endif  // FTM_DETAIL_PORT_FORMAT_HPP
