@@ -924,23 +924,34 @@ std::optional<Rep> call_for(E& engine, const service<Req, Rep>& svc, reply_port<
   return detail::reply_value(*r);
 }
 
+namespace detail {
+/// What a key table's lookup found, as `ftm::outcome_of` reports it.
+template <class Rep>
+call_outcome<Rep> outcome_from(key_state state,
+                               const std::array<std::byte, sizeof(Rep)>& recorded) {
+  call_outcome<Rep> out;
+  switch (state) {
+    case key_state::applied:
+      out.outcome = key_outcome::applied;
+      std::memcpy(&out.reply, recorded.data(), sizeof(Rep));
+      break;
+    case key_state::too_old: out.outcome = key_outcome::too_old; break;
+    case key_state::not_applied: out.outcome = key_outcome::not_applied; break;
+  }
+  return out;
+}
+}  // namespace detail
+
 /// Where `key` stands at the service, as of `tx`: applied (with its reply), not applied
 /// (maybe still waiting in the port: re-sending it is safe), or too old to know.
 template <engine E, class Req, class Rep>
 call_outcome<Rep> outcome_of(transaction<E>& tx, const service<Req, Rep>& svc, call_key key) {
   const request_id id = detail::key_id(key, "outcome_of");
-  call_outcome<Rep> out;
   alignas(Rep) std::array<std::byte, sizeof(Rep)> recorded{};
-  switch (detail::find_key(tx, {svc.keys, svc.window, svc.max_clients}, id.process, id.sequence,
-                           recorded, layout_fingerprint<Rep>())) {
-    case detail::key_state::applied:
-      out.outcome = key_outcome::applied;
-      std::memcpy(&out.reply, recorded.data(), sizeof(Rep));
-      break;
-    case detail::key_state::too_old: out.outcome = key_outcome::too_old; break;
-    case detail::key_state::not_applied: out.outcome = key_outcome::not_applied; break;
-  }
-  return out;
+  const detail::key_state state =
+      detail::find_key(tx, {svc.keys, svc.window, svc.max_clients}, id.process, id.sequence,
+                       recorded, layout_fingerprint<Rep>());
+  return detail::outcome_from<Rep>(state, recorded);
 }
 
 /// `ftm::outcome_of` in a transaction of its own.
@@ -957,20 +968,11 @@ template <engine E, class Req, class Rep>
 call_outcome<Rep> outcome_of(transaction<E>& tx, const service<Req, Rep>& svc,
                              const opaque_key& key) {
   detail::checked_key(svc, key, "outcome_of");
-  call_outcome<Rep> out;
   alignas(Rep) std::array<std::byte, sizeof(Rep)> recorded{};
   const detail::opaque_lookup found =
       detail::find_opaque(tx, {svc.opaque_keys, svc.opaque_blocks}, detail::opaque_view(key),
                           detail::wall_now(), recorded, layout_fingerprint<Rep>());
-  switch (found.state) {
-    case detail::key_state::applied:
-      out.outcome = key_outcome::applied;
-      std::memcpy(&out.reply, recorded.data(), sizeof(Rep));
-      break;
-    case detail::key_state::too_old: out.outcome = key_outcome::too_old; break;
-    case detail::key_state::not_applied: out.outcome = key_outcome::not_applied; break;
-  }
-  return out;
+  return detail::outcome_from<Rep>(found.state, recorded);
 }
 
 /// `ftm::outcome_of` of an opaque key in a transaction of its own.
