@@ -497,10 +497,13 @@ int main(int argc, char** argv) {
       // power and synced LMDB wait for the disk on every write: A (the goal's row) only.
       if ((name == "ftm_power" || name == "lmdb_sync") && w != workload::a && w != workload::c)
         continue;
-      benchmark::RegisterBenchmark(fmt::format("ycsb_{}/{}", letter, name).c_str(), run, name, w)
-          ->Threads(1)
-          ->Threads(2)
-          ->UseRealTime();
+      auto* b = benchmark::RegisterBenchmark(fmt::format("ycsb_{}/{}", letter, name).c_str(), run,
+                                             name, w)
+                    ->Threads(1)
+                    ->Threads(2)
+                    ->UseRealTime();
+      // The goal for power names 8 writers: they wait on the disk, not on the 2 cores.
+      if ((name == "ftm_power" || name == "lmdb_sync") && w == workload::a) b->Threads(8);
     }
   }
   int n = static_cast<int>(args.size());
