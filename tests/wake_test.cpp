@@ -1,5 +1,6 @@
-// Waking waiters: a commit makes the futex wake only when a watcher sleeps, and no
-// wake-up is lost, between threads and between processes.
+// Waking waiters: a commit makes the futex wake only when a watcher sleeps, wakes only
+// the sleepers of the buckets it wrote, and no wake-up is lost, between threads and
+// between processes, nor after a sleeper was killed.
 #include "engines.hpp"
 
 #include <ftm/ftm.hpp>
@@ -7,16 +8,21 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdint>
+#include <fstream>
 #include <optional>
 #include <span>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include <dlfcn.h>
 #include <linux/futex.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -27,6 +33,7 @@ namespace {
 
 std::atomic<int> futex_wakes{0};
 std::atomic<int> futex_waits{0};
+std::atomic<long> futex_woken{0};  // the sum of what the wakes returned: sleepers woken
 
 }  // namespace
 
@@ -39,14 +46,14 @@ extern "C" long syscall(long number, ...) noexcept {
   for (long& v : a)
     v = va_arg(ap, long);
   va_end(ap);
-  if (number == SYS_futex) {
-    const long op = a[1] & FUTEX_CMD_MASK;
-    if (op == FUTEX_WAKE) futex_wakes.fetch_add(1);
-    if (op == FUTEX_WAIT) futex_waits.fetch_add(1);
-  }
+  const long op = number == SYS_futex ? a[1] & FUTEX_CMD_MASK : -1;
+  if (op == FUTEX_WAKE) futex_wakes.fetch_add(1);
+  if (op == FUTEX_WAIT) futex_waits.fetch_add(1);
   using real_syscall = long (*)(long, ...);
   static const auto real = reinterpret_cast<real_syscall>(::dlsym(RTLD_NEXT, "syscall"));
-  return real(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+  const long r = real(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+  if (op == FUTEX_WAKE && r > 0) futex_woken.fetch_add(r);
+  return r;
 }
 
 namespace {
@@ -92,6 +99,72 @@ bool echo(E& pool, ftm::stable_port<ping> from, ftm::stable_port<ping> to) {
     if (!ok) return false;
   }
   return true;
+}
+
+/// Whether thread `tid` of process `pid` is blocked in a shared FUTEX_WAIT (the
+/// engine's; glibc's locks use private futexes), from /proc.
+bool asleep_in_futex(pid_t pid, pid_t tid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall");
+  long nr = -1;
+  std::string addr;
+  std::string op;
+  if (!(f >> nr >> addr >> op) || nr != SYS_futex) return false;
+  const long o = std::stol(op, nullptr, 16);
+  return (o & FUTEX_CMD_MASK) == FUTEX_WAIT && (o & FUTEX_PRIVATE_FLAG) == 0;
+}
+
+/// Waits (at most 10 s, paced by its progress) until `tid` sleeps in the engine's wait.
+bool until_asleep(pid_t pid, const std::atomic<pid_t>& tid) {
+  for (int i = 0; i < 10000; ++i) {
+    if (tid.load() != 0 && asleep_in_futex(pid, tid.load())) return true;
+    std::this_thread::sleep_for(1ms);
+  }
+  return false;
+}
+
+/// The watch bucket of `x` (a token's slot names it; the token is unregistered at once).
+std::uint32_t bucket_of(E& pool, ftm::stable<counter> x) {
+  ftm::transaction<E> t(pool);
+  t.begin();
+  t.open_read(x);
+  const ftm::watch_token token = pool.watch(t.id(), x.offset());
+  t.abort();
+  pool.wait(std::span<const ftm::watch_token>(&token, 1), std::chrono::steady_clock::now());
+  return token.slot;
+}
+
+/// `n` counters, each in a watch bucket of its own.
+std::vector<ftm::stable<counter>> in_distinct_buckets(E& pool, std::size_t n) {
+  std::vector<ftm::stable<counter>> out;
+  std::vector<std::uint32_t> buckets;
+  for (int i = 0; i < 1000 && out.size() < n; ++i) {
+    const auto c = ftm::atomically(pool, [](auto& tx) { return tx.create(counter{0}); });
+    const std::uint32_t b = bucket_of(pool, c);
+    if (std::find(buckets.begin(), buckets.end(), b) != buckets.end()) continue;
+    buckets.push_back(b);
+    out.push_back(c);
+  }
+  REQUIRE(out.size() == n);
+  return out;
+}
+
+/// Waits in a transaction until one of `objects` is not 0; counts the transaction's
+/// runs in `runs` and records the thread's id in `tid`.
+std::uint64_t sleep_on(E& pool, std::vector<ftm::stable<counter>> objects, std::atomic<int>& runs,
+                       std::atomic<pid_t>& tid) {
+  tid = static_cast<pid_t>(::syscall(SYS_gettid));
+  return ftm::atomically(pool, [&](auto& tx) {
+    ++runs;
+    std::uint64_t sum = 0;
+    for (const auto& o : objects)
+      sum += tx.open_read(o)->value;
+    if (sum == 0) ftm::retry(tx);
+    return sum;
+  });
+}
+
+void set(E& pool, ftm::stable<counter> x, std::uint64_t v) {
+  ftm::atomically(pool, [&](auto& tx) { tx.open(x)->value = v; });
 }
 
 std::pair<ftm::stable_port<ping>, ftm::stable_port<ping>> two_ports(E& pool) {
@@ -177,4 +250,95 @@ TEST_CASE("no wake-up is lost in round trips between processes") {
   REQUIRE(::waitpid(child, &status, 0) == child);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("a commit wakes only the sleepers of the buckets it wrote") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto o = in_distinct_buckets(*pool, 2);
+  const auto x = o[0], y = o[1];
+  std::atomic<int> x_runs{0}, y_runs{0};
+  std::atomic<pid_t> x_tid{0}, y_tid{0};
+  std::thread on_x([&] { sleep_on(*pool, {x}, x_runs, x_tid); });
+  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
+  const pid_t me = ::getpid();
+  REQUIRE(until_asleep(me, x_tid));
+  REQUIRE(until_asleep(me, y_tid));
+  const long woken = futex_woken.load();
+  set(*pool, y, 1);
+  on_y.join();
+  // y's sleeper alone: with one word for the pool, x's was woken too (2).
+  CHECK(futex_woken.load() - woken == 1);
+  CHECK(asleep_in_futex(me, x_tid));
+  set(*pool, x, 1);
+  on_x.join();
+  CHECK(x_runs == 2);  // the first run, then the one after x changed
+  CHECK(y_runs == 2);
+}
+
+TEST_CASE("a sleeper spread over several buckets wakes only for its own") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto o = in_distinct_buckets(*pool, 3);
+  const auto x = o[0], y = o[1], z = o[2];
+  std::atomic<int> spread_runs{0}, y_runs{0};
+  std::atomic<pid_t> spread_tid{0}, y_tid{0};
+  std::thread on_xz([&] { sleep_on(*pool, {x, z}, spread_runs, spread_tid); });
+  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
+  const pid_t me = ::getpid();
+  REQUIRE(until_asleep(me, spread_tid));
+  REQUIRE(until_asleep(me, y_tid));
+  const long woken = futex_woken.load();
+  set(*pool, y, 1);
+  on_y.join();
+  CHECK(futex_woken.load() - woken == 1);
+  CHECK(asleep_in_futex(me, spread_tid));
+  set(*pool, z, 1);
+  on_xz.join();
+  CHECK(spread_runs == 2);
+}
+
+TEST_CASE("a sleeper killed in its wait leaves the other sleepers' waking intact") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto o = in_distinct_buckets(*pool, 2);
+  const auto x = o[0], y = o[1];
+  // Shared with the child, which records its id there.
+  auto* child_tid = static_cast<std::atomic<pid_t>*>(::mmap(nullptr, sizeof(std::atomic<pid_t>),
+                                                            PROT_READ | PROT_WRITE,
+                                                            MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(child_tid != MAP_FAILED);
+  ::new (child_tid) std::atomic<pid_t>(0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a failed test
+    std::atomic<int> runs{0};
+    try {
+      sleep_on(*pool, {x}, runs, *child_tid);
+    } catch (...) {
+    }
+    ::_exit(1);  // x never changes while the child lives
+  }
+  REQUIRE(until_asleep(child, *child_tid));
+  ::kill(child, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  // Its counts stay behind in x's bucket: commits there pay a wake for nothing, and
+  // every sleeper still wakes for its own object, and only for it.
+  std::atomic<int> x_runs{0}, y_runs{0};
+  std::atomic<pid_t> x_tid{0}, y_tid{0};
+  std::thread on_x([&] { sleep_on(*pool, {x}, x_runs, x_tid); });
+  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
+  const pid_t me = ::getpid();
+  REQUIRE(until_asleep(me, x_tid));
+  REQUIRE(until_asleep(me, y_tid));
+  const long woken = futex_woken.load();
+  set(*pool, x, 1);
+  on_x.join();
+  CHECK(futex_woken.load() - woken == 1);
+  CHECK(asleep_in_futex(me, y_tid));
+  set(*pool, y, 1);
+  on_y.join();
+  CHECK(x_runs == 2);
+  CHECK(y_runs == 2);
+  ::munmap(child_tid, sizeof(std::atomic<pid_t>));
 }

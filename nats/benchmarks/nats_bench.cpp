@@ -1,8 +1,10 @@
 // A call between two nodes over the NATS bridge (ftm::call on node A, ftm::serve on
 // node B, each a pool file with its own supervised bridge tasks), side by side with a
-// plain NATS request/reply (core NATS, nothing stored, not reliable) and a local
-// ftm::call (client and server on one pool). One nats-server, started by the program
-// on 127.0.0.1 with its store in a temporary directory.
+// plain NATS request/reply (core NATS, nothing stored, not reliable), a JetStream
+// request/reply without ftm (the floor of any bridge that stores both directions, see
+// `floor_server`) and a local ftm::call (client and server on one pool). One
+// nats-server, started by the program on 127.0.0.1 with its store in a temporary
+// directory.
 //
 // Each benchmark records every call's latency: the counters p50_us and p99_us are its
 // percentiles in microseconds (with 4 threads, the mean of each thread's percentile);
@@ -15,8 +17,8 @@
 //     --benchmark_report_aggregates_only=true   (one line)
 //
 // libnats starts threads and has global state, so the program forks every process
-// that uses it (the bridges, the plain responder) before its own first use of libnats
-// (the plain requester); a task restarted after that would inherit libnats' state
+// that uses it (the bridges, the plain and JetStream responders) before its own first
+// use of libnats (the requesters); a task restarted after that would inherit libnats' state
 // from this process, so nothing here is killed (the tasks have a lease, as deployed;
 // the program says at exit if one was restarted).
 #include "../tests/nats_harness.hpp"
@@ -40,6 +42,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -65,6 +71,80 @@ constexpr std::size_t max_callers = 4;
 /// Calls in flight in the pipelined benchmarks.
 constexpr std::size_t pipeline_depth = 32;
 
+// The JetStream floor: what any bridge that stores both directions the way PROTOCOL.md
+// asks must do at least, with the bridge's own client (same publish path: a window of
+// one message with its Nats-Msg-Id, SendAsap; same push consumer, explicit acks) and
+// the same stream settings, message sizes and subject shapes as the bridge's, but no
+// pool, no transaction and no task between the network and the code: the requester
+// publishes the request to B's stream and waits for its PubAck, the responder (a
+// process of its own) takes it from its durable consumer, acks it, publishes the reply
+// to A's stream and waits for its PubAck, and the requester takes the reply from its
+// durable consumer and acks it.
+constexpr std::size_t floor_request_size = 8 + sizeof(ftm::call_request<request, response>);
+constexpr std::size_t floor_reply_size = 8 + sizeof(ftm::reply_to_call<response>);
+constexpr std::string_view floor_request_subject = "floor.B.p.adder";
+constexpr std::string_view floor_reply_subject = "floor.A.r.adder.1234567.16";
+
+/// Makes both floor streams, as the bridge makes its own (retrying until the server
+/// answers).
+void floor_streams(ftm::nats::client& c) {
+  while (!c.ensure_stream("FLOOR_B", "floor.B.>", ftm::nats::stream_options{}))
+    std::this_thread::sleep_for(20ms);
+  while (!c.ensure_stream("FLOOR_A", "floor.A.>", ftm::nats::stream_options{}))
+    std::this_thread::sleep_for(20ms);
+}
+
+/// Publishes one message as the bridge's outbound task does, again with the same id
+/// until JetStream stored it (or had).
+void floor_publish(ftm::nats::client& c, std::string_view subject, std::string_view id,
+                   std::span<const std::byte> data) {
+  const ftm::nats::client::outgoing one{subject, id, data};
+  for (;;) {
+    const ftm::nats::publish_result r =
+        c.publish_window(std::span<const ftm::nats::client::outgoing>(&one, 1)).front();
+    if (r == ftm::nats::publish_result::stored || r == ftm::nats::publish_result::duplicate) return;
+  }
+}
+
+/// The floor's responder: a process of its own, as the bridge's tasks are.
+[[noreturn]] void floor_server(const std::string& url) {
+  ftm::nats::client c({.servers = {url}});
+  floor_streams(c);
+  while (!c.open_consumer("FLOOR_B", "floor-server", ftm::nats::consumer_options{}))
+    std::this_thread::sleep_for(20ms);
+  std::vector<std::byte> reply(floor_reply_size, std::byte{1});
+  for (std::uint64_t n = 1;;) {
+    const std::optional<ftm::nats::delivery> d = c.next(1000ms);
+    if (!d) continue;
+    c.ack(*d);
+    const std::string id = fmt::format("B/1/{}", n++);
+    floor_publish(c, floor_reply_subject, id, reply);
+  }
+}
+
+/// The floor's requester.
+struct floor_client {
+  ftm::nats::client c;
+  std::uint64_t n = 0;
+  std::vector<std::byte> body = std::vector<std::byte>(floor_request_size, std::byte{2});
+
+  explicit floor_client(const std::string& url) : c({.servers = {url}}) {
+    floor_streams(c);
+    while (!c.open_consumer("FLOOR_A", "floor-client", ftm::nats::consumer_options{}))
+      std::this_thread::sleep_for(20ms);
+  }
+
+  /// One request and its reply; false if the reply did not come in 2 s.
+  bool call() {
+    const std::string id = fmt::format("A/1/{}", ++n);
+    floor_publish(c, floor_request_subject, id, body);
+    const std::optional<ftm::nats::delivery> d = c.next(2000ms);
+    if (!d) return false;
+    c.ack(*d);
+    return true;
+  }
+};
+
 ftm::task_options forever(const char* name) {
   // The lease of a real deployment (as in the tests and the demo): an instance that
   // stops renewing it (the bridge renews it only while NATS answers; ftm::serve while
@@ -86,7 +166,9 @@ struct world {
   std::vector<std::unique_ptr<ftm::supervisor<pmem>>> sups;
   std::vector<std::thread> threads;
   pid_t plain_responder = -1;
+  pid_t floor_responder = -1;
   std::unique_ptr<ftm::nats::client> plain;
+  std::unique_ptr<floor_client> jetstream;
 
   world() {
     char templ[] = "/tmp/ftm-nats-bench-XXXXXX";
@@ -167,20 +249,28 @@ struct world {
       });
       ::_exit(0);
     }
+    floor_responder = ::fork();
+    if (floor_responder == 0) floor_server(nats->url());
     plain =
         std::make_unique<ftm::nats::client>(ftm::nats::client_options{.servers = {nats->url()}});
+    jetstream = std::make_unique<floor_client>(nats->url());
     // Warm up: the first calls make the streams, consumers and mirrors.
     for (int i = 0; i < 50; ++i)
       ftm::call(*a, proxy, a_replies[0], request{1, 1});
     const std::array<std::byte, 16> ping{};
     for (int i = 0; i < 50 && !plain->request_plain("plain.adder", ping, 2000ms);)
       ++i;
+    for (int i = 0; i < 50; ++i)
+      jetstream->call();
   }
 
   ~world() {
     plain.reset();
-    ::kill(plain_responder, SIGKILL);
-    ::waitpid(plain_responder, nullptr, 0);
+    jetstream.reset();
+    for (const pid_t p : {plain_responder, floor_responder}) {
+      ::kill(p, SIGKILL);
+      ::waitpid(p, nullptr, 0);
+    }
     for (auto& s : sups)
       s->stop();
     for (auto& t : threads)
@@ -265,12 +355,19 @@ void plain_request(benchmark::State& state) {
   });
 }
 
+void jetstream_request(benchmark::State& state) {
+  measure(state, [&state](std::size_t) {
+    if (!the_world->jetstream->call()) state.SkipWithError("no JetStream reply in 2 s");
+  });
+}
+
 }  // namespace
 
 BENCHMARK(bridged_call)->Name("nats/ftm_call_between_nodes")->UseRealTime();
 BENCHMARK(bridged_call)->Name("nats/ftm_call_between_nodes")->Threads(4)->UseRealTime();
 BENCHMARK(plain_request)->Name("nats/plain_request_reply")->UseRealTime();
 BENCHMARK(plain_request)->Name("nats/plain_request_reply")->Threads(4)->UseRealTime();
+BENCHMARK(jetstream_request)->Name("nats/jetstream_request_reply")->UseRealTime();
 BENCHMARK(local_call)->Name("nats/ftm_call_local")->UseRealTime();
 BENCHMARK(local_call)->Name("nats/ftm_call_local")->Threads(4)->UseRealTime();
 BENCHMARK(bridged_pipeline)->Name("nats/ftm_pipeline32_between_nodes")->UseRealTime();

@@ -130,7 +130,10 @@ constexpr std::uint64_t logs_begin(std::uint32_t n) noexcept {
 /// word is its version (invisible reads), no longer a bit per reading descriptor. 5: the
 /// header records how many descriptors the pool has (`descriptors`, was always 64), the
 /// log checks take the descriptor's high bits, and the redo log's `in_flight` is a bitmap.
-inline constexpr std::uint32_t format_version = 5;
+/// 6: each bucket of the watchers' table has its own futex word (`watch_line`): the
+/// same bytes, but a watcher of format 5 would sleep on a word a committer of format 6
+/// no longer bumps for it.
+inline constexpr std::uint32_t format_version = 6;
 
 /// The check word of `n` bytes (a multiple of 8) at `p`, seeded: for the structures a
 /// bound cannot check (the header, the roots table's entries).
@@ -188,17 +191,21 @@ inline void set_boot_id(pool_header& h, std::string_view boot) noexcept {
 }
 
 /// The watchers' table, in the control page after the pool header (zero in a fresh
-/// pool and in pool files made before it existed). `global.changes` is the futex
-/// word watchers sleep on, bumped by every wake; `global.watchers` counts the
-/// watchers of the whole pool, so a commit with nobody waiting reads one word; each
-/// bucket counts the watchers of the objects that hash to it. Each on its own cache
-/// line: committers only read them unless someone waits. `global.sleepers` counts the
-/// watchers asleep on the futex (or about to be), so a wake makes the system call only
-/// when one sleeps; in the line's padding, zero in older pool files.
+/// pool). Objects hash to 31 buckets; each bucket's `changes` is the futex word of
+/// the watchers whose objects all hash to it, bumped by every commit that writes an
+/// object of the bucket while it has watchers, so a commit wakes only the sleepers of
+/// the buckets it wrote. `watchers` counts the bucket's watchers, `sleepers` those
+/// asleep on its word (or about to be), so a wake makes the system call only when one
+/// sleeps, and `spread` the sleepers whose objects hash to several buckets: they sleep
+/// on `global.changes` instead, which a commit bumps (and wakes, if `global.sleepers`)
+/// only when a bucket it wrote has such a sleeper. `global.watchers` counts the
+/// watchers of the whole pool, so a commit with nobody waiting reads one word. Each on
+/// its own cache line: committers only read them unless someone waits.
 struct alignas(64) watch_line {
   std::atomic<std::uint32_t> changes;
   std::atomic<std::uint32_t> watchers;
-  std::atomic<std::uint32_t> sleepers;  // `global` only
+  std::atomic<std::uint32_t> sleepers;
+  std::atomic<std::uint32_t> spread;  // buckets only
 };
 inline constexpr std::uint32_t watch_buckets = 31;
 struct watch_table {
