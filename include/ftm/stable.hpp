@@ -187,15 +187,21 @@ class transaction_base {
   transaction_base() = default;
   /// Detaches the handles still open: they report a use after this as a usage error.
   ~transaction_base() {
+    // Handles usually close before their transaction ends: one test on the hot path.
+    if (handles_ != nullptr) [[unlikely]]
+      detach_handles();
+  }
+  transaction_base(const transaction_base&) = delete;
+  transaction_base& operator=(const transaction_base&) = delete;
+  [[gnu::cold, gnu::noinline]] void detach_handles() noexcept {
     for (opened_base* h = handles_; h != nullptr;) {
       opened_base* next = h->next_;
       h->tx_ = nullptr;
       h->prev_ = h->next_ = nullptr;
       h = next;
     }
+    handles_ = nullptr;
   }
-  transaction_base(const transaction_base&) = delete;
-  transaction_base& operator=(const transaction_base&) = delete;
   void end_generation() noexcept {
     active_ = false;
     ++generation_;

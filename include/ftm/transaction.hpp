@@ -91,21 +91,17 @@ class transaction : private detail::transaction_base {
   }
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
-  ~transaction() { abort_now(); }
+  ~transaction() {
+    // Most transactions have ended by now: the abort stays out of the common path.
+    if (active_) [[unlikely]]
+      abort_on_destruction();
+  }
 
   /// Activates the transaction (the paper's Begin).
   void begin(begin_options options = {}) {
-    refuse_in_atomically("begin", "began it before calling your function");
-    if (active_) throw usage_error("transaction::begin: the transaction is already active");
-    if constexpr (session_engine<E>) {
-      if (attached_) {
-        engine_->begin_attached(id_, options);
-        active_ = true;
-        return;
-      }
-    }
-    id_ = engine_->begin(options);
-    active_ = true;
+    if (in_atomically_ || active_) [[unlikely]]
+      refuse_begin();
+    begin_now(options);
   }
 
   /// Makes every effect of the transaction stable at once (the paper's Commit) and
@@ -160,7 +156,7 @@ class transaction : private detail::transaction_base {
 
   /// Opens an object for writing (the paper's Open): takes its exclusive lock.
   template <class T>
-  opened<T> open(stable<T> ref) {
+  [[gnu::always_inline]] inline opened<T> open(stable<T> ref) {
     require_active("open");
     require_not_null(ref, "open");
     void* p = engine_->open_write(id_, ref.offset(), detail::object_type_of<T>);
@@ -171,7 +167,7 @@ class transaction : private detail::transaction_base {
   /// Opens an object for reading; the view is const. It takes no lock: the engine
   /// checks at commit that what it read did not change meanwhile.
   template <class T>
-  opened<const T> open_read(stable<T> ref) {
+  [[gnu::always_inline]] inline opened<const T> open_read(stable<T> ref) {
     require_active("open_read");
     require_not_null(ref, "open_read");
     const void* p = engine_->open_read(id_, ref.offset(), detail::object_type_of<T>);
@@ -197,6 +193,17 @@ class transaction : private detail::transaction_base {
   friend struct detail::atomically_access;
   friend struct detail::byte_access;
 
+  void begin_now(begin_options options) {
+    if constexpr (session_engine<E>) {
+      if (attached_) {
+        engine_->begin_attached(id_, options);
+        active_ = true;
+        return;
+      }
+    }
+    id_ = engine_->begin(options);
+    active_ = true;
+  }
   void commit_now() {
     require_active("commit");
     end_generation();
@@ -206,6 +213,13 @@ class transaction : private detail::transaction_base {
     if (!active_) return;
     end_generation();
     engine_->abort(id_);
+  }
+  [[gnu::cold, gnu::noinline]] void abort_on_destruction() noexcept { abort_now(); }
+
+  /// Out of line: `begin` inlines its two tests.
+  [[noreturn, gnu::cold, gnu::noinline]] void refuse_begin() const {
+    refuse_in_atomically("begin", "began it before calling your function");
+    throw usage_error("transaction::begin: the transaction is already active");
   }
 
   /// `ftm::atomically` owns the transaction it passes to its function: a `begin`,
@@ -246,10 +260,13 @@ class transaction : private detail::transaction_base {
 
   template <class T>
   static void require_not_null(stable<T> ref, std::string_view what) {
-    if (!ref) {
-      throw usage_error(fmt::format("transaction::{}: the ftm::stable<{}> handle is null", what,
-                                    detail::type_name<T>()));
-    }
+    if (!ref) [[unlikely]]
+      refuse_null(what, detail::type_name<T>());
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] static void refuse_null(std::string_view what,
+                                                                 std::string_view type) {
+    throw usage_error(
+        fmt::format("transaction::{}: the ftm::stable<{}> handle is null", what, type));
   }
 
   E* engine_;
@@ -518,9 +535,11 @@ constexpr bool check_atomically_callable() {
 /// How `atomically()` drives the transaction it owns, past the refusals its function
 /// gets.
 struct atomically_access {
+  /// `tx` is new: neither active nor `atomically`'s yet, so `begin`'s refusals have
+  /// nothing to refuse.
   template <engine E>
   static void begin(transaction<E>& tx, begin_options options) {
-    tx.begin(options);
+    tx.begin_now(options);
     tx.in_atomically_ = true;
   }
   template <engine E>

@@ -793,6 +793,74 @@ TEST_CASE_TEMPLATE("crash: a worker killed at every hit of every named fault poi
   std::fflush(stdout);
 }
 
+// ---- a one-object write: the inline path of open and commit -----------------------------
+
+namespace {
+/// The object of a tiny write: its two fields always sum to 0.
+struct tiny {
+  std::int64_t up;
+  std::int64_t down;
+};
+}  // namespace
+
+// The sweep above runs transfers, which hold two objects and take the general commit.
+// A write of one object, read nothing, takes the inline path (`bank_engine::commit`,
+// `commit_one`; docs/design.md, "The inline paths of a one-object transaction"), in a
+// session and without: a worker is killed at each of its points, and recovery must
+// undo it before the decision and redo it after.
+TEST_CASE_TEMPLATE("crash: a one-object write killed at each point of its inline path is recovered",
+                   E, FTM_TEST_ENGINES) {
+  auto made = ftm_test::engine_factory<E>::make(std::size_t{1} << 20);
+  E& pool = *made;
+  const auto object = ftm::atomically(pool, [](auto& tx) { return tx.create(tiny{0, 0}); });
+  auto write = [&](auto& on) {
+    ftm::atomically(on, [&](auto& tx) {
+      auto r = tx.open(object);
+      r->up += 1;
+      r->down -= 1;
+    });
+  };
+  std::int64_t expected = 0;
+  for (const std::string_view point :
+       {"lock.after_log_entry", "open.after_lock", "commit.before_state", "commit.after_state",
+        "commit.after_mark", "commit.mid_redo", "commit.before_release"}) {
+    for (const bool in_session : {false, true}) {
+      const std::string what =
+          fmt::format("a kill at {} ({})", point, in_session ? "in a session" : "no session");
+      INFO(what);
+      const pid_t pid = spawn([&] {
+        if (in_session) {
+          ftm::session<E> s(pool);
+          ftm::detail::arm_fault(point, 1);
+          write(s);
+        } else {
+          ftm::detail::arm_fault(point, 1);
+          write(pool);
+        }
+        ftm::detail::disarm_faults();
+      });
+      REQUIRE_MESSAGE(killed(reap(pid)), "the worker did not reach " << point);
+      const ftm::recovery_report rep = pool.recover();
+      if (is_after_decision(point)) {
+        CHECK(rep.redone == 1);
+        CHECK(rep.undone == 0);
+        ++expected;
+      } else {
+        CHECK(rep.undone == 1);
+        CHECK(rep.redone == 0);
+      }
+      const tiny now = ftm::atomically(pool, [&](auto& tx) { return *tx.open_read(object); });
+      CHECK(now.up == expected);
+      CHECK(now.down == -expected);
+      const auto report = pool.check();
+      CHECK_MESSAGE(report.ok(), fmt::format("{}", fmt::join(report.problems, "; ")));
+      // The path still works after the recovery, and the next write sees the last one.
+      write(pool);
+      ++expected;
+    }
+  }
+}
+
 // ---- the redo log's own points (durability power) --------------------------------------
 
 TEST_CASE_TEMPLATE(

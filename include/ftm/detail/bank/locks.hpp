@@ -37,10 +37,7 @@ class bank_locks : public bank_recovery {
     check_handle(off, t);
     acquire_write(d, off, t.size);
     if (const std::uint32_t size = header(off).size; size != t.size) [[unlikely]] {
-      if (!reads_valid(d, false)) {
-        lose(d, "the transaction read an object that changed since");  // a stale handle
-      }
-      refuse_size(off, t, size);
+      refuse_write_size(d, off, t, size);
     }
     return a_ + off + bank_layout::header_size;
   }
@@ -52,11 +49,33 @@ class bank_locks : public bank_recovery {
   const void* open_read(descriptor_index d, std::uint64_t off, const object_type& t) {
     using namespace bank_layout;
     check_handle(off, t);
-    if (header(off).writer.load(std::memory_order_relaxed) == d + 1) {
+    const object_header& h = header(off);
+    if (h.writer.load(std::memory_order_relaxed) == d + 1) {
       check_size(off, t);
       return a_ + off + header_size;
     }
-    return read_committed(d, off, t);
+    // The common case inline: no commit is copying the object, and none came between
+    // the two loads of its version. Anything else goes the long way, which waits.
+    const std::uint64_t v = h.version.load(std::memory_order_acquire);
+    std::byte* copy = nullptr;
+    if ((v & 1) == 0) [[likely]] {
+      const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
+      std::uint32_t size = 0;
+      {
+        [[maybe_unused]] const second_bank_reads unseen;
+        size = second.size;
+        if (size == t.size) [[likely]] {
+          copy = copies(d).take(size);
+          copy_object(copy, b_ + off + header_size, size);
+        }
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
+      if (size == t.size && h.version.load(std::memory_order_relaxed) == v) [[likely]] {
+        record_read(d, off, v);
+        return copy;
+      }
+    }
+    return read_committed(d, off, t, copy);
   }
 
   /// Whether every object `d` read is unchanged since: a transaction that is not may
@@ -122,20 +141,30 @@ class bank_locks : public bank_recovery {
     log_entry& e = push_entry(d, off, entry_kind::write);
     descriptor_at(d).flags |= off < chunks_offset_ ? locked_records | wrote_objects : wrote_objects;
     FTM_FAULT_POINT("lock.after_log_entry");
+    std::uint32_t w = 0;
+    if (!h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) [[unlikely]] {
+      wait_for_lock(d, off, w);
+    }
+    // Readers hold no lock: those that read the object validate its version instead.
+    set_length(d, e, off, expected);
+    FTM_FAULT_POINT("open.after_lock");
+  }
+
+  /// The lock on `off` was held by `w` (d + 1 of its holder): waits for it, or dies,
+  /// until `d` holds it. Out of line: a lock is usually free.
+  [[gnu::noinline]] void wait_for_lock(descriptor_index d, std::uint64_t off, std::uint32_t w) {
+    bank_layout::object_header& h = header(off);
     std::uint32_t spins = 0;
     for (;;) {
-      std::uint32_t w = 0;
-      if (h.writer.compare_exchange_strong(w, me, std::memory_order_seq_cst)) break;
       try {
         wait_or_die(d, w - 1, off, spins);
       } catch (...) {
         descriptor_at(d).count.fetch_sub(1, std::memory_order_release);  // forget the intent
         throw;
       }
+      w = 0;
+      if (h.writer.compare_exchange_strong(w, d + 1, std::memory_order_seq_cst)) return;
     }
-    // Readers hold no lock: those that read the object validate its version instead.
-    set_length(d, e, off, expected);
-    FTM_FAULT_POINT("open.after_lock");
   }
 
   /// One step of waiting for `holder`'s lock on `off`: dies if `d` is the younger,
@@ -189,11 +218,28 @@ class bank_locks : public bank_recovery {
     set_entry(e, d, static_cast<std::uint32_t>(tracked_prefix + (fits ? size : 0)),
               entry_kind::write);
     store_barrier();  // the undo length is in the log before the caller's first write
-    if (!fits && off < chunks_offset_) {
-      damaged(fmt::format("the {} at offset {} has a damaged size {} (expected {})",
-                          off == roots_offset ? "roots table" : "chunk record", off, size,
-                          expected));
+    if (!fits && off < chunks_offset_) [[unlikely]]
+      refuse_record_size(off, size, expected);
+  }
+
+  [[noreturn, gnu::cold, gnu::noinline]] void refuse_record_size(std::uint64_t off,
+                                                                 std::uint32_t size,
+                                                                 std::uint64_t expected) const {
+    damaged(fmt::format("the {} at offset {} has a damaged size {} (expected {})",
+                        off == bank_layout::roots_offset ? "roots table" : "chunk record", off,
+                        size, expected));
+  }
+
+  /// `open_write` found the object's size is not its type's: a stale handle, if the
+  /// transaction's reads are out of date; else the caller's mistake.
+  [[noreturn, gnu::cold, gnu::noinline]] void refuse_write_size(descriptor_index d,
+                                                                std::uint64_t off,
+                                                                const object_type& t,
+                                                                std::uint32_t size) {
+    if (!reads_valid(d, false)) {
+      lose(d, "the transaction read an object that changed since");  // a stale handle
     }
+    refuse_size(off, t, size);
   }
 
   /// Copies the object at `off`, of type `t`, from the second bank into `d`'s copies,
@@ -202,11 +248,12 @@ class bank_locks : public bank_recovery {
   /// so what it opened stays whole and unchanged while it is open. Waits while a
   /// commit copies the object to the second bank (its version is odd), recovering the
   /// committer if its process died.
-  const void* read_committed(descriptor_index d, std::uint64_t off, const object_type& t) {
+  /// `copy`: room `open_read` took for the object already, or null.
+  [[gnu::noinline]] const void* read_committed(descriptor_index d, std::uint64_t off,
+                                               const object_type& t, std::byte* copy = nullptr) {
     using namespace bank_layout;
     const object_header& h = header(off);
     const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
-    std::byte* copy = nullptr;
     std::uint32_t spins = 0;
     for (;;) {
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
@@ -254,7 +301,12 @@ class bank_locks : public bank_recovery {
     auto& set = reads(d);
     set.push_back({off, v});
     const std::size_t n = set.size();
-    if (n >= 2 && (n & (n - 1)) == 0 && !reads_valid(d, false)) {
+    if (n >= 2 && (n & (n - 1)) == 0) [[unlikely]]
+      check_reads(d, n);
+  }
+
+  [[gnu::cold, gnu::noinline]] void check_reads(descriptor_index d, std::size_t n) {
+    if (!reads_valid(d, false)) {
       lose(d,
            fmt::format("an object this transaction read (of {}) was changed by a commit since", n));
     }
@@ -331,15 +383,21 @@ class bank_locks : public bank_recovery {
   }
 
   void check_handle(std::uint64_t off, const object_type& t) const {
-    if (off < chunks_offset_ || off >= bank_size_ || off % bank_layout::min_block != 0) {
-      throw usage_error(fmt::format(
-          "the handle to a {} (offset {}) does not name an object of this pool", t.name, off));
+    if (off < chunks_offset_ || off >= bank_size_ || off % bank_layout::min_block != 0)
+        [[unlikely]] {
+      refuse_handle(off, t);
     }
+  }
+  [[noreturn, gnu::cold, gnu::noinline]] static void refuse_handle(std::uint64_t off,
+                                                                   const object_type& t) {
+    throw usage_error(fmt::format(
+        "the handle to a {} (offset {}) does not name an object of this pool", t.name, off));
   }
 
   void check_size(std::uint64_t off, const object_type& t) const {
     const std::uint32_t size = header(off).size;
-    if (size != t.size) refuse_size(off, t, size);
+    if (size != t.size) [[unlikely]]
+      refuse_size(off, t, size);
   }
 
   [[noreturn, gnu::cold, gnu::noinline]] static void refuse_size(std::uint64_t off,
