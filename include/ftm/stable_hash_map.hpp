@@ -74,15 +74,18 @@ inline constexpr std::size_t hash_segments = 256;
 /// Bucket heads per bucket page (512 bytes: a small map stays small).
 inline constexpr std::size_t bucket_page_slots = 64;
 /// Bucket pages per segment: at most 8,192 buckets each, 2 million in all, so chains
-/// stay short up to about 12 million entries.
+/// stay short up to about 6 million entries.
 inline constexpr std::size_t segment_pages = 128;
 /// Buckets of a new segment (a power of two): one, so that a small map stays small
 /// (256 segments already spread it) and splits begin early.
 inline constexpr std::uint64_t initial_buckets = 1;
-/// Entries per chain node.
-inline constexpr std::size_t hash_node_entries = 8;
-/// A segment splits a bucket when it holds more entries than this per bucket.
-inline constexpr std::uint64_t max_load = 6;
+/// Entries per chain node: 4, so that an update, whose commit copies the node it wrote
+/// between the banks, copies 8 cache lines of 100-byte values rather than 15 (with 8;
+/// docs/benchmarks.md, "Reading parts of nodes").
+inline constexpr std::size_t hash_node_entries = 4;
+/// A segment splits a bucket when it holds more entries than this per bucket: most
+/// chains are then one node.
+inline constexpr std::uint64_t max_load = 3;
 
 /// The segments' offsets, 0 for a segment not made yet.
 struct segment_table {
@@ -156,7 +159,7 @@ class opened_hash_map_base;
 /// another object), empty when value-initialised, as large as the pool allows.
 ///
 /// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
-/// table of buckets holding chains of 8-entry nodes. A lookup reads the path to its key
+/// table of buckets holding chains of 4-entry nodes. A lookup reads the path to its key
 /// without locks (validated at commit); `insert_or_assign` locks the nodes of its key's chain up to
 /// the key's (opened once, for writing; a chain is mostly one node); an insert or erase also locks
 /// its segment, and splits at most one bucket of it. So transactions on keys of different segments
