@@ -519,7 +519,8 @@ TEST_CASE_TEMPLATE(
       m.insert(k, value_of(k));
     return r;
   });
-  const std::uint64_t rounds = 100000 / ftm_test::transaction_divisor<E>;
+  const std::uint64_t rounds =
+      100000 / ftm_test::transaction_divisor<E> / ftm_test::sanitizer_divisor;
   std::atomic<bool> done{false};
   std::atomic<std::uint64_t> moves{0};
   std::thread writer([&] {
