@@ -152,6 +152,111 @@ ENGINE_TEST("a transaction that locks too many objects gets a clear error") {
     CHECK(balance_of(*pool, o) == 1);
 }
 
+namespace {
+/// Eight words a writer always sets alike.
+struct eight_words {
+  std::array<std::uint64_t, 8> w;
+};
+
+/// Word `i` of `o`, read as a part with `seen`.
+template <class E>
+std::uint64_t word_part(ftm::transaction<E>& tx, ftm::stable<eight_words> o, std::size_t i,
+                        std::uint64_t& seen) {
+  std::uint64_t v = 0;
+  std::memcpy(&v,
+              ftm::detail::byte_access::open_read_part(
+                  tx, o.offset(), ftm::detail::object_type_of<eight_words>, 8 * i, 8, seen),
+              8);
+  return v;
+}
+}  // namespace
+
+ENGINE_TEST("parts of an object: one committed value, recorded once, or the transaction loses") {
+  static_assert(ftm::partial_read_engine<E>);
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto o = ftm::atomically(*pool, [](auto& tx) {
+    return tx.create(eight_words{{1, 1, 1, 1, 1, 1, 1, 1}});
+  });
+  const auto other = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{5, 0}); });
+  auto set_all = [&](std::uint64_t v) {
+    ftm::atomically(*pool, [&](auto& tx) {
+      for (auto& w : tx.open(o)->w)
+        w = v;
+    });
+  };
+
+  SUBCASE("a commit between two parts: the second throws conflict, never the new bytes") {
+    ftm::transaction<E> reader(*pool);
+    reader.begin();
+    std::uint64_t seen = 0;
+    CHECK(word_part(reader, o, 0, seen) == 1);
+    CHECK(seen != 0);
+    CHECK(word_part(reader, o, 7, seen) == 1);  // unchanged: the same value
+    set_all(2);
+    CHECK_THROWS_AS(static_cast<void>(word_part(reader, o, 3, seen)), ftm::conflict);
+    CHECK_FALSE(reader.engine().valid(reader.id()));
+    CHECK_THROWS_AS(reader.commit(), ftm::conflict);  // doomed: it may only abort
+  }
+  SUBCASE("a part is validated at commit like a whole read") {
+    ftm::transaction<E> reader(*pool);
+    reader.begin();
+    std::uint64_t seen = 0;
+    CHECK(word_part(reader, o, 2, seen) == 1);
+    CHECK(reader.open_read(other)->balance == 5);  // two objects: the commit checks both
+    set_all(3);
+    CHECK_THROWS_AS(reader.commit(), ftm::conflict);
+  }
+  SUBCASE("parts of one object alone, recorded once: serialized at its reads, it commits") {
+    // As a read-only transaction of one whole object: its commit checks nothing.
+    ftm::transaction<E> reader(*pool);
+    reader.begin();
+    std::uint64_t seen = 0;
+    CHECK(word_part(reader, o, 0, seen) == 1);
+    CHECK(word_part(reader, o, 5, seen) == 1);
+    set_all(4);
+    CHECK_NOTHROW(reader.commit());
+  }
+  SUBCASE("parts of many objects in one transaction") {
+    std::vector<ftm::stable<eight_words>> objs;
+    for (int i = 0; i < 40; ++i) {
+      objs.push_back(ftm::atomically(*pool, [&](auto& tx) {
+        return tx.create(eight_words{{std::uint64_t(i), 0, 0, 0, 0, 0, 0, std::uint64_t(i)}});
+      }));
+    }
+    ftm::atomically(*pool, [&](auto& tx) {
+      for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 40; ++i) {
+          std::uint64_t seen = 0;
+          CHECK(word_part(tx, objs[i], 0, seen) == std::uint64_t(i));
+          for (int part = 0; part < 20; ++part)
+            CHECK(word_part(tx, objs[i], 7, seen) == std::uint64_t(i));
+        }
+      }
+    });
+  }
+  SUBCASE("an object the transaction writes: its parts are its own writes") {
+    ftm::atomically(*pool, [&](auto& tx) {
+      std::uint64_t seen = 0;
+      CHECK(word_part(tx, o, 1, seen) == 1);
+      tx.open(o)->w[1] = 9;
+      CHECK(word_part(tx, o, 1, seen) == 9);
+      std::uint64_t fresh = 0;
+      CHECK(word_part(tx, o, 1, fresh) == 9);
+    });
+  }
+  SUBCASE("a part outside the object, or of an object of another size, is refused") {
+    ftm::atomically(*pool, [&](auto& tx) {
+      std::uint64_t seen = 0;
+      CHECK_THROWS_AS(static_cast<void>(word_part(tx, o, 8, seen)), ftm::usage_error);
+      CHECK_THROWS_WITH_AS(
+          static_cast<void>(ftm::detail::byte_access::open_read_part(
+              tx, other.offset(), ftm::detail::object_type_of<eight_words>, 0, 8, seen)),
+          doctest::Contains("bytes"), ftm::usage_error);
+    });
+  }
+  CHECK(pool->check().ok());
+}
+
 ENGINE_TEST(
     "byte access: objects opened as bytes in a transaction commit, abort and write through") {
   // The transaction's byte-level access, which ports are built on.

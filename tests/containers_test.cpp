@@ -11,15 +11,18 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <numeric>
 #include <random>
 #include <ranges>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -290,6 +293,18 @@ ENGINE_TEST("stable_hash_map: inserts that split buckets, updates, erases, again
     }
     CHECK(seen == model.size());
     CHECK(std::ranges::distance(m.begin(), m.end()) == static_cast<std::ptrdiff_t>(model.size()));
+    // An iterator from `find` (which read a part of its node) goes on as one from begin().
+    std::vector<std::uint64_t> order;
+    for (const auto& e : m)
+      order.push_back(e.first);
+    for (std::size_t i = 0; i < order.size(); i += 37) {
+      auto it = m.find(order[i]);
+      for (std::size_t j = i; j < std::min(order.size(), i + 12); ++j, ++it) {
+        REQUIRE(it != m.end());
+        CHECK(it->first == order[j]);
+        CHECK(it->second.version == model[order[j]]);
+      }
+    }
     for (const auto& [k, v] : model) {
       auto it = m.find(k);
       REQUIRE(it != m.end());
@@ -380,6 +395,178 @@ TEST_CASE_TEMPLATE("stable_hash_map: transactions on keys of different segments 
     m.verify();
     CHECK(m.size() == 2 * per_thread);
     CHECK(std::ranges::all_of(m, [](const auto& e) { return e.second == 3; }));
+  });
+}
+
+namespace {
+/// Keys of one segment (the low 8 bits of their hash are `segment`).
+std::vector<std::uint64_t> keys_in_segment(std::uint64_t segment, std::size_t n) {
+  std::vector<std::uint64_t> out;
+  for (std::uint64_t k = 1; out.size() < n; ++k) {
+    if (ftm::stable_hash<std::uint64_t>{}(k) % 256 == segment) out.push_back(k);
+  }
+  return out;
+}
+
+/// The first node of the chain of `key` in a map of `uint64_t` to `uint64_t`, found
+/// through the layout (the map's object, its segment table, segment, bucket page).
+template <class E>
+std::uint64_t first_node_of(ftm::transaction<E>& tx,
+                            ftm::stable<ftm::stable_hash_map<std::uint64_t, std::uint64_t>> ref,
+                            std::uint64_t key, std::uint64_t& page) {
+  namespace d = ftm::detail;
+  using map_t = ftm::stable_hash_map<std::uint64_t, std::uint64_t>;
+  std::uint64_t table = 0;
+  std::memcpy(&table, d::byte_access::open_read(tx, ref.offset(), d::object_type_of<map_t>), 8);
+  const std::uint64_t h = ftm::stable_hash<std::uint64_t>{}(key);
+  const auto seg = d::read_node<d::segment_table>(tx, table)->segment[h % d::hash_segments];
+  const auto* s = d::read_node<d::hash_segment>(tx, seg);
+  REQUIRE(s->level == 0);  // one bucket: every key of the segment in its chain
+  page = s->page[0];
+  return d::read_node<d::bucket_page>(tx, page)->head[0];
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE(
+    "stable_hash_map: a node's tags are checked, and a node of the layout "
+    "before them is refused, never misread",
+    E, ftm::engines::dual_bank, ftm::engines::pmem) {
+  namespace d = ftm::detail;
+  auto pool = engine_factory<E>::make();
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_hash_map<std::uint64_t, std::uint64_t>;
+  const auto keys = keys_in_segment(5, d::max_load);  // one bucket, one node
+  auto ref = ftm::atomically(*pool, [&](tx_t& tx) {
+    auto r = tx.template create<map_t>();
+    auto m = ftm::open(tx, r);
+    for (auto k : keys)
+      m.insert(k, k * 10);
+    return r;
+  });
+  SUBCASE("a tag that is not its key's: verify() names it, and lookups trust the tags") {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      std::uint64_t page = 0;
+      const auto node = first_node_of(tx, ref, keys[0], page);
+      auto* n = d::write_node<d::hash_node<std::uint64_t, std::uint64_t>>(tx, node);
+      REQUIRE(n->count == keys.size());
+      for (std::size_t i = 0; i < n->count; ++i) {
+        CHECK(n->tag[i] == d::hash_tag(ftm::stable_hash<std::uint64_t>{}(n->entry[i].first)));
+      }
+      n->tag[0] ^= 0x5a;
+    });
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open_read(tx, ref);
+      CHECK_THROWS_WITH_AS(m.verify(), doctest::Contains("tag"), ftm::bad_pool);
+      std::size_t found = 0;
+      for (auto k : keys)
+        found += m.contains(k) ? 1 : 0;
+      CHECK(found == keys.size() - 1);
+    });
+  }
+  SUBCASE("a node without tags (a pool made before them): a usage_error naming its size") {
+    struct untagged_node {  // the layout before the tags
+      std::uint64_t next;
+      std::uint64_t count;
+      d::map_entry<std::uint64_t, std::uint64_t> entry[d::hash_node_entries];
+    };
+    static_assert(sizeof(untagged_node) != sizeof(d::hash_node<std::uint64_t, std::uint64_t>));
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      std::uint64_t page = 0;
+      static_cast<void>(first_node_of(tx, ref, keys[0], page));
+      untagged_node old{};
+      old.count = keys.size();
+      for (std::size_t i = 0; i < keys.size(); ++i)
+        old.entry[i] = {keys[i], keys[i] * 10};
+      const auto made = tx.create(old);
+      d::write_node<d::bucket_page>(tx, page)->head[0] = made.offset();
+    });
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open_read(tx, ref);
+      const std::string size = std::to_string(sizeof(untagged_node)) + " bytes";
+      CHECK_THROWS_WITH_AS(static_cast<void>(m.find(keys[1])), doctest::Contains(size.c_str()),
+                           ftm::usage_error);
+      CHECK_THROWS_AS(static_cast<void>(m.contains(keys.back())), ftm::usage_error);
+      CHECK_THROWS_AS(m.verify(), ftm::usage_error);
+    });
+    CHECK_THROWS_AS(ftm::atomically(*pool, [&](tx_t& tx) { ftm::open(tx, ref)[keys[0]] = 1; }),
+                    ftm::usage_error);
+  }
+}
+
+TEST_CASE_TEMPLATE(
+    "stable_hash_map: lookups beside a writer that moves entries within their "
+    "node find every key, with its own value",
+    E, ftm::engines::dual_bank, ftm::engines::pmem) {
+  // A lookup reads a node's tags, then one entry: if a commit moved the entries in
+  // between (an erase fills the hole with the last entry, an insert appends), the entry
+  // read must be of the same commit as the tags, or the key would seem missing.
+  auto pool = engine_factory<E>::make();
+  using tx_t = ftm::transaction<E>;
+  using map_t = ftm::stable_hash_map<std::uint64_t, value100>;
+  // One bucket, one node: a segment splits past `max_load` entries a bucket.
+  static_assert(ftm::detail::max_load <= ftm::detail::hash_node_entries);
+  const auto keys = keys_in_segment(9, ftm::detail::max_load);
+  auto value_of = [](std::uint64_t k) {
+    value100 v{};
+    v.version = k;
+    std::snprintf(v.bytes, sizeof v.bytes, "value of %llu", static_cast<unsigned long long>(k));
+    return v;
+  };
+  auto ref = ftm::atomically(*pool, [&](tx_t& tx) {
+    auto r = tx.template create<map_t>();
+    auto m = ftm::open(tx, r);
+    for (auto k : keys)
+      m.insert(k, value_of(k));
+    return r;
+  });
+  const std::uint64_t rounds =
+      100000 / ftm_test::transaction_divisor<E> / ftm_test::sanitizer_divisor;
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> moves{0};
+  std::thread writer([&] {
+    for (std::uint64_t i = 0; i < rounds && !done.load(); ++i) {
+      const std::uint64_t k = keys[i % keys.size()];
+      ftm::atomically(*pool, [&](tx_t& tx) {
+        auto m = ftm::open(tx, ref);
+        m.erase(k);                // the last entry takes its slot
+        m.insert(k, value_of(k));  // and it goes last
+      });
+      moves.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  std::uint64_t missing = 0;
+  std::uint64_t wrong = 0;
+  std::uint64_t lookups = 0;
+  while (moves.load() < rounds && lookups < 50 * rounds) {
+    ftm::atomically(*pool, [&](tx_t& tx) {
+      auto m = ftm::open_read(tx, ref);
+      std::uint64_t miss = 0;
+      std::uint64_t bad = 0;
+      for (auto k : keys) {
+        const auto it = m.find(k);
+        if (it == m.end()) {
+          ++miss;
+        } else if (it->first != k || it->second.version != k ||
+                   std::string_view(it->second.bytes) != value_of(k).bytes) {
+          ++bad;
+        }
+      }
+      // Counted in every attempt, even one that aborts later: a lookup must never
+      // return what a mix of two commits shows (its commit would fail, too late).
+      missing += miss;
+      wrong += bad;
+    });
+    lookups += keys.size();
+  }
+  done = true;
+  writer.join();
+  MESSAGE(lookups, " lookups beside ", moves.load(), " moves");
+  CHECK(missing == 0);
+  CHECK(wrong == 0);
+  ftm::atomically(*pool, [&](tx_t& tx) {
+    auto m = ftm::open_read(tx, ref);
+    m.verify();
+    CHECK(m.size() == keys.size());
   });
 }
 

@@ -261,10 +261,11 @@ TEST_CASE_TEMPLATE("one transaction inserts a hundred thousand entries, or names
     CHECK(pool->check().ok());
   }
   SUBCASE("a pool made for it: one transaction inserts them all") {
-    // A new node per 8 entries, the segments, their bucket pages and the allocator's
-    // records: about a fifth of the entries, made 1/3 of n to keep a margin.
+    // A node per 1.5 to 3 entries (nodes of 4, a bucket splits past 3 entries), the
+    // segments, their bucket pages and the allocator's records: under half of the
+    // entries, made 2/3 of n to keep a margin.
     auto pool = ftm_test::engine_factory<E>::make(std::size_t{32} << 20,
-                                                  static_cast<std::uint32_t>(n / 3 + 1024));
+                                                  static_cast<std::uint32_t>(2 * n / 3 + 1024));
     const auto ref = make_map(*pool);
     insert_all(*pool, ref);
     const auto [size, sum] = ftm::atomically(*pool, [&](auto& tx) {

@@ -203,6 +203,31 @@ concept unlogged_write_engine = engine<E> &&
   { e.write_through(t, off, at, src, n) } -> std::same_as<void>;
 };
 
+/// Optional: read a part of an object, for a container that needs a few bytes of a
+/// large node (a hash map's probe reads a node's tags, then the one entry they name),
+/// where `open_read` would copy the whole object.
+///
+/// `open_read_part(t, off, ty, at, n, seen)` opens bytes `[at, at + n)` of the object
+/// at `off` for reading, `ty` checked as `open_read` checks it, and returns their
+/// address (that of byte `at`). `seen` belongs to the caller, one per object: 0 before
+/// the first part it reads of that object in `t`, then the engine's (it may record
+/// what it read there). Laws, on top of `open_read`'s:
+/// - One value: the parts read with one `seen` are all of one committed value of the
+///   object (or of `t`'s own writes, once `t` holds it for writing). If a commit
+///   changed the object between two of them, the later one throws `ftm::conflict`
+///   (the transaction may then only abort) and never returns bytes of another value.
+/// - The bytes returned stay unchanged while `t` runs, and `t` commits only if what it
+///   read is still the committed value, as for a whole `open_read`.
+/// - Parts outside the object (`at + n` beyond `ty.size`) are a `ftm::usage_error`.
+/// An engine without it is read whole: `detail::byte_access::open_read_part` falls
+/// back to `open_read`, once per `seen`.
+template <class E>
+concept partial_read_engine = engine<E> &&
+    requires(E& e, tx_id t, std::uint64_t off, const object_type& ty, std::size_t at, std::size_t n,
+             std::uint64_t& seen) {
+  { e.open_read_part(t, off, ty, at, n, seen) } -> std::same_as<const void*>;
+};
+
 /// What `watch()` registered, handed back to `wait()`. Opaque to the layers above.
 struct watch_token {
   std::uint32_t slot;  ///< engine-defined: where the registration is

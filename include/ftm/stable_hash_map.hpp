@@ -74,15 +74,18 @@ inline constexpr std::size_t hash_segments = 256;
 /// Bucket heads per bucket page (512 bytes: a small map stays small).
 inline constexpr std::size_t bucket_page_slots = 64;
 /// Bucket pages per segment: at most 8,192 buckets each, 2 million in all, so chains
-/// stay short up to about 12 million entries.
+/// stay short up to about 6 million entries.
 inline constexpr std::size_t segment_pages = 128;
 /// Buckets of a new segment (a power of two): one, so that a small map stays small
 /// (256 segments already spread it) and splits begin early.
 inline constexpr std::uint64_t initial_buckets = 1;
-/// Entries per chain node.
-inline constexpr std::size_t hash_node_entries = 8;
-/// A segment splits a bucket when it holds more entries than this per bucket.
-inline constexpr std::uint64_t max_load = 6;
+/// Entries per chain node: 4, so that an update, whose commit copies the node it wrote
+/// between the banks, copies 8 cache lines of 100-byte values rather than 15 (with 8;
+/// docs/benchmarks.md, "Reading parts of nodes").
+inline constexpr std::size_t hash_node_entries = 4;
+/// A segment splits a bucket when it holds more entries than this per bucket: most
+/// chains are then one node.
+inline constexpr std::uint64_t max_load = 3;
 
 /// The segments' offsets, 0 for a segment not made yet.
 struct segment_table {
@@ -104,12 +107,47 @@ struct bucket_page {
   std::uint64_t head[bucket_page_slots];
 };
 
+/// The tag of a hash: its top byte (the low bits choose the segment and the bucket).
+constexpr std::uint8_t hash_tag(std::uint64_t hash) noexcept {
+  return static_cast<std::uint8_t>(hash >> 56);
+}
+
+/// The first bytes of a chain node, what a lookup reads of it before any entry: with
+/// the object's header, one cache line.
+struct hash_node_head {
+  std::uint64_t next;
+  std::uint64_t count;
+  /// Each entry's `hash_tag`: a lookup compares only the keys whose tag is its key's.
+  std::uint8_t tag[hash_node_entries];
+};
+
+/// A chain node: `hash_node_head`'s fields, then the entries. (Nodes made before the
+/// tags are shorter: every opening of a node checks its size, so a map of a pool made
+/// then is refused with `ftm::usage_error`, never misread.)
 template <class K, class V>
 struct hash_node {
   std::uint64_t next;
   std::uint64_t count;
+  std::uint8_t tag[hash_node_entries];
   map_entry<K, V> entry[hash_node_entries];
+
+  /// Where `entry` begins: after the head, at the entries' alignment.
+  static constexpr std::size_t entries_at =
+      (sizeof(hash_node_head) + alignof(map_entry<K, V>) - 1) / alignof(map_entry<K, V>) *
+      alignof(map_entry<K, V>);
 };
+
+/// Whether `N` (a `hash_node`) is laid out as `hash_node_head` and `entries_at` say.
+template <class N>
+constexpr bool hash_node_as_declared() {
+  if constexpr (std::is_standard_layout_v<N>) {
+    return offsetof(N, count) == offsetof(hash_node_head, count) &&
+           offsetof(N, tag) == offsetof(hash_node_head, tag) && offsetof(N, entry) == N::entries_at;
+  } else {
+    return sizeof(N) >= N::entries_at + sizeof(N::entry) &&
+           sizeof(N) < N::entries_at + sizeof(N::entry) + alignof(N);
+  }
+}
 
 template <class K, class V, class Hash, engine E, bool Writable>
 class opened_hash_map_base;
@@ -121,7 +159,7 @@ class opened_hash_map_base;
 /// another object), empty when value-initialised, as large as the pool allows.
 ///
 /// Its entries live in 256 segments chosen by the hash; each segment is a linear-hashing
-/// table of buckets holding chains of 8-entry nodes. A lookup reads the path to its key
+/// table of buckets holding chains of 4-entry nodes. A lookup reads the path to its key
 /// without locks (validated at commit); `insert_or_assign` locks the nodes of its key's chain up to
 /// the key's (opened once, for writing; a chain is mostly one node); an insert or erase also locks
 /// its segment, and splits at most one bucket of it. So transactions on keys of different segments
@@ -165,7 +203,8 @@ struct hash_position {
   std::size_t segment = 0;
   std::uint64_t bucket = 0;
   std::uint64_t node = 0;       // 0: not found
-  const void* found = nullptr;  // the node at `node`, as `locate` opened it
+  const void* found = nullptr;  // the entry at `slot`, as `locate` opened it
+  std::uint64_t seen = 0;       // how `locate` read node `node` (`read_node_part`'s record)
   std::size_t slot = 0;
   std::uint64_t prev = 0;       // the node before `node` in its chain, 0 if it is the head
   std::uint64_t with_room = 0;  // a node of the chain with a free slot, 0 if none
@@ -186,22 +225,40 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   using SV = slot_t<V>;
   using node = hash_node<SK, SV>;
 
+  using entry_type = map_entry<SK, SV>;
+  static_assert(hash_node_as_declared<node>(),
+                "ftm::stable_hash_map: a node's entries are not where its head says");
+
   /// Where an iterator is: a node's slot, and the segment and bucket of its chain.
   struct cursor {
     std::uint64_t off = 0;
     std::uint64_t slot = 0;
-    const hash_node<SK, SV>* node = nullptr;
+    const hash_node<SK, SV>* node = nullptr;   // node `off` whole, or null
+    const map_entry<SK, SV>* entry = nullptr;  // `find`'s entry, a part of node `off`
+    std::uint64_t seen = 0;  // how node `off` was read: read whole later, it is one value
     std::size_t segment = hash_segments;  // the end
     std::uint64_t bucket = 0;
+
+    const map_entry<SK, SV>& current() const {
+      return node != nullptr ? node->entry[slot] : *entry;
+    }
+
+    void advance(const opened_hash_map_base& m) {
+      if (node == nullptr) node = m.whole_node(off, seen);
+      ++slot;
+      settle(m);
+    }
 
     /// Moves to the first entry at or after this place: along the chain, then bucket
     /// by bucket, segment by segment.
     void settle(const opened_hash_map_base& m) {
       if (off != 0) {
-        if (node == nullptr) node = m.template read<hash_node<SK, SV>>(off);
+        if (node == nullptr && entry != nullptr) return;  // at `find`'s entry
+        if (node == nullptr) node = m.whole_node(off, seen);
         if (slot < node->count) return;
         slot = 0;
         off = node->next;
+        seen = 0;
         bucket += off == 0 ? 1 : 0;
       }
       while (off == 0) {
@@ -209,16 +266,17 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
           node = nullptr;
           return;
         }
-        const hash_segment* s = m.segment_at(segment);
-        if (s == nullptr || bucket >= buckets(*s)) {
+        const std::uint64_t seg = m.segment_offset(segment);
+        std::uint64_t seg_seen = 0;
+        if (seg == 0 || bucket >= buckets(m.shape_of(seg, seg_seen))) {
           ++segment;
           bucket = 0;
           continue;
         }
-        off = m.head(*s, bucket);
+        off = m.head(seg, bucket, seg_seen);
         if (off == 0) ++bucket;
       }
-      node = m.template read<hash_node<SK, SV>>(off);
+      node = m.whole_node(off, seen);
     }
   };
 
@@ -234,11 +292,14 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
                    holds_strings>;
   using iterator = const_iterator;
 
-  /// The number of entries: reads every segment's count (256 reads, no locks).
+  /// The number of entries: reads every segment's count (257 reads, no locks).
   [[nodiscard]] size_type size() const {
+    const segment_table* t = table();
+    if (t == nullptr) return 0;
     size_type n = 0;
-    for (std::size_t s = 0; s < hash_segments; ++s) {
-      if (const hash_segment* seg = segment_at(s)) n += seg->count;
+    for (const std::uint64_t seg : t->segment) {
+      std::uint64_t seen = 0;
+      if (seg != 0) n += read_node_field<std::uint64_t, hash_segment>(tx(), seg, 0, seen);
     }
     return n;
   }
@@ -249,10 +310,11 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   const_iterator find(key_arg key) const {
     const hash_position p = locate(key);
     if (p.node == 0) return end();
-    // The cursor starts from the node `locate` read: no second opening of it.
+    // The cursor starts from the entry `locate` read; moving on reads its node whole.
     return {this, cursor{.off = p.node,
                          .slot = p.slot,
-                         .node = static_cast<const node*>(p.found),
+                         .entry = static_cast<const entry_type*>(p.found),
+                         .seen = p.seen,
                          .segment = p.segment,
                          .bucket = p.bucket}};
   }
@@ -286,6 +348,9 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
           for (std::size_t i = 0; i < n->count; ++i) {
             verify_strings(n->entry[i]);
             const std::uint64_t h = stored_hash(n->entry[i].first);
+            if (n->tag[i] != hash_tag(h)) {
+              fail(fmt::format("segment {}, bucket {}: an entry's tag is not its key's", s, b));
+            }
             if (h % hash_segments != s || bucket_of(*seg, h) != b) {
               fail(fmt::format("segment {}, bucket {}: a key hashes to segment {}, bucket {}", s, b,
                                h % hash_segments, bucket_of(*seg, h)));
@@ -348,10 +413,20 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
   }
   static std::uint64_t& table_of(map_type& m) noexcept { return m.table_; }
 
-  static std::uint64_t buckets(const hash_segment& s) noexcept {
+  /// What `bucket_of` needs of a segment, read as a part of it.
+  struct shape {
+    std::uint64_t level;
+    std::uint64_t split;
+  };
+  static_assert(offsetof(hash_segment, split) == offsetof(hash_segment, level) + 8);
+
+  /// `S`: a `hash_segment` or its `shape`.
+  template <class S>
+  static std::uint64_t buckets(const S& s) noexcept {
     return (initial_buckets << s.level) + s.split;
   }
-  static std::uint64_t bucket_of(const hash_segment& s, std::uint64_t hash) noexcept {
+  template <class S>
+  static std::uint64_t bucket_of(const S& s, std::uint64_t hash) noexcept {
     const std::uint64_t h = hash / hash_segments;
     const std::uint64_t low = initial_buckets << s.level;
     const std::uint64_t b = h & (low - 1);
@@ -363,20 +438,45 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     if (map_->table_ == 0) return nullptr;
     return this->template read<segment_table>(map_->table_);
   }
+  /// The offset of segment `s`, 0 if it is not made yet: 8 bytes of the table.
   std::uint64_t segment_offset(std::size_t s) const {
-    const segment_table* t = table();
-    return t == nullptr ? 0 : t->segment[s];
+    if (map_->table_ == 0) return 0;
+    std::uint64_t seen = 0;
+    return read_node_field<std::uint64_t, segment_table>(tx(), map_->table_, 8 * s, seen);
+  }
+  /// The shape of the segment at `off`, read with `seen`.
+  shape shape_of(std::uint64_t off, std::uint64_t& seen) const {
+    return read_node_field<shape, hash_segment>(tx(), off, offsetof(hash_segment, level), seen);
+  }
+  /// The node at `off` whole, read with `seen` (after parts of it, of their value).
+  const node* whole_node(std::uint64_t off, std::uint64_t& seen) const {
+    return reinterpret_cast<const node*>(read_node_part<node>(tx(), off, 0, sizeof(node), seen));
   }
   const hash_segment* segment_at(std::size_t s) const {
     const std::uint64_t off = segment_offset(s);
     return off == 0 ? nullptr : this->template read<hash_segment>(off);
   }
+  /// The head of `bucket`'s chain: a slot of its bucket page.
+  std::uint64_t head_in(std::uint64_t page, std::uint64_t bucket) const {
+    if (page == 0) return 0;
+    std::uint64_t seen = 0;
+    return read_node_field<std::uint64_t, bucket_page>(tx(), page, 8 * (bucket % bucket_page_slots),
+                                                       seen);
+  }
   std::uint64_t head(const hash_segment& s, std::uint64_t bucket) const {
-    const std::uint64_t page = s.page[bucket / bucket_page_slots];
-    return page == 0 ? 0 : this->template read<bucket_page>(page)->head[bucket % bucket_page_slots];
+    return head_in(s.page[bucket / bucket_page_slots], bucket);
+  }
+  /// The same, of the segment at `off`, whose page slot is read with `seen`.
+  std::uint64_t head(std::uint64_t off, std::uint64_t bucket, std::uint64_t& seen) const {
+    return head_in(
+        read_node_field<std::uint64_t, hash_segment>(
+            tx(), off, offsetof(hash_segment, page) + 8 * (bucket / bucket_page_slots), seen),
+        bucket);
   }
 
-  /// Finds `key`, reading its path without locks.
+  /// Finds `key`, reading its path without locks, in parts: 8 bytes of the segment
+  /// table, the segment's shape and one page slot, one bucket slot, then per node its
+  /// head (count, next, tags) and only the entries whose tag is the key's.
   /// With `for_write`, opens the chain's nodes for writing as it goes (an update then
   /// opens the key's node once, not once to read and again to write).
   hash_position locate(key_arg key, bool for_write = false) const {
@@ -385,24 +485,53 @@ class opened_hash_map_base : public map_view<opened_hash_map_base<K, V, Hash, E,
     p.segment = p.hash % hash_segments;
     p.segment_off = segment_offset(p.segment);
     if (p.segment_off == 0) return p;
-    const auto* s = this->template read<hash_segment>(p.segment_off);
-    p.bucket = bucket_of(*s, p.hash);
+    std::uint64_t seg_seen = 0;
+    p.bucket = bucket_of(shape_of(p.segment_off, seg_seen), p.hash);
+    const std::uint8_t tag = hash_tag(p.hash);
     std::uint64_t prev = 0;
-    for (std::uint64_t off = head(*s, p.bucket); off != 0;) {
-      const node* n = for_write ? write_node<node>(tx(), off) : this->template read<node>(off);
-      for (std::size_t i = 0; i < n->count; ++i) {
-        if (matches(n->entry[i].first, key, p.hash)) {
-          p.node = off;
-          p.found = n;
-          p.slot = i;
-          p.prev = prev;
-          return p;
+    for (std::uint64_t off = head(p.segment_off, p.bucket, seg_seen); off != 0;) {
+      std::uint64_t next = 0;
+      std::uint64_t count = 0;
+      if (for_write) {
+        node* n = write_node<node>(tx(), off);
+        count = n->count;
+        for (std::size_t i = 0; i < count && i < hash_node_entries; ++i) {
+          if (n->tag[i] == tag && matches(n->entry[i].first, key, p.hash)) {
+            p.found = &n->entry[i];
+            return hit(p, off, i, prev, 0);
+          }
+        }
+        next = n->next;
+      } else {
+        std::uint64_t seen = 0;
+        const auto* h = reinterpret_cast<const hash_node_head*>(
+            read_node_part<node>(tx(), off, 0, sizeof(hash_node_head), seen));
+        count = h->count;
+        next = h->next;
+        for (std::size_t i = 0; i < count && i < hash_node_entries; ++i) {
+          if (h->tag[i] != tag) continue;
+          const auto* e = reinterpret_cast<const entry_type*>(read_node_part<node>(
+              tx(), off, node::entries_at + i * sizeof(entry_type), sizeof(entry_type), seen));
+          if (matches(e->first, key, p.hash)) {
+            p.found = e;
+            return hit(p, off, i, prev, seen);
+          }
         }
       }
-      if (n->count < hash_node_entries && p.with_room == 0) p.with_room = off;
+      if (count < hash_node_entries && p.with_room == 0) p.with_room = off;
       prev = off;
-      off = n->next;
+      off = next;
     }
+    return p;
+  }
+
+ private:
+  static hash_position hit(hash_position& p, std::uint64_t off, std::size_t slot,
+                           std::uint64_t prev, std::uint64_t seen) {
+    p.node = off;
+    p.slot = slot;
+    p.prev = prev;
+    p.seen = seen;
     return p;
   }
 };
@@ -451,7 +580,9 @@ class opened_hash_map<K, V, Hash, E, true>
     const detail::hash_position p = this->locate(key, true);
     if (p.node != 0) {
       // Opened for writing by `locate`.
-      SV& slot = const_cast<node*>(static_cast<const node*>(p.found))->entry[p.slot].second;
+      SV& slot = const_cast<detail::map_entry<SK, SV>*>(
+                     static_cast<const detail::map_entry<SK, SV>*>(p.found))
+                     ->second;
       this->template release<V>(slot);
       slot = this->template store<V>(value);
       return false;
@@ -488,6 +619,7 @@ class opened_hash_map<K, V, Hash, E, true>
     this->template release<K>(n->entry[p.slot].first);
     this->template release<V>(n->entry[p.slot].second);
     n->entry[p.slot] = n->entry[n->count - 1];
+    n->tag[p.slot] = n->tag[n->count - 1];
     if (--n->count == 0) {  // unlink the empty node
       if (p.prev == 0) {
         head_slot(*seg, p.bucket) = n->next;
@@ -550,6 +682,7 @@ class opened_hash_map<K, V, Hash, E, true>
       auto* n = detail::write_node<node>(tx, p.with_room);
       p.node = p.with_room;
       p.slot = n->count;
+      n->tag[n->count] = detail::hash_tag(p.hash);
       n->entry[n->count++] = entry;
     } else {
       std::uint64_t& head = head_slot(*seg, p.bucket);
@@ -557,6 +690,7 @@ class opened_hash_map<K, V, Hash, E, true>
       auto* n = detail::write_node<node>(tx, off);
       n->next = head;
       n->count = 1;
+      n->tag[0] = detail::hash_tag(p.hash);
       n->entry[0] = entry;
       head = off;
       p.node = off;
@@ -611,6 +745,8 @@ class opened_hash_map<K, V, Hash, E, true>
         auto* n = detail::write_node<node>(tx, off);
         n->count = std::min(detail::hash_node_entries, entries.size() - i);
         std::memcpy(static_cast<void*>(n->entry), &entries[i], n->count * sizeof(entries[i]));
+        for (std::size_t j = 0; j < n->count; ++j)
+          n->tag[j] = detail::hash_tag(this->stored_hash(entries[i + j].first));
         n->next = 0;
         *link = off;
         link = &n->next;

@@ -132,6 +132,12 @@ class opened_map_base : public map_view<opened_map_base<K, V, Compare, E, Writab
     std::uint64_t slot = 0;
     const tree_leaf<SK, SV>* node = nullptr;
 
+    const map_entry<SK, SV>& current() const { return node->entry[slot]; }
+    void advance(const opened_map_base& m) {
+      ++slot;
+      settle(m);
+    }
+
     /// Moves to the first entry at or after this place: past the end of a leaf (and
     /// past empty leaves) to the next leaf.
     void settle(const opened_map_base& m) {

@@ -327,6 +327,27 @@ struct byte_access {
     return static_cast<const std::byte*>(tx.engine_->open_read(tx.id_, offset, type));
   }
 
+  /// Opens bytes `[at, at + n)` of the object at `offset` for reading; `seen` is 0
+  /// before the first part of that object in `tx` (see `ftm::partial_read_engine`). An
+  /// engine without parts opens the object whole, once per `seen`, which then keeps its
+  /// address, so that every part is of one value there too.
+  template <engine E>
+  static const std::byte* open_read_part(transaction<E>& tx, std::uint64_t offset,
+                                         const object_type& type, std::size_t at, std::size_t n,
+                                         std::uint64_t& seen) {
+    if constexpr (partial_read_engine<E>) {
+      return static_cast<const std::byte*>(
+          tx.engine_->open_read_part(tx.id_, offset, type, at, n, seen));
+    } else {
+      if (at > type.size || n > type.size - at) {
+        throw usage_error(fmt::format("bytes [{}, {}) are not inside a {} ({} bytes)", at, at + n,
+                                      type.name, type.size));
+      }
+      if (seen == 0) seen = reinterpret_cast<std::uintptr_t>(open_read(tx, offset, type));
+      return reinterpret_cast<const std::byte*>(seen) + at;
+    }
+  }
+
   /// Closes an object opened by `open_write` or `open_read`, as an `opened<T>` does at
   /// the end of its scope (its locks stay held until `tx` ends); nothing if `tx` has
   /// ended meanwhile.

@@ -53,6 +53,7 @@ class bank_engine : protected bank_roots {
   using bank_allocator::allocate;
   using bank_allocator::deallocate;
   using bank_locks::open_read;
+  using bank_locks::open_read_part;
   using bank_locks::open_write;
   using bank_locks::valid;
   using bank_mapping::bank_size;

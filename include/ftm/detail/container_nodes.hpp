@@ -15,10 +15,12 @@
 #include <fmt/format.h>
 
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <type_traits>
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
@@ -55,6 +57,24 @@ bool keys_equal(const K& a, const K& b) noexcept {
 template <class N, engine E>
 const N* read_node(transaction<E>& tx, std::uint64_t off) {
   return reinterpret_cast<const N*>(byte_access::open_read(tx, off, object_type_of<N>));
+}
+
+/// Bytes `[at, at + n)` of the node of type `N` at `off`, opened for reading without
+/// copying the rest; `seen` is 0 before the first part of this node, and every part
+/// read with it is of one committed value (see `ftm::partial_read_engine`).
+template <class N, engine E>
+const std::byte* read_node_part(transaction<E>& tx, std::uint64_t off, std::size_t at,
+                                std::size_t n, std::uint64_t& seen) {
+  return byte_access::open_read_part(tx, off, object_type_of<N>, at, n, seen);
+}
+
+/// A `T` at byte `at` of the node of type `N` at `off`, read as a part of it.
+template <class T, class N, engine E>
+T read_node_field(transaction<E>& tx, std::uint64_t off, std::size_t at, std::uint64_t& seen) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  T v;
+  std::memcpy(&v, read_node_part<N>(tx, off, at, sizeof(T), seen), sizeof(T));
+  return v;
 }
 
 /// The node of type `N` at `off`, opened for writing.

@@ -59,8 +59,9 @@ template <class Map>
 struct map_names;
 
 /// A forward iterator over a map's entries. `Cursor` holds where it is (`off`, the node's
-/// offset, 0 at the end; `slot`; `node`, the node read, or null until `settle` reads it)
-/// and `settle(view)` moves it to the first entry at or after that place. With
+/// offset, 0 at the end; `slot`), gives the entry there (`current()`), and moves:
+/// `settle(view)` to the first entry at or after that place, `advance(view)` to the
+/// next. With
 /// `Proxied` (a map of strings), it gives each entry as a value, `view.out(entry)`,
 /// whose strings are `string_ref`s; otherwise a reference into the node.
 template <class View, class Cursor, class Entry, bool Proxied = false>
@@ -78,21 +79,20 @@ class map_iterator {
 
   reference operator*() const {
     if constexpr (Proxied) {
-      return view_->out(at_.node->entry[at_.slot]);
+      return view_->out(at_.current());
     } else {
-      return at_.node->entry[at_.slot];
+      return at_.current();
     }
   }
   pointer operator->() const {
     if constexpr (Proxied) {
       return {**this};
     } else {
-      return &at_.node->entry[at_.slot];
+      return &at_.current();
     }
   }
   map_iterator& operator++() {
-    ++at_.slot;
-    at_.settle(*view_);
+    at_.advance(*view_);
     return *this;
   }
   map_iterator operator++(int) {

@@ -92,6 +92,14 @@ class protectable_bank : public bank_engine {
     return p;
   }
 
+  const void* open_read_part(descriptor_index d, std::uint64_t off, const object_type& t,
+                             std::size_t at, std::size_t n, std::uint64_t& seen) {
+    const void* p = bank_engine::open_read_part(d, off, t, at, n, seen);
+    if (guard_) [[unlikely]]
+      return shown_part(d, off + bank_layout::header_size + at, n, p);
+    return p;
+  }
+
   allocation allocate(descriptor_index d, const object_type& t) {
     allocation a = bank_engine::allocate(d, t);
     if (guard_) [[unlikely]]
@@ -135,6 +143,13 @@ class protectable_bank : public bank_engine {
     const auto* b = static_cast<const std::byte*>(p);
     if (b >= base() && b < base() + guard_->size()) return guard_->view_of(p);
     return copies(d).shown(const_cast<std::byte*>(b), t.size, off + bank_layout::header_size);
+  }
+
+  /// `shown` for `n` bytes at pool offset `at` (a part, see `open_read_part`).
+  const void* shown_part(descriptor_index d, std::uint64_t at, std::size_t n, const void* p) {
+    const auto* b = static_cast<const std::byte*>(p);
+    if (b >= base() && b < base() + guard_->size()) return guard_->view_of(p);
+    return copies(d).shown(const_cast<std::byte*>(b), static_cast<std::uint32_t>(n), at);
   }
 
   /// The pool offset of the byte a read-only copy handed to this thread shows at `a`

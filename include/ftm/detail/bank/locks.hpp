@@ -78,6 +78,24 @@ class bank_locks : public bank_recovery {
     return read_committed(d, off, t, copy);
   }
 
+  /// Opens bytes `[at, at + n)` of the object at `off` for reading (see
+  /// `ftm::partial_read_engine`): as `open_read`, copying only those bytes. `seen` is 0
+  /// before the first part of the object `d` reads; that part records the object in
+  /// `d`'s read set and `seen` keeps its version (plus one, so never 0). A later part
+  /// that finds another version loses: parts of two commits are never mixed.
+  const void* open_read_part(descriptor_index d, std::uint64_t off, const object_type& t,
+                             std::size_t at, std::size_t n, std::uint64_t& seen) {
+    using namespace bank_layout;
+    check_handle(off, t);
+    if (at > t.size || n > t.size - at) [[unlikely]]
+      refuse_part(off, t, at, n);
+    if (header(off).writer.load(std::memory_order_relaxed) == d + 1) {
+      check_size(off, t);
+      return a_ + off + header_size + at;
+    }
+    return read_part_committed(d, off, t, at, n, seen);
+  }
+
   /// Whether every object `d` read is unchanged since: a transaction that is not may
   /// have seen a mix of commits, and can only abort (`ftm::atomically` asks when its
   /// function throws; see docs/reference.md).
@@ -281,6 +299,61 @@ class bank_locks : public bank_recovery {
     }
   }
 
+  /// `read_committed` for bytes `[at, at + n)` of the object: the same loop, the same
+  /// version protocol, with `seen` (see `open_read_part`) deciding whether this part
+  /// records the object or must find the version an earlier part recorded.
+  const void* read_part_committed(descriptor_index d, std::uint64_t off, const object_type& t,
+                                  std::size_t at, std::size_t n, std::uint64_t& seen) {
+    using namespace bank_layout;
+    const object_header& h = header(off);
+    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
+    std::byte* copy = nullptr;
+    std::uint32_t spins = 0;
+    for (;;) {
+      const std::uint64_t v = h.version.load(std::memory_order_acquire);
+      if (seen != 0 && v + 1 != seen) [[unlikely]] {
+        lose(d,
+             "an object this transaction read in parts was changed by a commit between two "
+             "of its parts");
+      }
+      if ((v & 1) != 0) {
+        wait_for_copy(h, off, v, spins);
+        continue;
+      }
+      std::uint32_t size = 0;
+      {
+        [[maybe_unused]] const second_bank_reads unseen;
+        size = second.size;
+        if (size == t.size) {
+          if (copy == nullptr) copy = copies(d).take(n);
+          copy_part(copy, b_ + off + header_size + at, n);
+        }
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
+      if (h.version.load(std::memory_order_relaxed) != v) continue;
+      if (size != t.size) {
+        if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
+        refuse_size(off, t, size);
+      }
+      if (seen == 0) {
+        record_read(d, off, v);
+        seen = v + 1;
+      }
+      return copy;
+    }
+  }
+
+  /// Copies `n` bytes of a part: whole words inline (a part is a field or an entry, most
+  /// often a multiple of 8), exactly `n` bytes, never past the part.
+  static void copy_part(std::byte* to, const std::byte* from, std::size_t n) noexcept {
+    if (n <= 256 && n % 8 == 0) {
+      for (std::size_t i = 0; i < n; i += 8)
+        __builtin_memcpy(to + i, from + i, 8);
+      return;
+    }
+    std::memcpy(to, from, n);
+  }
+
   /// Copies an object's `size` bytes out of the second bank: small ones inline, in
   /// 16-byte pieces rounded up (the copy's room is rounded up too, and the rounding
   /// stays in the object's block, which ends on a 64-byte boundary 16 bytes after the
@@ -398,6 +471,13 @@ class bank_locks : public bank_recovery {
     const std::uint32_t size = header(off).size;
     if (size != t.size) [[unlikely]]
       refuse_size(off, t, size);
+  }
+
+  [[noreturn, gnu::cold, gnu::noinline]] static void refuse_part(std::uint64_t off,
+                                                                 const object_type& t,
+                                                                 std::size_t at, std::size_t n) {
+    throw usage_error(fmt::format("bytes [{}, {}) are not inside the {} at offset {} ({} bytes)",
+                                  at, at + n, t.name, off, t.size));
   }
 
   [[noreturn, gnu::cold, gnu::noinline]] static void refuse_size(std::uint64_t off,
