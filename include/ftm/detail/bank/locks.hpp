@@ -269,34 +269,7 @@ class bank_locks : public bank_recovery {
   /// `copy`: room `open_read` took for the object already, or null.
   [[gnu::noinline]] const void* read_committed(descriptor_index d, std::uint64_t off,
                                                const object_type& t, std::byte* copy = nullptr) {
-    using namespace bank_layout;
-    const object_header& h = header(off);
-    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
-    std::uint32_t spins = 0;
-    for (;;) {
-      const std::uint64_t v = h.version.load(std::memory_order_acquire);
-      if ((v & 1) != 0) {
-        wait_for_copy(h, off, v, spins);
-        continue;
-      }
-      std::uint32_t size = 0;
-      {
-        [[maybe_unused]] const second_bank_reads unseen;
-        size = second.size;
-        if (size == t.size) {
-          if (copy == nullptr) copy = copies(d).take(size);
-          copy_object(copy, b_ + off + header_size, size);
-        }
-      }
-      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
-      if (h.version.load(std::memory_order_relaxed) != v) continue;
-      if (size != t.size) {
-        if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
-        refuse_size(off, t, size);
-      }
-      record_read(d, off, v);
-      return copy;
-    }
+    return read_versioned<false>(d, off, t, 0, t.size, nullptr, copy);
   }
 
   /// `read_committed` for bytes `[at, at + n)` of the object: the same loop, the same
@@ -304,17 +277,27 @@ class bank_locks : public bank_recovery {
   /// records the object or must find the version an earlier part recorded.
   const void* read_part_committed(descriptor_index d, std::uint64_t off, const object_type& t,
                                   std::size_t at, std::size_t n, std::uint64_t& seen) {
+    return read_versioned<true>(d, off, t, at, n, &seen, nullptr);
+  }
+
+  /// The one versioned copy loop behind both: the whole object (`Part` false: `at` 0,
+  /// `n` its size, recorded in the read set) or a part of it (`*seen`: 0 before the
+  /// object's first part, then its version + 1, which every later part must find).
+  template <bool Part>
+  const void* read_versioned(descriptor_index d, std::uint64_t off, const object_type& t,
+                             std::size_t at, std::size_t n, std::uint64_t* seen, std::byte* copy) {
     using namespace bank_layout;
     const object_header& h = header(off);
     const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
-    std::byte* copy = nullptr;
     std::uint32_t spins = 0;
     for (;;) {
       const std::uint64_t v = h.version.load(std::memory_order_acquire);
-      if (seen != 0 && v + 1 != seen) [[unlikely]] {
-        lose(d,
-             "an object this transaction read in parts was changed by a commit between two "
-             "of its parts");
+      if constexpr (Part) {
+        if (*seen != 0 && v + 1 != *seen) [[unlikely]] {
+          lose(d,
+               "an object this transaction read in parts was changed by a commit between two "
+               "of its parts");
+        }
       }
       if ((v & 1) != 0) {
         wait_for_copy(h, off, v, spins);
@@ -326,7 +309,11 @@ class bank_locks : public bank_recovery {
         size = second.size;
         if (size == t.size) {
           if (copy == nullptr) copy = copies(d).take(n);
-          copy_part(copy, b_ + off + header_size + at, n);
+          if constexpr (Part) {
+            copy_part(copy, b_ + off + header_size + at, n);
+          } else {
+            copy_object(copy, b_ + off + header_size, size);
+          }
         }
       }
       std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
@@ -335,9 +322,9 @@ class bank_locks : public bank_recovery {
         if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
         refuse_size(off, t, size);
       }
-      if (seen == 0) {
+      if (!Part || *seen == 0) {
         record_read(d, off, v);
-        seen = v + 1;
+        if constexpr (Part) *seen = v + 1;
       }
       return copy;
     }
