@@ -17,7 +17,10 @@
 /// port lock is held while the network is used. The outbox entries are published with
 /// the id `<node>/<epoch>/<n>` until JetStream answers "stored" or "duplicate"; the
 /// next pass's transaction removes them (one transaction per pass: remove what was
-/// stored, take, read back the waiting entries, or watch the ports when none wait).
+/// stored, take, read back the waiting entries; then a read-only one watches the ports).
+/// The task does not wait for the PubAcks after a publish: it sleeps on its ports, and
+/// takes the answers that came when it wakes (for the next message, or after 100 ms);
+/// a destination's next window goes out only when its last one is all answered.
 ///
 /// Inbound: each node has one stream (`FTM_<node>`, subjects `ftm.<node>.>`) and one
 /// durable consumer with explicit acks. One transaction per delivery: `n <= hw[source]`
@@ -381,6 +384,20 @@ class bridge {
   };
   /// Per destination node, oldest first.
   using stored_entries = std::map<std::string, std::vector<stored_entry>>;
+  /// An outbox entry sent to JetStream, and its answer once it came.
+  struct flight {
+    std::uint64_t n;
+    std::uint64_t epoch;
+    std::uint64_t window;  // client::send_window's number, and the index in it
+    std::size_t index;
+    std::chrono::steady_clock::time_point deadline;  // no answer by then: send it again
+    std::optional<publish_result> result;
+  };
+  /// The outbound task's entries in flight, per destination node, oldest first.
+  struct flight_log {
+    std::map<std::string, std::vector<flight>> nodes;
+    std::map<std::uint64_t, std::string> windows;  // window number -> node
+  };
   /// What one outbound transaction found.
   struct pass {
     std::uint64_t taken = 0;
@@ -439,19 +456,18 @@ class bridge {
   }
 
   /// The outbound side's one transaction per pass: drops from the outboxes what
-  /// JetStream stored in the last pass (`stored`), takes what the bound ports and
+  /// JetStream stored (`stored`: answered since the last pass), takes what the bound ports and
   /// mirror ports hold into the outboxes while they have room, and reads back every
   /// waiting entry.
   pass step(E& engine, std::set<std::string>& destinations, const stored_entries& stored) const;
   /// Waits (at most `slice`) until a bound or mirror port may hold a message.
   void await_ports(E& engine, std::chrono::milliseconds slice) const;
-  /// Publishes `window`, the waiting entries of `node`'s outbox, as one window; adds
-  /// to `stored` the oldest entries up to the first one JetStream did not store (no
-  /// answer, or refused), and returns whether that was all of them. `answered` is set
-  /// false if the server did not answer at all.
-  bool publish(client& c, const std::string& node, const std::vector<detail::outbox_entry>& window,
-               std::set<std::string>& streams, bool& answered,
-               std::vector<stored_entry>& stored) const;
+  /// Sends `entries` (waiting entries of `node`'s outbox) as one window without waiting
+  /// for the PubAcks, noting each in `flights`; false if not all went out (no stream
+  /// yet, not connected).
+  bool send_entries(client& c, const std::string& node,
+                    std::span<const detail::outbox_entry> entries, std::set<std::string>& streams,
+                    flight_log& flights) const;
 
   node_options options_;
   std::vector<route> routes_;
@@ -624,43 +640,33 @@ void bridge<E>::await_ports(E& engine, std::chrono::milliseconds slice) const {
 }
 
 template <watchable_engine E>
-bool bridge<E>::publish(client& c, const std::string& node,
-                        const std::vector<detail::outbox_entry>& window,
-                        std::set<std::string>& streams, bool& answered,
-                        std::vector<stored_entry>& stored) const {
+bool bridge<E>::send_entries(client& c, const std::string& node,
+                             std::span<const detail::outbox_entry> entries,
+                             std::set<std::string>& streams, flight_log& flights) const {
   if (!streams.contains(node)) {
     std::string why;
     if (!c.ensure_stream(detail::stream_of(node), fmt::format("ftm.{}.>", node), options_.stream,
                          &why)) {
-      answered = false;
       return false;
     }
     streams.insert(node);
   }
   std::vector<std::string> ids;
-  ids.reserve(window.size());
+  ids.reserve(entries.size());
   std::vector<client::outgoing> out;
-  out.reserve(window.size());
-  for (const detail::outbox_entry& e : window) {
+  out.reserve(entries.size());
+  for (const detail::outbox_entry& e : entries) {
     ids.push_back(fmt::format("{}/{}/{}", options_.name, e.epoch, e.n));
     out.push_back(
         {detail::name_of(e.subject), ids.back(), std::span<const std::byte>(e.bytes, e.size)});
   }
-  const std::vector<publish_result> results = c.publish_window(out);
-  std::size_t done = 0;
-  while (done < results.size() &&
-         (results[done] == publish_result::stored || results[done] == publish_result::duplicate)) {
-    stored.push_back(
-        {window[done].n, window[done].epoch, results[done] == publish_result::duplicate});
-    ++done;
-  }
-  if (std::find(results.begin(), results.end(), publish_result::refused) != results.end())
-    streams.erase(node);  // make it again if it is gone
-  if (std::all_of(results.begin(), results.end(),
-                  [](publish_result r) { return r == publish_result::no_answer; })) {
-    answered = false;
-  }
-  return done == results.size();
+  const client::sent_window w = c.send_window(out);
+  const auto deadline = std::chrono::steady_clock::now() + options_.nats.timeout;
+  std::vector<flight>& f = flights.nodes[node];
+  for (std::size_t i = 0; i < w.sent; ++i)
+    f.push_back({entries[i].n, entries[i].epoch, w.number, i, deadline, std::nullopt});
+  if (w.sent != 0) flights.windows[w.number] = node;
+  return w.sent == entries.size();
 }
 
 template <watchable_engine E>
@@ -669,36 +675,121 @@ void bridge<E>::run_outbound(E& engine) const {
   client c(options_.nats);
   std::set<std::string> streams;  // destination streams known to exist
   std::set<std::string> destinations;
-  stored_entries stored;  // published in the last pass, to drop from the outboxes
+  flight_log flights;
+  stored_entries stored;  // answered "stored" or "duplicate", to drop from the outboxes
+  std::vector<client::answer> answers;
   int backoff = 0;
   for (;;) {
-    pass p = step(engine, destinations, stored);
-    stored.clear();
-    if (p.windows.empty()) {
-      // Nothing to publish: wait (at most 100 ms) for a port or mirror to change. The
-      // watch is a transaction of its own that only reads: watched in `step`, whose
-      // takes write the ports' headers even when they are empty, the commit would wake
-      // this task itself, and every other watcher of the pool, at every pass.
-      ftm::heartbeat();
-      if (p.taken == 0) await_ports(engine, 100ms);
-      continue;
+    // 1. The PubAcks that have come. Nobody waited for them: the task slept on its
+    // ports meanwhile, and a lone message's PubAck is long there when the next message
+    // wakes the task (one wake-up per message, not two).
+    bool heard = false;
+    for (const client::answer& a : c.collect(0ms))
+      answers.push_back(a);
+    for (const client::answer& a : answers) {
+      const auto node = flights.windows.find(a.window);
+      if (node == flights.windows.end()) continue;  // of a window given up
+      for (flight& f : flights.nodes[node->second]) {
+        if (f.window == a.window && f.index == a.index && !f.result) {
+          f.result = a.result;
+          heard = true;
+        }
+      }
     }
-    bool stored_all = true;
-    bool answered = true;
-    for (const auto& [node, window] : p.windows)
-      stored_all = publish(c, node, window, streams, answered, stored[node]) && stored_all;
+    answers.clear();
+    // 2. The oldest answered entries of each node leave its outbox in `step` below, up
+    // to the first not stored: refused, or no answer in time, that one and all after
+    // it are sent again (same bytes and ids), in order, after a short backoff.
+    bool failed = false;
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& [node, f] : flights.nodes) {
+      std::size_t done = 0;
+      while (done < f.size() && (f[done].result == publish_result::stored ||
+                                 f[done].result == publish_result::duplicate)) {
+        stored[node].push_back(
+            {f[done].n, f[done].epoch, f[done].result == publish_result::duplicate});
+        ++done;
+      }
+      f.erase(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(done));
+      if (!f.empty() && (f.front().result || f.front().deadline <= now)) {
+        if (f.front().result == publish_result::refused)
+          streams.erase(node);  // make it again if it is gone
+        f.clear();
+        failed = true;
+      }
+    }
+    std::erase_if(flights.windows, [&](const auto& w) {
+      const std::vector<flight>& f = flights.nodes[w.second];
+      return std::none_of(f.begin(), f.end(), [&](const flight& x) { return x.window == w.first; });
+    });
     // The lease is renewed only while the server answers: an instance whose
     // connection is stuck (a libnats thread hung, say) is killed when its lease ends and
     // started again, instead of retrying forever.
-    if (answered) ftm::heartbeat();
-    if (!stored_all) {
-      // No answer (the server is down, a leader is being elected) or refused (a
-      // full stream): the same ids again, a little later.
+    if (heard) {
+      ftm::heartbeat();
+      backoff = 0;
+    }
+    if (failed) {
+      // No answer (the server is down, a leader is being elected) or refused (a full
+      // stream): the same ids again, a little later.
+      backoff = std::min(backoff + 5, 50);
+      detail::sleep_ms(backoff);
+    }
+    pass p = step(engine, destinations, stored);
+    stored.clear();
+    // 3. Send what is not in flight yet. A node whose earlier window is not all
+    // answered waits for it first, so that the stream keeps each sender's order
+    // unless a message is lost.
+    bool await_answers = false;
+    bool unsent = false;
+    for (const auto& [node, window] : p.windows) {
+      std::vector<flight>& f = flights.nodes[node];
+      std::size_t k = 0;
+      while (k < window.size() && k < f.size() && window[k].n == f[k].n &&
+             window[k].epoch == f[k].epoch) {
+        ++k;
+      }
+      if (k != f.size()) {
+        f.clear();  // out of step with the outbox (cannot happen): send it all again
+        k = 0;
+      }
+      if (k == window.size()) {
+        // A full outbox whose entries are all in flight: only their answers make room.
+        if (window.size() == outbox_capacity) await_answers = true;
+        continue;
+      }
+      if (!f.empty()) {
+        await_answers = true;
+        continue;
+      }
+      if (!send_entries(c, node, std::span(window).subspan(k), streams, flights)) unsent = true;
+    }
+    if (unsent) {
+      // Not connected (or the stream not made): what went out is in flight; the rest
+      // goes when the earlier part is answered or given up.
       backoff = std::min(backoff + 5, 50);
       detail::sleep_ms(backoff);
       continue;
     }
-    backoff = 0;
+    // 4. Wait: for PubAcks if a window waits for them; else for a port or mirror to
+    // change (at most 100 ms, or until the oldest flight's answer is due).
+    auto due = std::chrono::steady_clock::time_point::max();
+    for (const auto& [node, f] : flights.nodes) {
+      if (!f.empty()) due = std::min(due, f.front().deadline);
+    }
+    if (await_answers) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          due - std::chrono::steady_clock::now());
+      if (left.count() > 0) answers = c.collect(left);
+      continue;
+    }
+    if (due == std::chrono::steady_clock::time_point::max())
+      ftm::heartbeat();  // nothing in flight: nothing to hear from the server
+    const auto slice = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      due - std::chrono::steady_clock::now()) +
+                                      1ms,
+                                  1ms, 100ms);
+    await_ports(engine, slice);
   }
 }
 

@@ -108,6 +108,26 @@ class client {
   /// `window[i]`; a message without an answer in time is `no_answer`.
   std::vector<publish_result> publish_window(std::span<const outgoing> window);
 
+  /// The first half of `publish_window`: sends every message of `window` at once, in
+  /// order, each with its message id, and returns without waiting; `collect` gathers
+  /// the PubAcks. Returns the window's number (never 0) and how many of its messages
+  /// went out (the rest were not sent: the connection is closed or its buffer full).
+  struct sent_window {
+    std::uint64_t number = 0;
+    std::size_t sent = 0;
+  };
+  sent_window send_window(std::span<const outgoing> window);
+
+  /// A PubAck: the answer to message `index` of the window numbered `window`.
+  struct answer {
+    std::uint64_t window = 0;
+    std::size_t index = 0;
+    publish_result result = publish_result::no_answer;
+  };
+  /// Every PubAck of `send_window`'s windows that has come, waiting at most `timeout`
+  /// for the first (zero: not at all).
+  std::vector<answer> collect(std::chrono::milliseconds timeout);
+
   /// The ack floor of a consumer (every stream sequence up to it was acked), or
   /// nothing if the consumer or its stream does not exist (then `found` is false) or
   /// no answer came (`found` true: unknown).
