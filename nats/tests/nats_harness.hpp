@@ -16,6 +16,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -49,11 +50,15 @@ inline bool port_open(int port) {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, from 20000-31999: below the
 /// kernel's ephemeral range (32768 and up), so that a port a killed nats-server leaves
-/// free for its restart is not handed to another test's bind(0) meanwhile.
+/// free for its restart is not handed to another test's bind(0) meanwhile. Never the
+/// same port twice in one process: a cluster picks its nine ports before any server
+/// binds one, so "free a moment ago" alone could give two members the same port.
 inline int free_port() {
   static std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+  static std::set<int> given;
   for (int attempt = 0; attempt < 1000; ++attempt) {
     const int port = 20000 + static_cast<int>(rng() % 12000);
+    if (given.contains(port)) continue;
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
@@ -61,7 +66,10 @@ inline int free_port() {
     sa.sin_port = htons(static_cast<std::uint16_t>(port));
     const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
     ::close(fd);
-    if (ok && !port_open(port)) return port;
+    if (ok && !port_open(port)) {
+      given.insert(port);
+      return port;
+    }
   }
   throw std::runtime_error("no free port in 20000-31999");
 }
