@@ -163,6 +163,19 @@ std::uint64_t sleep_on(E& pool, std::vector<ftm::stable<counter>> objects, std::
   });
 }
 
+/// A thread of this process in `sleep_on(objects)`, asleep in the futex once made.
+struct sleeper {
+  std::atomic<int> runs{0};
+  std::atomic<pid_t> tid{0};
+  std::thread thread;
+
+  sleeper(E& pool, std::vector<ftm::stable<counter>> objects)
+      : thread([this, &pool, objects] { sleep_on(pool, objects, runs, tid); }) {
+    REQUIRE(until_asleep(::getpid(), tid));
+  }
+  [[nodiscard]] bool asleep() const { return asleep_in_futex(::getpid(), tid); }
+};
+
 void set(E& pool, ftm::stable<counter> x, std::uint64_t v) {
   ftm::atomically(pool, [&](auto& tx) { tx.open(x)->value = v; });
 }
@@ -256,44 +269,34 @@ TEST_CASE("a commit wakes only the sleepers of the buckets it wrote") {
   auto pool = ftm_test::engine_factory<E>::make();
   const auto o = in_distinct_buckets(*pool, 2);
   const auto x = o[0], y = o[1];
-  std::atomic<int> x_runs{0}, y_runs{0};
-  std::atomic<pid_t> x_tid{0}, y_tid{0};
-  std::thread on_x([&] { sleep_on(*pool, {x}, x_runs, x_tid); });
-  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
-  const pid_t me = ::getpid();
-  REQUIRE(until_asleep(me, x_tid));
-  REQUIRE(until_asleep(me, y_tid));
+  sleeper on_x(*pool, {x});
+  sleeper on_y(*pool, {y});
   const long woken = futex_woken.load();
   set(*pool, y, 1);
-  on_y.join();
+  on_y.thread.join();
   // y's sleeper alone: with one word for the pool, x's was woken too (2).
   CHECK(futex_woken.load() - woken == 1);
-  CHECK(asleep_in_futex(me, x_tid));
+  CHECK(on_x.asleep());
   set(*pool, x, 1);
-  on_x.join();
-  CHECK(x_runs == 2);  // the first run, then the one after x changed
-  CHECK(y_runs == 2);
+  on_x.thread.join();
+  CHECK(on_x.runs == 2);  // the first run, then the one after x changed
+  CHECK(on_y.runs == 2);
 }
 
 TEST_CASE("a sleeper spread over several buckets wakes only for its own") {
   auto pool = ftm_test::engine_factory<E>::make();
   const auto o = in_distinct_buckets(*pool, 3);
   const auto x = o[0], y = o[1], z = o[2];
-  std::atomic<int> spread_runs{0}, y_runs{0};
-  std::atomic<pid_t> spread_tid{0}, y_tid{0};
-  std::thread on_xz([&] { sleep_on(*pool, {x, z}, spread_runs, spread_tid); });
-  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
-  const pid_t me = ::getpid();
-  REQUIRE(until_asleep(me, spread_tid));
-  REQUIRE(until_asleep(me, y_tid));
+  sleeper on_xz(*pool, {x, z});
+  sleeper on_y(*pool, {y});
   const long woken = futex_woken.load();
   set(*pool, y, 1);
-  on_y.join();
+  on_y.thread.join();
   CHECK(futex_woken.load() - woken == 1);
-  CHECK(asleep_in_futex(me, spread_tid));
+  CHECK(on_xz.asleep());
   set(*pool, z, 1);
-  on_xz.join();
-  CHECK(spread_runs == 2);
+  on_xz.thread.join();
+  CHECK(on_xz.runs == 2);
 }
 
 TEST_CASE("a sleeper killed in its wait leaves the other sleepers' waking intact") {
@@ -324,21 +327,16 @@ TEST_CASE("a sleeper killed in its wait leaves the other sleepers' waking intact
   CHECK(WIFSIGNALED(status));
   // Its counts stay behind in x's bucket: commits there pay a wake for nothing, and
   // every sleeper still wakes for its own object, and only for it.
-  std::atomic<int> x_runs{0}, y_runs{0};
-  std::atomic<pid_t> x_tid{0}, y_tid{0};
-  std::thread on_x([&] { sleep_on(*pool, {x}, x_runs, x_tid); });
-  std::thread on_y([&] { sleep_on(*pool, {y}, y_runs, y_tid); });
-  const pid_t me = ::getpid();
-  REQUIRE(until_asleep(me, x_tid));
-  REQUIRE(until_asleep(me, y_tid));
+  sleeper on_x(*pool, {x});
+  sleeper on_y(*pool, {y});
   const long woken = futex_woken.load();
   set(*pool, x, 1);
-  on_x.join();
+  on_x.thread.join();
   CHECK(futex_woken.load() - woken == 1);
-  CHECK(asleep_in_futex(me, y_tid));
+  CHECK(on_y.asleep());
   set(*pool, y, 1);
-  on_y.join();
-  CHECK(x_runs == 2);
-  CHECK(y_runs == 2);
+  on_y.thread.join();
+  CHECK(on_x.runs == 2);
+  CHECK(on_y.runs == 2);
   ::munmap(child_tid, sizeof(std::atomic<pid_t>));
 }

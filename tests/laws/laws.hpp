@@ -613,6 +613,19 @@ namespace ftm_laws {
 struct wide {
   std::array<std::uint64_t, 64> words;
 };
+
+/// Writes `w` whole `rounds` times, every word of round `i` set to `i`: the writer that
+/// the isolation laws race their readers against.
+template <class E>
+void write_whole_rounds(E& pool, ftm::stable<wide> w, std::uint64_t rounds) {
+  for (std::uint64_t i = 1; i <= rounds; ++i) {
+    ftm::atomically(pool, [&](auto& tx) {
+      auto v = tx.open(w);
+      for (auto& word : v->words)
+        word = i;
+    });
+  }
+}
 }  // namespace ftm_laws
 
 TEST_CASE_TEMPLATE_DEFINE("isolation: a reader never sees an object half-written", E,
@@ -621,15 +634,7 @@ TEST_CASE_TEMPLATE_DEFINE("isolation: a reader never sees an object half-written
   const auto w = ftm::atomically(*pool, [](auto& tx) { return tx.create(wide{}); });
   const std::uint64_t rounds = 2000 / ftm_test::transaction_divisor<E>;
   std::atomic<bool> torn{false};
-  std::thread writer([&] {
-    for (std::uint64_t i = 1; i <= rounds; ++i) {
-      ftm::atomically(*pool, [&](auto& tx) {
-        auto v = tx.open(w);
-        for (auto& word : v->words)
-          word = i;
-      });
-    }
-  });
+  std::thread writer([&] { write_whole_rounds(*pool, w, rounds); });
   std::uint64_t last = 0;
   for (std::uint64_t r = 0; r < rounds && last < rounds; ++r) {
     last = ftm::atomically(*pool, [&](auto& tx) {
@@ -657,15 +662,7 @@ TEST_CASE_TEMPLATE_DEFINE(
   const ftm::object_type type = ftm::detail::object_type_of<wide>;
   const std::uint64_t rounds = 2000 / ftm_test::transaction_divisor<E>;
   std::atomic<bool> mixed{false};
-  std::thread writer([&] {
-    for (std::uint64_t i = 1; i <= rounds; ++i) {
-      ftm::atomically(*pool, [&](auto& tx) {
-        auto v = tx.open(w);
-        for (auto& word : v->words)
-          word = i;
-      });
-    }
-  });
+  std::thread writer([&] { write_whole_rounds(*pool, w, rounds); });
   std::uint64_t last = 0;
   for (std::uint64_t r = 0; r < 4 * rounds && last < rounds; ++r) {
     last = ftm::atomically(*pool, [&](auto& tx) {
