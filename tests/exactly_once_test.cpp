@@ -262,8 +262,9 @@ class client {
         pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<answer>>(tx); });
   }
 
-  /// Makes one call and records it.
-  void call_once() {
+  /// Makes one call and records it; false if no reply came within two minutes, a stall
+  /// that the test reports (`stalled_calls`) rather than wait for forever.
+  bool call_once() {
     std::uniform_int_distribution<std::uint32_t> key(0, n_keys - 1), acc(0, n_accounts - 1);
     std::uniform_int_distribution<std::int64_t> amount(1, 50);
     transfer t{};
@@ -272,19 +273,23 @@ class client {
     t.from = acc(rng_);
     t.to = acc(rng_);
     t.amount = amount(rng_);
-    const answer a = ftm::call(*pool_, port_, replies_, t);
-    calls_.push_back({t, a});
+    const std::optional<answer> a = ftm::call_for(*pool_, port_, replies_, t, 120s);
+    if (!a) {
+      ++stalled_calls_;
+      return false;
+    }
+    calls_.push_back({t, *a});
+    return true;
   }
 
   /// Calls until `stop` or `limit` calls, counting each acknowledged call in `acked`.
   void run(const std::atomic<bool>& stop, std::uint64_t limit, std::atomic<std::uint64_t>& acked) {
-    while (!stop.load() && calls_.size() < limit) {
-      call_once();
+    while (!stop.load() && calls_.size() < limit && call_once())
       acked.fetch_add(1);
-    }
   }
 
   [[nodiscard]] const std::vector<acked_call>& calls() const noexcept { return calls_; }
+  [[nodiscard]] std::uint64_t stalled_calls() const noexcept { return stalled_calls_; }
   [[nodiscard]] replies reply_port() const noexcept { return replies_; }
 
  private:
@@ -294,6 +299,7 @@ class client {
   std::uint32_t index_;
   std::mt19937_64 rng_;
   std::vector<acked_call> calls_;
+  std::uint64_t stalled_calls_ = 0;
 };
 
 /// What `check_exactly_once` counted.
@@ -432,7 +438,8 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
   std::uniform_int_distribution<int> delay_us(0, 1500);
   std::uint64_t last_start = 0, acked_at_kill = 0;
   // No deadline for the whole run, which a loaded machine may stretch: only for a
-  // stall, two minutes with no call acknowledged (commits take milliseconds).
+  // stall, two minutes with no call acknowledged (commits take milliseconds). A call
+  // gives up after two minutes too, so a stall fails the test instead of hanging it.
   std::uint64_t acked_seen = 0;
   auto last_progress = std::chrono::steady_clock::now();
   bool stalled = false;
@@ -484,6 +491,8 @@ TEST_CASE_TEMPLATE("exactly once: a server killed at random instants while calls
       report.stats.recoveries, report.stats.recovered.undone, report.stats.lease_kills,
       t.redelivered, m.instances, m.overlaps, t.checks));
   CHECK_FALSE(stalled);
+  for (const auto& c : clients)
+    CHECK(c->stalled_calls() == 0);
   CHECK(kills + stops >= wanted);
   CHECK(report.stats.lease_kills >= stops);  // each stopped instance was killed
   CHECK(report.stats.recovered.undone > 0);  // kills landed inside transactions
@@ -520,7 +529,7 @@ TEST_CASE_TEMPLATE("exactly once: the server killed at the k-th hit of every fau
       // A run: four calls, so one of them has an id divisible by 4 and aborts once
       // (abort.mid_undo); the first arms the point in the instance that handles it.
       for (int i = 0; i < 4; ++i)
-        c.call_once();
+        REQUIRE(c.call_once());
       // The instance that took the plan may still be alive with the point armed.
       if (sup.stats().starts == starts) {
         static_cast<void>(sup.signal_task(SIGKILL));  // disarm it for the next run
@@ -616,7 +625,7 @@ TEST_CASE("exactly once: supervisors killed during recovery; a new one takes ove
   pid_t current = ::fork();
   REQUIRE(current >= 0);
   if (current == 0) supervisor_process(path, &*ctl, {}, 0);
-  c.call_once();
+  REQUIRE(c.call_once());
   // Makes one call while watching the supervisor: if it dies (killed at its armed
   // recovery point), a successor, unarmed, recovers what it left and serves the call.
   auto call_watching = [&] {
