@@ -3,10 +3,13 @@
 // between processes, nor after a sleeper was killed.
 #include "engines.hpp"
 
+#include <ftm/detail/bank_format.hpp>
 #include <ftm/ftm.hpp>
 #include <ftm/port.hpp>
+#include <ftm/server.hpp>
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -339,4 +342,94 @@ TEST_CASE("a sleeper killed in its wait leaves the other sleepers' waking intact
   CHECK(on_x.runs == 2);
   CHECK(on_y.runs == 2);
   ::munmap(child_tid, sizeof(std::atomic<pid_t>));
+}
+
+namespace {
+
+/// The bucket word a watch of `x` finds (the token is unregistered at once).
+std::uint32_t word_of(E& pool, ftm::stable<counter> x) {
+  ftm::transaction<E> t(pool);
+  t.begin();
+  t.open_read(x);
+  const ftm::watch_token token = pool.watch(t.id(), x.offset());
+  t.abort();
+  pool.wait(std::span<const ftm::watch_token>(&token, 1), std::chrono::steady_clock::now());
+  return token.seen;
+}
+
+/// Whether a commit to `x`, which nobody watches, bumped its bucket's word: it does only
+/// while a registration is left in that bucket, one that no wait will ever take back.
+bool commit_finds_a_watcher(E& pool, ftm::stable<counter> x) {
+  const std::uint32_t before = word_of(pool, x);
+  ftm::atomically(pool, [&](auto& tx) { ++tx.open(x)->value; });
+  return word_of(pool, x) != before;
+}
+
+struct amount {
+  std::uint64_t n;
+};
+
+}  // namespace
+
+TEST_CASE("calls, blocking receives and retries leave no watcher registered") {
+  auto pool = ftm_test::engine_factory<E>::make();
+  const auto probes = in_distinct_buckets(*pool, ftm::detail::bank_layout::watch_buckets);
+  for (const auto& p : probes)
+    REQUIRE_FALSE(commit_finds_a_watcher(*pool, p));
+  {
+    // The probe sees a registration left behind, until a wait takes it back.
+    ftm::transaction<E> t(*pool);
+    t.begin();
+    t.open_read(probes[0]);
+    const ftm::watch_token token = pool->watch(t.id(), probes[0].offset());
+    t.abort();
+    CHECK(commit_finds_a_watcher(*pool, probes[0]));
+    pool->wait(std::span<const ftm::watch_token>(&token, 1), std::chrono::steady_clock::now());
+    CHECK_FALSE(commit_finds_a_watcher(*pool, probes[0]));
+  }
+  // Contended waits: clients and a server whose transactions conflict on their ports,
+  // and retries on a counter that another thread keeps changing.
+  const auto [service, total] = ftm::atomically(*pool, [](auto& tx) {
+    return std::pair{ftm::make_port<ftm::call_request<amount, amount>>(tx, {.capacity = 4}),
+                     tx.create(counter{0})};
+  });
+  std::jthread server([&, service = service, total = total](std::stop_token stop) {
+    ftm::serve(
+        *pool, service,
+        [&](ftm::transaction<E>& tx, const amount& a) {
+          return amount{tx.open(total)->value += a.n};
+        },
+        stop);
+  });
+  constexpr int clients = 3;
+  const int calls = ftm_test::sanitizer_divisor > 1 ? 100 : 400;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, service = service] {
+      const auto replies = ftm::atomically(
+          *pool, [](auto& tx) { return ftm::make_port<ftm::reply_to_call<amount>>(tx); });
+      for (int k = 0; k < calls; ++k)
+        static_cast<void>(ftm::call(*pool, service, replies, amount{1}));
+    });
+  }
+  // A waiter that retries until the total passes each tenth.
+  threads.emplace_back([&, total = total] {
+    for (std::uint64_t goal = 1; goal <= clients * calls; goal += clients * calls / 10) {
+      ftm::atomically(*pool, [&](auto& tx) {
+        if (tx.open_read(total)->value < goal) ftm::retry(tx);
+      });
+    }
+  });
+  for (auto& t : threads)
+    t.join();
+  server.request_stop();
+  server.join();
+  CHECK(ftm::atomically(*pool, [&, total = total](auto& tx) {
+          return tx.open_read(total)->value;
+        }) == clients * calls);
+  int left = 0;
+  for (const auto& p : probes)
+    left += commit_finds_a_watcher(*pool, p) ? 1 : 0;
+  CHECK_MESSAGE(left == 0,
+                fmt::format("{} of {} watch buckets keep a registration", left, probes.size()));
 }
