@@ -125,16 +125,18 @@ bool until_asleep(pid_t pid, const std::atomic<pid_t>& tid) {
   return false;
 }
 
-/// The watch bucket of `x` (a token's slot names it; the token is unregistered at once).
-std::uint32_t bucket_of(E& pool, ftm::stable<counter> x) {
+/// A watch of `x`, unregistered at once: its slot names x's bucket, `seen` its word.
+ftm::watch_token watched_once(E& pool, ftm::stable<counter> x) {
   ftm::transaction<E> t(pool);
   t.begin();
   t.open_read(x);
   const ftm::watch_token token = pool.watch(t.id(), x.offset());
   t.abort();
   pool.wait(std::span<const ftm::watch_token>(&token, 1), std::chrono::steady_clock::now());
-  return token.slot;
+  return token;
 }
+
+std::uint32_t bucket_of(E& pool, ftm::stable<counter> x) { return watched_once(pool, x).slot; }
 
 /// `n` counters, each in a watch bucket of its own.
 std::vector<ftm::stable<counter>> in_distinct_buckets(E& pool, std::size_t n) {
@@ -346,23 +348,12 @@ TEST_CASE("a sleeper killed in its wait leaves the other sleepers' waking intact
 
 namespace {
 
-/// The bucket word a watch of `x` finds (the token is unregistered at once).
-std::uint32_t word_of(E& pool, ftm::stable<counter> x) {
-  ftm::transaction<E> t(pool);
-  t.begin();
-  t.open_read(x);
-  const ftm::watch_token token = pool.watch(t.id(), x.offset());
-  t.abort();
-  pool.wait(std::span<const ftm::watch_token>(&token, 1), std::chrono::steady_clock::now());
-  return token.seen;
-}
-
 /// Whether a commit to `x`, which nobody watches, bumped its bucket's word: it does only
 /// while a registration is left in that bucket, one that no wait will ever take back.
 bool commit_finds_a_watcher(E& pool, ftm::stable<counter> x) {
-  const std::uint32_t before = word_of(pool, x);
+  const std::uint32_t before = watched_once(pool, x).seen;
   ftm::atomically(pool, [&](auto& tx) { ++tx.open(x)->value; });
-  return word_of(pool, x) != before;
+  return watched_once(pool, x).seen != before;
 }
 
 struct amount {
