@@ -217,8 +217,8 @@ template <class Msg, class E>
 port_ref<E> open_port(transaction<E>& tx, std::uint64_t offset, std::uint32_t capacity,
                       std::string_view what) {
   require_port(tx.active(), offset, what, &type_name<Msg>);
-  port_header h;
-  byte_access::peek(tx, offset, port_object_type<Msg>(), 0, sizeof h, &h);
+  port_header h{};  // its fields; the reserved words are not read
+  byte_access::peek(tx, offset, port_object_type<Msg>(), 0, offsetof(port_header, reserved), &h);
   if (h.kind != port_kind) [[unlikely]] {
     if (h.kind == port_kind_v1 || h.kind == port_kind_v2) {
       throw type_mismatch(fmt::format(
