@@ -228,8 +228,8 @@ TEST_CASE_TEMPLATE("ports: one receiver takes each sender's messages in order", 
   check_log(l, senders, per_sender, 1, /*fifo=*/true);
 }
 
-TEST_CASE_TEMPLATE("ports: two receivers that each hold a message for a while drain in parallel",
-                   E, FTM_TEST_ENGINES) {
+TEST_CASE_TEMPLATE("ports: two receivers that each hold a message for a while drain in parallel", E,
+                   FTM_TEST_ENGINES) {
   // Each receive holds its message 20 ms in its transaction. Side by side, two receivers
   // drain 20 messages in about 200 ms; taking turns, they would need 400 ms.
   auto pool = ftm_test::engine_factory<E>::make();
@@ -266,9 +266,9 @@ TEST_CASE_TEMPLATE("ports: two receivers that each hold a message for a while dr
   for (auto& t : receivers)
     t.join();
   const auto took = std::chrono::steady_clock::now() - t0;
-  MESSAGE(fmt::format("two receivers drained {} messages in {} ms, {} receives overlapped",
-                      taken.load(), std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
-                      overlapped.load()));
+  MESSAGE(fmt::format(
+      "two receivers drained {} messages in {} ms, {} receives overlapped", taken.load(),
+      std::chrono::duration_cast<std::chrono::milliseconds>(took).count(), overlapped.load()));
   CHECK(taken == messages);
   CHECK(overlapped >= int{messages} / 2);
   const auto st = ftm::atomically(*pool, [&](auto& tx) { return ftm::port_stats_of(tx, p); });

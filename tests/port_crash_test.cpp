@@ -160,8 +160,8 @@ TEST_CASE_TEMPLATE("ports: a process killed at any port fault point loses and re
       for (std::uint32_t i = 0; i < r.count; ++i)
         ++seen.at(r.ids[i]);
       for (const auto port : {p, dead}) {
-        while (const auto m = ftm::atomically(
-                   *pool, [&](auto& tx) { return ftm::try_receive(tx, port); })) {
+        while (const auto m =
+                   ftm::atomically(*pool, [&](auto& tx) { return ftm::try_receive(tx, port); })) {
           ++seen.at(m->id);
         }
       }

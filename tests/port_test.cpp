@@ -313,8 +313,7 @@ ENGINE_TEST("a sender does not wait for a receiver that holds a message, nor the
     ftm::transaction receiver{*pool};
     receiver.begin();
     CHECK(ftm::try_receive(receiver, p)->id == 1);
-    const bool alone =
-        runs_alone([&] { send_order(*pool, p, 2); }, [&] { receiver.commit(); });
+    const bool alone = runs_alone([&] { send_order(*pool, p, 2); }, [&] { receiver.commit(); });
     CHECK_MESSAGE(alone, "a sender waited for a receiver's transaction");
   }
   {
@@ -322,8 +321,7 @@ ENGINE_TEST("a sender does not wait for a receiver that holds a message, nor the
     sender.begin();
     ftm::send(sender, p, order{3, 30});  // not committed: no receiver may take it
     std::optional<order> got;
-    const bool alone =
-        runs_alone([&] { got = receive_now(*pool, p); }, [&] { sender.commit(); });
+    const bool alone = runs_alone([&] { got = receive_now(*pool, p); }, [&] { sender.commit(); });
     CHECK_MESSAGE(alone, "a receiver waited for a sender's transaction");
     REQUIRE(got.has_value());
     CHECK(got->id == 2);
@@ -408,14 +406,13 @@ ENGINE_TEST("make_port allocates a few objects whatever the capacity; sends make
   for (const std::uint32_t capacity : {256U, 4096U}) {
     CAPTURE(capacity);
     const auto svc = ftm::atomically(*pool, [&](auto& tx) {
-      return ftm::make_service<order, reply>(tx, {.capacity = capacity,
-                                                  .dead_letter_capacity = capacity});
+      return ftm::make_service<order, reply>(
+          tx, {.capacity = capacity, .dead_letter_capacity = capacity});
     });
     CHECK(svc.requests.capacity() == capacity);
   }
-  const auto huge = ftm::atomically(*pool, [](auto& tx) {
-    return ftm::make_port<call>(tx, {.capacity = 1U << 24});
-  });
+  const auto huge = ftm::atomically(
+      *pool, [](auto& tx) { return ftm::make_port<call>(tx, {.capacity = 1U << 24}); });
   CHECK(huge.capacity() == 1U << 24);
   // A port's blocks: none until a send lands in them.
   auto p = make_orders(*pool, {.capacity = 4096});
@@ -595,8 +592,9 @@ ENGINE_TEST("misused port handles are refused with ftm errors") {
 }
 
 // A port's header is read, never written, after make_port: an opened port gives it const.
-static_assert(std::is_const_v<std::remove_reference_t<decltype(
-                  std::declval<const ftm::detail::port_ref<ftm::engines::dual_bank>&>().header())>>);
+static_assert(
+    std::is_const_v<std::remove_reference_t<
+        decltype(std::declval<const ftm::detail::port_ref<ftm::engines::dual_bank>&>().header())>>);
 
 /// An object of exactly a port header's size that is not a port.
 struct port_sized_filler {
@@ -649,8 +647,8 @@ ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is r
 
 ENGINE_TEST("ports of formats 1 (one object holding the ring) and 2 are refused, saying so") {
   auto pool = ftm_test::engine_factory<E>::make();
-  for (const auto& [kind, format] : {std::pair{ftm::detail::port_kind_v1, 1},
-                                     std::pair{ftm::detail::port_kind_v2, 2}}) {
+  for (const auto& [kind, format] :
+       {std::pair{ftm::detail::port_kind_v1, 1}, std::pair{ftm::detail::port_kind_v2, 2}}) {
     auto p = make_orders(*pool, {.capacity = 4});
     ftm::atomically(*pool, [&](auto& tx) {
       std::byte* bytes = ftm::detail::byte_access::open_write(

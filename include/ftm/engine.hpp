@@ -251,8 +251,8 @@ concept partial_read_engine = engine<E> &&
 /// `try_open_write` then waits in `open_write`, and `peek` reads with `open_read`.
 template <class E>
 concept skip_locked_engine = engine<E> &&
-    requires(E& e, tx_id t, std::uint64_t off, const object_type& ty, std::size_t at,
-             std::size_t n, void* out) {
+    requires(E& e, tx_id t, std::uint64_t off, const object_type& ty, std::size_t at, std::size_t n,
+             void* out) {
   { e.try_open_write(t, off, ty) } -> std::same_as<void*>;
   { e.peek(t, off, ty, at, n, out) } -> std::same_as<void>;
 };

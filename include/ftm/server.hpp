@@ -202,10 +202,9 @@ template <watchable_engine E, class Msg>
 bool await_message(E& engine, stable_port<Msg> port,
                    std::chrono::steady_clock::time_point deadline) {
   for (;;) {
-    const std::optional<watch_token> token =
-        atomically(engine, [&](transaction<E>& tx) {
-          return watch_if_empty<Msg>(tx, port.offset(), port.capacity(), "receive");
-        });
+    const std::optional<watch_token> token = atomically(engine, [&](transaction<E>& tx) {
+      return watch_if_empty<Msg>(tx, port.offset(), port.capacity(), "receive");
+    });
     if (!token) return true;
     if (!engine.wait(std::span<const watch_token>(&*token, 1), deadline)) return false;
     // Woken, but not necessarily for this port: the pool's watchers share one futex
@@ -644,9 +643,8 @@ std::size_t serve_some_for(transaction<E>& tx, const serving<Req, Rep>& how, Han
   std::size_t answered = 1;
   for (; answered < batch; ++answered) {
     // Only what waits already: a send committed meanwhile must not undo the batch.
-    auto access =
-        open_port<call_request<Req, Rep>>(tx, how.requests.offset(), how.requests.capacity(),
-                                          "serve");
+    auto access = open_port<call_request<Req, Rep>>(tx, how.requests.offset(),
+                                                    how.requests.capacity(), "serve");
     std::optional<call_request<Req, Rep>> next =
         take<call_request<Req, Rep>>(access, take_mode::more).message;
     if (!next) break;

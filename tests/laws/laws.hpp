@@ -283,8 +283,8 @@ TEST_CASE_TEMPLATE_DEFINE(
   CHECK_THROWS_AS(ftm::atomically(*pool,
                                   [&](auto& tx) {
                                     std::int64_t v = 0;
-                                    fd::byte_access::peek(tx, a.offset(), type, 8,
-                                                          sizeof(account), &v);
+                                    fd::byte_access::peek(tx, a.offset(), type, 8, sizeof(account),
+                                                          &v);
                                   }),
                   ftm::usage_error);
 }

@@ -51,7 +51,7 @@ enum class take_mode {
 template <class Msg>
 struct taken {
   std::optional<Msg> message;
-  std::uint32_t buried = 0;  // poison messages it moved to the dead-letter port
+  std::uint32_t buried = 0;    // poison messages it moved to the dead-letter port
   std::uint64_t empty_at = 0;  // the object whose recorded read says "empty": to watch
 };
 
@@ -123,9 +123,10 @@ void bury(port_ref<E>& port, const held_slot& h) {
 }
 
 [[noreturn]] inline void damaged_slot(std::uint64_t port, std::uint64_t q, const port_slot& s) {
-  throw bad_pool(fmt::format(
-      "ftm::receive: the port at offset {} is damaged: the slot of message {} says it {} message {}",
-      port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
+  throw bad_pool(
+      fmt::format("ftm::receive: the port at offset {} is damaged: the slot of message {} says it "
+                  "{} message {}",
+                  port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
 }
 
 /// Any message: `find_held` looks at none before taking it.
@@ -141,8 +142,7 @@ struct any_message {
 /// `take` fills them. Messages before it are passed by unrecorded looks (`peek`): a
 /// message taken is taken for good, so what a look says of it never goes back.
 template <class Msg, class E, class Want>
-std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>& out,
-                                   Want want) {
+std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>& out, Want want) {
   const port_header& h = port.header();
   port_head head{};
   byte_access::peek(port.tx(), h.head, port_head_type(), 0, sizeof head, &head);

@@ -111,8 +111,8 @@ std::span<const std::byte> sized_object(ReadObject& object, std::uint64_t at, st
   try {
     const std::span<const std::byte> bytes = object(at);
     if (bytes.size() == size) return bytes;
-    out.push_back(fmt::format("its {} at offset {} has {} bytes, not {}", what, at, bytes.size(),
-                              size));
+    out.push_back(
+        fmt::format("its {} at offset {} has {} bytes, not {}", what, at, bytes.size(), size));
   } catch (const error& x) {
     out.push_back(fmt::format("its {} at offset {}: {}", what, at, x.what()));
   }
@@ -184,8 +184,8 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
   const std::size_t before = out.size();
   const auto head_bytes = sized_object(object, h.head, sizeof(port_head), "head", out);
   const auto tail_bytes = sized_object(object, h.tail, sizeof(port_tail), "tail", out);
-  const auto index =
-      sized_object(object, h.index, std::size_t{h.blocks} * sizeof(std::uint64_t), "slot index", out);
+  const auto index = sized_object(object, h.index, std::size_t{h.blocks} * sizeof(std::uint64_t),
+                                  "slot index", out);
   if (out.size() != before) return out;
   const std::uint64_t t = copy_from<port_tail>(tail_bytes).tail;
   const std::uint64_t hint = copy_from<port_head>(head_bytes).hint;
@@ -198,8 +198,8 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
     const auto at = copy_from<std::uint64_t>(index, std::size_t{b} * sizeof(std::uint64_t));
     if (at == 0) {
       if (t > b) {
-        out.push_back(fmt::format("its slot block {} was never made, but {} messages were sent",
-                                  b, t));
+        out.push_back(
+            fmt::format("its slot block {} was never made, but {} messages were sent", b, t));
         sound = false;
       }
       oldest = std::min<std::uint64_t>(oldest, b);
@@ -222,12 +222,13 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
       const auto s = copy_from<port_slot>(block, slot_at(k, h.slot_size));
       const bool held = s.full != 0;
       const bool placed = s.sequence % cap == p;
-      const bool in_window = held ? s.sequence < t && s.sequence + cap >= t
-                                  : s.sequence >= t && s.sequence < t + cap;
+      const bool in_window =
+          held ? s.sequence < t && s.sequence + cap >= t : s.sequence >= t && s.sequence < t + cap;
       if (!placed || !in_window || s.full > 1) {
-        out.push_back(fmt::format("its slot of place {} {} message {}, which a port whose tail is "
-                                  "{} cannot",
-                                  p, held ? "holds" : "waits for", s.sequence, t));
+        out.push_back(
+            fmt::format("its slot of place {} {} message {}, which a port whose tail is "
+                        "{} cannot",
+                        p, held ? "holds" : "waits for", s.sequence, t));
         sound = false;
         break;
       }
@@ -247,8 +248,9 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
                               r.depth, taken, t));
   }
   if (r.received + r.dead_lettered != taken) {
-    out.push_back(fmt::format("it counts {} receives and {} dead letters, but its slots saw {} taken",
-                              r.received, r.dead_lettered, taken));
+    out.push_back(
+        fmt::format("it counts {} receives and {} dead letters, but its slots saw {} taken",
+                    r.received, r.dead_lettered, taken));
   }
   if (hint > oldest) {
     out.push_back(fmt::format("its head hint {} is past its oldest message {}", hint, oldest));

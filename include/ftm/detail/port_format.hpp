@@ -3,9 +3,9 @@
 
 /// \file
 /// The bytes of a port in the pool, all in one place: the port (a header object, its
-/// head hint and tail, a slot index and slot blocks), the port directory (the root `ftm.ports`, chained blocks of
-/// entries) and a service's key table (a header and index, and one record per client). Every offset
-/// is pinned by a `static_assert`: changing one changes the pool format
+/// head hint and tail, a slot index and slot blocks), the port directory (the root `ftm.ports`,
+/// chained blocks of entries) and a service's key table (a header and index, and one record per
+/// client). Every offset is pinned by a `static_assert`: changing one changes the pool format
 /// (`bank_layout::format_version`).
 
 #include <ftm/detail/config.hpp>
@@ -98,8 +98,7 @@ struct port_block_header {
 static_assert(offsetof(port_block_header, received) == 0 &&
                   offsetof(port_block_header, dead_lettered) == 8 &&
                   offsetof(port_block_header, deliveries) == 16 &&
-                  offsetof(port_block_header, redelivered) == 24 &&
-                  sizeof(port_block_header) == 32,
+                  offsetof(port_block_header, redelivered) == 24 && sizeof(port_block_header) == 32,
               "a slot block's header is part of the pool format");
 
 /// One message in a slot block; the message's bytes follow at `slot_payload`. The

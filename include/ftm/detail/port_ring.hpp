@@ -88,8 +88,7 @@ class port_ref {
     const slot_place at = place_of(q, header_.capacity);
     port_slot s{0, 0, q};
     if (const std::uint64_t block = block_offset(at.block); block != 0) {
-      byte_access::peek(tx_, block, block_type_, slot_at(at.slot, header_.slot_size), sizeof s,
-                        &s);
+      byte_access::peek(tx_, block, block_type_, slot_at(at.slot, header_.slot_size), sizeof s, &s);
     }
     return s;
   }
@@ -113,8 +112,9 @@ class port_ref {
     std::uint64_t block = block_offset(at.block);
     if (block == 0) {
       std::uint64_t seen = 0;
-      const std::byte* entry = byte_access::open_read_part(
-          tx_, header_.index, index_type(), std::size_t{at.block} * sizeof block, sizeof block, seen);
+      const std::byte* entry =
+          byte_access::open_read_part(tx_, header_.index, index_type(),
+                                      std::size_t{at.block} * sizeof block, sizeof block, seen);
       opened(header_.index);
       std::memcpy(&block, entry, sizeof block);
       if (block == 0) {

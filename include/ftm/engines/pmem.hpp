@@ -282,7 +282,8 @@ class file_region {
     if (h.version < 1) bad(fmt::format("its format version {} is unknown", h.version));
     if (h.version < bank_layout::format_version) {
       // Format 6 is the last whose ports are of format 2 (receivers taking turns).
-      bad(fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
+      bad(
+          fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
                       "it: recreate the pool{}",
                       h.version, bank_layout::format_version,
                       h.version == 6 ? " (its ports are of format 2, which this ftm no longer "
