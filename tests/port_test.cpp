@@ -647,8 +647,8 @@ ENGINE_TEST("an object that is not a port, or a port whose kind is damaged, is r
 
 ENGINE_TEST("ports of formats 1 (one object holding the ring) and 2 are refused, saying so") {
   auto pool = ftm_test::engine_factory<E>::make();
-  for (const auto& [kind, format] :
-       {std::pair{ftm::detail::port_kind_v1, 1}, std::pair{ftm::detail::port_kind_v2, 2}}) {
+  for (const int format : {1, 2}) {
+    const std::uint32_t kind = format == 1 ? ftm::detail::port_kind_v1 : ftm::detail::port_kind_v2;
     auto p = make_orders(*pool, {.capacity = 4});
     ftm::atomically(*pool, [&](auto& tx) {
       std::byte* bytes = ftm::detail::byte_access::open_write(
