@@ -412,7 +412,8 @@ ENGINE_TEST("try_open_write skips an object another transaction holds, and peek 
     std::int64_t v = 0;
     CHECK_THROWS_AS(fd::byte_access::peek(tx, a.offset(), type, sizeof(account), 8, &v),
                     ftm::usage_error);
-    CHECK_THROWS_AS(fd::byte_access::try_open_write(tx, a.offset(), fd::object_type_of<node>),
+    using forty = std::array<std::uint64_t, 5>;  // not an account's 16 bytes
+    CHECK_THROWS_AS(fd::byte_access::try_open_write(tx, a.offset(), fd::object_type_of<forty>),
                     ftm::usage_error);
   });
 }
