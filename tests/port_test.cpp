@@ -152,7 +152,7 @@ ENGINE_TEST("messages sent in one transaction are received in order, around the 
 
 ENGINE_TEST("a port's slots are in blocks of their own: order kept across blocks and wraps") {
   auto pool = ftm_test::engine_factory<E>::make();
-  // 20 slots: 3 blocks of 7 (the last one partly used); 5,000 slots: 512 blocks of 10.
+  // 20 slots: a block each; 5,000 slots: 4,096 blocks of 2 (904 of them used twice).
   for (const std::uint32_t capacity : {20U, 5000U}) {
     CAPTURE(capacity);
     auto p = make_orders(*pool, {.capacity = capacity, .max_deliveries = 0});
@@ -164,8 +164,8 @@ ENGINE_TEST("a port's slots are in blocks of their own: order kept across blocks
       return out;
     });
     CHECK(h.kind == ftm::detail::port_kind);
-    CHECK(h.block_slots == (capacity == 20 ? 7U : 10U));
-    CHECK(h.blocks == (capacity == 20 ? 3U : 512U));
+    CHECK(h.block_slots == (capacity == 20 ? 1U : 2U));
+    CHECK(h.blocks == (capacity == 20 ? 20U : 4096U));
     std::deque<std::uint32_t> model;
     std::uint32_t next = 0;
     std::mt19937 rng(capacity);
@@ -205,15 +205,22 @@ ENGINE_TEST("a port's slots are in blocks of their own: order kept across blocks
   }
 }
 
-ENGINE_TEST("a port's header is small whatever its capacity, and its blocks are few slots") {
+ENGINE_TEST("a port's header is small whatever its capacity, and its blocks are one slot each") {
   auto pool = ftm_test::engine_factory<E>::make();
   namespace fd = ftm::detail;
   CHECK(fd::block_slots_of(1) == 1);
-  CHECK(fd::block_slots_of(16) == 8);
-  CHECK(fd::block_slots_of(4096) == 8);
-  CHECK(fd::blocks_of(4096) == 512);
-  CHECK(fd::block_slots_of(1U << 24) == (1U << 24) / 512);
-  CHECK(fd::blocks_of(1U << 24) == 512);
+  CHECK(fd::block_slots_of(16) == 1);
+  CHECK(fd::blocks_of(16) == 16);
+  CHECK(fd::block_slots_of(4096) == 1);
+  CHECK(fd::blocks_of(4096) == 4096);
+  CHECK(fd::block_slots_of(4097) == 2);
+  CHECK(fd::block_slots_of(1U << 24) == (1U << 24) / 4096);
+  CHECK(fd::blocks_of(1U << 24) == 4096);
+  // Consecutive messages are in different blocks; a block's slots are a ring apart.
+  CHECK(fd::place_of(5, 16).block == 5);
+  CHECK(fd::place_of(21, 16).block == 5);
+  CHECK(fd::place_of(4097, 5000).block == 1);
+  CHECK(fd::place_of(4097, 5000).slot == 1);
   CHECK(fd::port_object_type<order>().size == sizeof(fd::port_header));
   // A send opens the header and one block: the block's type names its slots.
   for (const std::uint32_t capacity : {16U, 4096U}) {
@@ -221,7 +228,7 @@ ENGINE_TEST("a port's header is small whatever its capacity, and its blocks are 
     send_order(*pool, p, 7);
     CHECK(receive_now(*pool, p)->id == 7);
     CHECK(fd::port_block_type<order>(fd::block_slots_of(capacity)).size ==
-          sizeof(fd::port_block_header) + 8 * fd::slot_size_of<order>());
+          sizeof(fd::port_block_header) + fd::slot_size_of<order>());
   }
 }
 
@@ -327,6 +334,25 @@ ENGINE_TEST("a sender does not wait for a receiver that holds a message, nor the
     CHECK(got->id == 2);
   }
   CHECK(receive_now(*pool, p)->id == 3);
+}
+
+ENGINE_TEST("a receive takes the oldest message even while a send is open") {
+  // A send holds only the slot it fills: the receiver passes no older message for it
+  // (with blocks of several slots, the send of 4 would hold the block of 0).
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 16});
+  for (std::uint32_t id = 0; id < 4; ++id)
+    send_order(*pool, p, id);
+  for (std::uint32_t round = 0; round < 4; ++round) {
+    ftm::transaction sender{*pool};
+    sender.begin();
+    ftm::send(sender, p, order{4 + round, 0});
+    std::optional<order> got;
+    const bool alone = runs_alone([&] { got = receive_now(*pool, p); }, [&] { sender.commit(); });
+    CHECK(alone);
+    REQUIRE(got.has_value());
+    CHECK(got->id == round);
+  }
 }
 
 ENGINE_TEST("try_receive skips a message another transaction holds; receive waits for it") {

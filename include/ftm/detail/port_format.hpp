@@ -124,16 +124,14 @@ constexpr std::uint32_t slot_size_of() {
 /// The most slot blocks a port has. Blocks are made on first use (by the send of the
 /// first message that lands in each), so `make_port` allocates a handful of objects
 /// whatever the capacity.
-inline constexpr std::uint32_t port_max_blocks = 512;
-/// Slots per block for ports up to `port_max_blocks * port_block_slots` messages: what a
-/// send or receive copies between the banks.
-inline constexpr std::uint32_t port_block_slots = 8;
+inline constexpr std::uint32_t port_max_blocks = 4096;
 
-/// Blocks of a port of `capacity` messages: one per `port_block_slots` slots (fewer
-/// for a smaller port), at most `port_max_blocks`.
+/// Blocks of a port of `capacity` messages: a block per slot up to `port_max_blocks`,
+/// so that a send locks only the slot it fills and a receive only the message it takes
+/// (a receive then never passes a message whose block a send holds: one receiver takes
+/// messages in the order they were sent); a larger port puts several slots in each.
 constexpr std::uint32_t blocks_of(std::uint32_t capacity) {
-  const std::uint32_t wanted = (capacity + port_block_slots - 1) / port_block_slots;
-  return wanted < port_max_blocks ? wanted : port_max_blocks;
+  return capacity < port_max_blocks ? capacity : port_max_blocks;
 }
 /// Slots per block of a port of `capacity` messages.
 constexpr std::uint32_t block_slots_of(std::uint32_t capacity) {

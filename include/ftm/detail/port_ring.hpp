@@ -248,7 +248,8 @@ port_ref<E> open_port(transaction<E>& tx, std::uint64_t offset, std::uint32_t ca
 
 /// Where a send puts its message: the tail and the slot of message `sequence`, both
 /// held; `room` is false while that slot still holds the message sent `capacity`
-/// messages before (the port is full there).
+/// messages before (the port is full there: then only the tail is held, and
+/// `block_offset` names the block read, to watch).
 struct send_place {
   port_tail* tail = nullptr;
   std::byte* block = nullptr;
@@ -258,27 +259,40 @@ struct send_place {
   bool room = false;
 };
 
+[[noreturn]] inline void damaged_send(std::uint64_t port, std::uint64_t q, const port_slot& s) {
+  throw bad_pool(
+      fmt::format("ftm::send: the port at offset {} is damaged: the slot of message {} says it {} "
+                  "message {}",
+                  port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
+}
+
 /// The slot of the next message sent on `port`, held with the tail. A sender looks at
 /// the state of that slot, not at the head: receives never write anything a send reads
-/// but the slot they emptied.
+/// but the slot they emptied. A full slot is read (recorded: a commit checks it, a wait
+/// watches it), not locked, so that a send never holds a block whose message a receive
+/// wants.
 template <class E>
 send_place next_send(port_ref<E>& port) {
   const port_header& h = port.header();
   send_place out;
   out.tail = &port.tail_for_send();
   out.sequence = out.tail->tail;
-  const slot_place at = place_of(out.sequence, h.capacity);
+  const std::uint64_t t = out.sequence;
+  const slot_place at = place_of(t, h.capacity);
+  if (port.block_offset(at.block) != 0) {
+    if (const port_slot seen = port.peek_slot(t); seen.sequence != t || seen.full != 0) {
+      const port_slot s = port.read_slot(t, out.block_offset);
+      if (s.full != 0 && s.sequence + h.capacity == t) return out;  // full: no room
+      if (s.sequence != t || s.full != 0) damaged_send(port.offset(), t, s);
+    }
+  }
   out.block = port.send_block(at.block);
   out.block_offset = port.block_offset(at.block);
   out.slot = &slot_in(out.block, at.slot, h.slot_size);
-  const port_slot& s = *out.slot;
-  if (s.sequence == out.sequence && s.full == 0) {
-    out.room = true;
-  } else if (!(s.full != 0 && s.sequence + h.capacity == out.sequence)) [[unlikely]] {
-    throw bad_pool(fmt::format(
-        "ftm::send: the port at offset {} is damaged: the slot of message {} says it {} message {}",
-        port.offset(), out.sequence, s.full != 0 ? "holds" : "waits for", s.sequence));
-  }
+  // Only a receive empties a slot, and only a send (this one: senders take turns)
+  // fills one: the room seen is still there.
+  if (out.slot->sequence != t || out.slot->full != 0) damaged_send(port.offset(), t, *out.slot);
+  out.room = true;
   return out;
 }
 
