@@ -43,7 +43,7 @@ template <class Msg, class E>
 
 /// The object whose change a receiver of the open `port` waits for if it holds no
 /// message (the block of the first message not sent, or the slot index when that
-/// block is not made yet), read and recorded; 0 if a message waits (a receive may
+/// block is not made yet), read and recorded; 0 if a message may wait (a receive may
 /// hold it). Takes no lock.
 template <class E>
 std::uint64_t empty_at(port_ref<E>& port) {
@@ -53,11 +53,12 @@ std::uint64_t empty_at(port_ref<E>& port) {
     port_slot s = port.peek_slot(q);
     if (s.sequence > q) continue;  // taken for good
     if (s.sequence == q && s.full != 0) return 0;
+    // One recorded read at most: a read-only transaction of one read commits without a
+    // check, so a watch registered after it always reaches `wait()`.
     std::uint64_t read = 0;
     s = port.read_slot(q, read);
     if (s.sequence < q || (s.sequence == q && s.full == 0)) return read;
-    if (s.sequence == q) return 0;
-    // taken since the look: go on
+    return 0;  // sent or taken since the look: let the receive see
   }
 }
 
