@@ -103,7 +103,8 @@ struct receipts {
 /// head hint on), and a poison message buried.
 template <class E>
 void port_workload(E& pool, ftm::stable_port<job> p, ftm::stable<receipts> log) {
-  for (std::uint32_t id = 0; id < 12; ++id)
+  // 20 sends: blocks are made 16 at a time (`blocks_made_at_once`), twice here.
+  for (std::uint32_t id = 0; id < 20; ++id)
     ftm::atomically(pool, [&](auto& tx) { ftm::send(tx, p, job{id}); });
   for (int k = 0; k < 3; ++k) {
     ftm::transaction tx{pool};
@@ -131,7 +132,7 @@ bool killed_at(std::string_view point, std::uint64_t hit) {
   auto pool = ftm_test::engine_factory<E>::make();
   const auto made = ftm::atomically(*pool, [](auto& tx) {
     auto dead = ftm::make_port<job>(tx, {.capacity = 16, .max_deliveries = 0});
-    auto p = ftm::make_port<job>(tx, {.capacity = 16, .max_deliveries = 3}, dead);
+    auto p = ftm::make_port<job>(tx, {.capacity = 40, .max_deliveries = 3}, dead);
     return std::tuple{p, dead, tx.create(receipts{})};
   });
   const auto p = std::get<0>(made);

@@ -28,6 +28,9 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
+/// Slot blocks a send makes at once, when it needs the first of them.
+inline constexpr std::uint32_t blocks_made_at_once = 16;
+
 template <class Msg>
 Msg load_message(const std::byte* from) {
   alignas(Msg) unsigned char bytes[sizeof(Msg)];
@@ -148,8 +151,9 @@ class port_ref {
   }
 
   /// Block `b` for a send, opened for writing; made first if no send made it yet (in
-  /// this transaction: an abort unmakes it), its slots each waiting for the first
-  /// message of their place. Only a send makes blocks, in the order of its messages.
+  /// this transaction: an abort unmakes it), with the next `blocks_made_at_once - 1`,
+  /// each slot waiting for the first message of its place. Only a send makes blocks,
+  /// in the order of its messages, so the blocks made are always the first ones.
   std::byte* send_block(std::uint32_t b) {
     if (const std::uint64_t block = block_offset(b); block != 0) return write_block(block);
     std::byte* index = byte_access::open_write(tx_, header_.index, index_type());
@@ -157,16 +161,29 @@ class port_ref {
     std::uint64_t block = 0;
     std::memcpy(&block, index + std::size_t{b} * sizeof block, sizeof block);
     if (block != 0) return write_block(block);
-    const allocation made = byte_access::allocate(tx_, block_type_);
-    auto* bytes = static_cast<std::byte*>(made.storage);
-    std::memset(bytes, 0, block_type_.size);
-    for (std::uint32_t k = 0; k < header_.block_slots; ++k)
-      slot_in(bytes, k, header_.slot_size).sequence = b + std::uint64_t{k} * header_.blocks;
-    std::memcpy(index + std::size_t{b} * sizeof block, &made.offset, sizeof made.offset);
+    // Several at once: the index is copied between the banks by each transaction that
+    // writes it (32 KiB for 4,096 blocks).
+    const std::uint32_t end =
+        header_.blocks - b < blocks_made_at_once ? header_.blocks : b + blocks_made_at_once;
+    std::byte* first = nullptr;
+    for (std::uint32_t m = b; m < end; ++m) {
+      std::uint64_t there = 0;
+      std::memcpy(&there, index + std::size_t{m} * sizeof there, sizeof there);
+      if (there != 0) break;
+      const allocation made = byte_access::allocate(tx_, block_type_);
+      auto* bytes = static_cast<std::byte*>(made.storage);
+      std::memset(bytes, 0, block_type_.size);
+      for (std::uint32_t k = 0; k < header_.block_slots; ++k)
+        slot_in(bytes, k, header_.slot_size).sequence = m + std::uint64_t{k} * header_.blocks;
+      std::memcpy(index + std::size_t{m} * sizeof made.offset, &made.offset, sizeof made.offset);
+      if (m == b) {
+        first = bytes;
+        known_[next_known_] = {b, made.offset};
+        next_known_ = (next_known_ + 1) % known_.size();
+      }
+    }
     FTM_FAULT_POINT("port.after_block");
-    known_[next_known_] = {b, made.offset};
-    next_known_ = (next_known_ + 1) % known_.size();
-    return bytes;
+    return first;
   }
 
   /// The port's tail, opened for writing: senders take turns on it.
