@@ -4,13 +4,15 @@
 /// \file
 /// Stable ports (the paper's section 3.2.3): typed, bounded message queues that live
 /// in the pool. A send is a transactional write to the port, so it takes effect when
-/// the transaction commits and an abort sends nothing; a receive takes the message
-/// at the head, and an abort puts it back with its delivery count increased. A
-/// message delivered too often goes to the port's dead-letter port instead.
+/// the transaction commits and an abort sends nothing; a receive takes the oldest
+/// message no other receive holds (receivers of one port run side by side), and an
+/// abort puts it back with its delivery count increased. A message delivered too often
+/// goes to the port's dead-letter port instead.
 ///
 /// Written over `ftm::transaction` only (its byte access, `detail::byte_access`): the
 /// delivery count needs an `ftm::unlogged_write_engine`, blocking an
-/// `ftm::watchable_engine`. This header is the API; the internals are
+/// `ftm::watchable_engine`, and receivers side by side an `ftm::skip_locked_engine`
+/// (without one they take turns). This header is the API; the internals are
 /// `detail/port_format.hpp` (the bytes in the pool), `port_ring.hpp` (an opened
 /// port), `port_delivery.hpp` (redelivery and poison messages), `port_wait.hpp`
 /// (watching) and `port_directory.hpp` (the pool's list of ports).
@@ -280,13 +282,14 @@ void send(transaction<E>& tx, stable_port<Msg> port, const T& msg) {
   detail::fill(at, Msg(msg));
 }
 
-/// Takes the oldest message of `port` that no other transaction is receiving (or
-/// sending), or returns nothing if there is none: it never waits for another
-/// transaction, so receivers of one port run side by side. If `tx` aborts, or its
+/// Takes the oldest message of `port` that no other transaction is receiving, or
+/// returns nothing if there is none: it never waits for another transaction, so
+/// receivers of one port run side by side. If `tx` aborts, or its
 /// process dies, the message goes back with its delivery count increased; once that
 /// count reaches the port's `max_deliveries`, the message goes to the dead-letter port
 /// instead of being delivered again. With one receiver at a time, messages come in the
-/// order they were sent; receivers side by side may commit them in another order.
+/// order they were sent (for a capacity up to 4,096); receivers side by side may
+/// commit them in another order.
 template <engine E, class Msg>
 std::optional<Msg> try_receive(transaction<E>& tx, stable_port<Msg> port) {
   auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "try_receive");
