@@ -14,7 +14,9 @@
 #include <ftm/transaction.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -55,6 +57,18 @@ std::uint64_t empty_at(port_ref<E>& port) {
     if (s.sequence == q && s.full != 0) return 0;
     // One recorded read at most: a read-only transaction of one read commits without a
     // check, so a watch registered after it always reaches `wait()`.
+    const slot_place at = place_of(q, port.header().capacity);
+    if (port.block_offset(at.block) == 0) {
+      std::uint64_t seen = 0;
+      std::uint64_t block = 0;
+      std::memcpy(
+          &block,
+          byte_access::open_read_part(port.tx(), port.header().index, port.index_type(),
+                                      std::size_t{at.block} * sizeof block, sizeof block, seen),
+          sizeof block);
+      port.opened(port.header().index);
+      return block == 0 ? port.header().index : 0;  // made since the look: let the receive see
+    }
     std::uint64_t read = 0;
     s = port.read_slot(q, read);
     if (s.sequence < q || (s.sequence == q && s.full == 0)) return read;
