@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <thread>
 #include <tuple>
@@ -183,9 +184,10 @@ TEST_CASE_TEMPLATE("ports: a process killed at any port fault point loses and re
   // The ports' own points, each at its first and second pass.
   for (const std::string_view point : ftm::detail::port_fault_point_names) {
     for (const std::uint64_t hit : {std::uint64_t{1}, std::uint64_t{2}}) {
-      CAPTURE(point);
+      const std::string name(point);
+      CAPTURE(name);
       CAPTURE(hit);
-      CHECK_MESSAGE(killed_at<E>(point, hit), "the workload did not reach ", point);
+      CHECK_MESSAGE(killed_at<E>(point, hit), "the workload did not reach ", name);
     }
   }
   // The engine's points about a lock and a commit, at every pass the workload makes:
@@ -196,7 +198,8 @@ TEST_CASE_TEMPLATE("ports: a process killed at any port fault point loses and re
     std::uint64_t hit = 1;
     while (killed_at<E>(point, hit))
       hit += 3;
-    CAPTURE(point);
+    const std::string name(point);
+    CAPTURE(name);
     CHECK(hit > 10);  // the workload passes each many times
   }
 }
