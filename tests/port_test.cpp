@@ -355,6 +355,42 @@ ENGINE_TEST("a receive takes the oldest message even while a send is open") {
   }
 }
 
+ENGINE_TEST("a try_receive that finds the port empty holds it: a send waits, the drain commits") {
+  // A drain loop (receive until empty) on a busy port: were "empty" only a recorded
+  // read, each send committed meanwhile would undo the drain, and count again the
+  // deliveries of what it took, until those messages were dead-lettered.
+  for (const std::uint32_t waiting : {1U, 16U}) {  // 16: the next slot's block is not made
+    CAPTURE(waiting);
+    auto pool = ftm_test::engine_factory<E>::make();
+    auto p = make_orders(*pool, {.capacity = 64});
+    for (std::uint32_t id = 1; id <= waiting; ++id)
+      send_order(*pool, p, id);
+    ftm::transaction drain{*pool};
+    drain.begin();
+    std::uint32_t taken = 0;
+    while (ftm::try_receive(drain, p))
+      ++taken;
+    CHECK(taken == waiting);
+    std::atomic<bool> sent{false};
+    std::thread sender([&] {
+      send_order(*pool, p, 100);
+      sent = true;
+    });
+    // An unhindered send takes microseconds; a loaded machine can only hide a failure.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK_FALSE_MESSAGE(sent.load(),
+                        "a send committed while a drain that found the port empty "
+                        "was open");
+    CHECK_NOTHROW(drain.commit());
+    sender.join();
+    const auto s = stats(*pool, p);
+    CHECK(s.deliveries == waiting);  // each delivered once: the drain was not undone
+    CHECK(s.received == waiting);
+    CHECK(s.depth == 1);
+    CHECK(receive_now(*pool, p)->id == 100);
+  }
+}
+
 ENGINE_TEST("try_receive skips a message another transaction holds; receive waits for it") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto p = make_orders(*pool, {.capacity = 16});

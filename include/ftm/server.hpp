@@ -1146,7 +1146,11 @@ class pipeline {
         } else {
           detail::drop_reply(tx, *r);  // stale: nobody waits for it
         }
-        r = try_receive(tx, replies_);
+        // Only what waits already: a reply committed meanwhile must not undo the batch
+        // (each abort counts again the deliveries of the replies taken).
+        auto access = detail::open_port<reply_to_call<Rep>>(tx, replies_.offset(),
+                                                            replies_.capacity(), "wait");
+        r = detail::take<reply_to_call<Rep>>(access, detail::take_mode::more).message;
       }
     });
     for (auto& t : batch)

@@ -129,6 +129,32 @@ void bury(port_ref<E>& port, const held_slot& h) {
                   port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
 }
 
+/// Holds the slot of message `q`, which a look found not sent, so that the send of `q`
+/// (and so every later one) waits for this transaction: true if it is still not sent,
+/// false if it was sent or taken since the look, nothing if another transaction holds
+/// it. A `try_receive` that finds the port empty holds it rather than recording a read,
+/// or every send committed meanwhile would abort the transaction, and count again the
+/// deliveries of the messages it took before (a drain loop on a busy port would
+/// dead-letter them).
+template <class E>
+std::optional<bool> hold_unsent(port_ref<E>& port, std::uint64_t q) {
+  const port_header& h = port.header();
+  const slot_place at = place_of(q, h.capacity);
+  if (const std::uint64_t block = port.block_offset(at.block); block != 0) {
+    std::byte* bytes = port.try_block(block);
+    if (bytes == nullptr) return std::nullopt;
+    const port_slot& s = slot_in(bytes, at.slot, h.slot_size);
+    return s.sequence < q || (s.sequence == q && s.full == 0);
+  }
+  // The block is not made: its send makes it, in the slot index.
+  std::byte* index = byte_access::try_open_write(port.tx(), h.index, port.index_type());
+  if (index == nullptr) return std::nullopt;
+  port.opened(h.index);
+  std::uint64_t block = 0;
+  std::memcpy(&block, index + std::size_t{at.block} * sizeof block, sizeof block);
+  return block == 0;
+}
+
 /// Any message: `find_held` looks at none before taking it.
 struct any_message {
   template <class Msg>
@@ -162,6 +188,14 @@ std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>
         // Not sent, as last committed: nothing from here on. Decided on a recorded
         // read, unless the caller may stop early without one.
         if (mode == take_mode::more || mode == take_mode::bury) break;
+        if (mode == take_mode::skip) {
+          const std::optional<bool> held = hold_unsent(port, q);
+          if (held && *held) break;  // empty, and no send can change that before the commit
+          if (held) {
+            --q;  // sent, or taken, since the look: look again
+            continue;
+          }
+        }
         s = port.read_slot(q, out.empty_at);
         if (s.sequence < q || (s.sequence == q && s.full == 0)) break;
         --q;  // sent, or taken, since the look: look again
