@@ -391,6 +391,58 @@ ENGINE_TEST("a try_receive that finds the port empty holds it: a send waits, the
   }
 }
 
+ENGINE_TEST("two drains that end on the same empty slot both commit") {
+  // The first holds the slot of the next message; the second skips it, as a held
+  // message, rather than recording a read of a block another transaction holds (its
+  // commit would fail for certain, and count its deliveries again).
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 16});
+  send_order(*pool, p, 1);
+  send_order(*pool, p, 2);
+  ftm::transaction first{*pool};
+  ftm::transaction second{*pool};
+  first.begin();
+  second.begin();
+  CHECK(ftm::try_receive(first, p)->id == 1);
+  CHECK(ftm::try_receive(second, p)->id == 2);
+  CHECK_FALSE(ftm::try_receive(first, p).has_value());   // holds the slot of message 3
+  CHECK_FALSE(ftm::try_receive(second, p).has_value());  // skips it
+  CHECK_NOTHROW(second.commit());
+  CHECK_NOTHROW(first.commit());
+  const auto s = stats(*pool, p);
+  CHECK(s.deliveries == 2);
+  CHECK(s.redelivered == 0);
+  CHECK(s.received == 2);
+}
+
+ENGINE_TEST("a receive that waits for a held message commits on its first run") {
+  // It records no "empty" before the wait: a send committed while it waits would make
+  // that read stale, and the receive would run again.
+  auto pool = ftm_test::engine_factory<E>::make();
+  auto p = make_orders(*pool, {.capacity = 16});
+  send_order(*pool, p, 1);
+  ftm::transaction holder{*pool};
+  holder.begin();
+  CHECK(ftm::try_receive(holder, p)->id == 1);
+  std::atomic<int> runs{0};
+  std::optional<order> got;
+  std::thread receiver([&] {
+    got = ftm::atomically(*pool, [&](ftm::transaction<E>& tx) {
+      ++runs;
+      return ftm::receive(tx, p);
+    });
+  });
+  // Long enough for the receiver to reach its wait; a slow machine only hides a failure.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  send_order(*pool, p, 2);
+  holder.abort();  // message 1 comes back, and the receiver takes it
+  receiver.join();
+  REQUIRE(got.has_value());
+  CHECK(got->id == 1);
+  CHECK(runs == 1);
+  CHECK(receive_now(*pool, p)->id == 2);
+}
+
 ENGINE_TEST("try_receive skips a message another transaction holds; receive waits for it") {
   auto pool = ftm_test::engine_factory<E>::make();
   auto p = make_orders(*pool, {.capacity = 16});

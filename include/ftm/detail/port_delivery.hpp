@@ -189,13 +189,19 @@ std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>
         // read, unless the caller may stop early without one.
         if (mode == take_mode::more || mode == take_mode::bury) break;
         if (mode == take_mode::skip) {
+          // Held here: no send can change "empty" before the commit. Held by another
+          // transaction (its send, or a receive that found it empty): skipped, as a
+          // held message is; a recorded read of a block another holds would fail the
+          // commit for certain.
           const std::optional<bool> held = hold_unsent(port, q);
-          if (held && *held) break;  // empty, and no send can change that before the commit
-          if (held) {
-            --q;  // sent, or taken, since the look: look again
-            continue;
-          }
+          if (!held || *held) break;
+          --q;  // sent, or taken, since the look: look again
+          continue;
         }
+        // A receive that will wait for a held message first records nothing: what it
+        // would record now is stale by the time that holder is done, and the scan
+        // after the wait records "empty" if it still is.
+        if (busy) break;
         s = port.read_slot(q, out.empty_at);
         if (s.sequence < q || (s.sequence == q && s.full == 0)) break;
         --q;  // sent, or taken, since the look: look again

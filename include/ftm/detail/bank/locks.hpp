@@ -115,10 +115,12 @@ class bank_locks : public bank_recovery {
           continue;
         }
         log_entry& e = push_entry(d, off, entry_kind::write);
-        descriptor_at(d).flags |= wrote_objects;
         FTM_FAULT_POINT("lock.after_log_entry");
         std::uint32_t seen = 0;
         if (h.writer.compare_exchange_strong(seen, me, std::memory_order_seq_cst)) {
+          // Only now: a try that lost leaves a read-only transaction read-only (recovery
+          // does not read the flag).
+          descriptor_at(d).flags |= wrote_objects;
           set_length(d, e, off, t.size);
           FTM_FAULT_POINT("open.after_lock");
           break;
