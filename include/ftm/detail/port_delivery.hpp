@@ -122,13 +122,6 @@ void bury(port_ref<E>& port, const held_slot& h) {
   fill(to, msg);
 }
 
-[[noreturn]] inline void damaged_slot(std::uint64_t port, std::uint64_t q, const port_slot& s) {
-  throw bad_pool(
-      fmt::format("ftm::receive: the port at offset {} is damaged: the slot of message {} says it "
-                  "{} message {}",
-                  port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
-}
-
 /// Holds the slot of message `q`, which a look found not sent, so that the send of `q`
 /// (and so every later one) waits for this transaction: true if it is still not sent,
 /// false if it was sent or taken since the look, nothing if another transaction holds
@@ -178,7 +171,7 @@ std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>
     std::optional<std::uint64_t> busy;  // the first message another transaction holds
     std::optional<held_slot> found;
     for (std::uint64_t q = head.hint;; ++q) {
-      if (q - head.hint > (std::uint64_t{1} << 40)) damaged_slot(port.offset(), q, {});
+      if (q - head.hint > (std::uint64_t{1} << 40)) damaged_slot("receive", port.offset(), q, {});
       port_slot s = port.peek_slot(q);
       if (s.sequence > q) {  // taken
         if (prefix) settled = q + 1;
@@ -224,7 +217,7 @@ std::optional<held_slot> find_held(port_ref<E>& port, take_mode mode, taken<Msg>
       }
       port_slot& mine = slot_in(bytes, at.slot, h.slot_size);
       if (mine.sequence != q || mine.full == 0) {
-        if (mine.sequence < q) damaged_slot(port.offset(), q, mine);
+        if (mine.sequence < q) damaged_slot("receive", port.offset(), q, mine);
         prefix = false;  // taken since the look (maybe by this transaction)
         continue;
       }

@@ -276,11 +276,13 @@ struct send_place {
   bool room = false;
 };
 
-[[noreturn]] inline void damaged_send(std::uint64_t port, std::uint64_t q, const port_slot& s) {
+/// A slot whose state no operation could have left (`what`: the operation that found it).
+[[noreturn]] inline void damaged_slot(std::string_view what, std::uint64_t port, std::uint64_t q,
+                                      const port_slot& s) {
   throw bad_pool(
-      fmt::format("ftm::send: the port at offset {} is damaged: the slot of message {} says it {} "
+      fmt::format("ftm::{}: the port at offset {} is damaged: the slot of message {} says it {} "
                   "message {}",
-                  port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
+                  what, port, q, s.full != 0 ? "holds" : "waits for", s.sequence));
 }
 
 /// The slot of the next message sent on `port`, held with the tail. A sender looks at
@@ -300,7 +302,7 @@ send_place next_send(port_ref<E>& port) {
     if (const port_slot seen = port.peek_slot(t); seen.sequence != t || seen.full != 0) {
       const port_slot s = port.read_slot(t, out.block_offset);
       if (s.full != 0 && s.sequence + h.capacity == t) return out;  // full: no room
-      if (s.sequence != t || s.full != 0) damaged_send(port.offset(), t, s);
+      if (s.sequence != t || s.full != 0) damaged_slot("send", port.offset(), t, s);
     }
   }
   out.block = port.send_block(at.block);
@@ -308,7 +310,8 @@ send_place next_send(port_ref<E>& port) {
   out.slot = &slot_in(out.block, at.slot, h.slot_size);
   // Only a receive empties a slot, and only a send (this one: senders take turns)
   // fills one: the room seen is still there.
-  if (out.slot->sequence != t || out.slot->full != 0) damaged_send(port.offset(), t, *out.slot);
+  if (out.slot->sequence != t || out.slot->full != 0)
+    damaged_slot("send", port.offset(), t, *out.slot);
   out.room = true;
   return out;
 }

@@ -52,7 +52,7 @@ std::uint64_t empty_at(port_ref<E>& port) {
   port_head head{};
   byte_access::peek(port.tx(), port.header().head, port_head_type(), 0, sizeof head, &head);
   for (std::uint64_t q = head.hint;; ++q) {
-    if (q - head.hint > (std::uint64_t{1} << 40)) damaged_slot(port.offset(), q, {});
+    if (q - head.hint > (std::uint64_t{1} << 40)) damaged_slot("receive", port.offset(), q, {});
     port_slot s = port.peek_slot(q);
     if (s.sequence > q) continue;  // taken for good
     if (s.sequence == q && s.full != 0) return 0;
