@@ -318,9 +318,11 @@ template <class E, class Msg>
 bool await_on_session(ftm::session<E>& session, ftm::stable_port<Msg> port,
                       clock_type::time_point deadline) {
   for (;;) {
-    const auto token = ftm::atomically(session, [&](ftm::transaction<E>& tx) {
-      return ftm::detail::watch_if_empty<Msg>(tx, port.offset(), port.capacity(), "receive");
-    });
+    const auto token =
+        ftm::atomically(session, [&](ftm::transaction<E>& tx) -> std::optional<ftm::watch_token> {
+          if (ftm::port_stats_of(tx, port).depth != 0) return std::nullopt;
+          return tx.engine().watch(tx.id(), port.offset());
+        });
     if (!token) return true;
     if (!session.engine().wait(std::span<const ftm::watch_token>(&*token, 1), deadline))
       return false;

@@ -20,8 +20,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <thread>
-#include <utility>
 #include <vector>
 
 #include <sys/prctl.h>
@@ -367,94 +365,6 @@ ENGINE_TEST("a lock held by a dead process is reclaimed by an older waiter") {
   older.commit();
   ::close(ready[0]);
   ::close(ready[1]);
-}
-
-ENGINE_TEST("try_open_write skips an object another transaction holds, and peek records nothing") {
-  static_assert(ftm::skip_locked_engine<E>);
-  auto pool = ftm_test::engine_factory<E>::make();
-  const auto made = ftm::atomically(*pool, [](auto& tx) {
-    return std::pair{tx.create(account{10, 0}), tx.create(account{10, 0})};
-  });
-  const auto a = made.first;
-  const auto b = made.second;
-  namespace fd = ftm::detail;
-  const ftm::object_type type = fd::object_type_of<account>;
-  const auto peek_balance = [&](auto& tx, ftm::stable<account> x) {
-    std::int64_t v = 0;
-    fd::byte_access::peek(tx, x.offset(), type, offsetof(account, balance), sizeof v, &v);
-    return v;
-  };
-  ftm::transaction holder{*pool};
-  ftm::transaction skipper{*pool};
-  holder.begin({.priority = 2});   // younger: a waiting open would have waited for it ...
-  skipper.begin({.priority = 1});  // ... and this older one would have waited
-  holder.open(a)->balance = 20;
-  CHECK(peek_balance(holder, a) == 20);  // its own write
-  // Held by another: null at once, neither waiting nor dying.
-  CHECK(fd::byte_access::try_open_write(skipper, a.offset(), type) == nullptr);
-  CHECK(skipper.engine().valid(skipper.id()));
-  CHECK(peek_balance(skipper, a) == 10);  // the committed value, not the holder's write
-  // Free: taken, as open_write takes it.
-  auto* bytes = fd::byte_access::try_open_write(skipper, b.offset(), type);
-  REQUIRE(bytes != nullptr);
-  std::int64_t eleven = 11;
-  std::memcpy(bytes + offsetof(account, balance), &eleven, sizeof eleven);
-  CHECK(fd::byte_access::try_open_write(skipper, b.offset(), type) == bytes);  // held already
-  holder.commit();
-  // The peek was not recorded: the holder's commit of `a` does not make the skipper lose.
-  CHECK(peek_balance(skipper, a) == 20);
-  CHECK(skipper.engine().valid(skipper.id()));
-  CHECK_NOTHROW(skipper.commit());
-  CHECK(balance_of(*pool, b) == 11);
-  CHECK(pool->check().ok());
-  // Bytes outside the object, and a handle of another size, are refused.
-  ftm::atomically(*pool, [&](auto& tx) {
-    std::int64_t v = 0;
-    CHECK_THROWS_AS(fd::byte_access::peek(tx, a.offset(), type, sizeof(account), 8, &v),
-                    ftm::usage_error);
-    using forty = std::array<std::uint64_t, 5>;  // not an account's 16 bytes
-    CHECK_THROWS_AS(fd::byte_access::try_open_write(tx, a.offset(), fd::object_type_of<forty>),
-                    ftm::usage_error);
-  });
-}
-
-ENGINE_TEST("try_open_write takes a lock whose holder's process died, and never a live one's") {
-  auto pool = ftm_test::engine_factory<E>::make();
-  const auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{8, 0}); });
-  const ftm::object_type type = ftm::detail::object_type_of<account>;
-  // A live holder in this process keeps the lock however often it is tried.
-  {
-    ftm::transaction holder{*pool};
-    holder.begin();
-    holder.open(a)->balance = 1;
-    std::thread other([&] {
-      ftm::transaction tx{*pool};
-      tx.begin();
-      for (int i = 0; i < 100; ++i)
-        CHECK(ftm::detail::byte_access::try_open_write(tx, a.offset(), type) == nullptr);
-      tx.commit();
-    });
-    other.join();
-    holder.abort();
-  }
-  // A dead holder's lock: tried again, recovered (undone) and taken.
-  ftm_test::killed_child([&] {
-    ftm::transaction tx{*pool};
-    tx.begin();
-    tx.open(a)->balance = 0;
-    ftm_test::die_now();
-  });
-  ftm::transaction tx{*pool};
-  tx.begin();
-  std::byte* got = nullptr;
-  for (int i = 0; i < 64 && got == nullptr; ++i)
-    got = ftm::detail::byte_access::try_open_write(tx, a.offset(), type);
-  REQUIRE(got != nullptr);
-  std::int64_t balance = 0;
-  std::memcpy(&balance, got + offsetof(account, balance), sizeof balance);
-  CHECK(balance == 8);  // the dead holder's write undone
-  tx.commit();
-  CHECK(pool->check().ok());
 }
 
 ENGINE_TEST("a session runs transactions on one descriptor, like atomically() on the pool") {

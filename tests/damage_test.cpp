@@ -731,15 +731,14 @@ TEST_CASE("a damaged pool header is refused: pool id, boot id, any field") {
     CHECK_CONTAINS(what, "its header is damaged");
   }
   // Pools of formats 1 (before the checksums), 2 (the pool's own checksum), 4 (64
-  // descriptors, not recorded), 5 (one futex word for all watchers) and 6 (ports of
-  // format 2) are refused with advice.
-  for (const std::uint32_t old : {1u, 2u, 4u, 5u, 6u}) {
+  // descriptors, not recorded) and 5 (one futex word for all watchers) are refused with
+  // advice.
+  for (const std::uint32_t old : {1u, 2u, 4u, 5u}) {
     const auto what = expect_error<ftm::bad_pool>(
         b, [&](auto& f) { put(f, offsetof(layout::pool_header, version), old); }, [](pmem&) {});
     CHECK_CONTAINS(what, fmt::format("format version {} is older than this ftm's ({}), which "
                                      "cannot read it: recreate the pool",
                                      old, layout::format_version));
-    if (old == 6) CHECK_CONTAINS(what, "its ports are of format 2, which this ftm no longer reads");
   }
 }
 

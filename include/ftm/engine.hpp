@@ -228,35 +228,6 @@ concept partial_read_engine = engine<E> &&
   { e.open_read_part(t, off, ty, at, n, seen) } -> std::same_as<const void*>;
 };
 
-/// Optional: lock an object without waiting, and read committed bytes without recording
-/// the read, for structures that many transactions work on at once and that can use
-/// another object when one is busy (a port's receivers each take the first message no
-/// other receiver holds).
-///
-/// - `try_open_write(t, off, ty)` is `open_write(t, off, ty)` when no other transaction
-///   holds the object (or `t` holds it already), and returns null, with nothing changed,
-///   when another live transaction holds it: it never waits and never throws
-///   `ftm::conflict` for the lock. A holder whose process died does not keep the object
-///   from it for long: the engine recovers that holder (it may look only now and then,
-///   so that a busy object costs no system call) and takes the lock.
-/// - `peek(t, off, ty, at, n, out)` copies bytes `[at, at + n)` of the object into
-///   `out`: its committed value (or `t`'s own writes, if `t` holds it for writing),
-///   one committed value, never a torn one; and `t` does not record that it read it, so
-///   a later commit of the object neither makes `t` lose nor wakes `t`'s waits. For
-///   hints only, or for bytes that never change once committed: `t`'s commit does not
-///   check them. `ty` is checked as by `open_read`; bytes outside it are a
-///   `ftm::usage_error`.
-///
-/// An engine without it runs the layers above as before: `detail::byte_access`'s
-/// `try_open_write` then waits in `open_write`, and `peek` reads with `open_read`.
-template <class E>
-concept skip_locked_engine = engine<E> &&
-    requires(E& e, tx_id t, std::uint64_t off, const object_type& ty, std::size_t at, std::size_t n,
-             void* out) {
-  { e.try_open_write(t, off, ty) } -> std::same_as<void*>;
-  { e.peek(t, off, ty, at, n, out) } -> std::same_as<void>;
-};
-
 /// What `watch()` registered, handed back to `wait()`. Opaque to the layers above.
 struct watch_token {
   std::uint32_t slot;  ///< engine-defined: where the registration is

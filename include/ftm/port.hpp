@@ -4,15 +4,13 @@
 /// \file
 /// Stable ports (the paper's section 3.2.3): typed, bounded message queues that live
 /// in the pool. A send is a transactional write to the port, so it takes effect when
-/// the transaction commits and an abort sends nothing; a receive takes the oldest
-/// message no other receive holds (receivers of one port run side by side), and an
-/// abort puts it back with its delivery count increased. A message delivered too often
-/// goes to the port's dead-letter port instead.
+/// the transaction commits and an abort sends nothing; a receive takes the message
+/// at the head, and an abort puts it back with its delivery count increased. A
+/// message delivered too often goes to the port's dead-letter port instead.
 ///
 /// Written over `ftm::transaction` only (its byte access, `detail::byte_access`): the
 /// delivery count needs an `ftm::unlogged_write_engine`, blocking an
-/// `ftm::watchable_engine`, and receivers side by side an `ftm::skip_locked_engine`
-/// (without one they take turns). This header is the API; the internals are
+/// `ftm::watchable_engine`. This header is the API; the internals are
 /// `detail/port_format.hpp` (the bytes in the pool), `port_ring.hpp` (an opened
 /// port), `port_delivery.hpp` (redelivery and poison messages), `port_wait.hpp`
 /// (watching) and `port_directory.hpp` (the pool's list of ports).
@@ -143,22 +141,20 @@ constexpr bool port_carries() {
 }
 
 template <class E>
-[[noreturn]] void full_port(const port_ref<E>& port, const send_place& at, std::string_view type) {
+[[noreturn]] void full_port(const port_writer<E>& port, std::string_view type) {
   throw port_full(fmt::format(
-      "ftm::send: the ftm::stable_port<{}> at offset {} is full ({} messages: message {} still "
-      "waits in the slot message {} needs); make it with a larger capacity, or with "
-      "when_full::block to wait for room",
-      type, port.offset(), port.header().capacity, at.sequence - port.header().capacity,
-      at.sequence));
+      "ftm::send: the ftm::stable_port<{}> at offset {} is full ({} of {} messages); make it "
+      "with a larger capacity, or with when_full::block to wait for room",
+      type, port.offset(), port.depth(), port.header().capacity));
 }
 
 /// A send found the port full: fails, or waits for room (see `when_full`).
 template <class Msg, class E>
-void require_room(const port_ref<E>& port, const send_place& at) {
+void require_room(const port_writer<E>& port) {
   if (static_cast<when_full>(port.header().on_full) == when_full::block) {
     if constexpr (watchable_engine<E>) {
       require_wait_scope("send (to a full port made with when_full::block)");
-      wait_for_room(port, at, std::chrono::steady_clock::time_point::max());
+      wait_for_change(port, std::chrono::steady_clock::time_point::max());
     } else {
       throw usage_error(fmt::format(
           "ftm::send: the port at offset {} waits when full, which needs an engine that models "
@@ -166,44 +162,22 @@ void require_room(const port_ref<E>& port, const send_place& at) {
           port.offset()));
     }
   }
-  full_port(port, at, type_name<Msg>());
+  full_port(port, type_name<Msg>());
 }
 
-/// The port's counts, from its tail and every block made, read and recorded (so they
-/// are of one committed state): each block counts the receives of its messages.
-template <class Msg, class E>
-port_stats stats_of(port_ref<E>& port) {
+template <class Msg, class E, bool Write>
+port_stats stats_of(port_access<E, Write>& port) {
   const port_header& h = port.header();
-  transaction<E>& tx = port.tx();
   port_stats s;
+  s.depth = port.depth();
   s.capacity = h.capacity;
-  const std::byte* index = byte_access::open_read(tx, h.index, port.index_type());
-  port.opened(h.index);
-  port_tail tail{};
-  std::memcpy(&tail, byte_access::open_read(tx, h.tail, port_tail_type()), sizeof tail);
-  port.opened(h.tail);
-  s.sent = tail.tail;
-  for (std::uint32_t b = 0; b < h.blocks; ++b) {
-    std::uint64_t at = 0;
-    std::memcpy(&at, index + std::size_t{b} * sizeof at, sizeof at);
-    if (at == 0) continue;  // no message was ever sent to it
-    const std::byte* block = byte_access::open_read(tx, at, port.block_type());
-    port.opened(at);
-    port_block_header c{};
-    std::memcpy(&c, block, sizeof c);
-    s.received += c.received;
-    s.dead_lettered += c.dead_lettered;
-    s.deliveries += c.deliveries;
-    s.redelivered += c.redelivered;
-    for (std::uint32_t k = 0; k < h.block_slots; ++k) {
-      if (b + std::uint64_t{k} * h.blocks >= h.capacity) break;  // a place past the ring
-      port_slot slot{};
-      std::memcpy(&slot, block + slot_at(k, h.slot_size), sizeof slot);
-      if (slot.full == 0) continue;
-      ++s.depth;
-      s.in_flight += slot.deliveries != 0 ? 1 : 0;
-    }
-  }
+  for (std::uint64_t q = h.head; q != h.tail; ++q)
+    s.in_flight += port.slot(q).deliveries != 0 ? 1 : 0;
+  s.sent = h.sent;
+  s.received = h.received;
+  s.deliveries = h.deliveries;
+  s.redelivered = h.redelivered;
+  s.dead_lettered = h.dead_lettered;
   return s;
 }
 
@@ -224,19 +198,18 @@ stable_port<Msg> make_port(transaction<E>& tx, port_options options = {},
     throw invalid_argument(fmt::format(
         "ftm::make_port: capacity {} is out of range (1 to 16777216 messages)", options.capacity));
   }
-  // The header, the head hint, the tail and the slot index are objects of their own;
-  // the slot blocks are made by the sends of their first messages, so a port of any
-  // capacity costs this transaction five objects (with its directory entry).
+  // The header, the slot index and the slot blocks are objects of their own: a send or
+  // receive locks and copies the header and the block of its slot, whatever the capacity.
   const std::uint32_t block_slots = detail::block_slots_of(options.capacity);
   const std::uint32_t blocks = detail::blocks_of(options.capacity);
-  const auto zeroed = [&](const object_type& type) {
-    const allocation made = detail::byte_access::allocate(tx, type);
-    std::memset(made.storage, 0, type.size);
-    return made.offset;
-  };
-  const std::uint64_t index = zeroed(detail::port_index_type(blocks));
-  const std::uint64_t head = zeroed(detail::port_head_type());
-  const std::uint64_t tail = zeroed(detail::port_tail_type());
+  const object_type block_type = detail::port_block_type<Msg>(block_slots);
+  const allocation index = detail::byte_access::allocate(tx, detail::port_index_type(blocks));
+  for (std::uint32_t b = 0; b < blocks; ++b) {
+    const allocation block = detail::byte_access::allocate(tx, block_type);
+    std::memset(block.storage, 0, block_type.size);
+    std::memcpy(static_cast<std::byte*>(index.storage) + b * sizeof block.offset, &block.offset,
+                sizeof block.offset);
+  }
   const object_type ty = detail::port_object_type<Msg>();
   const allocation a = detail::byte_access::allocate(tx, ty);
   std::memset(a.storage, 0, ty.size);
@@ -249,9 +222,7 @@ stable_port<Msg> make_port(transaction<E>& tx, port_options options = {},
   h->on_full = static_cast<std::uint32_t>(options.on_full);
   h->dead_letter = dead_letter.offset();
   h->dead_letter_capacity = dead_letter.capacity();
-  h->head = head;
-  h->tail = tail;
-  h->index = index;
+  h->index = index.offset;
   h->block_slots = block_slots;
   h->blocks = blocks;
   detail::port_directory_entry entry{};
@@ -276,39 +247,32 @@ void send(transaction<E>& tx, stable_port<Msg> port, const T& msg) {
                 "ftm::send: the port does not carry this message type: send a value of the "
                 "port's message type (ftm::stable_port<Msg>), or of one of the alternatives "
                 "of its std::variant");
-  auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "send");
-  const detail::send_place at = detail::next_send(access);
-  if (!at.room) detail::require_room<Msg>(access, at);
-  detail::fill(at, Msg(msg));
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "send");
+  if (access.depth() == access.header().capacity) detail::require_room<Msg>(access);
+  detail::append<Msg>(access, Msg(msg));
 }
 
-/// Takes the oldest message of `port` that no other transaction is receiving, or
-/// returns nothing if there is none: it never waits for another transaction, so
-/// receivers of one port run side by side. If `tx` aborts, or its
-/// process dies, the message goes back with its delivery count increased; once that
-/// count reaches the port's `max_deliveries`, the message goes to the dead-letter port
-/// instead of being delivered again. With one receiver at a time, messages come in the
-/// order they were sent (for a capacity up to 4,096); receivers side by side may
-/// commit them in another order.
+/// Takes the message at the head of `port`, or returns nothing if it is empty. If
+/// `tx` aborts, or its process dies, the message goes back to the head with its
+/// delivery count increased; once that count reaches the port's `max_deliveries`, the
+/// message goes to the dead-letter port instead of being delivered again.
 template <engine E, class Msg>
 std::optional<Msg> try_receive(transaction<E>& tx, stable_port<Msg> port) {
-  auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "try_receive");
-  return detail::take<Msg>(access, detail::take_mode::skip).message;
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "try_receive");
+  return detail::take<Msg>(access);
 }
 
-/// Takes the oldest message of `port` that no other transaction is receiving, waiting
-/// for one if there is none: if every message is being received by others, it waits
-/// for the first one's receiver to end (and takes that message if it came back); if
-/// the port is empty, the transaction aborts, waits without locks for a send to
-/// commit, and runs again. Only inside `ftm::atomically`. Aborts put the message back
-/// as for `try_receive`.
+/// Takes the message at the head of `port`, waiting for one if it is empty: the
+/// transaction aborts, waits without locks for a commit to change the port, and runs
+/// again. Only inside `ftm::atomically`. Aborts put the message back as for
+/// `try_receive`.
 template <watchable_engine E, class Msg>
 Msg receive(transaction<E>& tx, stable_port<Msg> port) {
-  auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "receive");
-  auto got = detail::take<Msg>(access, detail::take_mode::wait);
-  if (got.message) return *std::move(got.message);
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive");
+  const std::uint64_t buried = access.header().dead_lettered;
+  if (auto m = detail::take<Msg>(access)) return *std::move(m);
   detail::require_wait_scope("receive");
-  detail::wait_for_message<Msg>(access, got, std::chrono::steady_clock::time_point::max());
+  detail::wait_for_message<Msg>(access, buried, std::chrono::steady_clock::time_point::max());
 }
 
 /// `ftm::receive`, waiting at most `timeout` from the first time the enclosing
@@ -316,13 +280,13 @@ Msg receive(transaction<E>& tx, stable_port<Msg> port) {
 template <watchable_engine E, class Msg, class Rep, class Period>
 std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
                                std::chrono::duration<Rep, Period> timeout) {
-  auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "receive_for");
-  auto got = detail::take<Msg>(access, detail::take_mode::wait);
-  if (got.message) return std::move(got.message);
+  auto access = detail::open_port<Msg, true>(tx, port.offset(), port.capacity(), "receive_for");
+  const std::uint64_t buried = access.header().dead_lettered;
+  if (auto m = detail::take<Msg>(access)) return m;
   detail::atomic_scope& scope = detail::require_wait_scope("receive_for");
   if (scope.timed_out()) return std::nullopt;
   detail::wait_for_message<Msg>(
-      access, got,
+      access, buried,
       scope.deadline_after(
           std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
 }
@@ -330,7 +294,7 @@ std::optional<Msg> receive_for(transaction<E>& tx, stable_port<Msg> port,
 /// The port's counts, as of `tx` (which reads the port).
 template <engine E, class Msg>
 port_stats port_stats_of(transaction<E>& tx, stable_port<Msg> port) {
-  auto access = detail::open_port<Msg>(tx, port.offset(), port.capacity(), "port_stats_of");
+  auto access = detail::open_port<Msg, false>(tx, port.offset(), port.capacity(), "port_stats_of");
   return detail::stats_of<Msg>(access);
 }
 
@@ -433,9 +397,10 @@ port_listing inspect_ports(const View& pool) {
       e.readable = p.readable;
       e.stats.capacity = p.capacity;
       if (p.readable) {
-        e.stats = port_stats{p.depth,    p.header.capacity, p.in_flight,   p.sent,
-                             p.received, p.deliveries,      p.redelivered, p.dead_lettered};
-        e.dead_letter = p.header.dead_letter;
+        const fd::port_header& h = p.header;
+        e.stats = port_stats{p.depth(),  h.capacity,   p.in_flight,   h.sent,
+                             h.received, h.deliveries, h.redelivered, h.dead_lettered};
+        e.dead_letter = h.dead_letter;
       }
       out.ports.push_back(std::move(e));
     }

@@ -202,9 +202,13 @@ template <watchable_engine E, class Msg>
 bool await_message(E& engine, stable_port<Msg> port,
                    std::chrono::steady_clock::time_point deadline) {
   for (;;) {
-    const std::optional<watch_token> token = atomically(engine, [&](transaction<E>& tx) {
-      return watch_if_empty<Msg>(tx, port.offset(), port.capacity(), "receive");
-    });
+    const std::optional<watch_token> token =
+        atomically(engine, [&](transaction<E>& tx) -> std::optional<watch_token> {
+          const auto access = open_port<Msg, false>(tx, port.offset(), port.capacity(), "receive");
+          if (access.depth() != 0) return std::nullopt;
+          // Last: nothing after it throws, so a registered watch always reaches wait().
+          return byte_access::watch(tx, port.offset());
+        });
     if (!token) return true;
     if (!engine.wait(std::span<const watch_token>(&*token, 1), deadline)) return false;
     // Woken, but not necessarily for this port: the pool's watchers share one futex
@@ -560,38 +564,33 @@ request_id answer(transaction<E>& tx, const call_request<Req, Rep>& request, Han
   return request.id;
 }
 
-/// After the handler threw on `failure.id` (its transaction undone, the request back in
-/// its slot): counts the failure in a transaction of its own. Below the service's tries
-/// the request stays where it waits, its failures counted in it, for another try; at
-/// them it goes to the dead-letter port (a bare service port has none: it is dropped)
-/// and its caller gets a `failed` reply with the exception's type and message. Nothing
-/// if another server holds or took the request meanwhile. True if the caller was
-/// answered.
+/// After the handler threw on `failure.id` (its transaction undone, the request back at
+/// the head of the port): counts the failure in a transaction of its own. Below the
+/// service's tries the request goes to the tail of the port for another try; at them it
+/// goes to the dead-letter port (a bare service port has none: it is dropped) and its
+/// caller gets a `failed` reply with the exception's type and message. Nothing if
+/// another server took the request meanwhile. True if the caller was answered.
 template <watchable_engine E, class Req, class Rep>
 bool settle_failure(E& engine, const serving<Req, Rep>& how, const handler_failure& failure) {
   using msg = call_request<Req, Rep>;
   return atomically(engine, [&](transaction<E>& tx) {
-    auto access = open_port<msg>(tx, how.requests.offset(), how.requests.capacity(), "serve");
-    taken<msg> scan;
-    const std::optional<held_slot> held =
-        find_held(access, take_mode::more, scan,
-                  [&](std::uint64_t, const msg& m) { return m.id == failure.id; });
-    if (!held) return false;
-    auto* payload = reinterpret_cast<std::byte*>(held->slot) + slot_payload;
-    msg m = load_message<msg>(payload);
-    ++m.failures;
-    if (m.failures < how.max_tries) {
-      // Tried again where it waits, its failures counted in the message.
-      std::memcpy(payload, &m, sizeof m);
+    auto access = open_port<msg, true>(tx, how.requests.offset(), how.requests.capacity(), "serve");
+    const port_header& h = access.header();
+    if (h.head == h.tail) return false;
+    if (h.max_deliveries != 0 && access.slot(h.head).deliveries >= h.max_deliveries) return false;
+    if (!(load_message<msg>(access.payload(h.head)).id == failure.id)) return false;
+    std::optional<msg> m = take<msg>(access);
+    ++m->failures;
+    if (m->failures < how.max_tries) {
+      append<msg>(access, *m);  // the take made room
       return false;
     }
-    static_cast<void>(deliver<msg>(access, *held));
     reply_to_call<Rep> reply{};
-    reply.id = m.id;
-    reply.failures = m.failures;
+    reply.id = m->id;
+    reply.failures = m->failures;
     reply_error(tx, reply, call_status::failed, failure.type, failure.message);
-    if (how.dead_letters) send(tx, how.dead_letters, m);
-    send(tx, m.reply_to, reply);
+    if (how.dead_letters) send(tx, how.dead_letters, *m);
+    send(tx, m->reply_to, reply);
     return true;
   });
 }
@@ -642,11 +641,7 @@ std::size_t serve_some_for(transaction<E>& tx, const serving<Req, Rep>& how, Han
   answer(tx, *request, handler, how, failure);
   std::size_t answered = 1;
   for (; answered < batch; ++answered) {
-    // Only what waits already: a send committed meanwhile must not undo the batch.
-    auto access = open_port<call_request<Req, Rep>>(tx, how.requests.offset(),
-                                                    how.requests.capacity(), "serve");
-    std::optional<call_request<Req, Rep>> next =
-        take<call_request<Req, Rep>>(access, take_mode::more).message;
+    const std::optional<call_request<Req, Rep>> next = try_receive(tx, how.requests);
     if (!next) break;
     answer(tx, *next, handler, how, failure);
   }
@@ -1146,11 +1141,7 @@ class pipeline {
         } else {
           detail::drop_reply(tx, *r);  // stale: nobody waits for it
         }
-        // Only what waits already: a reply committed meanwhile must not undo the batch
-        // (each abort counts again the deliveries of the replies taken).
-        auto access = detail::open_port<reply_to_call<Rep>>(tx, replies_.offset(),
-                                                            replies_.capacity(), "wait");
-        r = detail::take<reply_to_call<Rep>>(access, detail::take_mode::more).message;
+        r = try_receive(tx, replies_);
       }
     });
     for (auto& t : batch)

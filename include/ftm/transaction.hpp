@@ -21,7 +21,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <new>
 #include <random>
@@ -346,38 +345,6 @@ struct byte_access {
       }
       if (seen == 0) seen = reinterpret_cast<std::uintptr_t>(open_read(tx, offset, type));
       return reinterpret_cast<const std::byte*>(seen) + at;
-    }
-  }
-
-  /// Opens the object at `offset` for writing if no other transaction holds it, else
-  /// null (see `ftm::skip_locked_engine`). On an engine without it this is `open_write`:
-  /// it waits (or dies) for the holder and never returns null.
-  template <engine E>
-  static std::byte* try_open_write(transaction<E>& tx, std::uint64_t offset,
-                                   const object_type& type) {
-    if constexpr (skip_locked_engine<E>) {
-      return static_cast<std::byte*>(tx.engine_->try_open_write(tx.id_, offset, type));
-    } else {
-      return open_write(tx, offset, type);
-    }
-  }
-
-  /// Copies bytes `[at, at + n)` of the object at `offset`, as last committed (or as
-  /// `tx` wrote them), into `out`, without recording the read (see
-  /// `ftm::skip_locked_engine`): for hints, and for bytes that never change once
-  /// committed. On an engine without it the object is read with `open_read`, recorded.
-  template <engine E>
-  static void peek(transaction<E>& tx, std::uint64_t offset, const object_type& type,
-                   std::size_t at, std::size_t n, void* out) {
-    if constexpr (skip_locked_engine<E>) {
-      tx.engine_->peek(tx.id_, offset, type, at, n, out);
-    } else {
-      if (at > type.size || n > type.size - at) {
-        throw usage_error(fmt::format("bytes [{}, {}) are not inside a {} ({} bytes)", at, at + n,
-                                      type.name, type.size));
-      }
-      std::memcpy(out, open_read(tx, offset, type) + at, n);
-      close(tx, offset);
     }
   }
 

@@ -29,7 +29,6 @@
 
 #include <array>
 #include <atomic>
-#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -242,52 +241,6 @@ TEST_CASE_TEMPLATE_DEFINE(
     CHECK(r->balance == 6);  // both views see the transaction's own write
   });
   CHECK(balance_of(*pool, a) == 6);
-}
-
-TEST_CASE_TEMPLATE_DEFINE(
-    "isolation: try_open_write opens an unheld object for writing; peek sees committed bytes "
-    "or the transaction's own",
-    E, ftm_law_skip_locked) {
-  // Through `detail::byte_access`, as ports use them: an engine that models
-  // `ftm::skip_locked_engine` answers itself, any other falls back to `open_write` and
-  // `open_read`. On an object no other transaction holds, both behave alike.
-  namespace fd = ftm::detail;
-  auto pool = ftm_test::engine_factory<E>::make();
-  const auto a = ftm::atomically(*pool, [](auto& tx) { return tx.create(account{3, 0}); });
-  const ftm::object_type type = fd::object_type_of<account>;
-  const auto peeked = [&](auto& tx) {
-    std::int64_t v = 0;
-    fd::byte_access::peek(tx, a.offset(), type, offsetof(account, balance), sizeof v, &v);
-    return v;
-  };
-  {
-    ftm::transaction tx{*pool};
-    tx.begin();
-    CHECK(peeked(tx) == 3);
-    std::byte* bytes = fd::byte_access::try_open_write(tx, a.offset(), type);
-    REQUIRE(bytes != nullptr);
-    const std::int64_t seven = 7;
-    std::memcpy(bytes + offsetof(account, balance), &seven, sizeof seven);
-    CHECK(peeked(tx) == 7);  // its own write
-    tx.abort();              // undone like any write
-  }
-  CHECK(balance_of(*pool, a) == 3);
-  ftm::atomically(*pool, [&](auto& tx) {
-    std::byte* bytes = fd::byte_access::try_open_write(tx, a.offset(), type);
-    REQUIRE(bytes != nullptr);
-    const std::int64_t nine = 9;
-    std::memcpy(bytes + offsetof(account, balance), &nine, sizeof nine);
-  });
-  CHECK(balance_of(*pool, a) == 9);
-  CHECK(ftm::atomically(*pool, [&](auto& tx) { return peeked(tx); }) == 9);
-  CHECK_THROWS_AS(ftm::atomically(*pool,
-                                  [&](auto& tx) {
-                                    // Room for what is asked: the refusal is for the range.
-                                    std::byte out[sizeof(account)] = {};
-                                    fd::byte_access::peek(tx, a.offset(), type, 8, sizeof(account),
-                                                          out);
-                                  }),
-                  ftm::usage_error);
 }
 
 TEST_CASE_TEMPLATE_DEFINE("objects: linked stable objects are read back through their links", E,
@@ -934,7 +887,6 @@ TEST_CASE_TEMPLATE_DEFINE(
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_large_objects, __VA_ARGS__);          \
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_full_pool, __VA_ARGS__);              \
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_own_writes, __VA_ARGS__);             \
-  TEST_CASE_TEMPLATE_INVOKE(ftm_law_skip_locked, __VA_ARGS__);            \
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_linked_objects, __VA_ARGS__);         \
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_roots, __VA_ARGS__);                  \
   TEST_CASE_TEMPLATE_INVOKE(ftm_law_misuse, __VA_ARGS__);                 \

@@ -55,8 +55,6 @@ class bank_engine : protected bank_roots {
   using bank_locks::open_read;
   using bank_locks::open_read_part;
   using bank_locks::open_write;
-  using bank_locks::peek;
-  using bank_locks::try_open_write;
   using bank_locks::valid;
   using bank_mapping::bank_size;
   using bank_recovery::recover;

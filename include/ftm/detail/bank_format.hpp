@@ -132,9 +132,8 @@ constexpr std::uint64_t logs_begin(std::uint32_t n) noexcept {
 /// log checks take the descriptor's high bits, and the redo log's `in_flight` is a bitmap.
 /// 6: each bucket of the watchers' table has its own futex word (`watch_line`): the
 /// same bytes, but a watcher of format 5 would sleep on a word a committer of format 6
-/// no longer bumps for it. 7: ports of format 3 (`detail::port_kind`): receivers of
-/// one port take different slots, and a pool of format 6 holds ports of format 2.
-inline constexpr std::uint32_t format_version = 7;
+/// no longer bumps for it.
+inline constexpr std::uint32_t format_version = 6;
 
 /// The check word of `n` bytes (a multiple of 8) at `p`, seeded: for the structures a
 /// bound cannot check (the header, the roots table's entries).

@@ -52,15 +52,6 @@ inline constexpr std::array<std::string_view, 7> log_fault_point_names{
     "log.recover_copied",    // opening: the second bank copied to the working bank
 };
 
-/// The ports' points (`detail/port_*.hpp`, on every engine): the windows of their
-/// protocol over the engine's. `port_crash_test` sweeps them.
-inline constexpr std::array<std::string_view, 4> port_fault_point_names{
-    "port.after_block",  // a send made a slot block and entered it in the index
-    "port.after_count",  // a receive counted a delivery in its slot, not yet in its block
-    "port.after_take",   // a receive emptied a slot, its transaction not yet committed
-    "port.after_hint",   // a receive moved the head hint on, not yet committed
-};
-
 #if defined(FTM_FAULT_INJECTION) && FTM_FAULT_INJECTION
 
 /// Atomic counts: the points are reached from several threads at once (group commit).
@@ -69,7 +60,6 @@ struct fault_state {
   std::atomic<std::uint64_t> countdown{0};  // hits left before the kill
   std::array<std::atomic<std::uint64_t>, fault_point_names.size()> hits{};
   std::array<std::atomic<std::uint64_t>, log_fault_point_names.size()> log_hits{};
-  std::array<std::atomic<std::uint64_t>, port_fault_point_names.size()> port_hits{};
 };
 
 inline fault_state& faults() noexcept {
@@ -95,10 +85,6 @@ inline std::uint64_t fault_hits(std::string_view name) noexcept {
     if (log_fault_point_names[i] == name)
       return faults().log_hits[i].load(std::memory_order_relaxed);
   }
-  for (std::size_t i = 0; i < port_fault_point_names.size(); ++i) {
-    if (port_fault_point_names[i] == name)
-      return faults().port_hits[i].load(std::memory_order_relaxed);
-  }
   return 0;
 }
 
@@ -114,9 +100,6 @@ inline void fault_point(std::string_view name) noexcept {
   }
   for (std::size_t i = 0; i < log_fault_point_names.size(); ++i) {
     if (log_fault_point_names[i] == name) f.log_hits[i].fetch_add(1, std::memory_order_relaxed);
-  }
-  for (std::size_t i = 0; i < port_fault_point_names.size(); ++i) {
-    if (port_fault_point_names[i] == name) f.port_hits[i].fetch_add(1, std::memory_order_relaxed);
   }
   if (!f.armed.empty() && f.armed == name && f.countdown.fetch_sub(1) == 1) {
     ::kill(::getpid(), SIGKILL);

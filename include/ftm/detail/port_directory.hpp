@@ -25,7 +25,6 @@
 #include <cstring>
 #include <span>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -73,21 +72,15 @@ std::vector<port_directory_entry> port_directory_entries(transaction<E>& tx) {
   return out;
 }
 
-/// A port as ftm-inspect reads it: its directory entry and, if readable, its header and
-/// counts (summed over its blocks).
+/// A port as ftm-inspect reads it: its directory entry and, if readable, its header.
 struct port_report {
   std::uint64_t offset = 0;
   std::string type;  ///< the message type's name (cut to 103 characters)
   std::uint32_t capacity = 0;
-  bool readable = false;  ///< the counts below were read from a port of sound shape
+  bool readable = false;  ///< `header` and `in_flight` were read from a port of sound shape
   port_header header{};
-  std::uint64_t depth = 0;      ///< messages waiting
   std::uint64_t in_flight = 0;  ///< waiting messages delivered to a receive that did not commit
-  std::uint64_t sent = 0;       ///< its tail
-  std::uint64_t received = 0;
-  std::uint64_t dead_lettered = 0;
-  std::uint64_t deliveries = 0;
-  std::uint64_t redelivered = 0;
+  [[nodiscard]] std::uint64_t depth() const noexcept { return header.tail - header.head; }
 };
 
 /// The port directory as `read_port_directory` found it.
@@ -103,34 +96,9 @@ T copy_from(std::span<const std::byte> bytes, std::size_t at = 0) noexcept {
   return value;
 }
 
-/// The committed bytes of the object at `at` through `object` if it has `size` bytes;
-/// else a problem named `what` is added and the span is empty.
-template <class ReadObject>
-std::span<const std::byte> sized_object(ReadObject& object, std::uint64_t at, std::size_t size,
-                                        std::string_view what, std::vector<std::string>& out) {
-  try {
-    const std::span<const std::byte> bytes = object(at);
-    if (bytes.size() == size) return bytes;
-    out.push_back(
-        fmt::format("its {} at offset {} has {} bytes, not {}", what, at, bytes.size(), size));
-  } catch (const error& x) {
-    out.push_back(fmt::format("its {} at offset {}: {}", what, at, x.what()));
-  }
-  return {};
-}
-
-/// What is wrong with a port (its header's `bytes`, its other objects read through
+/// What is wrong with a port (its header's `bytes`, its index and blocks read through
 /// `object`, as `read_port_directory` takes it) given its directory entry; empty if
-/// nothing. Also fills `r`'s counts, and `r.readable` if they could be read.
-///
-/// The state a port's slots must be in, given its tail `t`: the slot of place `p`
-/// holds or waits for a message `s` with `s % capacity == p`; it holds it
-/// (`full`) only if `t - capacity <= s < t`, and waits for it only if
-/// `t <= s < t + capacity` (its message before was sent). Every place has seen
-/// `(s - p) / capacity` messages taken; with the full slots, the sends, `t` in all;
-/// and the blocks count the messages taken. A block not made yet is a place whose
-/// first message (`p < capacity`) was never sent. The head hint is at most the oldest
-/// message not taken.
+/// nothing. Also sets `r.readable` and `r.in_flight`.
 template <class ReadObject>
 std::vector<std::string> check_port(const port_directory_entry& e, std::span<const std::byte> bytes,
                                     port_report& r, ReadObject&& object) {
@@ -140,14 +108,10 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
                               bytes.size(), sizeof(port_header)));
     return out;
   }
-  if (const auto kind = copy_from<std::uint32_t>(bytes);
-      kind == port_kind_v1 || kind == port_kind_v2) {
-    out.push_back(fmt::format(
-        "it is a port of format {} ({}), which this ftm does not read (it reads format 3: "
-        "slots with a state of their own, spread over blocks)",
-        kind == port_kind_v1 ? 1 : 2,
-        kind == port_kind_v1 ? "one object holding the whole ring"
-                             : "a header holding the head and the tail"));
+  if (copy_from<std::uint32_t>(bytes) == port_kind_v1) {
+    out.emplace_back(
+        "it is a port of format 1 (one object holding the whole ring), which this ftm does not "
+        "read (it reads format 2: a header and slot blocks)");
     return out;
   }
   if (bytes.size() != sizeof(port_header)) {
@@ -175,85 +139,62 @@ std::vector<std::string> check_port(const port_directory_entry& e, std::span<con
         fmt::format("its header says {} blocks of {} slots, not the {} of {} of its capacity",
                     h.blocks, h.block_slots, blocks_of(h.capacity), block_slots_of(h.capacity)));
   }
+  // The slot index and the blocks the waiting messages are in.
+  std::span<const std::byte> index;
+  if (out.empty()) {
+    try {
+      index = object(h.index);
+      if (index.size() != std::size_t{h.blocks} * sizeof(std::uint64_t)) {
+        out.push_back(
+            fmt::format("its slot index at offset {} has {} bytes, not the {} of {} blocks",
+                        h.index, index.size(), std::size_t{h.blocks} * 8, h.blocks));
+      }
+    } catch (const error& x) {
+      out.push_back(fmt::format("its slot index at offset {}: {}", h.index, x.what()));
+    }
+  }
+  const bool sized = out.empty();  // the slots can be read
   if (h.fingerprint != e.fingerprint) {
     out.push_back(
         fmt::format("its header's message fingerprint {:#018x} is not the directory's {:#018x}",
                     h.fingerprint, e.fingerprint));
   }
-  if (!out.empty()) return out;
-  const std::size_t before = out.size();
-  const auto head_bytes = sized_object(object, h.head, sizeof(port_head), "head", out);
-  const auto tail_bytes = sized_object(object, h.tail, sizeof(port_tail), "tail", out);
-  const auto index = sized_object(object, h.index, std::size_t{h.blocks} * sizeof(std::uint64_t),
-                                  "slot index", out);
-  if (out.size() != before) return out;
-  const std::uint64_t t = copy_from<port_tail>(tail_bytes).tail;
-  const std::uint64_t hint = copy_from<port_head>(head_bytes).hint;
-  const std::uint64_t cap = h.capacity;
-  r.sent = t;
-  std::uint64_t taken = 0;
-  std::uint64_t oldest = ~std::uint64_t{0};  // the oldest message not taken
-  bool sound = true;
-  for (std::uint32_t b = 0; b < h.blocks && sound; ++b) {
-    const auto at = copy_from<std::uint64_t>(index, std::size_t{b} * sizeof(std::uint64_t));
-    if (at == 0) {
-      if (t > b) {
-        out.push_back(
-            fmt::format("its slot block {} was never made, but {} messages were sent", b, t));
-        sound = false;
-      }
-      oldest = std::min<std::uint64_t>(oldest, b);
-      continue;
-    }
-    const auto block = sized_object(object, at, port_block_size(h.block_slots, h.slot_size),
-                                    fmt::format("slot block {}", b), out);
-    if (block.empty()) {
-      sound = false;
-      break;
-    }
-    const auto c = copy_from<port_block_header>(block);
-    r.received += c.received;
-    r.dead_lettered += c.dead_lettered;
-    r.deliveries += c.deliveries;
-    r.redelivered += c.redelivered;
-    for (std::uint32_t k = 0; k < h.block_slots; ++k) {
-      const std::uint64_t p = b + std::uint64_t{k} * h.blocks;
-      if (p >= cap) break;
-      const auto s = copy_from<port_slot>(block, slot_at(k, h.slot_size));
-      const bool held = s.full != 0;
-      const bool placed = s.sequence % cap == p;
-      const bool in_window =
-          held ? s.sequence < t && s.sequence + cap >= t : s.sequence >= t && s.sequence < t + cap;
-      if (!placed || !in_window || s.full > 1) {
-        out.push_back(
-            fmt::format("its slot of place {} {} message {}, which a port whose tail is "
-                        "{} cannot",
-                        p, held ? "holds" : "waits for", s.sequence, t));
-        sound = false;
-        break;
-      }
-      taken += (s.sequence - p) / cap;
-      oldest = std::min(oldest, s.sequence);
-      if (held) {
-        ++r.depth;
-        r.in_flight += s.deliveries != 0 ? 1 : 0;
+  if (h.head > h.tail) {
+    out.push_back(fmt::format("its head {} is past its tail {}", h.head, h.tail));
+  } else if (h.tail - h.head > h.capacity) {
+    out.push_back(fmt::format("it holds {} messages, more than its capacity {}", h.tail - h.head,
+                              h.capacity));
+  } else if (sized) {
+    bool blocks_sound = true;
+    std::uint64_t in_flight = 0;
+    for (std::uint64_t q = h.head; q != h.tail && blocks_sound; ++q) {
+      const std::uint64_t i = q % h.capacity;
+      const auto at = copy_from<std::uint64_t>(index, (i / h.block_slots) * sizeof(std::uint64_t));
+      try {
+        const std::span<const std::byte> block = object(at);
+        if (block.size() != std::size_t{h.block_slots} * h.slot_size) {
+          out.push_back(fmt::format("its slot block at offset {} has {} bytes, not {}", at,
+                                    block.size(), std::size_t{h.block_slots} * h.slot_size));
+          blocks_sound = false;
+          break;
+        }
+        in_flight +=
+            copy_from<port_slot>(block, (i % h.block_slots) * h.slot_size).deliveries != 0 ? 1 : 0;
+      } catch (const error& x) {
+        out.push_back(fmt::format("its slot block at offset {}: {}", at, x.what()));
+        blocks_sound = false;
       }
     }
+    r.readable = blocks_sound;
+    if (blocks_sound) r.in_flight = in_flight;
   }
-  r.readable = sound;
-  if (!sound) return out;
-  // Every committed send fills a slot, every receive or burial empties one.
-  if (taken + r.depth != t) {
-    out.push_back(fmt::format("its slots hold {} messages and saw {} taken, but its tail is {}",
-                              r.depth, taken, t));
+  // Every committed send appends at the tail, every receive or burial takes the head.
+  if (h.sent != h.tail) {
+    out.push_back(fmt::format("it counts {} sends, but its tail is {}", h.sent, h.tail));
   }
-  if (r.received + r.dead_lettered != taken) {
-    out.push_back(
-        fmt::format("it counts {} receives and {} dead letters, but its slots saw {} taken",
-                    r.received, r.dead_lettered, taken));
-  }
-  if (hint > oldest) {
-    out.push_back(fmt::format("its head hint {} is past its oldest message {}", hint, oldest));
+  if (h.received + h.dead_lettered != h.head) {
+    out.push_back(fmt::format("it counts {} receives and {} dead letters, but its head is {}",
+                              h.received, h.dead_lettered, h.head));
   }
   return out;
 }

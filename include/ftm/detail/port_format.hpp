@@ -2,10 +2,10 @@
 #define FTM_DETAIL_PORT_FORMAT_HPP
 
 /// \file
-/// The bytes of a port in the pool, all in one place: the port (a header object, its
-/// head hint and tail, a slot index and slot blocks), the port directory (the root `ftm.ports`,
-/// chained blocks of entries) and a service's key table (a header and index, and one record per
-/// client). Every offset is pinned by a `static_assert`: changing one changes the pool format
+/// The bytes of a port in the pool, all in one place: the port (a header object, a
+/// slot index and slot blocks), the port directory (the root `ftm.ports`, chained blocks of
+/// entries) and a service's key table (a header and index, and one record per client). Every offset
+/// is pinned by a `static_assert`: changing one changes the pool format
 /// (`bank_layout::format_version`).
 
 #include <ftm/detail/config.hpp>
@@ -21,22 +21,17 @@
 
 namespace ftm::FTM_ABI_NAMESPACE::detail {
 
-/// The first bytes of every port header ("prt3" in ASCII): an object of another
+/// The first bytes of every port header ("prt2" in ASCII): an object of another
 /// kind, or a damaged port, opened as a port is refused by name. The kind is the
-/// port's format. 3: a header that nothing writes after `make_port`, a head hint and a
-/// tail of their own, a slot index and slot blocks made on first use, a state in each
-/// slot, and consecutive slots in different blocks, so that receivers of one port lock
-/// different objects and a sender's and a receiver's commits touch no object in common.
-/// Ports of formats 1 (one object holding the whole ring) and 2 (a header with the
-/// head and tail, blocks of consecutive slots) are refused with a message that says so.
-inline constexpr std::uint32_t port_kind = 0x33747270;
-/// The kind of a port of format 2 ("prt2" in ASCII), which this ftm does not read.
-inline constexpr std::uint32_t port_kind_v2 = 0x32747270;
+/// port's format: 2 is a header, a slot index and slot blocks, each a stable object
+/// of its own, so that a transaction locks and copies only the header and the blocks
+/// it used. Ports of format 1 (one object holding the whole ring) carry
+/// `port_kind_v1` and are refused with a message that says so.
+inline constexpr std::uint32_t port_kind = 0x32747270;
 /// The kind of a port of format 1 ("port" in ASCII), which this ftm does not read.
 inline constexpr std::uint32_t port_kind_v1 = 0x74726f70;
 
-/// A port's header object: its settings and where its other objects are. Written only
-/// by `make_port`, so every operation reads it without recording the read (`peek`).
+/// A port's header object: its settings and counters, and where its slots are.
 struct port_header {
   std::uint32_t kind;  // port_kind
   std::uint32_t capacity;
@@ -46,13 +41,17 @@ struct port_header {
   std::uint32_t on_full;
   std::uint32_t dead_letter_capacity;
   std::uint64_t dead_letter;  // the dead-letter port's offset, 0: none
-  std::uint64_t head;         // the head hint (`port_head`)
-  std::uint64_t tail;         // the tail (`port_tail`)
-  std::uint64_t index;        // the slot index: `blocks` offsets of slot blocks, 0: not made yet
+  std::uint64_t head;         // sequence number of the oldest message
+  std::uint64_t tail;         // sequence number of the next message sent
+  std::uint64_t sent;
+  std::uint64_t received;
+  std::uint64_t dead_lettered;
+  // Written through (`unlogged_write_engine`): they count deliveries that aborted too.
+  std::uint64_t deliveries;
+  std::uint64_t redelivered;
+  std::uint64_t index;        // the slot index: `blocks` offsets of slot blocks
   std::uint32_t block_slots;  // slots per block
   std::uint32_t blocks;
-  // Format 2's size, so that a port of format 2 is refused by its kind, not its size.
-  std::uint64_t reserved[5];
 };
 static_assert(offsetof(port_header, kind) == 0 && offsetof(port_header, capacity) == 4 &&
                   offsetof(port_header, fingerprint) == 8 &&
@@ -61,59 +60,26 @@ static_assert(offsetof(port_header, kind) == 0 && offsetof(port_header, capacity
                   offsetof(port_header, on_full) == 24 &&
                   offsetof(port_header, dead_letter_capacity) == 28 &&
                   offsetof(port_header, dead_letter) == 32 && offsetof(port_header, head) == 40 &&
-                  offsetof(port_header, tail) == 48 && offsetof(port_header, index) == 56 &&
-                  offsetof(port_header, block_slots) == 64 && offsetof(port_header, blocks) == 68,
+                  offsetof(port_header, tail) == 48 && offsetof(port_header, sent) == 56 &&
+                  offsetof(port_header, received) == 64 &&
+                  offsetof(port_header, dead_lettered) == 72 &&
+                  offsetof(port_header, deliveries) == 80 &&
+                  offsetof(port_header, redelivered) == 88 && offsetof(port_header, index) == 96 &&
+                  offsetof(port_header, block_slots) == 104 && offsetof(port_header, blocks) == 108,
               "the port header's fields are part of the pool format");
 static_assert(sizeof(port_header) == 112);
 
-/// A hint of where the oldest message may be: every message sent before `hint` was
-/// received or dead-lettered (committed). It may lag behind the oldest message, never
-/// lead it; a receive scans from it and moves it on now and then.
-struct port_head {
-  std::uint64_t hint;
-  std::uint64_t reserved;
-};
-static_assert(offsetof(port_head, hint) == 0 && sizeof(port_head) == 16,
-              "a port's head is part of the pool format");
-
-/// The sequence number of the next message sent (so also the count of committed
-/// sends). Senders hold it until they commit: they take turns.
-struct port_tail {
-  std::uint64_t tail;
-  std::uint64_t reserved;
-};
-static_assert(offsetof(port_tail, tail) == 0 && sizeof(port_tail) == 16,
-              "a port's tail is part of the pool format");
-
-/// The counts of the receives of a block's messages, at the start of each block; a
-/// port's counts are their sums over its blocks, so that receivers of different blocks
-/// write different objects.
-struct port_block_header {
-  std::uint64_t received;
-  std::uint64_t dead_lettered;
-  // Written through (`unlogged_write_engine`): they count deliveries that aborted too.
-  std::uint64_t deliveries;
-  std::uint64_t redelivered;
-};
-static_assert(offsetof(port_block_header, received) == 0 &&
-                  offsetof(port_block_header, dead_lettered) == 8 &&
-                  offsetof(port_block_header, deliveries) == 16 &&
-                  offsetof(port_block_header, redelivered) == 24 && sizeof(port_block_header) == 32,
-              "a slot block's header is part of the pool format");
-
 /// One message in a slot block; the message's bytes follow at `slot_payload`. The
-/// message of sequence number `q` is in slot `p = q % capacity`, which is slot
-/// `p / blocks` of block `p % blocks`: consecutive messages are in different blocks.
-/// A slot holds message `sequence` when `full`, else waits for it; a receive empties
-/// it and moves `sequence` on by `capacity`, to the next message it will hold.
+/// message of sequence number `q` is in slot `q % capacity`, which is slot
+/// `(q % capacity) % block_slots` of block `(q % capacity) / block_slots`.
 struct port_slot {
   std::uint32_t deliveries;  // written through: survives the abort of the receive
-  std::uint32_t full;        // 1: holds message `sequence`; 0: waits for it
+  std::uint32_t reserved;
   std::uint64_t sequence;
 };
 inline constexpr std::size_t slot_payload = 16;
-static_assert(offsetof(port_slot, deliveries) == 0 && offsetof(port_slot, full) == 4 &&
-                  offsetof(port_slot, sequence) == 8 && sizeof(port_slot) <= slot_payload,
+static_assert(offsetof(port_slot, deliveries) == 0 && offsetof(port_slot, sequence) == 8 &&
+                  sizeof(port_slot) <= slot_payload,
               "a slot's fields are part of the pool format");
 
 template <class Msg>
@@ -121,34 +87,21 @@ constexpr std::uint32_t slot_size_of() {
   return static_cast<std::uint32_t>((slot_payload + sizeof(Msg) + 15) / 16 * 16);
 }
 
-/// The most slot blocks a port has. Blocks are made on first use (by the send of the
-/// first message that lands in each), so `make_port` allocates a handful of objects
-/// whatever the capacity.
-inline constexpr std::uint32_t port_max_blocks = 4096;
+/// The most slot blocks a port has: `make_port` allocates them all in its transaction.
+inline constexpr std::uint32_t port_max_blocks = 512;
+/// Slots per block for ports up to `port_max_blocks * port_block_slots` messages: what a
+/// send or receive copies between the banks, besides the header.
+inline constexpr std::uint32_t port_block_slots = 8;
 
-/// Blocks of a port of `capacity` messages: a block per slot up to `port_max_blocks`,
-/// so that a send locks only the slot it fills and a receive only the message it takes
-/// (a receive then never passes a message whose block a send holds: one receiver takes
-/// messages in the order they were sent); a larger port puts several slots in each.
-constexpr std::uint32_t blocks_of(std::uint32_t capacity) {
-  return capacity < port_max_blocks ? capacity : port_max_blocks;
-}
-/// Slots per block of a port of `capacity` messages.
+/// Slots per block of a port of `capacity` messages: `port_block_slots` (fewer for a
+/// smaller port), more only when that many blocks would exceed `port_max_blocks`.
 constexpr std::uint32_t block_slots_of(std::uint32_t capacity) {
-  return (capacity + blocks_of(capacity) - 1) / blocks_of(capacity);
+  const std::uint32_t spread = (capacity + port_max_blocks - 1) / port_max_blocks;
+  const std::uint32_t small = capacity < port_block_slots ? capacity : port_block_slots;
+  return spread > small ? spread : small;
 }
-/// Where the message of sequence `q` lives in a port of `capacity` messages.
-struct slot_place {
-  std::uint32_t block;
-  std::uint32_t slot;
-};
-constexpr slot_place place_of(std::uint64_t q, std::uint32_t capacity) {
-  const auto p = static_cast<std::uint32_t>(q % capacity);
-  return {p % blocks_of(capacity), p / blocks_of(capacity)};
-}
-/// The byte of a block where slot `slot` begins.
-constexpr std::size_t slot_at(std::uint32_t slot, std::uint32_t slot_size) {
-  return sizeof(port_block_header) + std::size_t{slot} * slot_size;
+constexpr std::uint32_t blocks_of(std::uint32_t capacity) {
+  return (capacity + block_slots_of(capacity) - 1) / block_slots_of(capacity);
 }
 
 template <class Msg>
@@ -169,12 +122,7 @@ object_type port_object_type() {
   return {sizeof(port_header), 16, port_type_name<Msg>()};
 }
 
-/// A port's head hint and its tail.
-inline object_type port_head_type() { return {sizeof(port_head), 16, "ftm::port_head"}; }
-inline object_type port_tail_type() { return {sizeof(port_tail), 16, "ftm::port_tail"}; }
-
-/// A port's slot index: the offsets of its blocks, each written once, by the send that
-/// makes the block (0 until then).
+/// A port's slot index: the offsets of its blocks, written only by `make_port`.
 inline object_type port_index_type(std::uint32_t blocks) {
   return {std::size_t{blocks} * sizeof(std::uint64_t), 16, "ftm::port_index"};
 }
@@ -182,13 +130,7 @@ inline object_type port_index_type(std::uint32_t blocks) {
 /// One slot block of a port of `Msg`.
 template <class Msg>
 object_type port_block_type(std::uint32_t block_slots) {
-  return {sizeof(port_block_header) + std::size_t{block_slots} * slot_size_of<Msg>(), 16,
-          port_block_type_name<Msg>()};
-}
-
-/// `port_block_type` of a port known by its slot size only (ftm-inspect's check).
-inline std::size_t port_block_size(std::uint32_t block_slots, std::uint32_t slot_size) {
-  return sizeof(port_block_header) + std::size_t{block_slots} * slot_size;
+  return {std::size_t{block_slots} * slot_size_of<Msg>(), 16, port_block_type_name<Msg>()};
 }
 
 /// The root that holds the pool's port directory.

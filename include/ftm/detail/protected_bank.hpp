@@ -85,13 +85,6 @@ class protectable_bank : public bank_engine {
     return p;
   }
 
-  void* try_open_write(descriptor_index d, std::uint64_t off, const object_type& t) {
-    void* p = bank_engine::try_open_write(d, off, t);
-    if (guard_ && p != nullptr) [[unlikely]]
-      return guard_->grant(d, off, t.size);
-    return p;
-  }
-
   const void* open_read(descriptor_index d, std::uint64_t off, const object_type& t) {
     const void* p = bank_engine::open_read(d, off, t);
     if (guard_) [[unlikely]]

@@ -281,14 +281,10 @@ class file_region {
     }
     if (h.version < 1) bad(fmt::format("its format version {} is unknown", h.version));
     if (h.version < bank_layout::format_version) {
-      // Format 6 is the last whose ports are of format 2 (receivers taking turns).
       bad(
           fmt::format("its format version {} is older than this ftm's ({}), which cannot read "
-                      "it: recreate the pool{}",
-                      h.version, bank_layout::format_version,
-                      h.version == 6 ? " (its ports are of format 2, which this ftm no longer "
-                                       "reads)"
-                                     : ""));
+                      "it: recreate the pool",
+                      h.version, bank_layout::format_version));
     }
     // Deriving the layout of a damaged, enormous bank size would take hours (or
     // overflow): no bank is larger than a 64-bit address space allows in practice.

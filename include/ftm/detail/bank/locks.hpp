@@ -96,84 +96,6 @@ class bank_locks : public bank_recovery {
     return read_part_committed(d, off, t, at, n, seen);
   }
 
-  /// Opens the object at `off` for writing if no other live transaction holds it (see
-  /// `ftm::skip_locked_engine`): as `open_write`, but null instead of waiting or dying.
-  /// The intent is logged before the compare-and-swap, as by `acquire_write`, and
-  /// forgotten if the lock is taken by another. A holder whose process died is
-  /// recovered and the lock taken; its liveness is looked at on one refusal in 16 when
-  /// it is another process (a look reads /proc), on every one when it is this one.
-  void* try_open_write(descriptor_index d, std::uint64_t off, const object_type& t) {
-    using namespace bank_layout;
-    check_handle(off, t);
-    object_header& h = header(off);
-    const std::uint32_t me = d + 1;
-    if (h.writer.load(std::memory_order_relaxed) != me) {
-      for (;;) {
-        const std::uint32_t w = h.writer.load(std::memory_order_relaxed);
-        if (w != 0) {
-          if (!holder_gone(w, off)) return nullptr;
-          continue;
-        }
-        log_entry& e = push_entry(d, off, entry_kind::write);
-        FTM_FAULT_POINT("lock.after_log_entry");
-        std::uint32_t seen = 0;
-        if (h.writer.compare_exchange_strong(seen, me, std::memory_order_seq_cst)) {
-          // Only now: a try that lost leaves a read-only transaction read-only (recovery
-          // does not read the flag).
-          descriptor_at(d).flags |= wrote_objects;
-          set_length(d, e, off, t.size);
-          FTM_FAULT_POINT("open.after_lock");
-          break;
-        }
-        descriptor_at(d).count.fetch_sub(1, std::memory_order_release);  // forget the intent
-      }
-    }
-    if (const std::uint32_t size = header(off).size; size != t.size) [[unlikely]] {
-      refuse_write_size(d, off, t, size);
-    }
-    return a_ + off + header_size;
-  }
-
-  /// Copies bytes `[at, at + n)` of the object at `off` into `out` (see
-  /// `ftm::skip_locked_engine`): as `open_read_part` reads them, one committed value
-  /// (or `d`'s own writes), but recorded nowhere, so `d`'s commit does not check them.
-  void peek(descriptor_index d, std::uint64_t off, const object_type& t, std::size_t at,
-            std::size_t n, void* out) {
-    using namespace bank_layout;
-    check_handle(off, t);
-    if (at > t.size || n > t.size - at) [[unlikely]]
-      refuse_part(off, t, at, n);
-    auto* to = static_cast<std::byte*>(out);
-    const object_header& h = header(off);
-    if (h.writer.load(std::memory_order_relaxed) == d + 1) {
-      check_size(off, t);
-      std::memcpy(to, a_ + off + header_size + at, n);
-      return;
-    }
-    const auto& second = *std::launder(reinterpret_cast<const object_header*>(b_ + off));
-    std::uint32_t spins = 0;
-    for (;;) {
-      const std::uint64_t v = h.version.load(std::memory_order_acquire);
-      if ((v & 1) != 0) {
-        wait_for_copy(h, off, v, spins);
-        continue;
-      }
-      std::uint32_t size = 0;
-      {
-        [[maybe_unused]] const second_bank_reads unseen;
-        size = second.size;
-        if (size == t.size) copy_part(to, b_ + off + header_size + at, n);
-      }
-      std::atomic_thread_fence(std::memory_order_acquire);  // the copy before the check
-      if (h.version.load(std::memory_order_relaxed) != v) continue;
-      if (size != t.size) [[unlikely]] {
-        if (!reads_valid(d, false)) lose(d, "the transaction read an object that changed since");
-        refuse_size(off, t, size);
-      }
-      return;
-    }
-  }
-
   /// Whether every object `d` read is unchanged since: a transaction that is not may
   /// have seen a mix of commits, and can only abort (`ftm::atomically` asks when its
   /// function throws; see docs/reference.md).
@@ -301,34 +223,6 @@ class bank_locks : public bank_recovery {
       if (recover_if_dead(holder, ignored)) return;
     }
     std::this_thread::yield();
-  }
-
-  /// Whether the lock on `off`, held by `w` (d + 1 of its holder), is free to take
-  /// again: its holder's process died and was recovered now. Never for a live holder.
-  /// A lock word beyond the descriptors, or one naming a descriptor that runs no
-  /// transaction, is refused as `wait_or_die` refuses it.
-  bool holder_gone(std::uint32_t w, std::uint64_t off) {
-    const descriptor_index holder = w - 1;
-    if (holder >= descriptors_) {
-      throw usage_error(
-          fmt::format("the lock word at offset {} is corrupt: is the handle valid?", off));
-    }
-    const descriptor& s = descriptor_at(holder);
-    const owner_id owner = s.owner.load(std::memory_order_acquire);
-    if (owner == detail::self_owner_id()) return false;  // alive: this process
-    if (owner == 0 || s.state.load(std::memory_order_acquire) == bank_layout::idle) {
-      if (stale_lock(holder, off)) {
-        damaged(fmt::format(
-            "the object at offset {} is locked by descriptor {}, which runs no transaction (a "
-            "stale lock: opening the pool when no other process has it open clears it)",
-            off, holder));
-      }
-      return header(off).writer.load(std::memory_order_acquire) != w;
-    }
-    thread_local std::uint32_t refusals = 0;
-    if (++refusals % 16 != 0) return false;
-    recovery_report ignored;
-    return recover_if_dead(holder, ignored);
   }
 
   /// Records in `e`, the entry of the object at `off` that `d` now holds for writing,

@@ -407,11 +407,13 @@ class bridge {
   using handler = std::function<bool(transaction<E>&, std::string_view rest,
                                      std::string_view source, std::span<const std::byte>)>;
 
-  /// Watches `port` if it is empty (a recorded read, no lock); nothing if it is not.
+  /// Watches `port` if it is empty (holding its shared lock); nothing if it is not.
   template <class Msg>
   static std::optional<watch_token> watch_empty(transaction<E>& tx, stable_port<Msg> port) {
-    return ftm::detail::watch_if_empty<Msg>(tx, port.offset(), port.capacity(),
-                                            "ftm::nats outbound");
+    const auto access = ftm::detail::open_port<Msg, false>(tx, port.offset(), port.capacity(),
+                                                           "ftm::nats outbound");
+    if (access.depth() != 0) return std::nullopt;
+    return ftm::detail::byte_access::watch(tx, port.offset());
   }
 
   template <class Rep>
